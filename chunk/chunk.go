@@ -1,0 +1,129 @@
+// Package chunk encodes chunk contents for the store and decodes them back,
+// verifying their identity.
+//
+// A stored chunk ("blob") is one codec byte followed by the payload:
+//
+//	0x00 raw   payload is the chunk itself
+//	0x01 zstd  payload is a zstd frame of the chunk
+//
+// Chunks are compressed only when that saves at least 1/16 of their size, so
+// incompressible data (weights, already-compressed files) costs nothing to
+// read back. The chunk's ID is always the SHA-256 of the uncompressed bytes,
+// and Decode refuses any blob whose contents do not hash to the expected ID:
+// nothing corrupt leaves this package.
+package chunk
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Codec bytes.
+const (
+	CodecRaw  byte = 0
+	CodecZstd byte = 1
+)
+
+// MaxSize bounds the size of one decoded chunk, so a hostile blob cannot make
+// a worker allocate without limit.
+const MaxSize = 64 << 20
+
+// ErrCorrupt is returned (wrapped) when a blob cannot be decoded or does not
+// match its ID.
+var ErrCorrupt = errors.New("corrupt chunk")
+
+var (
+	encOnce sync.Once
+	enc     *zstd.Encoder
+	dec     *zstd.Decoder
+)
+
+func codecs() (*zstd.Encoder, *zstd.Decoder) {
+	encOnce.Do(func() {
+		var err error
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+		if err != nil {
+			panic(err)
+		}
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(MaxSize), zstd.WithDecoderMaxWindow(MaxSize))
+		if err != nil {
+			panic(err)
+		}
+	})
+	return enc, dec
+}
+
+// Encode returns the blob for data, compressed when that pays.
+func Encode(data []byte) []byte {
+	e, _ := codecs()
+	if len(data) >= 512 && compressible(data) {
+		out := make([]byte, 1, len(data)/2+16)
+		out[0] = CodecZstd
+		out = e.EncodeAll(data, out)
+		if len(out)-1 <= len(data)-len(data)/16 {
+			return out
+		}
+	}
+	out := make([]byte, 1+len(data))
+	out[0] = CodecRaw
+	copy(out[1:], data)
+	return out
+}
+
+// compressible guesses from a sample whether zstd will pay, so that large
+// incompressible chunks (model weights) skip the full compression attempt.
+func compressible(data []byte) bool {
+	const sample = 16 << 10
+	if len(data) <= 4*sample {
+		return true
+	}
+	e, _ := codecs()
+	buf := make([]byte, 0, 3*sample)
+	// Beginning, middle and end of the chunk.
+	n := 0
+	for _, off := range []int{0, len(data)/2 - sample/2, len(data) - sample} {
+		buf = e.EncodeAll(data[off:off+sample], buf)
+		n += sample
+	}
+	return len(buf) < n-n/8
+}
+
+// Decode checks blob against want and returns the chunk contents.
+func Decode(blob []byte, want digest.ID) ([]byte, error) {
+	data, err := decode(blob)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", want.Short(), err)
+	}
+	if got := digest.Of(data); got != want {
+		return nil, fmt.Errorf("chunk %s: %w: contents hash to %s", want.Short(), ErrCorrupt, got.Short())
+	}
+	return data, nil
+}
+
+func decode(blob []byte) ([]byte, error) {
+	if len(blob) == 0 {
+		return nil, fmt.Errorf("%w: empty blob", ErrCorrupt)
+	}
+	switch blob[0] {
+	case CodecRaw:
+		if len(blob)-1 > MaxSize {
+			return nil, fmt.Errorf("%w: %d bytes exceeds the %d byte limit", ErrCorrupt, len(blob)-1, MaxSize)
+		}
+		return blob[1:], nil
+	case CodecZstd:
+		_, d := codecs()
+		out, err := d.DecodeAll(blob[1:], nil)
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+		}
+		return out, nil
+	default:
+		return nil, fmt.Errorf("%w: unknown codec byte 0x%02x", ErrCorrupt, blob[0])
+	}
+}

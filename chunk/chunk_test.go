@@ -1,0 +1,67 @@
+package chunk
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"testing"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+)
+
+func TestRoundTrip(t *testing.T) {
+	rnd := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(rnd)
+	cases := map[string][]byte{
+		"empty":  {},
+		"small":  []byte("hello"),
+		"zeros":  make([]byte, 1<<20),
+		"random": rnd,
+		"text":   bytes.Repeat([]byte("import torch\n"), 10000),
+	}
+	for name, data := range cases {
+		blob := Encode(data)
+		got, err := Decode(blob, digest.Of(data))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%s: round trip differs", name)
+		}
+		if name == "zeros" && blob[0] != CodecZstd {
+			t.Errorf("zeros not compressed")
+		}
+		if name == "random" && blob[0] != CodecRaw {
+			t.Errorf("random data stored compressed")
+		}
+	}
+}
+
+func TestDecodeRejectsWrongContent(t *testing.T) {
+	data := bytes.Repeat([]byte("abc"), 1000)
+	blob := Encode(data)
+	blob[len(blob)-1] ^= 1
+	if _, err := Decode(blob, digest.Of(data)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt, got %v", err)
+	}
+	if _, err := Decode([]byte{9, 1, 2}, digest.Of(data)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unknown codec: want ErrCorrupt, got %v", err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(Encode([]byte("hello world hello world hello world")))
+	f.Add(Encode(make([]byte, 4096)))
+	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd})
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		data, err := decode(blob)
+		if err != nil {
+			return
+		}
+		// Whatever decodes must re-encode to something that decodes to it.
+		back, err := Decode(Encode(data), digest.Of(data))
+		if err != nil || !bytes.Equal(back, data) {
+			t.Fatalf("re-encode failed: %v", err)
+		}
+	})
+}

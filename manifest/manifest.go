@@ -1,0 +1,476 @@
+// Package manifest describes an image: a tree of entries whose file contents
+// are lists of content-addressed chunks.
+//
+// The encoding is binary, versioned and canonical: one tree has exactly one
+// encoding, so the image ID (the SHA-256 of the encoding) names the tree.
+// Decode accepts only canonical input (it re-encodes and compares), validates
+// every field, and bounds every length, because manifests come from a store
+// that other tenants or a damaged disk may have written.
+//
+// Layout (all integers unsigned varints unless noted):
+//
+//	"GWMF" version(1 byte)
+//	nAnnotations { key value }            keys strictly increasing
+//	nEntries     { entry }                paths strictly increasing, root first
+//	entry: path type(1 byte) mode uid gid mtime(zigzag varint, ns) size
+//	       target nXattrs { name value } nChunks { id(32 bytes) size }
+//
+// Strings are a varint length and bytes. Offsets of chunks are not stored:
+// they are the running sum of chunk sizes.
+package manifest
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/gpuwarm/gpuwarm/chunk"
+	"github.com/gpuwarm/gpuwarm/digest"
+)
+
+// Version is the encoding version written by this package.
+const Version = 1
+
+var magic = []byte("GWMF")
+
+// Limits that bound what a decoder allocates.
+const (
+	MaxPath        = 4096
+	MaxName        = 255
+	MaxXattrName   = 255
+	MaxXattrValue  = 64 << 10
+	MaxAnnotation  = 64 << 10
+	MaxEncodedSize = 1 << 30
+)
+
+// Type is the kind of an entry.
+type Type uint8
+
+const (
+	Dir      Type = 1
+	Regular  Type = 2
+	Symlink  Type = 3
+	Hardlink Type = 4 // another name for the Regular entry at Target
+)
+
+func (t Type) String() string {
+	switch t {
+	case Dir:
+		return "dir"
+	case Regular:
+		return "file"
+	case Symlink:
+		return "symlink"
+	case Hardlink:
+		return "hardlink"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Chunk is one piece of a file.
+type Chunk struct {
+	ID   digest.ID
+	Size uint32 // uncompressed bytes
+}
+
+// Xattr is an extended attribute.
+type Xattr struct {
+	Name  string
+	Value []byte
+}
+
+// Entry is one node of the tree.
+type Entry struct {
+	Path   string // "" for the root, else slash-separated and clean
+	Type   Type
+	Mode   uint32 // permission bits, 07777
+	UID    uint32
+	GID    uint32
+	Mtime  int64 // Unix nanoseconds
+	Size   int64 // Regular: sum of chunk sizes; Symlink: len(Target)
+	Target string
+	Xattrs []Xattr
+	Chunks []Chunk
+}
+
+// Manifest is a whole image.
+type Manifest struct {
+	Annotations map[string]string
+	Entries     []Entry
+}
+
+// ErrInvalid is wrapped by every validation failure.
+var ErrInvalid = errors.New("invalid manifest")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Encode returns the canonical encoding. It sorts annotations and xattrs;
+// entries must already be in order (Validate says so).
+func (m *Manifest) Encode() []byte {
+	var b []byte
+	b = append(b, magic...)
+	b = append(b, Version)
+	keys := make([]string, 0, len(m.Annotations))
+	for k := range m.Annotations {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = appendString(b, k)
+		b = appendString(b, m.Annotations[k])
+	}
+	b = binary.AppendUvarint(b, uint64(len(m.Entries)))
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		b = appendString(b, e.Path)
+		b = append(b, byte(e.Type))
+		b = binary.AppendUvarint(b, uint64(e.Mode))
+		b = binary.AppendUvarint(b, uint64(e.UID))
+		b = binary.AppendUvarint(b, uint64(e.GID))
+		b = binary.AppendVarint(b, e.Mtime)
+		b = binary.AppendUvarint(b, uint64(e.Size))
+		b = appendString(b, e.Target)
+		xs := append([]Xattr(nil), e.Xattrs...)
+		sort.Slice(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
+		b = binary.AppendUvarint(b, uint64(len(xs)))
+		for _, x := range xs {
+			b = appendString(b, x.Name)
+			b = appendString(b, string(x.Value))
+		}
+		b = binary.AppendUvarint(b, uint64(len(e.Chunks)))
+		for _, c := range e.Chunks {
+			b = append(b, c.ID[:]...)
+			b = binary.AppendUvarint(b, uint64(c.Size))
+		}
+	}
+	return b
+}
+
+// ID returns the image ID: the digest of the canonical encoding.
+func (m *Manifest) ID() digest.ID { return digest.Of(m.Encode()) }
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// Decode parses and validates an encoded manifest.
+func Decode(data []byte) (*Manifest, error) {
+	if len(data) > MaxEncodedSize {
+		return nil, invalid("%d bytes exceeds the %d byte limit", len(data), MaxEncodedSize)
+	}
+	d := decoder{b: data}
+	m, err := d.manifest()
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(m.Encode(), data) {
+		return nil, invalid("encoding is not canonical")
+	}
+	return m, nil
+}
+
+type decoder struct {
+	b   []byte
+	off int
+}
+
+func (d *decoder) uvarint(what string, max uint64) (uint64, error) {
+	v, n := binary.Uvarint(d.b[d.off:])
+	if n <= 0 {
+		return 0, invalid("truncated or overlong %s at byte %d", what, d.off)
+	}
+	if v > max {
+		return 0, invalid("%s %d exceeds %d at byte %d", what, v, max, d.off)
+	}
+	d.off += n
+	return v, nil
+}
+
+func (d *decoder) varint(what string) (int64, error) {
+	v, n := binary.Varint(d.b[d.off:])
+	if n <= 0 {
+		return 0, invalid("truncated or overlong %s at byte %d", what, d.off)
+	}
+	d.off += n
+	return v, nil
+}
+
+func (d *decoder) bytes(what string, n int) ([]byte, error) {
+	if n > len(d.b)-d.off {
+		return nil, invalid("truncated %s at byte %d", what, d.off)
+	}
+	s := d.b[d.off : d.off+n]
+	d.off += n
+	return s, nil
+}
+
+func (d *decoder) str(what string, max int) (string, error) {
+	n, err := d.uvarint(what+" length", uint64(max))
+	if err != nil {
+		return "", err
+	}
+	s, err := d.bytes(what, int(n))
+	return string(s), err
+}
+
+func (d *decoder) count(what string, minSize int) (int, error) {
+	// Each item takes at least minSize bytes, which bounds allocation.
+	n, err := d.uvarint(what, uint64((len(d.b)-d.off)/minSize+1))
+	return int(n), err
+}
+
+func (d *decoder) manifest() (*Manifest, error) {
+	head, err := d.bytes("header", len(magic)+1)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(head[:len(magic)], magic) {
+		return nil, invalid("not a gpuwarm manifest (bad magic %q)", head[:len(magic)])
+	}
+	if head[len(magic)] != Version {
+		return nil, invalid("manifest version %d; this gpuwarm reads version %d: upgrade gpuwarm", head[len(magic)], Version)
+	}
+	m := &Manifest{}
+	na, err := d.count("annotation count", 2)
+	if err != nil {
+		return nil, err
+	}
+	if na > 0 {
+		m.Annotations = make(map[string]string, na)
+	}
+	prev := ""
+	for i := 0; i < na; i++ {
+		k, err := d.str("annotation key", MaxAnnotation)
+		if err != nil {
+			return nil, err
+		}
+		v, err := d.str("annotation value", MaxAnnotation)
+		if err != nil {
+			return nil, err
+		}
+		if i > 0 && k <= prev {
+			return nil, invalid("annotation keys not strictly increasing at %q", k)
+		}
+		prev = k
+		m.Annotations[k] = v
+	}
+	ne, err := d.count("entry count", 13)
+	if err != nil {
+		return nil, err
+	}
+	m.Entries = make([]Entry, ne)
+	for i := range m.Entries {
+		if err := d.entry(&m.Entries[i]); err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i, err)
+		}
+	}
+	if d.off != len(d.b) {
+		return nil, invalid("%d trailing bytes", len(d.b)-d.off)
+	}
+	return m, nil
+}
+
+func (d *decoder) entry(e *Entry) error {
+	var err error
+	if e.Path, err = d.str("path", MaxPath); err != nil {
+		return err
+	}
+	t, err := d.bytes("type", 1)
+	if err != nil {
+		return err
+	}
+	e.Type = Type(t[0])
+	mode, err := d.uvarint("mode", 07777)
+	if err != nil {
+		return err
+	}
+	e.Mode = uint32(mode)
+	uid, err := d.uvarint("uid", 1<<32-1)
+	if err != nil {
+		return err
+	}
+	gid, err := d.uvarint("gid", 1<<32-1)
+	if err != nil {
+		return err
+	}
+	e.UID, e.GID = uint32(uid), uint32(gid)
+	if e.Mtime, err = d.varint("mtime"); err != nil {
+		return err
+	}
+	size, err := d.uvarint("size", 1<<62)
+	if err != nil {
+		return err
+	}
+	e.Size = int64(size)
+	if e.Target, err = d.str("target", MaxPath); err != nil {
+		return err
+	}
+	nx, err := d.count("xattr count", 2)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < nx; i++ {
+		name, err := d.str("xattr name", MaxXattrName)
+		if err != nil {
+			return err
+		}
+		val, err := d.str("xattr value", MaxXattrValue)
+		if err != nil {
+			return err
+		}
+		e.Xattrs = append(e.Xattrs, Xattr{Name: name, Value: []byte(val)})
+	}
+	nc, err := d.count("chunk count", digest.Size+1)
+	if err != nil {
+		return err
+	}
+	if nc > 0 {
+		e.Chunks = make([]Chunk, nc)
+	}
+	for i := range e.Chunks {
+		id, err := d.bytes("chunk id", digest.Size)
+		if err != nil {
+			return err
+		}
+		copy(e.Chunks[i].ID[:], id)
+		sz, err := d.uvarint("chunk size", chunk.MaxSize)
+		if err != nil {
+			return err
+		}
+		e.Chunks[i].Size = uint32(sz)
+	}
+	return nil
+}
+
+// Validate checks the tree's invariants: a root directory first, clean
+// paths in strictly increasing order, every parent a directory, sizes that
+// match chunk lists, hard links to earlier regular files, sorted xattrs.
+func (m *Manifest) Validate() error {
+	if len(m.Entries) == 0 || m.Entries[0].Path != "" || m.Entries[0].Type != Dir {
+		return invalid("the first entry must be the root directory (path \"\")")
+	}
+	for k, v := range m.Annotations {
+		if k == "" || len(k) > MaxAnnotation || len(v) > MaxAnnotation {
+			return invalid("annotation %q: empty key or over %d bytes", k, MaxAnnotation)
+		}
+	}
+	kinds := make(map[string]Type, len(m.Entries))
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if err := e.validate(i, m, kinds); err != nil {
+			return fmt.Errorf("entry %d (%q): %w", i, e.Path, err)
+		}
+		kinds[e.Path] = e.Type
+	}
+	return nil
+}
+
+func (e *Entry) validate(i int, m *Manifest, kinds map[string]Type) error {
+	if i > 0 {
+		if err := ValidPath(e.Path); err != nil {
+			return err
+		}
+		if prev := m.Entries[i-1].Path; e.Path <= prev {
+			return invalid("paths not strictly increasing (after %q)", prev)
+		}
+		if kinds[parentOf(e.Path)] != Dir {
+			return invalid("parent directory missing")
+		}
+	}
+	if e.Mode&^07777 != 0 {
+		return invalid("mode %o has bits outside 07777", e.Mode)
+	}
+	for j, x := range e.Xattrs {
+		if x.Name == "" || len(x.Name) > MaxXattrName || len(x.Value) > MaxXattrValue {
+			return invalid("xattr %q: bad name or value size", x.Name)
+		}
+		if j > 0 && x.Name <= e.Xattrs[j-1].Name {
+			return invalid("xattrs not strictly increasing at %q", x.Name)
+		}
+	}
+	switch e.Type {
+	case Dir:
+		if e.Size != 0 || e.Target != "" || len(e.Chunks) != 0 {
+			return invalid("directory with size, target or chunks")
+		}
+	case Regular:
+		if e.Target != "" {
+			return invalid("regular file with a target")
+		}
+		var sum int64
+		for _, c := range e.Chunks {
+			if c.Size == 0 {
+				return invalid("empty chunk %s", c.ID.Short())
+			}
+			sum += int64(c.Size)
+		}
+		if sum != e.Size {
+			return invalid("size %d but chunks sum to %d", e.Size, sum)
+		}
+	case Symlink:
+		if e.Target == "" || strings.IndexByte(e.Target, 0) >= 0 || len(e.Chunks) != 0 || e.Size != int64(len(e.Target)) {
+			return invalid("symlink needs a non-empty target, size = len(target), no chunks")
+		}
+	case Hardlink:
+		if kinds[e.Target] != Regular || len(e.Chunks) != 0 || e.Size != 0 || len(e.Xattrs) != 0 ||
+			e.Mode != 0 || e.UID != 0 || e.GID != 0 || e.Mtime != 0 {
+			return invalid("hard link must name an earlier regular file (%q) and carry nothing else", e.Target)
+		}
+	default:
+		return invalid("unknown entry type %d", e.Type)
+	}
+	return nil
+}
+
+// ValidPath reports whether p is a clean relative path of valid names.
+func ValidPath(p string) error {
+	if p == "" || len(p) > MaxPath {
+		return invalid("path empty or over %d bytes", MaxPath)
+	}
+	for _, name := range strings.Split(p, "/") {
+		if name == "" || name == "." || name == ".." || len(name) > MaxName || strings.IndexByte(name, 0) >= 0 {
+			return invalid("bad path component %q", name)
+		}
+	}
+	return nil
+}
+
+func parentOf(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
+}
+
+// Base returns the last path component.
+func Base(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
+
+// ValidTag reports whether name can be a tag: it is also a directory name at
+// the mount point, so it is short, printable and not hidden.
+func ValidTag(name string) error {
+	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' || !utf8.ValidString(name) {
+		return fmt.Errorf("tag %q: use 1-128 characters from A-Z a-z 0-9 . _ - and do not start with '.' or '-'", name)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return fmt.Errorf("tag %q: character %q not allowed; use A-Z a-z 0-9 . _ -", name, r)
+		}
+	}
+	if len(name) == 2*digest.Size {
+		if _, err := digest.Parse(name); err == nil {
+			return fmt.Errorf("tag %q looks like an image ID; choose another name", name)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,139 @@
+package manifest
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+)
+
+func sample() *Manifest {
+	c1 := Chunk{ID: digest.Of([]byte("one")), Size: 3}
+	c2 := Chunk{ID: digest.Of([]byte("two")), Size: 3}
+	return &Manifest{
+		Annotations: map[string]string{"gpuwarm.kind": "files", "a": "b"},
+		Entries: []Entry{
+			{Path: "", Type: Dir, Mode: 0755},
+			{Path: "bin", Type: Dir, Mode: 0755, Mtime: -5},
+			{Path: "bin/python", Type: Regular, Mode: 0755, Size: 6, Chunks: []Chunk{c1, c2},
+				Xattrs: []Xattr{{Name: "user.a", Value: []byte("1")}, {Name: "user.b", Value: nil}}},
+			{Path: "bin/python3", Type: Hardlink, Target: "bin/python"},
+			{Path: "empty", Type: Regular, Mode: 0600, UID: 1000, GID: 1000},
+			{Path: "link", Type: Symlink, Mode: 0777, Size: 10, Target: "bin/python"},
+			{Path: "odd name \n\xff", Type: Regular, Mode: 0644, Size: 3, Chunks: []Chunk{c1}},
+		},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	m := sample()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	enc := m.Encode()
+	got, err := Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID() != m.ID() || string(got.Encode()) != string(enc) {
+		t.Fatal("round trip changed the encoding")
+	}
+	ix := NewIndex(m.ID(), got)
+	i, ok := ix.Lookup("bin/python3")
+	if !ok || ix.Resolve(i) != 2 || ix.Nlink(2) != 2 {
+		t.Fatalf("hard link resolution: %v %d %d", ok, ix.Resolve(i), ix.Nlink(2))
+	}
+	if ix.Nlink(0) != 3 {
+		t.Fatalf("root nlink = %d, want 3", ix.Nlink(0))
+	}
+	if f, l := ix.ChunkSpan(2, 2, 2); f != 0 || l != 2 {
+		t.Fatalf("ChunkSpan(2,2) = %d,%d", f, l)
+	}
+	if f, l := ix.ChunkSpan(2, 3, 100); f != 1 || l != 2 {
+		t.Fatalf("ChunkSpan(3,100) = %d,%d", f, l)
+	}
+	if kids := ix.Children(0); len(kids) != 4 {
+		t.Fatalf("root has %d children", len(kids))
+	}
+}
+
+func TestValidateRejects(t *testing.T) {
+	cases := map[string]func(m *Manifest){
+		"no root":          func(m *Manifest) { m.Entries = m.Entries[1:] },
+		"unsorted":         func(m *Manifest) { m.Entries[4], m.Entries[5] = m.Entries[5], m.Entries[4] },
+		"dotdot":           func(m *Manifest) { m.Entries[6].Path = "../x" },
+		"missing parent":   func(m *Manifest) { m.Entries[6].Path = "zz/y" },
+		"size mismatch":    func(m *Manifest) { m.Entries[2].Size = 7 },
+		"dangling link":    func(m *Manifest) { m.Entries[3].Target = "nope" },
+		"mode bits":        func(m *Manifest) { m.Entries[2].Mode = 0100755 },
+		"symlink no size":  func(m *Manifest) { m.Entries[5].Size = 0 },
+		"unknown type":     func(m *Manifest) { m.Entries[4].Type = 9 },
+		"file under file":  func(m *Manifest) { m.Entries[6].Path = "empty/x" },
+		"empty chunk":      func(m *Manifest) { m.Entries[6].Chunks[0].Size = 0; m.Entries[6].Size = 0 },
+		"unsorted xattrs":  func(m *Manifest) { x := m.Entries[2].Xattrs; x[0], x[1] = x[1], x[0] },
+		"hardlink to link": func(m *Manifest) { m.Entries[3].Target = "link" },
+	}
+	for name, mutate := range cases {
+		m := sample()
+		mutate(m)
+		if err := m.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: want ErrInvalid, got %v", name, err)
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	enc := sample().Encode()
+	bad := map[string][]byte{
+		"empty":     nil,
+		"magic":     append([]byte("XXXX"), enc[4:]...),
+		"version":   append(append([]byte("GWMF"), 99), enc[5:]...),
+		"truncated": enc[:len(enc)-3],
+		"trailing":  append(append([]byte{}, enc...), 0),
+	}
+	for name, b := range bad {
+		if _, err := Decode(b); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: want ErrInvalid, got %v", name, err)
+		}
+	}
+	// A non-minimal varint (0x80 0x00 for 0) is not canonical.
+	nc := append([]byte("GWMF\x01\x80\x00"), enc[6:]...)
+	if _, err := Decode(nc); err == nil {
+		t.Error("non-canonical varint accepted")
+	}
+}
+
+func TestValidTag(t *testing.T) {
+	for _, ok := range []string{"python3", "llama-1.1b_v2", "A"} {
+		if err := ValidTag(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", ".hidden", "-x", "a/b", "a b", digest.Of(nil).String()} {
+		if ValidTag(bad) == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(sample().Encode())
+	f.Add((&Manifest{Entries: []Entry{{Type: Dir}}}).Encode())
+	f.Add([]byte("GWMF\x01\x00\x01\x00\x01"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b)
+		if err != nil {
+			return
+		}
+		// Anything accepted is canonical and indexable.
+		if string(m.Encode()) != string(b) {
+			t.Fatal("accepted a non-canonical encoding")
+		}
+		ix := NewIndex(m.ID(), m)
+		for i := range m.Entries {
+			if m.Entries[i].Type == Regular {
+				ix.ChunkSpan(i, 0, m.Entries[i].Size)
+			}
+		}
+	})
+}

@@ -1,0 +1,65 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+)
+
+// A tag object holds "<kind>:<hex digest>\n", so that a tag may name an image
+// of any kind and the format can grow.
+
+// SetTag points tag name at image id.
+func SetTag(ctx context.Context, s Store, name string, id digest.ID) error {
+	return s.Put(ctx, Handle{Kind: Tag, Name: name}, []byte("image:"+id.String()+"\n"))
+}
+
+// ResolveTag returns the image a tag names. A 64-digit hex string is taken
+// as an image ID directly.
+func ResolveTag(ctx context.Context, s Store, name string) (digest.ID, error) {
+	if id, err := digest.Parse(name); err == nil {
+		return id, nil
+	}
+	b, err := s.Get(ctx, Handle{Kind: Tag, Name: name}, 0, -1)
+	if errors.Is(err, ErrNotFound) {
+		return digest.Zero, fmt.Errorf("no image tagged %q in %s (gpuwarm ls lists the tags): %w", name, s.Location(), err)
+	}
+	if err != nil {
+		return digest.Zero, fmt.Errorf("read tag %q: %w", name, err)
+	}
+	return ParseTag(b)
+}
+
+// ParseTag decodes a tag object.
+func ParseTag(b []byte) (digest.ID, error) {
+	s := strings.TrimSpace(string(b))
+	hex, ok := strings.CutPrefix(s, "image:")
+	if !ok {
+		return digest.Zero, fmt.Errorf("tag object %.40q is not of the form image:<digest>", s)
+	}
+	return digest.Parse(hex)
+}
+
+// Tags lists every tag with its image.
+func Tags(ctx context.Context, s Store) (map[string]digest.ID, error) {
+	out := make(map[string]digest.ID)
+	err := s.List(ctx, Tag, func(in Info) error {
+		b, err := s.Get(ctx, Handle{Kind: Tag, Name: in.Name}, 0, -1)
+		if errors.Is(err, ErrNotFound) {
+			return nil // deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		id, err := ParseTag(b)
+		if err != nil {
+			return fmt.Errorf("tag %q: %w", in.Name, err)
+		}
+		out[in.Name] = id
+		return nil
+	})
+	return out, err
+}
