@@ -1,0 +1,270 @@
+// Package cache is the worker-local block cache shared by every image on a
+// worker: a memory tier (bounded bytes, LRU) over a disk tier (bounded
+// bytes, LRU, crash-safe) over the store.
+//
+// Chunks are cached as plaintext, keyed by their SHA-256. Bytes reach the
+// cache only after chunk.Decode has checked them against that digest. A disk
+// file is named "<sha256>.<xxhash64>" and written to a temporary file then
+// renamed; every read recomputes the xxhash and drops the file when it does
+// not match (torn write, bit rot, tampering), so the chunk is fetched again.
+//
+// Concurrent misses of one chunk fetch it once (singleflight). Fetches from
+// the store are bounded, and demand reads keep a share of the fetch slots
+// that prefetching can never take, so background work cannot starve them.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/gpuwarm/gpuwarm/chunk"
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/store"
+	"golang.org/x/sync/singleflight"
+)
+
+// Config sizes the cache.
+type Config struct {
+	// Dir holds the disk tier; empty means no disk tier.
+	Dir       string
+	MemBytes  int64
+	DiskBytes int64
+	// Fetches bounds concurrent store reads (default 16); demand reads
+	// always have at least half of them.
+	Fetches int
+	Logger  *slog.Logger
+}
+
+// Priority says who is asking for a chunk.
+type Priority int
+
+const (
+	Demand   Priority = iota // a reader is waiting
+	Prefetch                 // speculative; yields to demand
+)
+
+// Cache is the block cache. It is safe for concurrent use.
+type Cache struct {
+	st   store.Store
+	cfg  Config
+	log  *slog.Logger
+	mem  *memTier
+	disk *diskTier
+	sf   singleflight.Group
+
+	demandSlots   chan struct{}
+	prefetchSlots chan struct{}
+	sharedSlots   chan struct{}
+
+	fetches, fetchBytes, fetchErrors, corrupt atomic.Int64
+}
+
+// Open creates a cache over st. With a disk tier, Dir is locked for the
+// life of the cache and what an earlier process left there is reused.
+func Open(st store.Store, cfg Config) (*Cache, error) {
+	if cfg.Fetches <= 0 {
+		cfg.Fetches = 16
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Cache{st: st, cfg: cfg, log: cfg.Logger, mem: newMemTier(cfg.MemBytes)}
+	reserved := (cfg.Fetches + 1) / 2
+	c.demandSlots = make(chan struct{}, reserved)
+	c.sharedSlots = make(chan struct{}, cfg.Fetches-reserved)
+	c.prefetchSlots = c.sharedSlots
+	if cfg.Dir != "" {
+		d, err := openDiskTier(cfg.Dir, cfg.DiskBytes, c.log)
+		if err != nil {
+			return nil, err
+		}
+		c.disk = d
+	}
+	return c, nil
+}
+
+// Store returns the store the cache reads from.
+func (c *Cache) Store() store.Store { return c.st }
+
+// Close releases the disk tier's lock.
+func (c *Cache) Close() error {
+	if c.disk != nil {
+		return c.disk.close()
+	}
+	return nil
+}
+
+// Get returns the plaintext of chunk id (size bytes). The returned slice is
+// shared and must not be modified.
+func (c *Cache) Get(ctx context.Context, id digest.ID, size uint32) ([]byte, error) {
+	return c.get(ctx, id, size, Demand)
+}
+
+// Fetch makes chunk id present in the cache without returning it. Prefetch
+// priority waits for a free slot behind demand reads.
+func (c *Cache) Fetch(ctx context.Context, id digest.ID, size uint32, p Priority) error {
+	if c.mem.has(id) || (c.disk != nil && c.disk.has(id)) {
+		return nil
+	}
+	_, err := c.get(ctx, id, size, p)
+	return err
+}
+
+// Contains reports whether the chunk is in either tier (without reading it).
+func (c *Cache) Contains(id digest.ID) bool {
+	return c.mem.has(id) || (c.disk != nil && c.disk.has(id))
+}
+
+func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) ([]byte, error) {
+	if b, ok := c.mem.get(id); ok {
+		return b, nil
+	}
+	ch := c.sf.DoChan(id.String(), func() (any, error) {
+		// The flight outlives a canceled caller: others may be waiting.
+		return c.load(context.WithoutCancel(ctx), id, size, p)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.([]byte), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority) ([]byte, error) {
+	if b, ok := c.mem.get(id); ok {
+		return b, nil
+	}
+	if c.disk != nil {
+		b, err := c.disk.get(id, size)
+		if err == nil {
+			c.mem.add(id, b)
+			return b, nil
+		}
+		if errors.Is(err, errCorruptEntry) {
+			c.corrupt.Add(1)
+			c.log.Warn("disk cache entry corrupt; refetching", "chunk", id.Short(), "err", err)
+		}
+	}
+	release, err := c.acquire(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	blob, err := c.st.Get(ctx, store.H(store.Chunk, id), 0, -1)
+	release()
+	if err != nil {
+		c.fetchErrors.Add(1)
+		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), err)
+	}
+	c.fetches.Add(1)
+	c.fetchBytes.Add(int64(len(blob)))
+	b, err := chunk.Decode(blob, id)
+	if err != nil {
+		c.fetchErrors.Add(1)
+		c.corrupt.Add(1)
+		return nil, fmt.Errorf("chunk from %s: %w", c.st.Location(), err)
+	}
+	if size != 0 && uint32(len(b)) != size {
+		c.fetchErrors.Add(1)
+		return nil, fmt.Errorf("chunk %s: %w: %d bytes, manifest says %d", id.Short(), chunk.ErrCorrupt, len(b), size)
+	}
+	if len(blob) > 0 && blob[0] == chunk.CodecRaw {
+		b = append([]byte(nil), b...) // don't pin the blob's extra byte
+	}
+	if c.disk != nil {
+		if err := c.disk.add(id, b); err != nil {
+			c.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
+		}
+	}
+	c.mem.add(id, b)
+	return b, nil
+}
+
+func (c *Cache) acquire(ctx context.Context, p Priority) (func(), error) {
+	if p == Demand {
+		// Demand takes a reserved slot or a shared one, whichever frees first.
+		select {
+		case c.demandSlots <- struct{}{}:
+			return func() { <-c.demandSlots }, nil
+		case c.sharedSlots <- struct{}{}:
+			return func() { <-c.sharedSlots }, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	select {
+	case c.prefetchSlots <- struct{}{}:
+		return func() { <-c.prefetchSlots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// DiskFile opens the verified disk-tier file holding chunk id, for serving
+// it directly (FUSE passthrough). ok is false when the chunk is not on disk.
+func (c *Cache) DiskFile(id digest.ID, size uint32) (*os.File, bool) {
+	if c.disk == nil {
+		return nil, false
+	}
+	f, err := c.disk.open(id, size)
+	if err != nil {
+		if errors.Is(err, errCorruptEntry) {
+			c.corrupt.Add(1)
+		}
+		return nil, false
+	}
+	return f, true
+}
+
+// TierStats counts one tier's activity.
+type TierStats struct {
+	Hits, Misses, Bytes, Limit, Entries, Evictions int64
+}
+
+// Stats is a snapshot of the cache's counters.
+type Stats struct {
+	Memory, Disk                              TierStats
+	Fetches, FetchBytes, FetchErrors, Corrupt int64
+}
+
+// Stats returns the current counters.
+func (c *Cache) Stats() Stats {
+	s := Stats{
+		Memory:      c.mem.stats(),
+		Fetches:     c.fetches.Load(),
+		FetchBytes:  c.fetchBytes.Load(),
+		FetchErrors: c.fetchErrors.Load(),
+		Corrupt:     c.corrupt.Load(),
+	}
+	if c.disk != nil {
+		s.Disk = c.disk.stats()
+	}
+	return s
+}
+
+// DropMemory empties the memory tier (benchmarks, tests, memory pressure).
+func (c *Cache) DropMemory() { c.mem.clear() }
+
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		owner, _ := os.ReadFile(filepath.Join(dir, ".lock"))
+		return nil, fmt.Errorf("cache directory %s is in use by another gpuwarm process (pid %s); give each mount its own --cache-dir", dir, string(owner))
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(fmt.Sprint(os.Getpid())), 0)
+	return f, nil
+}

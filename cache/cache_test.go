@@ -1,0 +1,321 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/chunk"
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/store/filestore"
+)
+
+// countingStore counts Gets and can delay them.
+type countingStore struct {
+	store.Store
+	gets  atomic.Int64
+	delay time.Duration
+}
+
+func (c *countingStore) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	c.gets.Add(1)
+	if c.delay > 0 {
+		time.Sleep(c.delay)
+	}
+	return c.Store.Get(ctx, h, off, n)
+}
+
+func fixture(t *testing.T, n, size int) (*countingStore, [][]byte, []digest.ID) {
+	t.Helper()
+	fs, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := rand.New(rand.NewSource(int64(n)))
+	var datas [][]byte
+	var ids []digest.ID
+	for i := 0; i < n; i++ {
+		b := make([]byte, size)
+		rnd.Read(b[:size/2]) // half random, half zeros: compressible
+		id := digest.Of(b)
+		if err := fs.Put(context.Background(), store.H(store.Chunk, id), chunk.Encode(b)); err != nil {
+			t.Fatal(err)
+		}
+		datas = append(datas, b)
+		ids = append(ids, id)
+	}
+	return &countingStore{Store: fs}, datas, ids
+}
+
+func TestTiers(t *testing.T) {
+	st, datas, ids := fixture(t, 4, 100_000)
+	dir := t.TempDir()
+	c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for round := 0; round < 2; round++ {
+		for i, id := range ids {
+			b, err := c.Get(ctx, id, uint32(len(datas[i])))
+			if err != nil || !bytes.Equal(b, datas[i]) {
+				t.Fatalf("round %d chunk %d: %v", round, i, err)
+			}
+		}
+	}
+	if got := st.gets.Load(); got != 4 {
+		t.Fatalf("store read %d times, want 4", got)
+	}
+	s := c.Stats()
+	if s.Memory.Hits != 4 || s.Disk.Entries != 4 || s.Fetches != 4 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Memory dropped: served from disk, not the store.
+	c.DropMemory()
+	for i, id := range ids {
+		if b, err := c.Get(ctx, id, 0); err != nil || !bytes.Equal(b, datas[i]) {
+			t.Fatal(err)
+		}
+	}
+	if got := st.gets.Load(); got != 4 || c.Stats().Disk.Hits != 4 {
+		t.Fatalf("after memory drop: store gets %d, disk hits %d", got, c.Stats().Disk.Hits)
+	}
+	c.Close()
+
+	// A new process reuses the disk tier.
+	c2, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c2.Get(ctx, ids[0], 0); err != nil || st.gets.Load() != 4 {
+		t.Fatalf("reopened cache went to the store: %v, gets %d", err, st.gets.Load())
+	}
+	// A second user of the same directory is refused.
+	if _, err := Open(st, Config{Dir: dir, DiskBytes: 1 << 20}); err == nil {
+		t.Fatal("second cache on one directory accepted")
+	}
+}
+
+func TestSingleflight(t *testing.T) {
+	st, datas, ids := fixture(t, 1, 50_000)
+	st.delay = 50 * time.Millisecond
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	for i := 0; i < 32; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := c.Get(context.Background(), ids[0], 0)
+			if err != nil || !bytes.Equal(b, datas[0]) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := st.gets.Load(); got != 1 {
+		t.Fatalf("32 concurrent misses made %d store reads, want 1", got)
+	}
+}
+
+func corruptDiskFiles(t *testing.T, dir string, f func(path string)) int {
+	n := 0
+	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() && info.Name() != ".lock" && filepath.Base(filepath.Dir(p)) != "tmp" {
+			f(p)
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+func TestCorruptDiskEntryRefetched(t *testing.T) {
+	for _, mode := range []string{"flip", "truncate"} {
+		t.Run(mode, func(t *testing.T) {
+			st, datas, ids := fixture(t, 3, 64_000)
+			dir := t.TempDir()
+			c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 1 << 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx := context.Background()
+			for _, id := range ids {
+				c.Get(ctx, id, 0)
+			}
+			n := corruptDiskFiles(t, dir, func(p string) {
+				b, _ := os.ReadFile(p)
+				if mode == "flip" {
+					b[len(b)/2] ^= 0x40
+				} else {
+					b = b[:len(b)/3]
+				}
+				os.WriteFile(p, b, 0o600)
+			})
+			if n != 3 {
+				t.Fatalf("found %d disk entries", n)
+			}
+			c.DropMemory()
+			for i, id := range ids {
+				b, err := c.Get(ctx, id, uint32(len(datas[i])))
+				if err != nil || !bytes.Equal(b, datas[i]) {
+					t.Fatalf("chunk %d after corruption: %v", i, err)
+				}
+			}
+			if s := c.Stats(); s.Corrupt != 3 || st.gets.Load() != 6 {
+				t.Fatalf("corrupt=%d gets=%d, want 3 and 6", s.Corrupt, st.gets.Load())
+			}
+			// And the disk tier healed: a third pass reads from disk.
+			c.DropMemory()
+			for _, id := range ids {
+				c.Get(ctx, id, 0)
+			}
+			if st.gets.Load() != 6 {
+				t.Fatalf("healed entries not reused: gets=%d", st.gets.Load())
+			}
+		})
+	}
+}
+
+func TestCorruptStoreChunk(t *testing.T) {
+	st, _, ids := fixture(t, 2, 10_000)
+	h := store.H(store.Chunk, ids[0])
+	blob, _ := st.Store.Get(context.Background(), h, 0, -1)
+	blob[len(blob)-1] ^= 1
+	st.Delete(context.Background(), h)
+	st.Put(context.Background(), h, blob)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Get(context.Background(), ids[0], 0); !errors.Is(err, chunk.ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt, got %v", err)
+	}
+	if c.Contains(ids[0]) {
+		t.Fatal("corrupt chunk entered the cache")
+	}
+	if _, err := c.Get(context.Background(), ids[1], 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLimitsUnderLoad(t *testing.T) {
+	st, datas, ids := fixture(t, 40, 30_000)
+	dir := t.TempDir()
+	const memLimit, diskLimit = 100_000, 200_000
+	c, err := Open(st, Config{Dir: dir, MemBytes: memLimit, DiskBytes: diskLimit, Fetches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var violations atomic.Int64
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			s := c.Stats()
+			if s.Memory.Bytes > memLimit || s.Disk.Bytes > diskLimit {
+				violations.Add(1)
+			}
+		}
+	}()
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewSource(int64(w)))
+			for i := 0; i < 200; i++ {
+				k := rnd.Intn(len(ids))
+				b, err := c.Get(context.Background(), ids[k], 0)
+				if err != nil || !bytes.Equal(b, datas[k]) {
+					t.Errorf("worker %d: chunk %d: %v", w, k, err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(stop)
+	if violations.Load() > 0 {
+		t.Fatalf("limits exceeded %d times", violations.Load())
+	}
+	var onDisk int64
+	corruptDiskFiles(t, dir, func(p string) {
+		st, _ := os.Stat(p)
+		onDisk += st.Size()
+	})
+	if onDisk > diskLimit {
+		t.Fatalf("%d bytes on disk, limit %d", onDisk, diskLimit)
+	}
+	if s := c.Stats(); s.Memory.Evictions == 0 || s.Disk.Evictions == 0 {
+		t.Fatalf("no evictions with tiny limits: %+v", s)
+	}
+}
+
+// slowStore blocks every Get until released, to test fetch slots.
+type gateStore struct {
+	store.Store
+	inflight, max atomic.Int64
+	gate          chan struct{}
+}
+
+func (g *gateStore) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	cur := g.inflight.Add(1)
+	for {
+		m := g.max.Load()
+		if cur <= m || g.max.CompareAndSwap(m, cur) {
+			break
+		}
+	}
+	<-g.gate
+	g.inflight.Add(-1)
+	return g.Store.Get(ctx, h, off, n)
+}
+
+func TestDemandNotStarvedByPrefetch(t *testing.T) {
+	st, _, ids := fixture(t, 20, 1000)
+	g := &gateStore{Store: st.Store, gate: make(chan struct{})}
+	c, err := Open(g, Config{MemBytes: 1 << 20, Fetches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	// Prefetch floods: it may hold at most half of the slots.
+	for _, id := range ids[:10] {
+		go c.Fetch(ctx, id, 0, Prefetch)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := g.inflight.Load(); n != 2 {
+		t.Fatalf("%d prefetches in flight, want 2 (half the slots)", n)
+	}
+	done := make(chan error)
+	go func() { _, err := c.Get(ctx, ids[15], 0); done <- err }()
+	time.Sleep(50 * time.Millisecond)
+	if n := g.inflight.Load(); n != 3 {
+		t.Fatalf("demand read did not get a reserved slot: %d in flight", n)
+	}
+	close(g.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+}

@@ -1,0 +1,264 @@
+package cache
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/gpuwarm/gpuwarm/digest"
+)
+
+var errCorruptEntry = errors.New("disk cache entry corrupt")
+
+// diskTier keeps chunk plaintexts as files named "<sha256>.<xxh64>" under
+// dir/<first two hex digits>/, bounded in bytes with LRU eviction.
+type diskTier struct {
+	dir  string
+	lock *os.File
+	log  *slog.Logger
+	seq  atomic.Uint64
+
+	mu      sync.Mutex
+	limit   int64
+	used    int64
+	lru     *list.List // values *diskEntry
+	entries map[digest.ID]*list.Element
+	hits    int64
+	misses  int64
+	evicted int64
+}
+
+type diskEntry struct {
+	id   digest.ID
+	sum  uint64
+	size int64
+}
+
+func openDiskTier(dir string, limit int64, log *slog.Logger) (*diskTier, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
+		return nil, fmt.Errorf("cache directory: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	d := &diskTier{dir: dir, lock: lock, log: log, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element)}
+	// Writes in flight when an earlier process died are garbage.
+	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	for _, t := range tmps {
+		os.Remove(filepath.Join(dir, "tmp", t.Name()))
+	}
+	type found struct {
+		e     diskEntry
+		atime int64
+	}
+	var all []found
+	err = filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() || filepath.Base(filepath.Dir(p)) == "tmp" || de.Name() == ".lock" {
+			return err
+		}
+		id, sum, ok := parseName(de.Name())
+		info, ierr := de.Info()
+		if !ok || ierr != nil || filepath.Base(filepath.Dir(p)) != id.String()[:2] {
+			os.Remove(p)
+			return nil
+		}
+		all = append(all, found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
+		return nil
+	})
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
+	}
+	// Oldest first, so the newest end up at the front of the LRU.
+	sort.Slice(all, func(i, j int) bool { return all[i].atime < all[j].atime })
+	for _, f := range all {
+		e := f.e
+		d.entries[e.id] = d.lru.PushFront(&e)
+		d.used += e.size
+	}
+	d.mu.Lock()
+	d.evictLocked(0)
+	d.mu.Unlock()
+	log.Debug("disk cache opened", "dir", dir, "entries", len(d.entries), "bytes", d.used)
+	return d, nil
+}
+
+func parseName(name string) (digest.ID, uint64, bool) {
+	hexID, hexSum, ok := strings.Cut(name, ".")
+	if !ok {
+		return digest.Zero, 0, false
+	}
+	id, err := digest.Parse(hexID)
+	if err != nil {
+		return digest.Zero, 0, false
+	}
+	sum, err := strconv.ParseUint(hexSum, 16, 64)
+	if err != nil || len(hexSum) != 16 {
+		return digest.Zero, 0, false
+	}
+	return id, sum, true
+}
+
+func (d *diskTier) path(id digest.ID, sum uint64) string {
+	h := id.String()
+	return filepath.Join(d.dir, h[:2], fmt.Sprintf("%s.%016x", h, sum))
+}
+
+func (d *diskTier) has(id digest.ID) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.entries[id]
+	return ok
+}
+
+func (d *diskTier) lookup(id digest.ID) (diskEntry, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	el, ok := d.entries[id]
+	if !ok {
+		d.misses++
+		return diskEntry{}, false
+	}
+	d.lru.MoveToFront(el)
+	return *el.Value.(*diskEntry), true
+}
+
+func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
+	e, ok := d.lookup(id)
+	if !ok {
+		return nil, fs.ErrNotExist
+	}
+	b, err := os.ReadFile(d.path(id, e.sum))
+	if err == nil && (xxhash.Sum64(b) != e.sum || (size != 0 && len(b) != int(size))) {
+		err = fmt.Errorf("%w: %s: checksum or size mismatch", errCorruptEntry, d.path(id, e.sum))
+	}
+	if err != nil {
+		d.drop(id, e)
+		if !errors.Is(err, errCorruptEntry) {
+			err = fmt.Errorf("%w: %v", errCorruptEntry, err)
+		}
+		return nil, err
+	}
+	d.mu.Lock()
+	d.hits++
+	d.mu.Unlock()
+	return b, nil
+}
+
+// open returns the entry's file after verifying its contents.
+func (d *diskTier) open(id digest.ID, size uint32) (*os.File, error) {
+	e, ok := d.lookup(id)
+	if !ok {
+		return nil, fs.ErrNotExist
+	}
+	f, err := os.Open(d.path(id, e.sum))
+	if err != nil {
+		d.drop(id, e)
+		return nil, err
+	}
+	h := xxhash.New()
+	n, err := io.Copy(h, f)
+	if err != nil || h.Sum64() != e.sum || n != int64(size) {
+		f.Close()
+		d.drop(id, e)
+		return nil, fmt.Errorf("%w: %s", errCorruptEntry, d.path(id, e.sum))
+	}
+	d.mu.Lock()
+	d.hits++
+	d.mu.Unlock()
+	return f, nil
+}
+
+func (d *diskTier) drop(id digest.ID, e diskEntry) {
+	d.mu.Lock()
+	if el, ok := d.entries[id]; ok && el.Value.(*diskEntry).sum == e.sum {
+		d.lru.Remove(el)
+		delete(d.entries, id)
+		d.used -= e.size
+	}
+	d.mu.Unlock()
+	os.Remove(d.path(id, e.sum))
+}
+
+func (d *diskTier) add(id digest.ID, b []byte) error {
+	size := int64(len(b))
+	if size > d.limit || d.has(id) {
+		return nil
+	}
+	sum := xxhash.Sum64(b)
+	final := d.path(id, sum)
+	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	// Make room (and reserve it) before the file becomes visible, so the
+	// limit always holds; the entry becomes visible only once the file is.
+	d.mu.Lock()
+	if _, ok := d.entries[id]; ok {
+		d.mu.Unlock()
+		os.Remove(tmp)
+		return nil
+	}
+	d.evictLocked(size)
+	d.used += size
+	d.mu.Unlock()
+	err := os.Rename(tmp, final)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(final), 0o700); err == nil {
+			err = os.Rename(tmp, final)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil {
+		d.used -= size
+		os.Remove(tmp)
+		return err
+	}
+	if _, ok := d.entries[id]; ok { // a concurrent add of the same chunk won
+		d.used -= size
+		return nil
+	}
+	d.entries[id] = d.lru.PushFront(&diskEntry{id: id, sum: sum, size: size})
+	return nil
+}
+
+// evictLocked removes least recently used entries until need more bytes fit.
+func (d *diskTier) evictLocked(need int64) {
+	for d.used+need > d.limit && d.lru.Len() > 0 {
+		el := d.lru.Back()
+		e := el.Value.(*diskEntry)
+		d.lru.Remove(el)
+		delete(d.entries, e.id)
+		d.used -= e.size
+		d.evicted++
+		os.Remove(d.path(e.id, e.sum))
+	}
+}
+
+func (d *diskTier) stats() TierStats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return TierStats{Hits: d.hits, Misses: d.misses, Bytes: d.used, Limit: d.limit,
+		Entries: int64(len(d.entries)), Evictions: d.evicted}
+}
+
+func (d *diskTier) close() error {
+	return d.lock.Close()
+}
+
+// Dir returns the directory of the disk tier.
+func (d *diskTier) Dir() string { return d.dir }
