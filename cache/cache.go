@@ -141,7 +141,7 @@ func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) 
 }
 
 func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority) ([]byte, error) {
-	if b, ok := c.mem.get(id); ok {
+	if b, ok := c.mem.peek(id); ok { // filled by a flight that just ended
 		return b, nil
 	}
 	if c.disk != nil {

@@ -123,12 +123,14 @@ func (d *diskTier) has(id digest.ID) bool {
 	return ok
 }
 
-func (d *diskTier) lookup(id digest.ID) (diskEntry, bool) {
+func (d *diskTier) lookup(id digest.ID, countMiss bool) (diskEntry, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	el, ok := d.entries[id]
 	if !ok {
-		d.misses++
+		if countMiss {
+			d.misses++
+		}
 		return diskEntry{}, false
 	}
 	d.lru.MoveToFront(el)
@@ -136,7 +138,7 @@ func (d *diskTier) lookup(id digest.ID) (diskEntry, bool) {
 }
 
 func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
-	e, ok := d.lookup(id)
+	e, ok := d.lookup(id, true)
 	if !ok {
 		return nil, fs.ErrNotExist
 	}
@@ -159,7 +161,7 @@ func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
 
 // open returns the entry's file after verifying its contents.
 func (d *diskTier) open(id digest.ID, size uint32) (*os.File, error) {
-	e, ok := d.lookup(id)
+	e, ok := d.lookup(id, false)
 	if !ok {
 		return nil, fs.ErrNotExist
 	}

@@ -40,6 +40,16 @@ func (m *memTier) get(id digest.ID) ([]byte, bool) {
 	return nil, false
 }
 
+// peek is get without counting a hit or miss.
+func (m *memTier) peek(id digest.ID) ([]byte, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if el, ok := m.entries[id]; ok {
+		return el.Value.(*memEntry).data, true
+	}
+	return nil, false
+}
+
 func (m *memTier) has(id digest.ID) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()

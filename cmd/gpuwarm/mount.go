@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs"
+)
+
+type cacheFlags struct {
+	dir       string
+	mem, disk byteSize
+	fetches   int
+}
+
+func (c *cacheFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.dir, "cache-dir", envOr("GPUWARM_CACHE_DIR", "/var/cache/gpuwarm"), "`DIR` of the disk tier of the block cache (env GPUWARM_CACHE_DIR)")
+	c.mem = 2 << 30
+	c.disk = 50 << 30
+	if v := os.Getenv("GPUWARM_MEM_CACHE"); v != "" {
+		c.mem.Set(v)
+	}
+	if v := os.Getenv("GPUWARM_DISK_CACHE"); v != "" {
+		c.disk.Set(v)
+	}
+	fs.Var(&c.mem, "mem-cache", "memory tier `SIZE` (env GPUWARM_MEM_CACHE)")
+	fs.Var(&c.disk, "disk-cache", "disk tier `SIZE` (env GPUWARM_DISK_CACHE)")
+	fs.IntVar(&c.fetches, "fetches", 16, "concurrent store reads")
+}
+
+func init() {
+	c := &command{name: "mount", args: "MOUNTPOINT", help: "serve every tagged image read-only at MOUNTPOINT/<tag>/ (the worker's boot daemon)"}
+	c.run = func(ctx context.Context, g *globals, args []string) error {
+		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+		var cf cacheFlags
+		cf.register(fs)
+		tagTTL := fs.Duration("tag-ttl", 2*time.Second, "how long a tag's image is trusted before it is looked up again")
+		noPass := fs.Bool("no-passthrough", false, "never use FUSE passthrough")
+		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
+		debug := fs.Bool("debug", false, "log every FUSE request")
+		if err := g.parse(c, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			fs.Usage()
+			return fmt.Errorf("want a mount point")
+		}
+		dir := fs.Arg(0)
+		if err := os.MkdirAll(dir, 0o755); err != nil && !os.IsExist(err) {
+			g.log.Warn("cannot create mount point", "dir", dir, "err", err)
+		}
+		st, err := g.openStore(ctx)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		bc, err := cache.Open(st, cache.Config{Dir: cf.dir, MemBytes: int64(cf.mem), DiskBytes: int64(cf.disk), Fetches: cf.fetches, Logger: g.log})
+		if err != nil {
+			return err
+		}
+		defer bc.Close()
+		srv, err := fusefs.Mount(dir, fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug})
+		if err != nil {
+			return err
+		}
+		g.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", cf.dir,
+			"mem", int64(cf.mem), "disk", int64(cf.disk))
+		done := make(chan struct{})
+		go func() { srv.Wait(); close(done) }()
+		select {
+		case <-done:
+			g.log.Info("unmounted from outside; exiting", "dir", dir)
+		case <-ctx.Done():
+			g.log.Info("signal received; unmounting", "dir", dir)
+			if err := srv.Unmount(); err != nil {
+				g.log.Warn("unmount failed; detaching", "err", err)
+				fusefs.Unmount(dir)
+			}
+			<-done
+		}
+		b, _ := json.Marshal(bc.Stats())
+		g.log.Info("cache stats", "stats", string(b))
+		return nil
+	}
+	register(c)
+
+	u := &command{name: "umount", args: "MOUNTPOINT", help: "unmount a gpuwarm mount (its daemon then exits)"}
+	u.run = func(ctx context.Context, g *globals, args []string) error {
+		fs := flag.NewFlagSet(u.name, flag.ContinueOnError)
+		lazy := fs.Bool("lazy", false, "detach now even if files are open (MNT_DETACH)")
+		if err := g.parse(u, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			fs.Usage()
+			return fmt.Errorf("want a mount point")
+		}
+		if *lazy {
+			return detach(fs.Arg(0))
+		}
+		return fusefs.Unmount(fs.Arg(0))
+	}
+	register(u)
+}

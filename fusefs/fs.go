@@ -1,0 +1,259 @@
+package fusefs
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/singleflight"
+)
+
+// Observer is told of every chunk a read touches, in order (profiles).
+type Observer interface {
+	Touch(img digest.ID, entry, chunk int, id digest.ID, size uint32)
+}
+
+// Options configure a mount.
+type Options struct {
+	Cache  *cache.Cache
+	Logger *slog.Logger
+	// TagTTL is how long a tag's resolution is trusted (default 2s).
+	TagTTL time.Duration
+	// Observer, if set, sees every chunk touched by reads.
+	Observer Observer
+	// NoPassthrough disables FUSE passthrough.
+	NoPassthrough bool
+	// Readahead is how many chunks after the one being read are fetched in
+	// the background on sequential reads (default 2; negative disables).
+	Readahead int
+	Debug     bool
+}
+
+// FS is the state shared by every node of a mount.
+type FS struct {
+	opt   Options
+	cache *cache.Cache
+	st    store.Store
+	log   *slog.Logger
+
+	mu     sync.Mutex
+	images map[digest.ID]*manifest.Index
+	loadSF singleflight.Group
+
+	tagsMu   sync.Mutex
+	tags     map[string]digest.ID
+	tagsTime time.Time
+
+	ra chan readahead
+}
+
+type readahead struct {
+	id   digest.ID
+	size uint32
+}
+
+// New returns the filesystem; Mount serves it.
+func New(opt Options) *FS {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.TagTTL <= 0 {
+		opt.TagTTL = 2 * time.Second
+	}
+	if opt.Readahead == 0 {
+		opt.Readahead = 2
+	}
+	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
+		images: make(map[digest.ID]*manifest.Index), ra: make(chan readahead, 64)}
+	return f
+}
+
+// Image loads, verifies and indexes an image's manifest (once per mount).
+func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
+	f.mu.Lock()
+	ix, ok := f.images[id]
+	f.mu.Unlock()
+	if ok {
+		return ix, nil
+	}
+	v, err, _ := f.loadSF.Do(id.String(), func() (any, error) {
+		ix, err := LoadImage(ctx, f.st, id)
+		if err != nil {
+			return nil, err
+		}
+		f.mu.Lock()
+		f.images[id] = ix
+		f.mu.Unlock()
+		return ix, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*manifest.Index), nil
+}
+
+// LoadImage reads, verifies and indexes one manifest from a store.
+func LoadImage(ctx context.Context, st store.Store, id digest.ID) (*manifest.Index, error) {
+	b, err := st.Get(ctx, store.H(store.Manifest, id), 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
+	}
+	if got := digest.Of(b); got != id {
+		return nil, fmt.Errorf("image %s: manifest in %s is corrupt (hashes to %s)", id.Short(), st.Location(), got.Short())
+	}
+	m, err := manifest.Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
+	}
+	return manifest.NewIndex(id, m), nil
+}
+
+func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID, error) {
+	f.tagsMu.Lock()
+	defer f.tagsMu.Unlock()
+	if f.tags != nil && !fresh && time.Since(f.tagsTime) < f.opt.TagTTL {
+		return f.tags, nil
+	}
+	tags, err := store.Tags(ctx, f.st)
+	if err != nil {
+		if f.tags != nil {
+			f.log.Warn("listing tags failed; using the last list", "store", f.st.Location(), "err", err)
+			return f.tags, nil
+		}
+		return nil, err
+	}
+	f.tags, f.tagsTime = tags, time.Now()
+	return tags, nil
+}
+
+// readaheadLoop serves background fetches; the queue is bounded and drops
+// requests when full, and fetches run at prefetch priority.
+func (f *FS) readaheadLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-f.ra:
+			if err := f.cache.Fetch(ctx, r.id, r.size, cache.Prefetch); err != nil && ctx.Err() == nil {
+				f.log.Debug("readahead failed", "chunk", r.id.Short(), "err", err)
+			}
+		}
+	}
+}
+
+func (f *FS) queueReadahead(id digest.ID, size uint32) {
+	if f.cache.Contains(id) {
+		return
+	}
+	select {
+	case f.ra <- readahead{id, size}:
+	default: // drop: readahead is only a hint
+	}
+}
+
+// ino derives a stable inode number from an image and a path.
+func ino(img digest.ID, path string) uint64 {
+	h := xxhash.New()
+	h.Write(img[:])
+	h.Write([]byte(path))
+	v := h.Sum64()
+	if v < 2 {
+		v += 2
+	}
+	return v
+}
+
+func tagIno(name string) uint64 {
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], 0x7461670000000000)
+	v := xxhash.Sum64(append(b[:], name...))
+	if v < 2 {
+		v += 2
+	}
+	return v
+}
+
+func errno(err error) syscall.Errno {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, store.ErrNotFound):
+		return syscall.ENOENT
+	case errors.Is(err, context.Canceled):
+		return syscall.EINTR
+	}
+	return syscall.EIO
+}
+
+func sortedNames(m map[string]digest.ID) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Server is a running mount.
+type Server struct {
+	*fuse.Server
+	fs     *FS
+	cancel context.CancelFunc
+	Dir    string
+}
+
+// Mount serves the filesystem at dir until Unmount. A stale gpuwarm mount
+// left at dir by a killed daemon is detached first.
+func Mount(dir string, opt Options) (*Server, error) {
+	f := New(opt)
+	hour := time.Hour
+	ctx, cancel := context.WithCancel(context.Background())
+	root := &rootNode{fsys: f}
+	cleanStale(dir, f.log)
+	mo := fuse.MountOptions{
+		FsName:                   "gpuwarm",
+		Name:                     "gpuwarm",
+		AllowOther:               true,
+		DirectMount:              true,
+		MaxWrite:                 1 << 20,
+		MaxReadAhead:             1 << 20,
+		MaxBackground:            64,
+		Options:                  []string{"ro", "default_permissions"},
+		Debug:                    opt.Debug,
+		DisableXAttrs:            false,
+		ExplicitDataCacheControl: false,
+	}
+	srv, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions:      mo,
+		EntryTimeout:      &hour,
+		AttrTimeout:       &hour,
+		NegativeTimeout:   &hour,
+		NullPermissions:   true,
+		FirstAutomaticIno: 1 << 62,
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("mount %s: %w (is fuse3 installed and /dev/fuse present? run make setup)", dir, err)
+	}
+	for i := 0; i < 4; i++ {
+		go f.readaheadLoop(ctx)
+	}
+	go func() { srv.Wait(); cancel() }()
+	return &Server{Server: srv, fs: f, cancel: cancel, Dir: dir}, nil
+}
+
+// FS returns the mounted filesystem.
+func (s *Server) FS() *FS { return s.fs }

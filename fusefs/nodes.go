@@ -1,0 +1,290 @@
+package fusefs
+
+import (
+	"context"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+const byIDName = "by-id"
+
+// rootNode lists the tags, resolved afresh every TagTTL.
+type rootNode struct {
+	fs.Inode
+	fsys *FS
+}
+
+var (
+	_ = (fs.NodeLookuper)((*rootNode)(nil))
+	_ = (fs.NodeReaddirer)((*rootNode)(nil))
+	_ = (fs.NodeGetattrer)((*rootNode)(nil))
+	_ = (fs.NodeStatfser)((*rootNode)(nil))
+)
+
+func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFDIR | 0o555
+	out.Nlink = 2
+	out.SetTimeout(r.fsys.opt.TagTTL)
+	return 0
+}
+
+func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ttl := r.fsys.opt.TagTTL
+	if name == StatsName {
+		out.Mode = syscall.S_IFREG | 0o444
+		out.SetEntryTimeout(time.Hour)
+		out.SetAttrTimeout(time.Nanosecond)
+		return r.NewInode(ctx, &statsNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tagIno(StatsName)}), 0
+	}
+	if name == byIDName {
+		out.Mode = syscall.S_IFDIR | 0o555
+		out.SetEntryTimeout(time.Hour)
+		return r.NewInode(ctx, &byIDNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}), 0
+	}
+	tags, err := r.fsys.resolveTags(ctx, false)
+	if err != nil {
+		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
+		return nil, syscall.EIO
+	}
+	id, ok := tags[name]
+	if !ok {
+		// A tag may be created at any moment: look again, and do not let
+		// the kernel cache the miss for long.
+		if tags, err = r.fsys.resolveTags(ctx, true); err == nil {
+			id, ok = tags[name]
+		}
+		if !ok {
+			out.SetEntryTimeout(time.Nanosecond)
+			return nil, syscall.ENOENT
+		}
+	}
+	ch, errno := imageRoot(ctx, &r.Inode, r.fsys, id, out)
+	if errno == 0 {
+		out.SetEntryTimeout(ttl)
+	}
+	return ch, errno
+}
+
+func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	tags, err := r.fsys.resolveTags(ctx, false)
+	if err != nil {
+		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
+		return nil, syscall.EIO
+	}
+	ents := []fuse.DirEntry{{Name: byIDName, Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}}
+	for _, n := range sortedNames(tags) {
+		ents = append(ents, fuse.DirEntry{Name: n, Mode: syscall.S_IFDIR, Ino: ino(tags[n], "")})
+	}
+	return fs.NewListDirStream(ents), 0
+}
+
+func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	r.fsys.mu.Lock()
+	defer r.fsys.mu.Unlock()
+	var bytes, files uint64
+	for _, ix := range r.fsys.images {
+		s := ix.Stats()
+		bytes += uint64(s.Bytes)
+		files += uint64(len(ix.Entries))
+	}
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.Blocks = (bytes + 4095) / 4096
+	out.Files = files
+	out.NameLen = manifest.MaxName
+	return 0
+}
+
+// byIDNode resolves image IDs; it lists the images this mount has loaded.
+type byIDNode struct {
+	fs.Inode
+	fsys *FS
+}
+
+var (
+	_ = (fs.NodeLookuper)((*byIDNode)(nil))
+	_ = (fs.NodeReaddirer)((*byIDNode)(nil))
+)
+
+func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	id, err := digest.Parse(name)
+	if err != nil || strings.ToLower(name) != name {
+		return nil, syscall.ENOENT
+	}
+	return imageRoot(ctx, &b.Inode, b.fsys, id, out)
+}
+
+func (b *byIDNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	b.fsys.mu.Lock()
+	defer b.fsys.mu.Unlock()
+	var ents []fuse.DirEntry
+	for id := range b.fsys.images {
+		ents = append(ents, fuse.DirEntry{Name: id.String(), Mode: syscall.S_IFDIR, Ino: ino(id, "")})
+	}
+	return fs.NewListDirStream(ents), 0
+}
+
+func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ix, err := f.Image(ctx, id)
+	if err != nil {
+		f.log.Error("cannot load image", "image", id.Short(), "err", err)
+		if e := errno(err); e == syscall.ENOENT {
+			out.SetEntryTimeout(time.Nanosecond)
+			return nil, e
+		}
+		return nil, syscall.EIO
+	}
+	n := &node{fsys: f, img: ix, idx: 0}
+	n.fill(&out.Attr)
+	return parent.NewInode(ctx, n, n.stable()), 0
+}
+
+// node is an entry of an image.
+type node struct {
+	fs.Inode
+	fsys *FS
+	img  *manifest.Index
+	idx  int // resolved: never a Hardlink entry
+}
+
+var (
+	_ = (fs.NodeLookuper)((*node)(nil))
+	_ = (fs.NodeReaddirer)((*node)(nil))
+	_ = (fs.NodeGetattrer)((*node)(nil))
+	_ = (fs.NodeOpener)((*node)(nil))
+	_ = (fs.NodeReader)((*node)(nil))
+	_ = (fs.NodeReadlinker)((*node)(nil))
+	_ = (fs.NodeGetxattrer)((*node)(nil))
+	_ = (fs.NodeListxattrer)((*node)(nil))
+	_ = (fs.NodeStatfser)((*node)(nil))
+)
+
+func (n *node) entry() *manifest.Entry { return &n.img.Entries[n.idx] }
+
+func modeBits(t manifest.Type) uint32 {
+	switch t {
+	case manifest.Dir:
+		return syscall.S_IFDIR
+	case manifest.Symlink:
+		return syscall.S_IFLNK
+	}
+	return syscall.S_IFREG
+}
+
+func (n *node) stable() fs.StableAttr {
+	e := n.entry()
+	return fs.StableAttr{Mode: modeBits(e.Type), Ino: ino(n.img.ID, e.Path)}
+}
+
+func (n *node) fill(a *fuse.Attr) {
+	e := n.entry()
+	a.Ino = ino(n.img.ID, e.Path)
+	a.Mode = modeBits(e.Type) | e.Mode
+	a.Size = uint64(e.Size)
+	a.Blocks = (a.Size + 511) / 512
+	a.Nlink = n.img.Nlink(n.idx)
+	a.Owner = fuse.Owner{Uid: e.UID, Gid: e.GID}
+	sec, nsec := uint64(e.Mtime/1e9), uint32(e.Mtime%1e9)
+	if e.Mtime < 0 {
+		sec, nsec = 0, 0
+	}
+	a.Mtime, a.Mtimensec = sec, nsec
+	a.Atime, a.Atimensec = sec, nsec
+	a.Ctime, a.Ctimensec = sec, nsec
+	a.Blksize = 1 << 17
+}
+
+func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.fill(&out.Attr)
+	return 0
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	e := n.entry()
+	if e.Type != manifest.Dir {
+		return nil, syscall.ENOTDIR
+	}
+	p := name
+	if e.Path != "" {
+		p = e.Path + "/" + name
+	}
+	i, ok := n.img.Lookup(p)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ch := &node{fsys: n.fsys, img: n.img, idx: n.img.Resolve(i)}
+	ch.fill(&out.Attr)
+	return n.NewInode(ctx, ch, ch.stable()), 0
+}
+
+func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	kids := n.img.Children(n.idx)
+	ents := make([]fuse.DirEntry, 0, len(kids))
+	for _, k := range kids {
+		r := n.img.Resolve(int(k))
+		ents = append(ents, fuse.DirEntry{
+			Name: manifest.Base(n.img.Entries[k].Path),
+			Mode: modeBits(n.img.Entries[r].Type),
+			Ino:  ino(n.img.ID, n.img.Entries[r].Path),
+		})
+	}
+	return fs.NewListDirStream(ents), 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	e := n.entry()
+	if e.Type != manifest.Symlink {
+		return nil, syscall.EINVAL
+	}
+	return []byte(e.Target), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	for _, x := range n.entry().Xattrs {
+		if x.Name == attr {
+			if len(dest) == 0 {
+				return uint32(len(x.Value)), 0
+			}
+			if len(dest) < len(x.Value) {
+				return uint32(len(x.Value)), syscall.ERANGE
+			}
+			return uint32(copy(dest, x.Value)), 0
+		}
+	}
+	return 0, syscall.ENODATA
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	var size int
+	for _, x := range n.entry().Xattrs {
+		size += len(x.Name) + 1
+	}
+	if len(dest) == 0 {
+		return uint32(size), 0
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	off := 0
+	for _, x := range n.entry().Xattrs {
+		off += copy(dest[off:], x.Name)
+		dest[off] = 0
+		off++
+	}
+	return uint32(off), 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	s := n.img.Stats()
+	out.Bsize, out.Frsize = 4096, 4096
+	out.Blocks = uint64(s.Bytes+4095) / 4096
+	out.Files = uint64(len(n.img.Entries))
+	out.NameLen = manifest.MaxName
+	return 0
+}

@@ -1,0 +1,100 @@
+package fusefs
+
+import (
+	"context"
+	"os"
+	"syscall"
+
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/errgroup"
+)
+
+// handle is an open file. backing is set when the file's only chunk is in
+// the disk tier and can be served by passthrough.
+type handle struct {
+	backing *os.File
+}
+
+var (
+	_ = (fs.FilePassthroughFder)((*handle)(nil))
+	_ = (fs.FileReleaser)((*handle)(nil))
+)
+
+func (h *handle) PassthroughFd() (int, bool) {
+	if h.backing == nil {
+		return 0, false
+	}
+	return int(h.backing.Fd()), true
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	if h.backing != nil {
+		h.backing.Close()
+	}
+	return 0
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	e := n.entry()
+	if e.Type != manifest.Regular {
+		return nil, 0, syscall.EINVAL
+	}
+	h := &handle{}
+	if !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 {
+		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, e.Chunks[0].Size); ok {
+			h.backing = f
+		}
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := n.entry()
+	if off >= e.Size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	if rest := e.Size - off; int64(len(dest)) > rest {
+		dest = dest[:rest]
+	}
+	first, last := n.img.ChunkSpan(n.idx, off, int64(len(dest)))
+	fill := func(j int) error {
+		c := e.Chunks[j]
+		if o := n.fsys.opt.Observer; o != nil {
+			o.Touch(n.img.ID, n.idx, j, c.ID, c.Size)
+		}
+		b, err := n.fsys.cache.Get(ctx, c.ID, c.Size)
+		if err != nil {
+			return err
+		}
+		cOff := n.img.ChunkOffset(n.idx, j)
+		// Copy the overlap of [cOff, cOff+len(b)) and [off, off+len(dest)).
+		lo, hi := max(cOff, off), min(cOff+int64(len(b)), off+int64(len(dest)))
+		copy(dest[lo-off:hi-off], b[lo-cOff:hi-cOff])
+		return nil
+	}
+	var err error
+	if last-first == 1 {
+		err = fill(first)
+	} else {
+		var g errgroup.Group
+		g.SetLimit(8)
+		for j := first; j < last; j++ {
+			g.Go(func() error { return fill(j) })
+		}
+		err = g.Wait()
+	}
+	if err != nil {
+		n.fsys.log.Error("read failed", "image", n.img.ID.Short(), "path", e.Path, "offset", off, "err", err)
+		return nil, errno(err)
+	}
+	for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
+		c := e.Chunks[last+k]
+		n.fsys.queueReadahead(c.ID, c.Size)
+	}
+	return fuse.ReadResultData(dest), 0
+}
