@@ -222,7 +222,10 @@ func Mount(dir string, opt Options) (*Server, error) {
 	hour := time.Hour
 	ctx, cancel := context.WithCancel(context.Background())
 	root := &rootNode{fsys: f}
-	cleanStale(dir, f.log)
+	if err := prepareMountpoint(dir, f.log); err != nil {
+		cancel()
+		return nil, err
+	}
 	mo := fuse.MountOptions{
 		FsName:                   "gpuwarm",
 		Name:                     "gpuwarm",

@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -151,6 +152,10 @@ type node struct {
 	fsys *FS
 	img  *manifest.Index
 	idx  int // resolved: never a Hardlink entry
+
+	openMu           sync.Mutex
+	cachedOpens      int
+	passthroughOpens int
 }
 
 var (

@@ -5,6 +5,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -14,6 +15,7 @@ import (
 // handle is an open file. backing is set when the file's only chunk is in
 // the disk tier and can be served by passthrough.
 type handle struct {
+	n       *node
 	backing *os.File
 }
 
@@ -30,9 +32,14 @@ func (h *handle) PassthroughFd() (int, bool) {
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.n.openMu.Lock()
 	if h.backing != nil {
+		h.n.passthroughOpens--
 		h.backing.Close()
+	} else {
+		h.n.cachedOpens--
 	}
+	h.n.openMu.Unlock()
 	return 0
 }
 
@@ -44,11 +51,31 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if e.Type != manifest.Regular {
 		return nil, 0, syscall.EINVAL
 	}
-	h := &handle{}
-	if !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 {
+	// The kernel refuses to mix passthrough and cached opens of one inode,
+	// so while any open of one mode is live, new opens take the same mode.
+	h := &handle{n: n}
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	if !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 && n.cachedOpens == 0 {
 		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, e.Chunks[0].Size); ok {
 			h.backing = f
+		} else if n.passthroughOpens > 0 {
+			// Evicted since the live passthrough open: bring it back, since
+			// this open must be a passthrough open too.
+			c := e.Chunks[0]
+			err := n.fsys.cache.Fetch(ctx, c.ID, c.Size, cache.Demand)
+			if f, ok := n.fsys.cache.DiskFile(c.ID, c.Size); err == nil && ok {
+				h.backing = f
+			} else {
+				n.fsys.log.Error("open failed: chunk of a passthrough file not on disk", "path", e.Path, "err", err)
+				return nil, 0, syscall.EIO
+			}
 		}
+	}
+	if h.backing != nil {
+		n.passthroughOpens++
+	} else {
+		n.cachedOpens++
 	}
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }

@@ -1,22 +1,84 @@
 package fusefs
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 )
 
-// cleanStale detaches a dead FUSE mount at dir (its daemon was killed, so
-// every access fails with ENOTCONN), so that a new daemon can mount there.
-func cleanStale(dir string, log *slog.Logger) {
-	_, err := os.Stat(dir)
-	if errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.ECONNABORTED) {
-		log.Warn("detaching a stale mount left by a dead daemon", "dir", dir)
-		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
-			log.Warn("detach failed", "dir", dir, "err", err)
+// prepareMountpoint detaches dead gpuwarm mounts at dir (their daemon was
+// killed, so every request fails with ENOTCONN) and refuses to stack on a
+// live one.
+func prepareMountpoint(dir string, log *slog.Logger) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < 16; i++ {
+		if !mountedAt(abs) {
+			return nil
+		}
+		var st syscall.Statfs_t
+		err := syscall.Statfs(abs, &st)
+		if err == nil {
+			return fmt.Errorf("a gpuwarm mount is already serving %s; run gpuwarm umount %s first", abs, abs)
+		}
+		if !errors.Is(err, syscall.ENOTCONN) && !errors.Is(err, syscall.ECONNABORTED) {
+			return fmt.Errorf("mount point %s: %w", abs, err)
+		}
+		log.Warn("detaching a stale mount left by a dead daemon", "dir", abs)
+		if err := syscall.Unmount(abs, syscall.MNT_DETACH); err != nil {
+			return fmt.Errorf("detach stale mount at %s: %w", abs, err)
 		}
 	}
+	return fmt.Errorf("mount point %s: too many stale mounts", abs)
+}
+
+// mountedAt reports whether a gpuwarm FUSE filesystem is mounted at dir.
+func mountedAt(dir string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint options ... - fstype source super
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescape(fields[4]) != dir {
+			continue
+		}
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && fields[i+1] == "fuse.gpuwarm" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			var v int
+			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // Unmount unmounts dir; a running daemon sees it and exits.

@@ -1,0 +1,56 @@
+# gpuwarm. `make demo` and `make test` set up a fresh Debian 12 machine first.
+GO        ?= go
+BIN       := bin/gpuwarm
+CRIU      ?= /opt/gpuwarm/criu/bin/criu
+VERSITYGW ?= /opt/gpuwarm/bin/versitygw
+export GPUWARM_CRIU ?= $(CRIU)
+export GPUWARM_VERSITYGW ?= $(VERSITYGW)
+
+.PHONY: all build setup test test-unit test-e2e race fuzz vet demo bench bench-gpu test-gpu clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/gpuwarm
+
+setup:
+	bash scripts/setup.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+# Unit tests, race detector on the concurrent packages, short fuzz runs of
+# every decoder, then the end-to-end tests with real FUSE, CRIU and S3.
+test: setup build vet
+	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/...
+	$(MAKE) fuzz FUZZTIME=10s
+
+test-unit:
+	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
+
+race:
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/...
+
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./manifest -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
+	$(GO) test ./chunk -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
+
+# Packs Python's standard library, mounts it, runs python3 from the mount
+# cold, warm and hot, and prints a timing table.
+demo: setup build
+	bash scripts/demo.sh
+
+bench: setup build
+	$(GO) run ./testing/bench
+
+test-gpu: build
+	bash scripts/gpu.sh test
+
+bench-gpu: build
+	bash scripts/gpu.sh bench
+
+clean:
+	rm -rf bin

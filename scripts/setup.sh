@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs everything gpuwarm and its tests need on a Debian 12 machine:
+# fuse3, python3 (test workloads), a CRIU >= 4 that works on recent kernels,
+# the versitygw S3 server, and the Go modules. Idempotent and quick when
+# everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v python3 >/dev/null || need+=(python3)
+[ -e /usr/bin/python3.11 ] || [ -e /usr/bin/python3 ] || need+=(python3)
+command -v iptables >/dev/null || true
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get install ${need[*]})" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+[ -e /dev/fuse ] || { modprobe fuse 2>/dev/null || true; }
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: load the fuse kernel module" >&2; exit 1; }
+
+bash scripts/install-criu.sh
+bash scripts/install-versitygw.sh
+go mod download
+echo "setup: ok"

@@ -1,0 +1,165 @@
+// Package e2e holds end-to-end tests of the gpuwarm binary with real FUSE
+// mounts, real CRIU and a real S3 server. They need root and /dev/fuse; the
+// Makefile's `make test` installs the rest.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/cache"
+)
+
+var gpuwarmBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gpuwarm-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	gpuwarmBin = filepath.Join(dir, "gpuwarm")
+	out, err := exec.Command("go", "build", "-o", gpuwarmBin, "../../cmd/gpuwarm").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build gpuwarm: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for FUSE mounts (run make test as root)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+}
+
+// gw runs the gpuwarm binary and returns its stdout.
+func gw(t *testing.T, args ...string) string {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(gpuwarmBin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("gpuwarm %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// daemon is a running `gpuwarm mount`.
+type daemon struct {
+	cmd  *exec.Cmd
+	dir  string
+	logs *bytes.Buffer
+	done chan error
+}
+
+func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *daemon {
+	t.Helper()
+	args := append([]string{"mount", mnt, "--store", storeURL, "--cache-dir", cacheDir}, extra...)
+	cmd := exec.Command(gpuwarmBin, args...)
+	logs := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, dir: mnt, logs: logs, done: make(chan error, 1)}
+	go func() { d.done <- cmd.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(mnt, &st); err == nil && st.Type == 0x65735546 {
+			break
+		}
+		select {
+		case err := <-d.done:
+			t.Fatalf("mount daemon exited: %v\n%s", err, logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			d.cmd.Process.Kill()
+			t.Fatalf("mount did not appear at %s\n%s", mnt, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() { d.stop(t) })
+	return d
+}
+
+// stop unmounts and waits for the daemon to exit cleanly.
+func (d *daemon) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("mount daemon exited with %v after SIGTERM\n%s", err, d.logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		syscall.Unmount(d.dir, syscall.MNT_DETACH)
+		t.Errorf("mount daemon ignored SIGTERM\n%s", d.logs.String())
+	}
+}
+
+func (d *daemon) kill9(t *testing.T) {
+	d.cmd.Process.Kill()
+	<-d.done
+}
+
+func (d *daemon) stats(t *testing.T) cache.Stats {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(d.dir, ".stats"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s cache.Stats
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatalf("stats %q: %v", b, err)
+	}
+	return s
+}
+
+func fileSum(t *testing.T, p string) [32]byte {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,327 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/store/filestore"
+)
+
+// TestPackMountTree packs a tree with every kind of entry (and a 200 MB
+// file), mounts it, and checks contents and metadata; then many concurrent
+// readers; then a remount shows the same inode numbers.
+func TestPackMountTree(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	makeTree(t, src, 200)
+	out := gw(t, "pack", src, "--tag", "tree", "--store", storeDir)
+	if !strings.Contains(out, "packed") || !strings.Contains(out, "MB/s") {
+		t.Fatalf("pack summary: %s", out)
+	}
+	// Packing again uploads nothing new.
+	if out := gw(t, "pack", src, "--tag", "tree2", "--store", storeDir); !strings.Contains(out, "new   0 B in 0 chunks") {
+		t.Fatalf("second pack uploaded chunks: %s", out)
+	}
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	compareTrees(t, src, filepath.Join(mnt, "tree"))
+
+	// The same image is reachable by its ID with the same inode numbers.
+	id := strings.TrimSpace(gw(t, "inspect", "tree", "--store", storeDir, "--json"))
+	if !strings.Contains(id, `"image":"`) {
+		t.Fatalf("inspect --json: %s", id)
+	}
+	imageID := id[strings.Index(id, `"image":"`)+9:][:64]
+	var a, b syscall.Stat_t
+	syscall.Stat(filepath.Join(mnt, "tree/bin/tool"), &a)
+	if err := syscall.Stat(filepath.Join(mnt, "by-id", imageID, "bin/tool"), &b); err != nil || a.Ino != b.Ino {
+		t.Fatalf("by-id: %v, inode %d vs %d", err, a.Ino, b.Ino)
+	}
+
+	t.Run("concurrent-readers", func(t *testing.T) {
+		concurrentReaders(t, src, filepath.Join(mnt, "tree"))
+	})
+
+	t.Run("read-only", func(t *testing.T) {
+		for _, flag := range []int{os.O_WRONLY, os.O_RDWR, os.O_CREATE | os.O_WRONLY} {
+			if _, err := os.OpenFile(filepath.Join(mnt, "tree/small.txt"), flag, 0); !errors.Is(err, syscall.EROFS) {
+				t.Errorf("open flag %#x: want EROFS, got %v", flag, err)
+			}
+		}
+		if err := os.Mkdir(filepath.Join(mnt, "tree/new"), 0o755); err == nil {
+			t.Error("mkdir succeeded on a read-only mount")
+		}
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(filepath.Join(mnt, "tree"), &st); err != nil || st.Blocks == 0 || st.Files == 0 {
+			t.Errorf("statfs: %v %+v", err, st)
+		}
+	})
+
+	t.Run("tags-appear", func(t *testing.T) {
+		gw(t, "pack", filepath.Join(src, "dir"), "--tag", "late", "--store", storeDir)
+		if _, err := os.Stat(filepath.Join(mnt, "late/sub/deep/file")); err != nil {
+			t.Fatalf("a tag made after mounting is not visible: %v", err)
+		}
+	})
+
+	ino1 := a.Ino
+	d.stop(t)
+	d2 := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	syscall.Stat(filepath.Join(mnt, "tree/bin/tool"), &a)
+	if a.Ino != ino1 {
+		t.Fatalf("inode changed across remount: %d -> %d", ino1, a.Ino)
+	}
+	d2.stop(t)
+}
+
+func concurrentReaders(t *testing.T, src, mnt string) {
+	files := []string{"big/weights.bin", "exact-chunk.bin", "chunk-plus-one.bin", "zeros.img", "bin/tool", "a-hardlink"}
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := 0; i < 40; i++ {
+				name := files[rnd.IntN(len(files))]
+				sf, _ := os.Open(filepath.Join(src, name))
+				mf, err := os.Open(filepath.Join(mnt, name))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				st, _ := sf.Stat()
+				off := rnd.Int64N(st.Size())
+				n := 1 + rnd.IntN(3<<20)
+				want, got := make([]byte, n), make([]byte, n)
+				wn, _ := sf.ReadAt(want, off)
+				gn, err := mf.ReadAt(got, off)
+				if (err != nil && err != io.EOF) || wn != gn || !bytes.Equal(want[:wn], got[:gn]) {
+					t.Errorf("reader %d: %s [%d,+%d): got %d bytes (%v), want %d", w, name, off, n, gn, err, wn)
+				}
+				sf.Close()
+				mf.Close()
+			}
+		}(w)
+	}
+	wg.Wait()
+}
+
+// TestRunPythonFromMount packs Python's interpreter and standard library and
+// runs a program from the mount.
+func TestRunPythonFromMount(t *testing.T) {
+	requireFUSE(t)
+	// The system's interpreter (not a pyenv shim): one binary, stdlib beside it.
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		t.Skip("no /usr/bin/python3 (make setup installs it)")
+	}
+	tmp := t.TempDir()
+	prefix := filepath.Join(tmp, "src")
+	stdlib := strings.TrimSpace(run(t, py, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"))
+	buildPythonTree(t, py, stdlib, prefix)
+	storeDir, mnt := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	gw(t, "pack", prefix, "--tag", "python", "--store", storeDir)
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	prog := `import json, hashlib, decimal, email.parser, sqlite3, sys
+print(sys.prefix, hashlib.sha256(json.dumps({"x": [1, 2, 3]}).encode()).hexdigest()[:16], decimal.Decimal(1)/7)`
+	out := run(t, filepath.Join(mnt, "python/bin/python3"), "-I", "-c", prog)
+	want := strings.Replace(run(t, filepath.Join(prefix, "bin/python3"), "-I", "-c", prog), prefix, filepath.Join(mnt, "python"), 1)
+	if !strings.HasPrefix(out, filepath.Join(mnt, "python")+" ") || out != want {
+		t.Fatalf("python from the mount printed %q, want %q", out, want)
+	}
+	if s := d.stats(t); s.Fetches == 0 {
+		t.Fatalf("no chunks fetched: %+v", s)
+	}
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// buildPythonTree lays out PREFIX/bin/python3 and PREFIX/lib/python3.X so
+// that the interpreter finds its standard library next to itself.
+func buildPythonTree(t *testing.T, py, stdlib, prefix string) {
+	t.Helper()
+	real, _ := filepath.EvalSymlinks(py)
+	lib := filepath.Join(prefix, "lib", filepath.Base(stdlib))
+	os.MkdirAll(filepath.Join(prefix, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(prefix, "lib"), 0o755)
+	run(t, "cp", "-a", real, filepath.Join(prefix, "bin/python3"))
+	run(t, "cp", "-a", stdlib, lib)
+	// Debian keeps extension modules (lib-dynload) inside the stdlib dir;
+	// drop test suites and caches to keep the image small.
+	for _, junk := range []string{"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"} {
+		os.RemoveAll(filepath.Join(lib, junk))
+	}
+	os.RemoveAll(filepath.Join(lib, "site-packages"))
+	os.RemoveAll(filepath.Join(lib, "dist-packages"))
+}
+
+// TestCorruptStoreChunk: a chunk corrupted in the store makes reads of it
+// fail with EIO; every other read still returns correct bytes.
+func TestCorruptStoreChunk(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	makeTree(t, src, 8)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	// Corrupt the chunk holding bytes [1 MiB, 2 MiB) of the big file.
+	big, _ := os.ReadFile(filepath.Join(src, "big/weights.bin"))
+	bad := digest.Of(big[1<<20 : 2<<20])
+	fs, _ := filestore.Open(storeDir)
+	h := store.H(store.Chunk, bad)
+	blob, err := fs.Get(ctxT(t), h, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob[len(blob)/2] ^= 0xff
+	os.WriteFile(filepath.Join(storeDir, "chunks", bad.String()[:2], bad.String()), blob, 0o644)
+
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	f, err := os.Open(filepath.Join(mnt, "t/big/weights.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	if _, err := f.ReadAt(buf, 1<<20+100); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of the corrupt chunk: want EIO, got %v", err)
+	}
+	if _, err := f.ReadAt(buf, 3<<20); err != nil || !bytes.Equal(buf, big[3<<20:3<<20+4096]) {
+		t.Fatalf("read of a good chunk of the same file: %v", err)
+	}
+	compareOne(t, filepath.Join(src, "bin/tool"), filepath.Join(mnt, "t/bin/tool"))
+	if !strings.Contains(d.logs.String(), "corrupt chunk") {
+		t.Fatalf("the daemon did not log why the read failed:\n%s", d.logs.String())
+	}
+	if s := d.stats(t); s.Corrupt == 0 {
+		t.Fatalf("corrupt counter not raised: %+v", s)
+	}
+}
+
+func compareOne(t *testing.T, a, b string) {
+	t.Helper()
+	if fileSum(t, a) != fileSum(t, b) {
+		t.Fatalf("%s differs from %s", b, a)
+	}
+}
+
+// TestDiskCacheCorruptionAndKill9: the disk tier survives kill -9 of the
+// daemon and is reused by the next one; corrupted or truncated entries are
+// detected and refetched.
+func TestDiskCacheCorruptionAndKill9(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+	makeTree(t, src, 16)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	d := startMount(t, storeDir, mnt, cacheDir)
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	first := d.stats(t)
+	d.kill9(t)
+
+	// The dead mount is left behind; a new daemon detaches it and mounts.
+	d2 := startMount(t, storeDir, mnt, cacheDir)
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	s := d2.stats(t)
+	if s.Fetches != 0 || s.Disk.Hits == 0 {
+		t.Fatalf("after kill -9 and remount the disk cache was not used: fetches %d, disk hits %d (first run fetched %d)", s.Fetches, s.Disk.Hits, first.Fetches)
+	}
+	d2.stop(t)
+
+	// Corrupt every disk entry: flip a byte in half, truncate the rest.
+	var n int
+	filepath.Walk(cacheDir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() || !strings.Contains(info.Name(), ".") || strings.HasPrefix(info.Name(), ".") {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		if len(b) == 0 {
+			return nil
+		}
+		if n%2 == 0 {
+			b[len(b)/2] ^= 1
+		} else {
+			b = b[:len(b)/2]
+		}
+		os.WriteFile(p, b, 0o600)
+		n++
+		return nil
+	})
+	if n == 0 {
+		t.Fatal("no disk cache entries found")
+	}
+	d3 := startMount(t, storeDir, mnt, cacheDir, "--no-passthrough")
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	s = d3.stats(t)
+	if s.Corrupt < int64(n) || s.Fetches < int64(n) {
+		t.Fatalf("%d corrupted entries: corrupt counter %d, refetches %d", n, s.Corrupt, s.Fetches)
+	}
+}
+
+// TestTinyCacheLimits: with limits far below the data read, reads stay
+// correct and the tiers stay within their limits.
+func TestTinyCacheLimits(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+	makeTree(t, src, 40)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	const memLimit, diskLimit = 3 << 20, 5 << 20
+	d := startMount(t, storeDir, mnt, cacheDir, "--mem-cache", "3MiB", "--disk-cache", "5MiB")
+	concurrentReaders(t, src, filepath.Join(mnt, "t"))
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	s := d.stats(t)
+	if s.Memory.Bytes > memLimit || s.Disk.Bytes > diskLimit || s.Memory.Evictions == 0 || s.Disk.Evictions == 0 {
+		t.Fatalf("limits not kept: %+v", s)
+	}
+	var onDisk int64
+	filepath.Walk(cacheDir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			onDisk += info.Size()
+		}
+		return nil
+	})
+	if onDisk > diskLimit+4096 {
+		t.Fatalf("%d bytes in the cache directory, limit %d", onDisk, diskLimit)
+	}
+}
+
+// TestUmountCommand: gpuwarm umount makes the daemon exit cleanly.
+func TestUmountCommand(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	storeDir, mnt := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	os.MkdirAll(filepath.Join(tmp, "src"), 0o755)
+	os.WriteFile(filepath.Join(tmp, "src/f"), []byte("x"), 0o644)
+	gw(t, "pack", filepath.Join(tmp, "src"), "--tag", "t", "--store", storeDir)
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	gw(t, "umount", mnt)
+	if err := <-d.done; err != nil {
+		t.Fatalf("daemon exit after umount: %v\n%s", err, d.logs.String())
+	}
+	d.cmd.ProcessState = &os.ProcessState{}
+	if err := fusefs.Unmount(mnt); err == nil {
+		t.Fatal("still mounted")
+	}
+	_ = sha256.New
+}
