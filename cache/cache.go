@@ -92,12 +92,19 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 // Store returns the store the cache reads from.
 func (c *Cache) Store() store.Store { return c.st }
 
-// Close releases the disk tier's lock.
+// Close finishes pending disk writes and releases the disk tier's lock.
 func (c *Cache) Close() error {
 	if c.disk != nil {
 		return c.disk.close()
 	}
 	return nil
+}
+
+// Flush waits until every chunk fetched so far is written to the disk tier.
+func (c *Cache) Flush() {
+	if c.disk != nil {
+		c.disk.pending.Wait()
+	}
 }
 
 // Get returns the plaintext of chunk id (size bytes). The returned slice is
@@ -180,12 +187,10 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 	if len(blob) > 0 && blob[0] == chunk.CodecRaw {
 		b = append([]byte(nil), b...) // don't pin the blob's extra byte
 	}
-	if c.disk != nil {
-		if err := c.disk.add(id, b); err != nil {
-			c.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
-		}
-	}
 	c.mem.add(id, b)
+	if c.disk != nil {
+		c.disk.addAsync(id, b)
+	}
 	return b, nil
 }
 

@@ -74,6 +74,7 @@ func TestTiers(t *testing.T) {
 	if got := st.gets.Load(); got != 4 {
 		t.Fatalf("store read %d times, want 4", got)
 	}
+	c.Flush()
 	s := c.Stats()
 	if s.Memory.Hits != 4 || s.Disk.Entries != 4 || s.Fetches != 4 {
 		t.Fatalf("stats %+v", s)
@@ -156,6 +157,7 @@ func TestCorruptDiskEntryRefetched(t *testing.T) {
 			for _, id := range ids {
 				c.Get(ctx, id, 0)
 			}
+			c.Flush()
 			n := corruptDiskFiles(t, dir, func(p string) {
 				b, _ := os.ReadFile(p)
 				if mode == "flip" {
@@ -179,6 +181,7 @@ func TestCorruptDiskEntryRefetched(t *testing.T) {
 				t.Fatalf("corrupt=%d gets=%d, want 3 and 6", s.Corrupt, st.gets.Load())
 			}
 			// And the disk tier healed: a third pass reads from disk.
+			c.Flush()
 			c.DropMemory()
 			for _, id := range ids {
 				c.Get(ctx, id, 0)

@@ -29,6 +29,12 @@ type diskTier struct {
 	log  *slog.Logger
 	seq  atomic.Uint64
 
+	// Writes happen off the read path: queue feeds writers; a full queue
+	// makes the caller write itself (back-pressure, nothing dropped).
+	queue   chan pendingWrite
+	writers sync.WaitGroup
+	pending sync.WaitGroup
+
 	mu      sync.Mutex
 	limit   int64
 	used    int64
@@ -37,6 +43,11 @@ type diskTier struct {
 	hits    int64
 	misses  int64
 	evicted int64
+}
+
+type pendingWrite struct {
+	id digest.ID
+	b  []byte
 }
 
 type diskEntry struct {
@@ -91,6 +102,19 @@ func openDiskTier(dir string, limit int64, log *slog.Logger) (*diskTier, error) 
 	d.mu.Lock()
 	d.evictLocked(0)
 	d.mu.Unlock()
+	d.queue = make(chan pendingWrite, 32)
+	for i := 0; i < 2; i++ {
+		d.writers.Add(1)
+		go func() {
+			defer d.writers.Done()
+			for w := range d.queue {
+				if err := d.add(w.id, w.b); err != nil {
+					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
+				}
+				d.pending.Done()
+			}
+		}()
+	}
 	log.Debug("disk cache opened", "dir", dir, "entries", len(d.entries), "bytes", d.used)
 	return d, nil
 }
@@ -194,6 +218,19 @@ func (d *diskTier) drop(id digest.ID, e diskEntry) {
 	os.Remove(d.path(id, e.sum))
 }
 
+// addAsync queues a write; b must not change afterwards.
+func (d *diskTier) addAsync(id digest.ID, b []byte) {
+	d.pending.Add(1)
+	select {
+	case d.queue <- pendingWrite{id, b}:
+	default:
+		d.pending.Done()
+		if err := d.add(id, b); err != nil {
+			d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
+		}
+	}
+}
+
 func (d *diskTier) add(id digest.ID, b []byte) error {
 	size := int64(len(b))
 	if size > d.limit || d.has(id) {
@@ -258,7 +295,10 @@ func (d *diskTier) stats() TierStats {
 		Entries: int64(len(d.entries)), Evictions: d.evicted}
 }
 
+// close finishes queued writes and releases the directory.
 func (d *diskTier) close() error {
+	close(d.queue)
+	d.writers.Wait()
 	return d.lock.Close()
 }
 

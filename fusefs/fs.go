@@ -39,7 +39,11 @@ type Options struct {
 	// Readahead is how many chunks after the one being read are fetched in
 	// the background on sequential reads (default 2; negative disables).
 	Readahead int
-	Debug     bool
+	// KernelReadahead is the kernel's readahead window for the mount in
+	// bytes (default 4 MiB). FUSE starts at 128 KiB, which makes every
+	// sequential read a string of small requests.
+	KernelReadahead int
+	Debug           bool
 }
 
 // FS is the state shared by every node of a mount.
@@ -236,6 +240,7 @@ func Mount(dir string, opt Options) (*Server, error) {
 		MaxBackground:            64,
 		Options:                  []string{"ro", "default_permissions"},
 		Debug:                    opt.Debug,
+		DisableSplice:            true,
 		DisableXAttrs:            false,
 		ExplicitDataCacheControl: false,
 	}
@@ -250,6 +255,9 @@ func Mount(dir string, opt Options) (*Server, error) {
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount %s: %w (is fuse3 installed and /dev/fuse present? run make setup)", dir, err)
+	}
+	if err := raiseReadahead(dir, opt.KernelReadahead); err != nil {
+		f.log.Warn("cannot raise the kernel's readahead for the mount; sequential reads will be slower", "err", err)
 	}
 	for i := 0; i < 4; i++ {
 		go f.readaheadLoop(ctx)

@@ -94,3 +94,20 @@ func Unmount(dir string) error {
 	}
 	return nil
 }
+
+// raiseReadahead sets read_ahead_kb of the mount's backing device info. The
+// kernel caps a FUSE mount's readahead at 128 KiB at mount time; the sysfs
+// knob is the only way to raise it, and requests still stay within max_pages
+// (1 MiB).
+func raiseReadahead(dir string, bytes int) error {
+	if bytes <= 0 {
+		bytes = 4 << 20
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	major, minor := (st.Dev>>8)&0xfff|(st.Dev>>32)&^0xfff, st.Dev&0xff|(st.Dev>>12)&^0xff
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", major, minor)
+	return os.WriteFile(p, []byte(fmt.Sprint(bytes>>10)), 0)
+}

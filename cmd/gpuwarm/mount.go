@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
@@ -43,6 +44,7 @@ func init() {
 		noPass := fs.Bool("no-passthrough", false, "never use FUSE passthrough")
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
+		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {
 			return err
 		}
@@ -51,6 +53,14 @@ func init() {
 			return fmt.Errorf("want a mount point")
 		}
 		dir := fs.Arg(0)
+		if *cpuProfile != "" {
+			f, err := os.Create(*cpuProfile)
+			if err != nil {
+				return err
+			}
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil && !os.IsExist(err) {
 			g.log.Warn("cannot create mount point", "dir", dir, "err", err)
 		}

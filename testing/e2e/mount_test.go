@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
@@ -236,7 +237,12 @@ func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
 	d := startMount(t, storeDir, mnt, cacheDir)
 	compareTrees(t, src, filepath.Join(mnt, "t"))
+	// Disk writes are asynchronous: wait until every fetched chunk is on disk.
 	first := d.stats(t)
+	for i := 0; i < 200 && first.Disk.Entries < first.Fetches; i++ {
+		time.Sleep(10 * time.Millisecond)
+		first = d.stats(t)
+	}
 	d.kill9(t)
 
 	// The dead mount is left behind; a new daemon detaches it and mounts.

@@ -1,0 +1,261 @@
+// Command bench is `make bench`: it measures gpuwarm against baselines taken
+// in the same run (machines are noisy, so only ratios are comparable) and
+// prints tables of values and ratios.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+)
+
+var (
+	only    = flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames(), ","))
+	workDir = flag.String("dir", "/var/tmp/gpuwarm-bench", "scratch directory on a real disk")
+	scale   = flag.Float64("scale", 1, "data size multiplier")
+)
+
+type section struct {
+	name string
+	run  func(dir string) error
+}
+
+var sections = []section{
+	{"mount", benchMount},
+}
+
+func sectionNames() []string {
+	var n []string
+	for _, s := range sections {
+		n = append(n, s.name)
+	}
+	return n
+}
+
+func main() {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: run as root (FUSE mounts, dropping the page cache)")
+		os.Exit(1)
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(*only, ",") {
+		if s != "" {
+			want[s] = true
+		}
+	}
+	fmt.Printf("gpuwarm bench: %d CPUs, %s, kernel %s\n", runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339), kernel())
+	failed := false
+	for _, s := range sections {
+		if len(want) > 0 && !want[s.name] {
+			continue
+		}
+		dir := filepath.Join(*workDir, s.name)
+		os.RemoveAll(dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		if err := s.run(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "bench %s: %v\n", s.name, err)
+			failed = true
+		}
+		os.RemoveAll(dir)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func kernel() string {
+	var u syscall.Utsname
+	syscall.Uname(&u)
+	var b []byte
+	for _, c := range u.Release {
+		if c == 0 {
+			break
+		}
+		b = append(b, byte(c))
+	}
+	return string(b)
+}
+
+// mountProc is a gpuwarm mount daemon under the benchmark's control.
+type mountProc struct {
+	cmd  *exec.Cmd
+	dir  string
+	logs bytes.Buffer
+}
+
+func startMount(storeDir, mnt, cacheDir string, extra ...string) (*mountProc, error) {
+	m := &mountProc{dir: mnt}
+	args := append([]string{"mount", mnt, "--store", storeDir, "--cache-dir", cacheDir, "--log-level", "warn"}, extra...)
+	m.cmd = exec.Command(bu.Gpuwarm(), args...)
+	m.cmd.Stdout, m.cmd.Stderr = &m.logs, &m.logs
+	if err := m.cmd.Start(); err != nil {
+		return nil, err
+	}
+	if err := bu.WaitMount(mnt, 10*time.Second); err != nil {
+		m.cmd.Process.Kill()
+		return nil, fmt.Errorf("%w\n%s", err, m.logs.String())
+	}
+	return m, nil
+}
+
+func (m *mountProc) stop() {
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { m.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		m.cmd.Process.Kill()
+		syscall.Unmount(m.dir, syscall.MNT_DETACH)
+	}
+}
+
+func packJSON(storeDir, src, tag string) (map[string]any, error) {
+	out, err := bu.Run(bu.Gpuwarm(), "pack", src, "--tag", tag, "--store", storeDir, "--json")
+	if err != nil {
+		return nil, err
+	}
+	var res map[string]any
+	if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res); err != nil {
+		return nil, fmt.Errorf("pack --json: %v: %s", err, out)
+	}
+	return res, nil
+}
+
+func benchMount(dir string) error {
+	src := filepath.Join(dir, "src")
+	var files []string
+	var sizes []int64
+	add := func(rel string, size int64, seed uint64) error {
+		p := filepath.Join(src, rel)
+		files = append(files, rel)
+		sizes = append(sizes, size)
+		return bu.WriteRandomFile(p, size, seed)
+	}
+	big := int64(384 * float64(1<<20) * *scale)
+	if err := add("weights/model.bin", big, 1); err != nil {
+		return err
+	}
+	n := int(200 * *scale)
+	for i := 0; i < n; i++ {
+		if err := add(fmt.Sprintf("lib/pkg%02d/mod%03d.so", i%20, i), int64(256<<10+(i*7919)%(1<<20)), uint64(i+2)); err != nil {
+			return err
+		}
+	}
+	var total int64
+	for _, s := range sizes {
+		total += s
+	}
+	abs := func(root string) []string {
+		out := make([]string, len(files))
+		for i, f := range files {
+			out[i] = filepath.Join(root, f)
+		}
+		return out
+	}
+	mb := float64(total) / 1e6
+	rate := func(d time.Duration) float64 { return mb / d.Seconds() }
+	const nRand = 20000
+	iops := func(d time.Duration) float64 { return nRand / d.Seconds() }
+	var rows, rrows []bu.Row
+	measure := func(name, base, goal string, root string, seq bool, prep func() error) error {
+		if prep != nil {
+			if err := prep(); err != nil {
+				return err
+			}
+		}
+		if seq {
+			d, err := bu.Time(func() error { _, err := bu.SeqRead(abs(root)); return err })
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			rows = append(rows, bu.Row{Name: name, Value: rate(d), Unit: "MB/s", Baseline: base, Goal: goal})
+		} else {
+			d, err := bu.Time(func() error { return bu.RandRead(abs(root), sizes, nRand) })
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			rrows = append(rrows, bu.Row{Name: name, Value: iops(d), Unit: "reads/s", Baseline: base, Goal: goal})
+		}
+		return nil
+	}
+	// Native baselines.
+	for _, seq := range []bool{true, false} {
+		if err := measure("native, page cache", "", "", src, seq, func() error { _, err := bu.SeqRead(abs(src)); return err }); err != nil {
+			return err
+		}
+		if err := measure("native, from disk", "", "", src, seq, bu.DropCaches); err != nil {
+			return err
+		}
+	}
+
+	// Pack.
+	storeDir := filepath.Join(dir, "store")
+	bu.DropCaches()
+	res, err := packJSON(storeDir, src, "bench")
+	if err != nil {
+		return err
+	}
+	packRate := res["mb_per_s"].(float64)
+	cpus := float64(runtime.NumCPU())
+
+	mnt := filepath.Join(dir, "mnt")
+	img := filepath.Join(mnt, "bench")
+	for _, seq := range []bool{true, false} {
+		kind := "seq"
+		if !seq {
+			kind = "rand"
+		}
+		cacheDir := filepath.Join(dir, "cache-"+kind)
+		m, err := startMount(storeDir, mnt, cacheDir)
+		if err != nil {
+			return err
+		}
+		steps := []struct {
+			name, base, goal string
+			prep             func() error
+		}{
+			{"gpuwarm cold (file store)", "native, from disk", "", bu.DropCaches},
+			{"gpuwarm hot (kernel cache)", "native, page cache", ">= 0.9x", nil},
+			{"gpuwarm memory tier", "native, page cache", "", bu.DropCaches},
+		}
+		for _, s := range steps {
+			if err := measure(s.name, s.base, s.goal, img, seq, s.prep); err != nil {
+				m.stop()
+				return err
+			}
+		}
+		m.stop()
+		// Warm disk tier: a new daemon (empty memory tier), no page cache.
+		m, err = startMount(storeDir, mnt, cacheDir)
+		if err != nil {
+			return err
+		}
+		err = measure("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", img, seq, bu.DropCaches)
+		m.stop()
+		if err != nil {
+			return err
+		}
+	}
+	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files", mb, len(files)), rows)
+	bu.Table(os.Stdout, fmt.Sprintf("mount: random 4 KiB reads (%d)", nRand), rrows)
+	bu.Table(os.Stdout, "pack", []bu.Row{
+		{Name: "pack (random data, no dedup)", Value: packRate, Unit: "MB/s"},
+		{Name: "pack per core", Value: packRate / cpus, Unit: "MB/s", Goal: ">= 500"},
+	})
+	return nil
+}
