@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -156,6 +157,7 @@ type node struct {
 	openMu           sync.Mutex
 	cachedOpens      int
 	passthroughOpens int
+	backing          *os.File
 }
 
 var (

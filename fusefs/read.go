@@ -2,21 +2,19 @@ package fusefs
 
 import (
 	"context"
-	"os"
 	"syscall"
 
-	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sync/errgroup"
 )
 
-// handle is an open file. backing is set when the file's only chunk is in
-// the disk tier and can be served by passthrough.
+// handle is an open file. A passthrough handle is served by the kernel
+// from the node's backing file (the chunk's verified disk-tier file).
 type handle struct {
-	n       *node
-	backing *os.File
+	n           *node
+	passthrough bool
 }
 
 var (
@@ -25,21 +23,25 @@ var (
 )
 
 func (h *handle) PassthroughFd() (int, bool) {
-	if h.backing == nil {
+	if !h.passthrough {
 		return 0, false
 	}
-	return int(h.backing.Fd()), true
+	// n.backing stays open while any passthrough handle is.
+	return int(h.n.backing.Fd()), true
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.n.openMu.Lock()
-	if h.backing != nil {
+	defer h.n.openMu.Unlock()
+	if h.passthrough {
 		h.n.passthroughOpens--
-		h.backing.Close()
+		if h.n.passthroughOpens == 0 {
+			h.n.backing.Close()
+			h.n.backing = nil
+		}
 	} else {
 		h.n.cachedOpens--
 	}
-	h.n.openMu.Unlock()
 	return 0
 }
 
@@ -51,28 +53,24 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if e.Type != manifest.Regular {
 		return nil, 0, syscall.EINVAL
 	}
-	// The kernel refuses to mix passthrough and cached opens of one inode,
-	// so while any open of one mode is live, new opens take the same mode.
+	// The kernel refuses (EIO) to mix passthrough and cached opens of one
+	// inode, and all passthrough opens must share one backing file. So while
+	// any open is live, new opens take its mode; the backing file, verified
+	// when the first passthrough open took it, stays open until the last
+	// passthrough handle is released, even if the cache evicts the chunk.
 	h := &handle{n: n}
 	n.openMu.Lock()
 	defer n.openMu.Unlock()
-	if !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 && n.cachedOpens == 0 {
+	switch {
+	case n.passthroughOpens > 0:
+		h.passthrough = true
+	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1:
 		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, e.Chunks[0].Size); ok {
-			h.backing = f
-		} else if n.passthroughOpens > 0 {
-			// Evicted since the live passthrough open: bring it back, since
-			// this open must be a passthrough open too.
-			c := e.Chunks[0]
-			err := n.fsys.cache.Fetch(ctx, c.ID, c.Size, cache.Demand)
-			if f, ok := n.fsys.cache.DiskFile(c.ID, c.Size); err == nil && ok {
-				h.backing = f
-			} else {
-				n.fsys.log.Error("open failed: chunk of a passthrough file not on disk", "path", e.Path, "err", err)
-				return nil, 0, syscall.EIO
-			}
+			n.backing = f
+			h.passthrough = true
 		}
 	}
-	if h.backing != nil {
+	if h.passthrough {
 		n.passthroughOpens++
 	} else {
 		n.cachedOpens++
