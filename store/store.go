@@ -64,9 +64,18 @@ func H(k Kind, id digest.ID) Handle { return Handle{Kind: k, Name: id.String()} 
 
 func (h Handle) String() string { return string(h.Kind) + "/" + h.Name }
 
+var errInvalidHandle = errors.New("invalid object name")
+
 // Validate checks that h is a well-formed name, so that no backend ever
 // builds a path or key from hostile input.
 func (h Handle) Validate() error {
+	if err := h.validate(); err != nil {
+		return fmt.Errorf("%w: %w", errInvalidHandle, err)
+	}
+	return nil
+}
+
+func (h Handle) validate() error {
 	switch {
 	case h.Kind.Content():
 		if _, err := digest.Parse(h.Name); err != nil || h.Name != lower(h.Name) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
+	"github.com/gpuwarm/gpuwarm/store/s3store"
 )
 
 // Default is the store used when none is configured.
@@ -27,6 +28,14 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 	return nil, fmt.Errorf("store %q: use a directory (file:///var/lib/gpuwarm/store) or s3://bucket/prefix", url)
 }
 
-var openS3 = func(ctx context.Context, url string) (store.Store, error) {
-	return nil, fmt.Errorf("store %q: this build has no S3 backend", url)
+func openS3(ctx context.Context, url string) (store.Store, error) {
+	cfg, err := s3store.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	s, err := s3store.Open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return store.WithRetry(s, store.RetryPolicy{Attempts: cfg.Retries}), nil
 }
