@@ -35,10 +35,13 @@ const (
 	Profile  Kind = "profiles"
 	Tag      Kind = "tags"
 	Lock     Kind = "locks"
+	// ProfileRef objects are named by an image ID and hold the digest of
+	// that image's current prefetch profile; recording again replaces them.
+	ProfileRef Kind = "profilerefs"
 )
 
 // Kinds lists every kind, for listing and conformance tests.
-var Kinds = []Kind{Chunk, Manifest, Profile, Tag, Lock}
+var Kinds = []Kind{Chunk, Manifest, Profile, Tag, Lock, ProfileRef}
 
 // Content reports whether objects of kind k are named by their digest.
 func (k Kind) Content() bool { return k == Chunk || k == Manifest || k == Profile }
@@ -77,7 +80,7 @@ func (h Handle) Validate() error {
 
 func (h Handle) validate() error {
 	switch {
-	case h.Kind.Content():
+	case h.Kind.Content() || h.Kind == ProfileRef:
 		if _, err := digest.Parse(h.Name); err != nil || h.Name != lower(h.Name) {
 			return fmt.Errorf("store: %s: content objects are named by lowercase hex digest", h)
 		}
