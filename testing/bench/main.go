@@ -5,6 +5,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -259,3 +260,5 @@ func benchMount(dir string) error {
 	})
 	return nil
 }
+
+func ctxBG() context.Context { return context.Background() }
