@@ -1,0 +1,100 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// CRIU is a located, version-checked criu binary.
+type CRIU struct {
+	Path    string
+	Version string
+	Major   int
+	Minor   int
+}
+
+// MinMajor is the oldest CRIU major version gpuwarm drives: 3.x fails on
+// current kernels (vDSO layout) and lacks the page-server protocol it uses.
+const MinMajor = 4
+
+// ErrNoCRIU says CRIU is missing or unusable.
+var ErrNoCRIU = errors.New("CRIU unavailable")
+
+// FindCRIU locates criu: $GPUWARM_CRIU, /opt/gpuwarm/criu/bin/criu (what
+// make setup installs), then PATH.
+func FindCRIU(ctx context.Context) (*CRIU, error) {
+	var candidates []string
+	if p := os.Getenv("GPUWARM_CRIU"); p != "" {
+		candidates = append(candidates, p)
+	}
+	candidates = append(candidates, "/opt/gpuwarm/criu/bin/criu")
+	if p, err := exec.LookPath("criu"); err == nil {
+		candidates = append(candidates, p)
+	}
+	var tried []string
+	for _, p := range candidates {
+		if _, err := os.Stat(p); err != nil {
+			tried = append(tried, p+" (missing)")
+			continue
+		}
+		c, err := probe(ctx, p)
+		if err != nil {
+			tried = append(tried, err.Error())
+			continue
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("%w: no CRIU >= %d.0 found (tried %s); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, strings.Join(tried, "; "))
+}
+
+var versionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(\.\d+)?`)
+
+func probe(ctx context.Context, path string) (*CRIU, error) {
+	out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%s --version: %v: %s", path, err, bytes.TrimSpace(out))
+	}
+	m := versionRE.FindSubmatch(out)
+	if m == nil {
+		return nil, fmt.Errorf("%s --version printed no version: %q", path, out)
+	}
+	major, _ := strconv.Atoi(string(m[1]))
+	minor, _ := strconv.Atoi(string(m[2]))
+	c := &CRIU{Path: path, Version: strings.TrimPrefix(string(m[0]), "Version:"), Major: major, Minor: minor}
+	c.Version = strings.TrimSpace(c.Version)
+	if major < MinMajor {
+		return nil, fmt.Errorf("%s is CRIU %s, too old (gpuwarm needs >= %d.0; Debian 12's 3.17 fails on kernel 6.x): run make setup (scripts/install-criu.sh)", path, c.Version, MinMajor)
+	}
+	return c, nil
+}
+
+// Check runs `criu check`, and with lazy also the userfaultfd features lazy
+// restores need, returning what the kernel lacks.
+func (c *CRIU) Check(ctx context.Context, lazy bool) error {
+	out, err := exec.CommandContext(ctx, c.Path, "check").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: criu check failed: %s", ErrNoCRIU, lastLines(string(out), 5))
+	}
+	if lazy {
+		out, err := exec.CommandContext(ctx, c.Path, "check", "--feature", "uffd-noncoop").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("lazy restore needs userfaultfd with non-cooperative events, which this kernel lacks (criu check --feature uffd-noncoop: %s); restore without --lazy, or use a kernel >= 4.11 with CONFIG_USERFAULTFD", lastLines(string(out), 2))
+		}
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}

@@ -1,0 +1,78 @@
+// Package workload is the state-building core of gpuwarm-workload, the test
+// program whose memory a snapshot must carry exactly.
+package workload
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Config sizes the state.
+type Config struct {
+	MB   int
+	Seed uint64
+}
+
+// Parse reads --mb and --seed.
+func (c *Config) Parse(args []string) error {
+	fs := flag.NewFlagSet("gpuwarm-workload", flag.ContinueOnError)
+	fs.IntVar(&c.MB, "mb", c.MB, "MB of state to build")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the state")
+	return fs.Parse(args)
+}
+
+// State is the built state.
+type State struct {
+	blocks       [][]byte // 1 MiB each, so the heap holds many mappings
+	BuildSeconds float64
+}
+
+// Build makes MB MiB of state. Each 4 KiB page is a SHA-256 chain seeded by
+// its index: deterministic, incompressible, and slow enough that building
+// it is an "expensive start".
+func Build(c Config) *State {
+	start := time.Now()
+	s := &State{}
+	var seed [16]byte
+	for b := 0; b < c.MB; b++ {
+		blk := make([]byte, 1<<20)
+		for p := 0; p < len(blk); p += 32 {
+			binary.LittleEndian.PutUint64(seed[:], c.Seed)
+			binary.LittleEndian.PutUint64(seed[8:], uint64(b)<<20|uint64(p))
+			sum := sha256.Sum256(seed[:])
+			copy(blk[p:], sum[:])
+		}
+		s.blocks = append(s.blocks, blk)
+	}
+	s.BuildSeconds = time.Since(start).Seconds()
+	return s
+}
+
+// Checksum hashes the whole state.
+func (s *State) Checksum() string {
+	h := sha256.New()
+	for _, b := range s.blocks {
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Handle answers one request line.
+func (s *State) Handle(req string) (reply string, quit bool) {
+	switch req {
+	case "checksum":
+		return s.Checksum(), false
+	case "ping":
+		return "pong", false
+	case "pid":
+		return fmt.Sprint(os.Getpid()), false
+	case "exit":
+		return "bye", true
+	}
+	return "error: unknown request " + fmt.Sprintf("%q", req), false
+}
