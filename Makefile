@@ -24,19 +24,22 @@ vet:
 # every decoder, then the end-to-end tests with real FUSE, CRIU and S3.
 test: setup build vet
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/...
 	$(MAKE) fuzz FUZZTIME=10s
 
 test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
 
 race:
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/...
 
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./manifest -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
 	$(GO) test ./chunk -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
+	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzReceiver -fuzztime=$(FUZZTIME)
+	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzSender -fuzztime=$(FUZZTIME)
+	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzDecodePagemap -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.
