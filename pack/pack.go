@@ -40,6 +40,10 @@ type Options struct {
 	ChunkSize   int
 	Workers     int // default GOMAXPROCS+2
 	Annotations map[string]string
+	// Extra entries join the walked tree: regular files whose chunks are
+	// already in the store (a snapshot's pages), hard links, symlinks.
+	// Their parents must exist in the tree and their paths must be new.
+	Extra []manifest.Entry
 	// Progress receives a one-line progress display; nil for none.
 	Progress io.Writer
 	Logger   *slog.Logger
@@ -121,6 +125,21 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	stopProgress()
 	if err != nil {
 		return nil, err
+	}
+	if len(opt.Extra) > 0 {
+		seen := make(map[string]bool, len(m.Entries))
+		for _, e := range m.Entries {
+			seen[e.Path] = true
+		}
+		for _, e := range opt.Extra {
+			if seen[e.Path] {
+				return nil, fmt.Errorf("pack: extra entry %q is already in %s", e.Path, root)
+			}
+			seen[e.Path] = true
+			m.Entries = append(m.Entries, e)
+		}
+		sort.SliceStable(m.Entries, func(i, j int) bool { return m.Entries[i].Path < m.Entries[j].Path })
+		canonicalHardlinks(m)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("pack: internal error, built an invalid manifest: %w", err)

@@ -188,9 +188,10 @@ func TestSender(t *testing.T) {
 		{Vaddr: 0x30000, NrPages: 6, Flags: PEPresent | PELazy},
 	}}
 	dst := EncodeDst(TypePID, 7)
+	const pid = 7 // GETs name the task by its pid
 	for _, layout := range []Layout{Layout32, Layout64} {
 		s := NewSender(map[uint64]*Pagemap{dst: pm}, memSource{5: p}, nil)
-		in := append(hdr(layout, Header{Cmd: CmdGet, NrPages: 10, Vaddr: 0x31000, DstID: dst}), hdr(layout, Header{Cmd: CmdClose})...)
+		in := append(hdr(layout, Header{Cmd: CmdGet, NrPages: 10, Vaddr: 0x31000, DstID: pid}), hdr(layout, Header{Cmd: CmdClose})...)
 		rw := &rwBuf{r: bytes.NewReader(in)}
 		if err := s.Serve(context.Background(), rw); err != nil {
 			t.Fatal(err)
@@ -208,10 +209,10 @@ func TestSender(t *testing.T) {
 		}
 	}
 	bad := map[string]Header{
-		"unknown pid":     {Cmd: CmdGet, NrPages: 1, Vaddr: 0x10000, DstID: EncodeDst(TypePID, 8)},
-		"outside":         {Cmd: CmdGet, NrPages: 1, Vaddr: 0x90000, DstID: dst},
-		"in parent":       {Cmd: CmdGet, NrPages: 1, Vaddr: 0x20000, DstID: dst},
-		"zero pages":      {Cmd: CmdGet, NrPages: 0, Vaddr: 0x10000, DstID: dst},
+		"unknown pid":     {Cmd: CmdGet, NrPages: 1, Vaddr: 0x10000, DstID: 8},
+		"outside":         {Cmd: CmdGet, NrPages: 1, Vaddr: 0x90000, DstID: pid},
+		"in parent":       {Cmd: CmdGet, NrPages: 1, Vaddr: 0x20000, DstID: pid},
+		"zero pages":      {Cmd: CmdGet, NrPages: 0, Vaddr: 0x10000, DstID: pid},
 		"unknown command": {Cmd: 0x99, DstID: dst},
 	}
 	for name, h := range bad {
@@ -240,8 +241,8 @@ func FuzzReceiver(f *testing.F) {
 
 func FuzzSender(f *testing.F) {
 	dst := EncodeDst(TypePID, 7)
-	f.Add(hdr(Layout32, Header{Cmd: CmdGet, NrPages: 3, Vaddr: 0x10000, DstID: dst}))
-	f.Add(hdr(Layout64, Header{Cmd: CmdGet, NrPages: 3, Vaddr: 0x11000, DstID: dst}))
+	f.Add(hdr(Layout32, Header{Cmd: CmdGet, NrPages: 3, Vaddr: 0x10000, DstID: 7}))
+	f.Add(hdr(Layout64, Header{Cmd: CmdGet, NrPages: 3, Vaddr: 0x11000, DstID: 7}))
 	pm := &Pagemap{PagesID: 1, Entries: []Entry{{Vaddr: 0x10000, NrPages: 4, Flags: PEPresent}}}
 	src := memSource{1: pages(1, 4)}
 	f.Fuzz(func(t *testing.T, in []byte) {

@@ -24,7 +24,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
+
+var debugHeaders = os.Getenv("GPUWARM_PS_DEBUG") != ""
 
 // Commands.
 const (
@@ -129,6 +132,9 @@ func (c *conn) readHeader() (Header, error) {
 	b := c.buf[:]
 	if c.layout == LayoutUnknown {
 		c.layout = detect(b[:24])
+		if debugHeaders {
+			fmt.Fprintf(os.Stderr, "pageserver: first header % x -> layout %d\n", b[:24], c.layout)
+		}
 	}
 	if c.layout == Layout64 {
 		if _, err := io.ReadFull(c.rw, c.buf[24:32]); err != nil {
@@ -150,8 +156,15 @@ func (c *conn) readHeader() (Header, error) {
 // command names a pagemap (dst_id != 0): with 32-bit counts dst_id is bytes
 // 16-24; with 64-bit counts those bytes are the vaddr, zero for OPEN/PARENT,
 // and bytes 4-8 are padding where a GET's non-zero 32-bit count would be.
+//
+// A session that closes before opening anything (a failed dump) is all
+// zeros either way: answer it as 24 bytes; with 32, the 8 bytes left unread
+// are drained when the peer hangs up.
 func detect(b []byte) Layout {
 	cmd := binary.LittleEndian.Uint32(b) & 0xffff
+	if cmd == CmdClose || cmd == CmdForceClose {
+		return Layout32
+	}
 	if cmd == CmdGet {
 		if binary.LittleEndian.Uint32(b[4:]) == 0 {
 			return Layout64

@@ -101,9 +101,11 @@ func (s *Sender) Serve(ctx context.Context, rw io.ReadWriter) error {
 		}
 		switch h.Command() {
 		case CmdGet:
-			sv, ok := s.maps[h.DstID]
+			// A GET's dst_id is the task's virtual pid itself, not an
+			// encoded pagemap id (criu/page-xfer.c: pstree_item_by_virt).
+			sv, ok := s.maps[EncodeDst(TypePID, h.DstID)]
 			if !ok {
-				return fmt.Errorf("%w: request for unknown pagemap %#x (pid %d)", ErrProtocol, h.DstID, h.DstID>>8)
+				return fmt.Errorf("%w: request for pages of unknown pid %d", ErrProtocol, h.DstID)
 			}
 			if h.NrPages == 0 {
 				return fmt.Errorf("%w: request for 0 pages", ErrProtocol)
@@ -120,7 +122,7 @@ func (s *Sender) Serve(ctx context.Context, rw io.ReadWriter) error {
 			}
 			buf = buf[:size]
 			if err := s.src.ReadPages(ctx, sv.pm.PagesID, off, buf); err != nil {
-				return fmt.Errorf("read pages %#x+%d of pid %d: %w", h.Vaddr, n, h.DstID>>8, err)
+				return fmt.Errorf("read pages %#x+%d of pid %d: %w", h.Vaddr, n, h.DstID, err)
 			}
 			if s.Observe != nil {
 				s.Observe(sv.pm.PagesID, off, size)

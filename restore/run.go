@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"syscall"
 )
 
@@ -49,8 +50,24 @@ func Run(opt RunOptions) (*exec.Cmd, error) {
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
 		Setsid:     true,
 	}
+	// The workload must inherit nothing but its standard streams: CRIU
+	// cannot dump, say, a /dev/fuse descriptor some library left open.
+	closeOnExecAll()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("run %s: %w", opt.Args[0], err)
 	}
 	return cmd, nil
+}
+
+// closeOnExecAll marks every descriptor above stderr close-on-exec.
+func closeOnExecAll() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
 }

@@ -1,0 +1,516 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	criu "github.com/checkpoint-restore/go-criu/v8"
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
+	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/pageserver"
+	"github.com/gpuwarm/gpuwarm/store"
+	"google.golang.org/protobuf/proto"
+)
+
+// Options describe a restore.
+type Options struct {
+	// Mount is the gpuwarm mount point that presents the snapshot.
+	Mount string
+	// Name is the snapshot's tag (or image ID).
+	Name string
+	// Store holds the snapshot's manifest (for its annotations).
+	Store store.Store
+	// Lazy starts the process before its memory is loaded.
+	Lazy bool
+	// Stdin, Stdout, Stderr replace the snapshot's standard streams when
+	// those were pipes or sockets; nil means /dev/null.
+	Stdin, Stdout, Stderr *os.File
+	// WorkDir holds CRIU's logs and sockets (default: a temporary directory,
+	// removed when the restore fails or the process is fully resident).
+	WorkDir string
+	// BeforeRestore may refuse the worker (GPU checks) before anything runs.
+	BeforeRestore func(ctx context.Context, ann map[string]string) error
+	// AfterRestore runs on the restored, running tree (CUDA restore). If it
+	// fails, the tree is killed.
+	AfterRestore func(ctx context.Context, pid int) error
+	// Observe sees every page range the lazy page server serves.
+	Observe pageserver.Observer
+	Logger  *slog.Logger
+}
+
+// Timing is where a restore's time went.
+type Timing struct {
+	Prepare  time.Duration // checks, reading the manifest, starting servers
+	CRIU     time.Duration // criu restore
+	After    time.Duration // AfterRestore (the GPU phase)
+	Running  time.Duration // from start until the process runs
+	Resident time.Duration // from start until all memory is in place
+}
+
+// Process is a restored process tree.
+type Process struct {
+	PID         int
+	Timing      Timing
+	Annotations map[string]string
+	Image       string
+	Lazy        bool
+
+	start    time.Time
+	proc     *os.Process
+	resident chan struct{}
+	resErr   error
+	servedMu sync.Mutex
+	sender   *pageserver.Sender
+	cleanup  func()
+	waitOnce sync.Once
+	waitErr  error
+}
+
+// ErrIncompatible says the snapshot cannot run on this worker.
+var ErrIncompatible = errors.New("snapshot incompatible with this worker")
+
+// Restore restores a snapshot from the mount. On any failure nothing it
+// started is left running.
+func Restore(ctx context.Context, c *CRIU, opt Options) (p *Process, err error) {
+	start := time.Now()
+	log := opt.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	dir := filepath.Join(opt.Mount, opt.Name)
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(opt.Mount, &st); err != nil || st.Type != 0x65735546 {
+		return nil, fmt.Errorf("restore: no gpuwarm mount at %s: start `gpuwarm mount %s` first", opt.Mount, opt.Mount)
+	}
+	id, err := imageIDAt(dir)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
+	}
+	ix, err := fusefs.LoadImage(ctx, opt.Store, id)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	ann := ix.Annotations
+	if ann[AnnKind] != "snapshot" {
+		return nil, fmt.Errorf("restore: %s is a %q image, not a snapshot", opt.Name, ann[AnnKind])
+	}
+	if err := compatible(c, ann); err != nil {
+		return nil, err
+	}
+	if opt.Lazy {
+		if err := c.Check(ctx, true); err != nil {
+			return nil, err
+		}
+	}
+	if opt.BeforeRestore != nil {
+		if err := opt.BeforeRestore(ctx, ann); err != nil {
+			return nil, err
+		}
+	}
+
+	work := opt.WorkDir
+	ownWork := work == ""
+	if ownWork {
+		if work, err = os.MkdirTemp("", "gpuwarm-restore-"); err != nil {
+			return nil, err
+		}
+	}
+	p = &Process{Annotations: ann, Image: id.String(), Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
+	var cleanups []func()
+	p.cleanup = func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+		if ownWork {
+			os.RemoveAll(work)
+		}
+	}
+	defer func() {
+		if err != nil {
+			if p.PID > 0 {
+				killTree(p.PID)
+			}
+			p.cleanup()
+			p = nil
+		}
+	}()
+
+	imgDir, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { imgDir.Close() })
+	workDir, err := os.Open(work)
+	if err != nil {
+		return nil, err
+	}
+	cleanups = append(cleanups, func() { workDir.Close() })
+
+	cr := makeCriu(c)
+	if err := inheritStdio(cr, ann[AnnStdio], [3]*os.File{opt.Stdin, opt.Stdout, opt.Stderr}, &cleanups); err != nil {
+		return nil, err
+	}
+
+	var lazyDaemon *exec.Cmd
+	var lazyDone chan error
+	if opt.Lazy {
+		lazyDaemon, lazyDone, err = p.startLazy(ctx, c, dir, work, opt, log, &cleanups)
+		if err != nil {
+			return nil, err
+		}
+	}
+	p.Timing.Prepare = time.Since(start)
+
+	nfy := &pidNotify{}
+	criuStart := time.Now()
+	rerr := cr.Restore(&rpc.CriuOpts{
+		ImagesDirFd:       proto.Int32(int32(imgDir.Fd())),
+		WorkDirFd:         proto.Int32(int32(workDir.Fd())),
+		LogLevel:          proto.Int32(4),
+		LogFile:           proto.String("restore.log"),
+		RstSibling:        proto.Bool(true),
+		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+		ExtUnixSk:         proto.Bool(true),
+		FileLocks:         proto.Bool(true),
+		LazyPages:         proto.Bool(opt.Lazy),
+	}, nfy)
+	p.Timing.CRIU = time.Since(criuStart)
+	p.PID = int(nfy.pid)
+	if rerr != nil {
+		if lazyDaemon != nil {
+			lazyDaemon.Process.Kill()
+		}
+		return nil, explainRestoreFailure(rerr, filepath.Join(work, "restore.log"), ann)
+	}
+	if p.PID <= 0 {
+		return nil, errors.New("restore: CRIU reported success but no pid")
+	}
+	p.proc, _ = os.FindProcess(p.PID)
+	if opt.AfterRestore != nil {
+		t := time.Now()
+		if err := opt.AfterRestore(ctx, p.PID); err != nil {
+			return nil, fmt.Errorf("restore: after CRIU: %w", err)
+		}
+		p.Timing.After = time.Since(t)
+	}
+	p.Timing.Running = time.Since(start)
+	if !opt.Lazy {
+		p.Timing.Resident = p.Timing.Running
+		close(p.resident)
+		p.cleanup()
+		return p, nil
+	}
+	go func() {
+		err := <-lazyDone
+		p.servedMu.Lock()
+		p.Timing.Resident = time.Since(start)
+		if err != nil {
+			p.resErr = fmt.Errorf("lazy-pages daemon: %w\n%s", err, criuLogTail(filepath.Join(work, "lazy-pages.log")))
+			log.Error("lazy restore failed; killing the restored tree so it cannot run with missing memory", "pid", p.PID, "err", p.resErr)
+			killTree(p.PID)
+		}
+		p.servedMu.Unlock()
+		close(p.resident)
+		p.cleanup()
+	}()
+	return p, nil
+}
+
+type pidNotify struct {
+	criu.NoNotify
+	pid int32
+}
+
+func (n *pidNotify) PostRestore(pid int32) error { n.pid = pid; return nil }
+
+// WaitResident waits until all of the process's memory is in place and
+// returns how long that took from the start of the restore.
+func (p *Process) WaitResident(ctx context.Context) (time.Duration, error) {
+	select {
+	case <-p.resident:
+		p.servedMu.Lock()
+		defer p.servedMu.Unlock()
+		return p.Timing.Resident, p.resErr
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Served reports the lazy page server's requests and bytes.
+func (p *Process) Served() (requests, bytes int64) {
+	if p.sender == nil {
+		return 0, 0
+	}
+	return p.sender.Requests.Load(), p.sender.Bytes.Load()
+}
+
+// Wait waits for the restored tree's root to exit (it is our child).
+func (p *Process) Wait() error {
+	p.waitOnce.Do(func() {
+		_, p.waitErr = p.proc.Wait()
+	})
+	return p.waitErr
+}
+
+// Kill kills the restored tree.
+func (p *Process) Kill() { killTree(p.PID) }
+
+// killTree kills a tree restored as the init of its own PID namespace (all
+// of it dies with its init) or, failing that, the process alone.
+func killTree(pid int) {
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func (p *Process) startLazy(ctx context.Context, c *CRIU, dir, work string, opt Options, log *slog.Logger, cleanups *[]func()) (*exec.Cmd, chan error, error) {
+	maps := map[uint64]*pageserver.Pagemap{}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, e := range ents {
+		var typ int
+		var idStr string
+		switch name := e.Name(); {
+		case strings.HasPrefix(name, "pagemap-shmem-") && strings.HasSuffix(name, ".img"):
+			typ, idStr = pageserver.TypeShmem, strings.TrimSuffix(strings.TrimPrefix(name, "pagemap-shmem-"), ".img")
+		case strings.HasPrefix(name, "pagemap-") && strings.HasSuffix(name, ".img"):
+			typ, idStr = pageserver.TypePID, strings.TrimSuffix(strings.TrimPrefix(name, "pagemap-"), ".img")
+		default:
+			continue
+		}
+		id, err := strconv.ParseUint(idStr, 10, 64)
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, nil, fmt.Errorf("restore: %w", err)
+		}
+		pm, err := pageserver.DecodePagemap(b)
+		if err != nil {
+			return nil, nil, fmt.Errorf("restore: %s: %w", e.Name(), err)
+		}
+		maps[pageserver.EncodeDst(typ, id)] = pm
+	}
+	src := &mountPages{dir: dir, files: map[uint32]*os.File{}}
+	*cleanups = append(*cleanups, src.close)
+	p.sender = pageserver.NewSender(maps, src, log)
+	p.sender.Observe = opt.Observe
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	*cleanups = append(*cleanups, func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				if err := p.sender.Serve(context.Background(), conn); err != nil {
+					log.Error("lazy page server", "err", err)
+				}
+			}()
+		}
+	}()
+	port := l.Addr().(*net.TCPAddr).Port
+	cmd := exec.Command(c.Path, "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", strconv.Itoa(port),
+		"--images-dir", dir, "--work-dir", work, "-o", "lazy-pages.log", "-v4")
+	cmd.Env = append(os.Environ(), "CRIU_FAULT=130")
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("restore: start criu lazy-pages: %w", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	*cleanups = append(*cleanups, func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+		}
+	})
+	// The restore connects to the daemon's socket: wait for it.
+	sock := filepath.Join(work, "lazy-pages.socket")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			return nil, nil, fmt.Errorf("restore: criu lazy-pages exited at start (%v)\n%s", err, criuLogTail(filepath.Join(work, "lazy-pages.log")))
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("restore: criu lazy-pages did not create %s", sock)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return cmd, done, nil
+}
+
+// mountPages reads pages files through the mount (and so the block cache).
+type mountPages struct {
+	dir   string
+	mu    sync.Mutex
+	files map[uint32]*os.File
+}
+
+func (m *mountPages) ReadPages(ctx context.Context, id uint32, off int64, dst []byte) error {
+	m.mu.Lock()
+	f, ok := m.files[id]
+	if !ok {
+		var err error
+		f, err = os.Open(filepath.Join(m.dir, fmt.Sprintf("pages-%d.img", id)))
+		if err != nil {
+			m.mu.Unlock()
+			return err
+		}
+		m.files[id] = f
+	}
+	m.mu.Unlock()
+	_, err := f.ReadAt(dst, off)
+	return err
+}
+
+func (m *mountPages) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, f := range m.files {
+		f.Close()
+	}
+}
+
+// inheritStdio hands CRIU new ends for the snapshot's pipes and sockets on
+// fds 0-2 (their peers did not survive the dump).
+func inheritStdio(cr *criu.Criu, recorded string, files [3]*os.File, cleanups *[]func()) error {
+	links := strings.Split(recorded, "|")
+	seen := map[string]bool{}
+	for fd := 0; fd < 3 && fd < len(links); fd++ {
+		key := links[fd]
+		if !(strings.HasPrefix(key, "pipe:[") || strings.HasPrefix(key, "socket:[")) || seen[key] {
+			continue
+		}
+		seen[key] = true
+		f := files[fd]
+		if f == nil {
+			mode := os.O_WRONLY
+			if fd == 0 {
+				mode = os.O_RDONLY
+			}
+			var err error
+			if f, err = os.OpenFile(os.DevNull, mode, 0); err != nil {
+				return err
+			}
+			*cleanups = append(*cleanups, func() { f.Close() })
+		}
+		cr.AddInheritFd(key, f)
+	}
+	return nil
+}
+
+// explainRestoreFailure quotes CRIU's log and names the likely cause.
+func explainRestoreFailure(err error, logPath string, ann map[string]string) error {
+	b, _ := os.ReadFile(logPath)
+	log := string(b)
+	hint := ""
+	switch {
+	case strings.Contains(log, "Can't fork for") || strings.Contains(log, "File exists") && strings.Contains(log, "fork"):
+		hint = "a PID the snapshot needs is taken on this worker (a process outside `gpuwarm run` is restored with its original PIDs, and a dumped PID stays taken ~1.5s): wait for it to exit, or take snapshots under `gpuwarm run`, which restores into a fresh PID namespace"
+	case strings.Contains(log, "Input/output error") || strings.Contains(log, "EIO"):
+		hint = "reading the snapshot's images failed (a chunk missing from the store or corrupt: the mount's log names it)"
+	case strings.Contains(log, "No such file or directory"):
+		hint = "a file the snapshot refers to is missing: are its program files mounted at the same paths (" + ann[AnnMounts] + ")?"
+	}
+	msg := fmt.Sprintf("criu restore failed: %v", err)
+	if hint != "" {
+		msg += "\n  likely cause: " + hint
+	}
+	return fmt.Errorf("%s\n%s", msg, criuLogTail(logPath))
+}
+
+// instructionFlags are the CPU flags that change which instructions a
+// program may have chosen at start (and will keep using after restore).
+func instructionFlag(f string) bool {
+	for _, p := range []string{"sse", "ssse3", "avx", "amx", "fma", "bmi", "adx", "sha_ni", "aes", "vaes", "pclmulqdq",
+		"vpclmulqdq", "f16c", "movbe", "popcnt", "rdrand", "rdseed", "xsave", "gfni", "erms", "fsrm", "abm", "cx16", "clwb", "clflushopt", "lzcnt"} {
+		if strings.HasPrefix(f, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// compatible refuses a snapshot this worker cannot run: another
+// architecture, missing CPU instruction sets, an older kernel or CRIU.
+func compatible(c *CRIU, ann map[string]string) error {
+	if a := ann[AnnArch]; a != "" && a != runtime.GOARCH {
+		return fmt.Errorf("%w: snapshot is %s, this worker %s", ErrIncompatible, a, runtime.GOARCH)
+	}
+	have := map[string]bool{}
+	for _, f := range cpuFlags() {
+		have[f] = true
+	}
+	var missing []string
+	for _, f := range strings.Fields(ann[AnnCPUFlags]) {
+		if instructionFlag(f) && !have[f] {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("%w: the snapshot was taken on a CPU with %s, which this one (%s) lacks; the program may use those instructions: restore on a worker like %q",
+			ErrIncompatible, strings.Join(missing, " "), cpuModel(), ann[AnnCPUModel])
+	}
+	if k := ann[AnnKernel]; k != "" && olderKernel(kernelRelease(), k) {
+		return fmt.Errorf("%w: the snapshot was taken on kernel %s and this worker runs the older %s", ErrIncompatible, k, kernelRelease())
+	}
+	if v := ann[AnnCRIU]; v != "" {
+		if maj, err := strconv.Atoi(strings.SplitN(v, ".", 2)[0]); err == nil && maj > c.Major {
+			return fmt.Errorf("%w: the snapshot was written by CRIU %s, this worker has %s: upgrade CRIU (make setup)", ErrIncompatible, v, c.Version)
+		}
+	}
+	for _, m := range strings.Split(ann[AnnMounts], "|") {
+		if m == "" {
+			continue
+		}
+		if _, err := os.Stat(m); err != nil {
+			return fmt.Errorf("%w: the snapshot's program files were at %s, which is not mounted here: run `gpuwarm mount %s` with the store that holds them", ErrIncompatible, m, filepath.Dir(m))
+		}
+	}
+	return nil
+}
+
+func olderKernel(cur, snap string) bool {
+	parse := func(s string) (int, int) {
+		var a, b int
+		fmt.Sscanf(s, "%d.%d", &a, &b)
+		return a, b
+	}
+	ca, cb := parse(cur)
+	sa, sb := parse(snap)
+	return ca < sa || ca == sa && cb < sb
+}
+
+// ManifestOf is a helper for callers that want the snapshot's manifest.
+func ManifestOf(ctx context.Context, st store.Store, mount, name string) (*manifest.Index, error) {
+	id, err := imageIDAt(filepath.Join(mount, name))
+	if err != nil {
+		return nil, err
+	}
+	return fusefs.LoadImage(ctx, st, id)
+}
