@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -63,6 +64,7 @@ type Cache struct {
 	sharedSlots   chan struct{}
 
 	fetches, fetchBytes, fetchErrors, corrupt atomic.Int64
+	closeOnce                                 sync.Once
 }
 
 // Open creates a cache over st. With a disk tier, Dir is locked for the
@@ -92,12 +94,16 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 // Store returns the store the cache reads from.
 func (c *Cache) Store() store.Store { return c.st }
 
-// Close finishes pending disk writes and releases the disk tier's lock.
+// Close finishes pending disk writes and releases the disk tier's lock. It
+// may be called more than once.
 func (c *Cache) Close() error {
-	if c.disk != nil {
-		return c.disk.close()
-	}
-	return nil
+	var err error
+	c.closeOnce.Do(func() {
+		if c.disk != nil {
+			err = c.disk.close()
+		}
+	})
+	return err
 }
 
 // Flush waits until every chunk fetched so far is written to the disk tier.

@@ -268,3 +268,14 @@ func Mount(dir string, opt Options) (*Server, error) {
 
 // FS returns the mounted filesystem.
 func (s *Server) FS() *FS { return s.fs }
+
+// Close unmounts, detaching lazily if files are still open, and waits for
+// the server to stop. It may be called more than once.
+func (s *Server) Close() error {
+	err := s.Unmount()
+	if err != nil {
+		err = syscall.Unmount(s.Dir, syscall.MNT_DETACH)
+	}
+	s.Wait()
+	return err
+}

@@ -85,7 +85,7 @@ var ErrIncompatible = errors.New("snapshot incompatible with this worker")
 
 // Restore restores a snapshot from the mount. On any failure nothing it
 // started is left running.
-func Restore(ctx context.Context, c *CRIU, opt Options) (p *Process, err error) {
+func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) {
 	start := time.Now()
 	log := opt.Logger
 	if log == nil {
@@ -129,7 +129,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (p *Process, err error) 
 			return nil, err
 		}
 	}
-	p = &Process{Annotations: ann, Image: id.String(), Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
+	p := &Process{Annotations: ann, Image: id.String(), Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
 	var cleanups []func()
 	p.cleanup = func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -145,7 +145,6 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (p *Process, err error) 
 				killTree(p.PID)
 			}
 			p.cleanup()
-			p = nil
 		}
 	}()
 
@@ -431,12 +430,15 @@ func explainRestoreFailure(err error, logPath string, ann map[string]string) err
 	switch {
 	case strings.Contains(log, "Can't fork for") || strings.Contains(log, "File exists") && strings.Contains(log, "fork"):
 		hint = "a PID the snapshot needs is taken on this worker (a process outside `gpuwarm run` is restored with its original PIDs, and a dumped PID stays taken ~1.5s): wait for it to exit, or take snapshots under `gpuwarm run`, which restores into a fresh PID namespace"
-	case strings.Contains(log, "Input/output error") || strings.Contains(log, "EIO"):
+	case strings.Contains(log, "Input/output error") || strings.Contains(log, "(-5)"):
 		hint = "reading the snapshot's images failed (a chunk missing from the store or corrupt: the mount's log names it)"
 	case strings.Contains(log, "No such file or directory"):
 		hint = "a file the snapshot refers to is missing: are its program files mounted at the same paths (" + ann[AnnMounts] + ")?"
 	}
-	msg := fmt.Sprintf("criu restore failed: %v", err)
+	msg := "criu restore failed"
+	if m := strings.TrimSpace(err.Error()); !strings.Contains(m, "RLIMIT") {
+		msg += ": " + m
+	}
 	if hint != "" {
 		msg += "\n  likely cause: " + hint
 	}

@@ -3,11 +3,14 @@ package restore
 import (
 	"bufio"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,7 +97,7 @@ func newRig(t *testing.T) *rig {
 func (r *rig) remount(t *testing.T, cacheDir string) {
 	t.Helper()
 	if r.srv != nil {
-		r.srv.Unmount()
+		r.srv.Close()
 		r.cache.Close()
 	}
 	os.MkdirAll(r.mnt, 0o755)
@@ -107,7 +110,7 @@ func (r *rig) remount(t *testing.T, cacheDir string) {
 		t.Fatal(err)
 	}
 	r.srv, r.cache = srv, bc
-	t.Cleanup(func() { srv.Unmount(); bc.Close() })
+	t.Cleanup(func() { srv.Close(); bc.Close() })
 }
 
 // snapshot starts the workload, checks it, snapshots it under tag.
@@ -180,4 +183,189 @@ func TestSnapshotRestoreEagerAndLazy(t *testing.T) {
 			t.Fatal("restored process is not PID 1 of a fresh namespace")
 		}
 	}
+}
+
+func TestConcurrentRestores(t *testing.T) {
+	r := newRig(t)
+	want := r.snapshot(t, "wl", 48)
+	type result struct {
+		pid int
+		sum string
+		err error
+	}
+	results := make(chan result, 3)
+	for i := 0; i < 3; i++ {
+		go func(lazy bool) {
+			in, out, tk := newPipes(t)
+			p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: lazy, Stdin: in, Stdout: out})
+			in.Close()
+			out.Close()
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			t.Cleanup(func() { p.Kill(); p.Wait() })
+			tk.in.Write([]byte("checksum\n"))
+			line, err := tk.out.ReadString('\n')
+			results <- result{pid: p.PID, sum: strings.TrimSpace(line), err: err}
+		}(i == 1)
+	}
+	pids := map[int]bool{}
+	for i := 0; i < 3; i++ {
+		res := <-results
+		if res.err != nil {
+			t.Fatal(res.err)
+		}
+		if res.sum != want {
+			t.Fatalf("restore answered %q, want %s", res.sum, want)
+		}
+		pids[res.pid] = true
+	}
+	if len(pids) != 3 {
+		t.Fatalf("three restores share pids: %v", pids)
+	}
+}
+
+func TestRestoreAfterMountRestartWithColdCache(t *testing.T) {
+	r := newRig(t)
+	want := r.snapshot(t, "wl", 32)
+	for i, lazy := range []bool{false, true} {
+		r.remount(t, filepath.Join(t.TempDir(), "cold-cache"))
+		_, tk := r.restore(t, "wl", lazy)
+		if got := tk.ask(t, "checksum"); got != want {
+			t.Fatalf("restore %d after remount: %s, want %s", i, got, want)
+		}
+		if s := r.cache.Stats(); s.Fetches == 0 {
+			t.Fatalf("cold cache fetched nothing: %+v", s)
+		}
+	}
+}
+
+// running reports whether any process runs the workload binary.
+func running(t *testing.T) []string {
+	t.Helper()
+	var found []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if exe, err := os.Readlink("/proc/" + e.Name() + "/exe"); err == nil && strings.HasPrefix(exe, workloadBin) {
+			found = append(found, e.Name())
+		}
+	}
+	return found
+}
+
+func TestCorruptPageChunkFailsCleanly(t *testing.T) {
+	r := newRig(t)
+	r.snapshot(t, "wl", 32)
+	ix, err := ManifestOf(context.Background(), r.st, r.mnt, "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, ok := ix.Lookup("pages-1.img")
+	if !ok {
+		t.Fatal("no pages-1.img in the snapshot")
+	}
+	// Corrupt a chunk in the middle of the memory.
+	c := ix.Entries[i].Chunks[len(ix.Entries[i].Chunks)/2]
+	fs := r.st.(interface{ Location() string })
+	root := strings.TrimPrefix(fs.Location(), "file://")
+	p := filepath.Join(root, "chunks", c.ID.String()[:2], c.ID.String())
+	b, _ := os.ReadFile(p)
+	b[len(b)-10] ^= 0xff
+	os.WriteFile(p, b, 0o644)
+	for _, lazy := range []bool{false, true} {
+		r.remount(t, filepath.Join(t.TempDir(), "cache"))
+		in, out, _ := newPipes(t)
+		proc, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: lazy, Stdin: in, Stdout: out})
+		in.Close()
+		out.Close()
+		if err == nil {
+			// Lazy: the process starts, then the missing page kills it.
+			if !lazy {
+				proc.Kill()
+				t.Fatal("eager restore of a corrupt snapshot succeeded")
+			}
+			if _, err := proc.WaitResident(context.Background()); err == nil {
+				t.Fatal("lazy restore of a corrupt snapshot became resident")
+			}
+			proc.Wait()
+		} else {
+			t.Logf("lazy=%v: %v", lazy, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if left := running(t); len(left) > 0 {
+			t.Fatalf("lazy=%v: processes left running after a failed restore: %v", lazy, left)
+		}
+		if s := r.cache.Stats(); s.Corrupt == 0 {
+			t.Fatalf("the corrupt chunk was not detected: %+v", s)
+		}
+	}
+}
+
+func TestClearErrors(t *testing.T) {
+	c := needCRIU(t)
+	// CRIU too old.
+	dir := t.TempDir()
+	old := filepath.Join(dir, "criu")
+	os.WriteFile(old, []byte("#!/bin/sh\necho 'Version: 3.17'\n"), 0o755)
+	if _, err := probe(context.Background(), old); err == nil || !strings.Contains(err.Error(), "too old") || !strings.Contains(err.Error(), "make setup") {
+		t.Fatalf("old CRIU: %v", err)
+	}
+	t.Setenv("GPUWARM_CRIU", filepath.Join(dir, "missing"))
+	t.Setenv("PATH", dir)
+	// Incompatible CPU, kernel, mounts.
+	cases := map[string]map[string]string{
+		"cpu":    {AnnCPUFlags: "sse2 avx1024_quantum", AnnCPUModel: "Imaginary CPU"},
+		"kernel": {AnnKernel: "99.1.0"},
+		"arch":   {AnnArch: "riscv64"},
+		"mount":  {AnnMounts: "/nonexistent-gpuwarm/python"},
+		"criu":   {AnnCRIU: "9.0"},
+	}
+	for name, ann := range cases {
+		err := compatible(c, ann)
+		if !errors.Is(err, ErrIncompatible) {
+			t.Errorf("%s: want ErrIncompatible, got %v", name, err)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+	}
+	if err := compatible(c, map[string]string{AnnCPUFlags: strings.Join(cpuFlags(), " "), AnnKernel: kernelRelease(), AnnArch: runtime.GOARCH}); err != nil {
+		t.Fatalf("this worker refused its own snapshot: %v", err)
+	}
+	// No mount, unknown snapshot.
+	if _, err := Restore(context.Background(), c, Options{Mount: dir, Name: "x"}); err == nil || !strings.Contains(err.Error(), "gpuwarm mount") {
+		t.Fatalf("restore without a mount: %v", err)
+	}
+}
+
+// TestPIDTaken: a process snapshotted outside gpuwarm run keeps its PID, so
+// restoring it while the original runs fails, clearly, leaving nothing.
+func TestPIDTaken(t *testing.T) {
+	r := newRig(t)
+	in, out, tk := newPipes(t)
+	cmd := exec.Command(workloadBin, "--mb", "8")
+	cmd.Stdin, cmd.Stdout = in, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	closeOnExecAll()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	out.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	tk.out.ReadString('\n')
+	res, err := Snapshot(context.Background(), r.c, SnapshotOptions{PID: cmd.Process.Pid, Store: r.st, LeaveRunning: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.SetTag(context.Background(), r.st, "host", res.Image)
+	if tk.ask(t, "ping") != "pong" {
+		t.Fatal("--leave-running did not leave it running")
+	}
+	in2, out2, _ := newPipes(t)
+	_, err = Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "host", Store: r.st, Stdin: in2, Stdout: out2})
+	if err == nil || !strings.Contains(err.Error(), "PID") {
+		t.Fatalf("restore over a live PID: %v", err)
+	}
+	t.Logf("%v", strings.SplitN(err.Error(), "\n", 3)[:2])
 }
