@@ -395,17 +395,26 @@ func (m *mountPages) close() {
 }
 
 // inheritStdio hands CRIU new ends for the snapshot's pipes and sockets on
-// fds 0-2 (their peers did not survive the dump).
+// fds 0-2 (their peers did not survive the dump), and the caller's files for
+// standard streams that were regular files.
 func inheritStdio(cr *criu.Criu, recorded string, files [3]*os.File, cleanups *[]func()) error {
 	links := strings.Split(recorded, "|")
 	seen := map[string]bool{}
 	for fd := 0; fd < 3 && fd < len(links); fd++ {
 		key := links[fd]
-		if !(strings.HasPrefix(key, "pipe:[") || strings.HasPrefix(key, "socket:[")) || seen[key] {
+		f := files[fd]
+		if strings.HasPrefix(key, "/") && f != nil && !strings.HasPrefix(key, "/dev/") {
+			// A regular file (a log): CRIU would reopen the same path, which
+			// another worker may lack; hand it the caller's file instead.
+			// CRIU names files by their path without the leading slash.
+			key = strings.TrimPrefix(key, "/")
+		} else if !(strings.HasPrefix(key, "pipe:[") || strings.HasPrefix(key, "socket:[")) {
+			continue
+		}
+		if seen[key] {
 			continue
 		}
 		seen[key] = true
-		f := files[fd]
 		if f == nil {
 			mode := os.O_WRONLY
 			if fd == 0 {

@@ -6,7 +6,7 @@
 // Protocol (one line each way): "checksum" -> hex SHA-256 of the state,
 // "ping" -> "pong", "pid" -> the pid it sees, "exit" -> exits. At start it
 // prints "ready <checksum> <build seconds>". When stdin ends it keeps
-// running until it is killed.
+// running until it is killed; SIGUSR1 makes it print "checksum <hex>".
 package main
 
 import (
@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/gpuwarm/gpuwarm/testing/workload"
@@ -28,12 +29,26 @@ func main() {
 	st := workload.Build(cfg)
 	in := bufio.NewScanner(os.Stdin)
 	out := bufio.NewWriter(os.Stdout)
+	var mu sync.Mutex
+	// SIGUSR1 prints the checksum, for workloads restored without a pipe.
+	usr := make(chan os.Signal, 1)
+	signal.Notify(usr, syscall.SIGUSR1)
+	go func() {
+		for range usr {
+			mu.Lock()
+			fmt.Fprintf(out, "checksum %s\n", st.Checksum())
+			out.Flush()
+			mu.Unlock()
+		}
+	}()
 	fmt.Fprintf(out, "ready %s %.3f\n", st.Checksum(), st.BuildSeconds)
 	out.Flush()
 	for in.Scan() {
 		reply, quit := st.Handle(in.Text())
+		mu.Lock()
 		fmt.Fprintln(out, reply)
 		out.Flush()
+		mu.Unlock()
 		if quit {
 			return
 		}

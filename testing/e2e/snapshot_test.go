@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func buildWorkload(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gpuwarm-workload")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return bin
+}
+
+func requireCRIU(t *testing.T) {
+	t.Helper()
+	requireFUSE(t)
+	for _, p := range []string{os.Getenv("GPUWARM_CRIU"), "/opt/gpuwarm/criu/bin/criu"} {
+		if p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return
+			}
+		}
+	}
+	if _, err := exec.LookPath("criu"); err == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("CRIU missing: make setup installs it")
+	}
+	t.Skip("CRIU missing: make setup installs it")
+}
+
+// waitLine waits until file holds a line starting with prefix.
+func waitLine(t *testing.T, file, prefix string) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile(file)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(file)
+	t.Fatalf("no %q line in %s:\n%s", prefix, file, b)
+	return ""
+}
+
+// TestSnapshotOnAResoreOnB: gpuwarm run + snapshot on worker A into a
+// bucket; worker B (own cache, own mount) restores it eagerly and lazily
+// through the CLI, and the restored memory checksums match.
+func TestSnapshotOnARestoreOnB(t *testing.T) {
+	requireCRIU(t)
+	srv := startS3(t)
+	url := srv.URL("fleet", "snap")
+	wl := buildWorkload(t)
+	tmp := t.TempDir()
+	logA := filepath.Join(tmp, "a.log")
+	pidS := strings.TrimSpace(gw(t, "run", "--log", logA, "--", wl, "--mb", "96"))
+	pid, _ := strconv.Atoi(pidS)
+	want := strings.Fields(waitLine(t, logA, "ready"))[1]
+	out := gw(t, "snapshot", "--pid", pidS, "--tag", "wl", "--store", url)
+	if !strings.Contains(out, "stored as wl") {
+		t.Fatal(out)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if st, err := os.ReadFile("/proc/" + pidS + "/stat"); err == nil && !strings.Contains(string(st), ") Z") {
+		t.Fatalf("the snapshotted workload still runs without --leave-running: %s", st)
+	}
+	_ = pid
+	mntB := filepath.Join(tmp, "b/mnt")
+	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
+	for _, lazy := range []bool{false, true} {
+		outFile := filepath.Join(tmp, "restored-"+strconv.FormatBool(lazy)+".log")
+		args := []string{"restore", "wl", "--mount", mntB, "--store", url, "--stdout", outFile}
+		if lazy {
+			args = append(args, "--lazy")
+		}
+		res := gw(t, args...)
+		if !strings.Contains(res, "restored wl as pid") || !strings.Contains(res, "resident") {
+			t.Fatalf("restore output: %s", res)
+		}
+		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(res, "pid ", 2)[1])[0])
+		syscall.Kill(rpid, syscall.SIGUSR1)
+		got := strings.Fields(waitLine(t, outFile, "checksum"))[1]
+		syscall.Kill(rpid, syscall.SIGKILL)
+		if got != want {
+			t.Fatalf("lazy=%v: restored on B with checksum %s, want %s", lazy, got, want)
+		}
+		t.Logf("lazy=%v: %s", lazy, strings.ReplaceAll(res, "\n", "; "))
+	}
+}
