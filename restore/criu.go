@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // CRIU is a located, version-checked criu binary.
@@ -74,6 +75,26 @@ func probe(ctx context.Context, path string) (*CRIU, error) {
 	}
 	return c, nil
 }
+
+// CheckUserfaultfd tells whether this kernel lets gpuwarm restore lazily:
+// it opens a userfaultfd (microseconds, unlike a CRIU feature check).
+func CheckUserfaultfd() error {
+	fd, _, errno := syscall.Syscall(sysUserfaultfd, uintptr(syscall.O_CLOEXEC|syscall.O_NONBLOCK), 0, 0)
+	if errno != 0 {
+		switch errno {
+		case syscall.ENOSYS:
+			return fmt.Errorf("lazy restore needs userfaultfd, which this kernel lacks (CONFIG_USERFAULTFD); restore without --lazy")
+		case syscall.EPERM:
+			return fmt.Errorf("lazy restore needs userfaultfd, which this process may not use (vm.unprivileged_userfaultfd=0 and no CAP_SYS_PTRACE); run as root or restore without --lazy")
+		}
+		return fmt.Errorf("lazy restore: userfaultfd: %v; restore without --lazy", errno)
+	}
+	syscall.Close(int(fd))
+	return nil
+}
+
+// sysUserfaultfd is the x86-64 system call number.
+const sysUserfaultfd = 323
 
 // Check runs `criu check`, and with lazy also the userfaultfd features lazy
 // restores need, returning what the kernel lacks.

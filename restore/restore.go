@@ -32,6 +32,10 @@ type Options struct {
 	Mount string
 	// Name is the snapshot's tag (or image ID).
 	Name string
+	// Dir, instead of Mount and Name, restores plain CRIU images from a
+	// local directory (with DirAnnotations as the snapshot's metadata).
+	Dir            string
+	DirAnnotations map[string]string
 	// Store holds the snapshot's manifest (for its annotations).
 	Store store.Store
 	// Lazy starts the process before its memory is loaded.
@@ -92,19 +96,26 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		log = slog.Default()
 	}
 	dir := filepath.Join(opt.Mount, opt.Name)
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(opt.Mount, &st); err != nil || st.Type != 0x65735546 {
-		return nil, fmt.Errorf("restore: no gpuwarm mount at %s: start `gpuwarm mount %s` first", opt.Mount, opt.Mount)
+	var ann map[string]string
+	imageName := ""
+	if opt.Dir != "" {
+		// Plain CRIU images in a local directory (the benchmark baseline).
+		dir, ann = opt.Dir, opt.DirAnnotations
+	} else {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(opt.Mount, &st); err != nil || st.Type != 0x65735546 {
+			return nil, fmt.Errorf("restore: no gpuwarm mount at %s: start `gpuwarm mount %s` first", opt.Mount, opt.Mount)
+		}
+		id, err := imageIDAt(dir)
+		if err != nil {
+			return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
+		}
+		ix, err := fusefs.LoadImage(ctx, opt.Store, id)
+		if err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		ann, imageName = ix.Annotations, id.String()
 	}
-	id, err := imageIDAt(dir)
-	if err != nil {
-		return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
-	}
-	ix, err := fusefs.LoadImage(ctx, opt.Store, id)
-	if err != nil {
-		return nil, fmt.Errorf("restore: %w", err)
-	}
-	ann := ix.Annotations
 	if ann[AnnKind] != "snapshot" {
 		return nil, fmt.Errorf("restore: %s is a %q image, not a snapshot", opt.Name, ann[AnnKind])
 	}
@@ -112,7 +123,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return nil, err
 	}
 	if opt.Lazy {
-		if err := c.Check(ctx, true); err != nil {
+		if err := CheckUserfaultfd(); err != nil {
 			return nil, err
 		}
 	}
@@ -129,7 +140,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			return nil, err
 		}
 	}
-	p := &Process{Annotations: ann, Image: id.String(), Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
+	p := &Process{Annotations: ann, Image: imageName, Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
 	var cleanups []func()
 	p.cleanup = func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {

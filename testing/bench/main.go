@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/store"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
@@ -262,3 +264,7 @@ func benchMount(dir string) error {
 }
 
 func ctxBG() context.Context { return context.Background() }
+
+func setTag(st store.Store, name string, id digest.ID) error {
+	return store.SetTag(context.Background(), st, name, id)
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/store/filestore"
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+)
+
+func init() { sections = append(sections, section{"restore", benchRestore}) }
+
+type wlPipes struct {
+	in   *os.File
+	out  *bufio.Reader
+	cin  *os.File
+	cout *os.File
+}
+
+func newWlPipes() *wlPipes {
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	return &wlPipes{in: inW, out: bufio.NewReader(outR), cin: inR, cout: outW}
+}
+
+func (p *wlPipes) childSide() { p.cin.Close(); p.cout.Close() }
+
+func (p *wlPipes) ask(req string) (string, error) {
+	if _, err := p.in.Write([]byte(req + "\n")); err != nil {
+		return "", err
+	}
+	l, err := p.out.ReadString('\n')
+	return strings.TrimSpace(l), err
+}
+
+// benchRestore: restore of a >= 1 GiB snapshot, gpuwarm eager and lazy
+// (warm cache) versus criu restore of the same images from a local
+// directory, with the workload's cold boot for reference.
+func benchRestore(dir string) error {
+	ctx := context.Background()
+	c, err := restore.FindCRIU(ctx)
+	if err != nil {
+		return err
+	}
+	wl := filepath.Join(dir, "gpuwarm-workload")
+	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
+		return fmt.Errorf("build workload: %v\n%s", err, out)
+	}
+	mb := int(1024 * *scale)
+	storeDir := filepath.Join(dir, "store")
+	st, err := filestore.Open(storeDir)
+	if err != nil {
+		return err
+	}
+
+	// Cold boot.
+	p := newWlPipes()
+	bootStart := time.Now()
+	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.cin, Stdout: p.cout})
+	if err != nil {
+		return err
+	}
+	p.childSide()
+	ready, err := p.out.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	boot := time.Since(bootStart)
+	want := strings.Fields(ready)[1]
+
+	res, err := restore.Snapshot(ctx, c, restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st})
+	if err != nil {
+		return err
+	}
+	cmd.Wait()
+	if err := setTag(st, "bench", res.Image); err != nil {
+		return err
+	}
+	mnt := filepath.Join(dir, "mnt")
+	m, err := startMount(storeDir, mnt, filepath.Join(dir, "cache"), "--mem-cache", "4GiB")
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	img := filepath.Join(mnt, "bench")
+	// Baseline images: the same files copied to a local directory.
+	local := filepath.Join(dir, "local-images")
+	if out, err := exec.Command("cp", "-r", img, local).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy images: %v %s", err, out)
+	}
+	ix, err := restore.ManifestOf(ctx, st, mnt, "bench")
+	if err != nil {
+		return err
+	}
+	run := func(opt restore.Options) (running, resident time.Duration, err error) {
+		pp := newWlPipes()
+		opt.Stdin, opt.Stdout, opt.Store = pp.cin, pp.cout, st
+		proc, err := restore.Restore(ctx, c, opt)
+		pp.childSide()
+		if err != nil {
+			return 0, 0, err
+		}
+		defer func() { proc.Kill(); proc.Wait() }()
+		got, err := pp.ask("checksum")
+		if err != nil || got != want {
+			return 0, 0, fmt.Errorf("restored checksum %q (%v), want %s", got, err, want)
+		}
+		r, err := proc.WaitResident(ctx)
+		return proc.Timing.Running, r, err
+	}
+	type variant struct {
+		name string
+		opt  restore.Options
+	}
+	variants := []variant{
+		{"criu restore, local dir", restore.Options{Dir: local, DirAnnotations: ix.Annotations}},
+		{"gpuwarm eager (warm cache)", restore.Options{Mount: mnt, Name: "bench"}},
+		{"gpuwarm lazy (warm cache)", restore.Options{Mount: mnt, Name: "bench", Lazy: true}},
+	}
+	// Warm the cache (and the page cache of the local copy) once.
+	for _, v := range variants {
+		if _, _, err := run(v.opt); err != nil {
+			return fmt.Errorf("%s: %w", v.name, err)
+		}
+	}
+	var rows []bu.Row
+	const reps = 3
+	for _, v := range variants {
+		var best, bestRes time.Duration
+		for i := 0; i < reps; i++ {
+			time.Sleep(200 * time.Millisecond)
+			r, res, err := run(v.opt)
+			if err != nil {
+				return fmt.Errorf("%s: %w", v.name, err)
+			}
+			if best == 0 || r < best {
+				best = r
+			}
+			if bestRes == 0 || res < bestRes {
+				bestRes = res
+			}
+		}
+		goalRun, goalRes := "", ""
+		switch v.name {
+		case "gpuwarm eager (warm cache)":
+			goalRun = "<= 1.1x"
+		case "gpuwarm lazy (warm cache)":
+			goalRun, goalRes = "<= 100 ms", "<= eager"
+		}
+		rows = append(rows,
+			bu.Row{Name: v.name + ": running", Value: float64(best.Microseconds()) / 1000, Unit: "ms", Baseline: "criu restore, local dir: running", Goal: goalRun},
+			bu.Row{Name: v.name + ": resident", Value: float64(bestRes.Microseconds()) / 1000, Unit: "ms", Baseline: "criu restore, local dir: resident", Goal: goalRes})
+	}
+	rows = append(rows, bu.Row{Name: "cold boot of the workload", Value: float64(boot.Microseconds()) / 1000, Unit: "ms", Baseline: "criu restore, local dir: running"})
+	bu.Table(os.Stdout, fmt.Sprintf("restore of a %d MiB snapshot (best of %d; dump %.2fs streamed to the store)", res.PageBytes>>20, reps, res.DumpSeconds), rows)
+	return nil
+}
