@@ -6,49 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/restore"
 )
 
 // MetaAnnotation holds a snapshot's Meta as JSON.
 const MetaAnnotation = "gpuwarm.gpu"
 
 // Tree returns root and its descendants.
-func Tree(root int) []int {
-	children := map[int][]int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parens.
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		children[ppid] = append(children[ppid], pid)
-	}
-	out := []int{root}
-	for i := 0; i < len(out); i++ {
-		out = append(out, children[out[i]]...)
-	}
-	sort.Ints(out[1:])
-	return out
-}
+func Tree(root int) []int { return restore.Tree(root) }
 
 // mapsGPU reports whether pid has an NVIDIA device open or mapped.
 func mapsGPU(pid int) bool {
@@ -229,7 +198,7 @@ func RestoreTree(ctx context.Context, root int) (pids []int, d time.Duration, er
 		}
 	}
 	if len(pids) == 0 {
-		return nil, 0, nil
+		return nil, 0, fmt.Errorf("the restored tree of pid %d has no checkpointed CUDA process, though the snapshot recorded GPU state", root)
 	}
 	t := time.Now()
 	var toRestore []int

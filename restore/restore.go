@@ -279,10 +279,12 @@ func (p *Process) Wait() error {
 // Kill kills the restored tree.
 func (p *Process) Kill() { killTree(p.PID) }
 
-// killTree kills a tree restored as the init of its own PID namespace (all
-// of it dies with its init) or, failing that, the process alone.
+// killTree kills a restored tree: its root (which takes a PID namespace
+// down with it) and, for trees restored with host PIDs, every descendant.
 func killTree(pid int) {
-	syscall.Kill(pid, syscall.SIGKILL)
+	for _, p := range Tree(pid) {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
 }
 
 func (p *Process) startLazy(ctx context.Context, c *CRIU, dir, work string, opt Options, log *slog.Logger, cleanups *[]func()) (*exec.Cmd, chan error, error) {

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -16,6 +18,11 @@ type RunOptions struct {
 	Stdin  *os.File // nil: /dev/null
 	Stdout *os.File // nil: /dev/null
 	Stderr *os.File // nil: /dev/null
+	// HostPIDs keeps the host's PID namespace. The CUDA driver needs /proc
+	// to match its PID, which a PID namespace without its own mount
+	// namespace and /proc breaks; such workloads restore with their
+	// original PIDs, so one at a time per snapshot on a worker.
+	HostPIDs bool
 }
 
 // Run starts a workload as PID 1 of fresh PID, IPC and UTS namespaces and
@@ -46,10 +53,11 @@ func Run(opt RunOptions) (*exec.Cmd, error) {
 		return f
 	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pick(opt.Stdin), pick(opt.Stdout), pick(opt.Stderr)
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
-		Setsid:     true,
+	flags := uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS)
+	if opt.HostPIDs {
+		flags = syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Setsid: true}
 	// The workload must inherit nothing but its standard streams: CRIU
 	// cannot dump, say, a /dev/fuse descriptor some library left open.
 	closeOnExecAll()
@@ -71,3 +79,38 @@ func closeOnExecAll() {
 		}
 	}
 }
+
+// Tree returns root and its descendants.
+func Tree(root int) []int {
+	children := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parens.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 2 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		children[ppid] = append(children[ppid], pid)
+	}
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		out = append(out, children[out[i]]...)
+	}
+	sort.Ints(out[1:])
+	return out
+}
+

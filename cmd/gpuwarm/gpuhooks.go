@@ -14,60 +14,13 @@ import (
 	"github.com/gpuwarm/gpuwarm/restore"
 )
 
-// gpuSnapshotHooks locks and checkpoints the CUDA processes of the tree
-// before CRIU dumps it, and records the GPU metadata.
 func gpuSnapshotHooks(ctx context.Context, g *globals, opt *restore.SnapshotOptions) error {
-	cp := &gpu.Checkpointer{LockTimeout: 30 * time.Second}
-	pid := opt.PID
-	opt.BeforeDump = func(ctx context.Context) error {
-		if err := cp.Before(ctx, pid); err != nil {
-			return err
-		}
-		if m := cp.Meta(); m != nil {
-			if opt.Annotations == nil {
-				opt.Annotations = map[string]string{}
-			}
-			opt.Annotations[gpu.MetaAnnotation] = m.Annotation()
-			g.log.Info("GPU state checkpointed into host memory", "processes", m.Processes,
-				"gpu_bytes", m.MemoryBytes, "lock", cp.LockTime, "checkpoint", cp.CheckpointTime)
-		}
-		return nil
-	}
-	leave := opt.LeaveRunning
-	opt.AfterDump = func(ctx context.Context, dumpErr error) error {
-		return cp.After(ctx, dumpErr, leave)
-	}
+	gpu.SnapshotHooks(opt, 30*time.Second, g.log)
 	return nil
 }
 
-// gpuRestoreHooks refuse an incompatible worker before anything starts and
-// put GPU state back after CRIU.
 func gpuRestoreHooks(ctx context.Context, g *globals, opt *restore.Options) {
-	var meta *gpu.Meta
-	opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
-		m, err := gpu.ParseMeta(ann[gpu.MetaAnnotation])
-		if err != nil || m == nil {
-			return err
-		}
-		inv, invErr := gpu.ReadInventory()
-		if err := gpu.Compatible(m, inv, invErr); err != nil {
-			return err
-		}
-		meta = m
-		return nil
-	}
-	opt.AfterRestore = func(ctx context.Context, pid int) error {
-		if meta == nil {
-			return nil
-		}
-		pids, d, err := gpu.RestoreTree(ctx, pid)
-		if err != nil {
-			return fmt.Errorf("CUDA restore: %w", err)
-		}
-		g.log.Info("GPU state restored", "processes", pids, "seconds", d.Seconds(),
-			"GB/s", float64(meta.MemoryBytes)/1e9/d.Seconds())
-		return nil
-	}
+	gpu.RestoreHooks(opt, g.log)
 }
 
 func init() {

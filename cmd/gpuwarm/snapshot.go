@@ -28,6 +28,7 @@ func init() {
 		name := fs.String("name", "", "record the PID as `NAME` (gpuwarm snapshot --name NAME)")
 		logPath := fs.String("log", "", "append the workload's stdout and stderr to `FILE` (default /var/log/gpuwarm/NAME.log, or /dev/null)")
 		wait := fs.Bool("wait", false, "wait for the workload to exit")
+		hostPIDs := fs.Bool("host-pids", false, "stay in the host's PID namespace (CUDA workloads: the driver needs /proc to match its PID; restores then keep the original PIDs)")
 		if err := g.parse(r, fs, args); err != nil {
 			return err
 		}
@@ -54,7 +55,7 @@ func init() {
 			defer f.Close()
 			logf = f
 		}
-		cmd, err := restore.Run(restore.RunOptions{Args: fs.Args(), Env: os.Environ(), Stdout: logf, Stderr: logf})
+		cmd, err := restore.Run(restore.RunOptions{Args: fs.Args(), Env: os.Environ(), Stdout: logf, Stderr: logf, HostPIDs: *hostPIDs})
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""gpuwarm's PyTorch test workload.
+
+make:  torch_workload.py --make DIR --gb 1.0 [--hidden 8192]
+       writes an MLP of bf16 weights as safetensors shards into DIR.
+serve: torch_workload.py --weights DIR [--no-compile]
+       loads the shards (from a gpuwarm mount), moves them to the GPU,
+       torch.compile()s and warms the model up, prints
+       "ready <seconds> <gpu bytes>", then answers requests on stdin:
+       "infer N" -> sha256 of the output for the input seeded with N
+       (bit-identical before a snapshot and after a restore), "exit".
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+
+T0 = time.time()
+
+
+def make(args):
+    import torch
+    from safetensors.torch import save_file
+    h = args.hidden
+    layers = max(1, round(args.gb * 1e9 / (h * h * 2)))
+    os.makedirs(args.make, exist_ok=True)
+    g = torch.Generator(device="cuda").manual_seed(1234)
+    per_shard = 4
+    for s in range(0, layers, per_shard):
+        shard = {}
+        for i in range(s, min(layers, s + per_shard)):
+            w = torch.randn(h, h, generator=g, device="cuda", dtype=torch.float32) * (1.0 / h ** 0.5)
+            shard[f"layer.{i:04d}.weight"] = w.to(torch.bfloat16).cpu()
+        save_file(shard, os.path.join(args.make, f"model-{s // per_shard:05d}.safetensors"))
+    print(f"made {layers} layers of {h}x{h} bf16 ({layers * h * h * 2 / 1e9:.2f} GB) in {args.make}", flush=True)
+
+
+def serve(args):
+    import torch
+    from safetensors.torch import load_file
+    files = sorted(f for f in os.listdir(args.weights) if f.endswith(".safetensors"))
+    weights = {}
+    for f in files:
+        weights.update(load_file(os.path.join(args.weights, f), device="cuda"))
+    ws = [weights[k] for k in sorted(weights)]
+    gpu_bytes = sum(w.numel() * w.element_size() for w in ws)
+    h = ws[0].shape[0]
+
+    def forward(x):
+        for w in ws:
+            x = torch.nn.functional.gelu(torch.nn.functional.linear(x, w))
+        return x
+
+    model = forward if args.no_compile else torch.compile(forward)
+
+    def infer(seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(args.batch, h, generator=g, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            y = model(x)
+        torch.cuda.synchronize()
+        return hashlib.sha256(y.float().cpu().numpy().tobytes()).hexdigest()
+
+    for s in range(3):
+        infer(s)
+    print(f"ready {time.time() - T0:.3f} {gpu_bytes}", flush=True)
+    for line in sys.stdin:
+        req = line.split()
+        if not req:
+            continue
+        if req[0] == "infer":
+            print(infer(int(req[1])), flush=True)
+        elif req[0] == "exit":
+            print("bye", flush=True)
+            return
+        else:
+            print(f"error: unknown request {line.strip()!r}", flush=True)
+    # stdin closed: keep the model resident until killed
+    import signal
+    signal.pause()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--make")
+    p.add_argument("--gb", type=float, default=1.0)
+    p.add_argument("--hidden", type=int, default=8192)
+    p.add_argument("--weights")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--no-compile", action="store_true")
+    args = p.parse_args()
+    if args.make:
+        make(args)
+    elif args.weights:
+        serve(args)
+    else:
+        p.error("--make or --weights")
+
+
+if __name__ == "__main__":
+    main()

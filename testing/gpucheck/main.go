@@ -1,0 +1,303 @@
+// Command gpucheck is `make test-gpu` and `make bench-gpu`: on a machine
+// with an NVIDIA GPU it packs a PyTorch model into a store, mounts it,
+// boots the model cold from the mount (torch.compile, default settings),
+// snapshots it with its GPU state, and restores it eagerly, lazily, twice in
+// a row and by the manual baseline (criu restore from a local directory,
+// then CUDA restore), checking that every restored copy answers
+// bit-identically. Elsewhere it says why it skips.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/gpu"
+	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/store/filestore"
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+)
+
+var (
+	mode     = flag.String("mode", "test", "test or bench")
+	sizes    = flag.String("gb", "1", "comma-separated model sizes in GB")
+	script   = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
+	workDir  = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
+	baseDir  = flag.String("baseline-dir", "/dev/shm/gpuwarm-baseline", "where the manual baseline's images are copied")
+	passed   int
+	failed   int
+	ctx      = context.Background()
+	log      = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	crit     *restore.CRIU
+	st       store.Store
+	mnt      string
+	pyEnv    []string
+	noLazy   = flag.Bool("no-lazy", false, "skip lazy restores")
+	lazyOnly = flag.Bool("lazy-timeout", false, "unused")
+)
+
+func check(name string, err error) bool {
+	if err != nil {
+		failed++
+		fmt.Printf("FAIL %s: %v\n", name, err)
+		return false
+	}
+	passed++
+	fmt.Printf("ok   %s\n", name)
+	return true
+}
+
+type proc struct {
+	in  *os.File
+	out *bufio.Reader
+	cin *os.File
+	cou *os.File
+}
+
+func pipes() *proc {
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	return &proc{in: inW, out: bufio.NewReader(outR), cin: inR, cou: outW}
+}
+
+func (p *proc) child() { p.cin.Close(); p.cou.Close() }
+
+func (p *proc) readLine(timeout time.Duration) (string, error) {
+	ch := make(chan string, 1)
+	errc := make(chan error, 1)
+	go func() {
+		l, err := p.out.ReadString('\n')
+		if err != nil {
+			errc <- err
+			return
+		}
+		ch <- strings.TrimSpace(l)
+	}()
+	select {
+	case l := <-ch:
+		return l, nil
+	case err := <-errc:
+		return "", err
+	case <-time.After(timeout):
+		return "", fmt.Errorf("no answer within %v", timeout)
+	}
+}
+
+func (p *proc) ask(req string) (string, error) {
+	if _, err := p.in.Write([]byte(req + "\n")); err != nil {
+		return "", err
+	}
+	return p.readLine(90 * time.Second)
+}
+
+func main() {
+	flag.Parse()
+	if _, err := os.Stat("/dev/nvidiactl"); err != nil {
+		fmt.Println("gpucheck: skipping: no NVIDIA GPU on this machine (/dev/nvidiactl missing)")
+		return
+	}
+	inv, err := gpu.ReadInventory()
+	if err != nil {
+		fmt.Println("gpucheck: skipping:", err)
+		return
+	}
+	fmt.Printf("gpucheck %s: %s, driver %s, CUDA %s\n", *mode, inv.GPUs[0].Name, inv.Driver, inv.CUDAString())
+	if crit, err = restore.FindCRIU(ctx); err != nil {
+		fmt.Println("gpucheck:", err)
+		os.Exit(1)
+	}
+	os.RemoveAll(*workDir)
+	os.MkdirAll(*workDir, 0o755)
+	storeDir := filepath.Join(*workDir, "store")
+	fs, _ := filestore.Open(storeDir)
+	st = fs
+	mnt = filepath.Join(*workDir, "mnt")
+	os.MkdirAll(mnt, 0o755)
+	bc, err := cache.Open(st, cache.Config{Dir: filepath.Join(*workDir, "cache"), MemBytes: 8 << 30, DiskBytes: 200 << 30, Fetches: 32})
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log})
+	if err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	defer srv.Close()
+	pyEnv = append(os.Environ(), "PYTHONUNBUFFERED=1")
+	script, _ := filepath.Abs(*script)
+	var rows []bu.Row
+	for _, s := range strings.Split(*sizes, ",") {
+		gb, _ := strconv.ParseFloat(s, 64)
+		rows = append(rows, runSize(script, gb)...)
+	}
+	if *mode == "bench" {
+		bu.Table(os.Stdout, "GPU snapshot restore (H100), time to first answer", rows)
+	}
+	fmt.Printf("gpucheck: %d passed, %d failed\n", passed, failed)
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
+
+func runSize(script string, gb float64) []bu.Row {
+	tag := fmt.Sprintf("model-%g", gb)
+	wdir := filepath.Join(*workDir, "weights-"+tag)
+	out, err := exec.Command("python3", script, "--make", wdir, "--gb", fmt.Sprint(gb)).CombinedOutput()
+	if !check(tag+": make weights", errorIf(err, out)) {
+		return nil
+	}
+	res, err := pack.Dir(ctx, st, wdir, pack.Options{})
+	if !check(tag+": pack weights", err) {
+		return nil
+	}
+	store.SetTag(ctx, st, tag, res.ID)
+	os.RemoveAll(wdir)
+
+	// Cold boot from the mount: import, load, compile, warm up, answer.
+	p := pipes()
+	start := time.Now()
+	cmd, err := restore.Run(restore.RunOptions{Args: []string{"python3", script, "--weights", filepath.Join(mnt, tag)}, Env: pyEnv, Stdin: p.cin, Stdout: p.cou, Stderr: os.Stderr, HostPIDs: true})
+	if !check(tag+": start workload", err) {
+		return nil
+	}
+	p.child()
+	ready, err := p.readLine(10 * time.Minute)
+	if !check(tag+": cold boot", errorIf(err, []byte(ready))) {
+		cmd.Process.Kill()
+		return nil
+	}
+	want, err := p.ask("infer 42")
+	boot := time.Since(start)
+	check(tag+": first answer", err)
+	fmt.Printf("     cold boot to first answer %.2fs (%s)\n", boot.Seconds(), ready)
+
+	// Snapshot with its GPU state.
+	sopt := restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st, Logger: log}
+	cp := gpu.SnapshotHooks(&sopt, 60*time.Second, log)
+	t := time.Now()
+	snap, err := restore.Snapshot(ctx, crit, sopt)
+	cmd.Wait()
+	if !check(tag+": snapshot", err) {
+		return nil
+	}
+	meta := cp.Meta()
+	if !check(tag+": GPU state recorded", errorIfNil(meta)) {
+		return nil
+	}
+	fmt.Printf("     snapshot %.2fs: lock %.2fs, checkpoint %.2fs, criu dump %.2fs; %s of memory, GPU %s, processes %v\n",
+		time.Since(t).Seconds(), cp.LockTime.Seconds(), cp.CheckpointTime.Seconds(), snap.DumpSeconds,
+		pack.HumanBytes(snap.PageBytes), pack.HumanBytes(int64(meta.MemoryBytes)), meta.Processes)
+	store.SetTag(ctx, st, tag+"-snap", snap.Image)
+	gpuGB := float64(meta.MemoryBytes) / 1e9
+
+	var rows []bu.Row
+	restoreOnce := func(name string, opt restore.Options) (time.Duration, bool) {
+		opt.Store = st
+		if opt.Dir == "" {
+			opt.Mount, opt.Name = mnt, tag+"-snap"
+		}
+		pp := pipes()
+		opt.Stdin, opt.Stdout, opt.Logger = pp.cin, pp.cou, log
+		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
+		rep := gpu.RestoreHooks(&opt, log)
+		start := time.Now()
+		pr, err := restore.Restore(ctx, crit, opt)
+		pp.child()
+		if !check(tag+": restore "+name, err) {
+			return 0, false
+		}
+		defer func() { pr.Kill(); pr.Wait() }()
+		got, err := pp.ask("infer 42")
+		first := time.Since(start)
+		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
+			return 0, false
+		}
+		resident, _ := pr.WaitResident(ctx)
+		fmt.Printf("     %s: first answer %.3fs; prepare %.3fs criu %.3fs gpu %.3fs (%.1f GB/s) running %.3fs resident %.3fs\n",
+			name, first.Seconds(), pr.Timing.Prepare.Seconds(), pr.Timing.CRIU.Seconds(), rep.Duration.Seconds(), rep.GBps(),
+			pr.Timing.Running.Seconds(), resident.Seconds())
+		rows = append(rows, bu.Row{Name: fmt.Sprintf("%s %.1f GB: %s", tag, gpuGB, name), Value: first.Seconds(), Unit: "s",
+			Baseline: fmt.Sprintf("%s %.1f GB: cold boot", tag, gpuGB)})
+		return first, true
+	}
+	rows = append(rows, bu.Row{Name: fmt.Sprintf("%s %.1f GB: cold boot", tag, gpuGB), Value: boot.Seconds(), Unit: "s"})
+	restoreOnce("gpuwarm eager (cold cache)", restore.Options{})
+	restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
+	if !*noLazy {
+		restoreOnce("gpuwarm lazy (warm cache)", restore.Options{Lazy: true})
+	}
+	// Manual baseline: the same images from a local directory.
+	os.RemoveAll(*baseDir)
+	if out, err := exec.Command("cp", "-r", filepath.Join(mnt, tag+"-snap"), *baseDir).CombinedOutput(); check(tag+": copy images for the baseline", errorIf(err, out)) {
+		ix, _ := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
+		restoreOnce("manual baseline (criu local dir + CUDA restore)", restore.Options{Dir: *baseDir, DirAnnotations: ix.Annotations})
+		os.RemoveAll(*baseDir)
+	}
+	// An incompatible worker is refused before anything starts.
+	ix, _ := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
+	bad := *meta
+	bad.Model = "NVIDIA A100-SXM4-80GB"
+	ann := map[string]string{}
+	for k, v := range ix.Annotations {
+		ann[k] = v
+	}
+	ann[gpu.MetaAnnotation] = bad.Annotation()
+	opt := restore.Options{Dir: filepath.Join(mnt, tag+"-snap"), DirAnnotations: ann, Store: st, Logger: log}
+	gpu.RestoreHooks(&opt, log)
+	_, err = restore.Restore(ctx, crit, opt)
+	check(tag+": incompatible snapshot refused", errorUnless(errors.Is(err, gpu.ErrIncompatible), err))
+	return rows
+}
+
+func errorIf(err error, out []byte) error {
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, lastLines(string(out)))
+	}
+	return nil
+}
+
+func errorIfNil(m *gpu.Meta) error {
+	if m == nil {
+		return errors.New("no CUDA process was checkpointed")
+	}
+	return nil
+}
+
+func errorIfDiff(got, want string, err error) error {
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("answered %q, before the snapshot %q", got, want)
+	}
+	return nil
+}
+
+func errorUnless(ok bool, err error) error {
+	if ok {
+		return nil
+	}
+	return fmt.Errorf("want ErrIncompatible, got %v", err)
+}
+
+func lastLines(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	if len(l) > 15 {
+		l = l[len(l)-15:]
+	}
+	return strings.Join(l, "\n")
+}
