@@ -51,11 +51,12 @@ demo: setup build
 bench: setup build
 	$(GO) run ./testing/bench
 
+# On a machine with an NVIDIA GPU (skips, saying why, elsewhere).
 test-gpu: build
-	bash scripts/gpu.sh test
+	$(GO) run ./testing/gpucheck -mode test -gb 1
 
 bench-gpu: build
-	bash scripts/gpu.sh bench
+	$(GO) run ./testing/gpucheck -mode bench -gb 1,16
 
 clean:
 	rm -rf bin
