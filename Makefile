@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzReceiver -fuzztime=$(FUZZTIME)
 	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzSender -fuzztime=$(FUZZTIME)
 	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzDecodePagemap -fuzztime=$(FUZZTIME)
+	$(GO) test ./prefetch -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

@@ -34,6 +34,9 @@ type Options struct {
 	TagTTL time.Duration
 	// Observer, if set, sees every chunk touched by reads.
 	Observer Observer
+	// OnImage, if set, is called once when an image is first loaded; the
+	// Observer it returns (a prefetch replay, say) sees that image's reads.
+	OnImage func(ix *manifest.Index) Observer
 	// NoPassthrough disables FUSE passthrough.
 	NoPassthrough bool
 	// Readahead is how many chunks after the one being read are fetched in
@@ -53,9 +56,10 @@ type FS struct {
 	st    store.Store
 	log   *slog.Logger
 
-	mu     sync.Mutex
-	images map[digest.ID]*manifest.Index
-	loadSF singleflight.Group
+	mu        sync.Mutex
+	images    map[digest.ID]*manifest.Index
+	observers map[digest.ID]Observer
+	loadSF    singleflight.Group
 
 	tagsMu   sync.Mutex
 	tags     map[string]digest.ID
@@ -81,7 +85,7 @@ func New(opt Options) *FS {
 		opt.Readahead = 2
 	}
 	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
-		images: make(map[digest.ID]*manifest.Index), ra: make(chan readahead, 64)}
+		images: make(map[digest.ID]*manifest.Index), observers: make(map[digest.ID]Observer), ra: make(chan readahead, 64)}
 	return f
 }
 
@@ -98,8 +102,15 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 		if err != nil {
 			return nil, err
 		}
+		var o Observer
+		if f.opt.OnImage != nil {
+			o = f.opt.OnImage(ix)
+		}
 		f.mu.Lock()
 		f.images[id] = ix
+		if o != nil {
+			f.observers[id] = o
+		}
 		f.mu.Unlock()
 		return ix, nil
 	})
@@ -278,4 +289,28 @@ func (s *Server) Close() error {
 	}
 	s.Wait()
 	return err
+}
+
+// observe tells the observers about a chunk read.
+func (f *FS) observe(img digest.ID, entry, idx int, id digest.ID, size uint32) {
+	if o := f.opt.Observer; o != nil {
+		o.Touch(img, entry, idx, id, size)
+	}
+	f.mu.Lock()
+	o := f.observers[img]
+	f.mu.Unlock()
+	if o != nil {
+		o.Touch(img, entry, idx, id, size)
+	}
+}
+
+// Observers returns the per-image observers (replays), by image.
+func (f *FS) Observers() map[digest.ID]Observer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[digest.ID]Observer, len(f.observers))
+	for k, v := range f.observers {
+		out[k] = v
+	}
+	return out
 }

@@ -89,9 +89,7 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	first, last := n.img.ChunkSpan(n.idx, off, int64(len(dest)))
 	fill := func(j int) error {
 		c := e.Chunks[j]
-		if o := n.fsys.opt.Observer; o != nil {
-			o.Touch(n.img.ID, n.idx, j, c.ID, c.Size)
-		}
+		n.fsys.observe(n.img.ID, n.idx, j, c.ID, c.Size)
 		b, err := n.fsys.cache.Get(ctx, c.ID, c.Size)
 		if err != nil {
 			return err

@@ -36,7 +36,19 @@ func (s *statsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 }
 
 func (s *statsNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	b, _ := json.MarshalIndent(s.fsys.cache.Stats(), "", "  ")
+	out := map[string]any{}
+	cs, _ := json.Marshal(s.fsys.cache.Stats())
+	json.Unmarshal(cs, &out)
+	replays := map[string]any{}
+	for id, o := range s.fsys.Observers() {
+		if st, ok := o.(interface{ ReplayStats() any }); ok {
+			replays[id.String()] = st.ReplayStats()
+		}
+	}
+	if len(replays) > 0 {
+		out["Prefetch"] = replays
+	}
+	b, _ := json.MarshalIndent(out, "", "  ")
 	b = append(b, '\n')
 	if off >= int64(len(b)) {
 		return fuse.ReadResultData(nil), 0

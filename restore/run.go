@@ -113,4 +113,3 @@ func Tree(root int) []int {
 	sort.Ints(out[1:])
 	return out
 }
-

@@ -44,6 +44,7 @@ func init() {
 		noPass := fs.Bool("no-passthrough", false, "never use FUSE passthrough")
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
+		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {
 			return err
@@ -74,8 +75,12 @@ func init() {
 			return err
 		}
 		defer bc.Close()
-		srv, err := fusefs.Mount(dir, fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
-			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug})
+		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug}
+		if !*noPrefetch {
+			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem))
+		}
+		srv, err := fusefs.Mount(dir, mopt)
 		if err != nil {
 			return err
 		}

@@ -5,18 +5,43 @@ package storeopen
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
 	"github.com/gpuwarm/gpuwarm/store/s3store"
+	"github.com/gpuwarm/gpuwarm/store/simstore"
 )
 
 // Default is the store used when none is configured.
 const Default = "file:///var/lib/gpuwarm/store"
 
-// Open opens the store at url.
+// Open opens the store at url. A file store URL may simulate a remote
+// store for tests and benchmarks: file:///dir?sim-latency=2ms&sim-bandwidth=1e9
+// (bytes per second).
 func Open(ctx context.Context, url string) (store.Store, error) {
+	if base, q, ok := strings.Cut(url, "?"); ok && !strings.HasPrefix(url, "s3://") {
+		v, err := neturl.ParseQuery(q)
+		if err != nil {
+			return nil, fmt.Errorf("store %q: %w", url, err)
+		}
+		lat, err := time.ParseDuration(v.Get("sim-latency"))
+		if err != nil {
+			return nil, fmt.Errorf("store %q: sim-latency must be a duration such as 2ms", url)
+		}
+		bw, err := strconv.ParseFloat(v.Get("sim-bandwidth"), 64)
+		if err != nil {
+			return nil, fmt.Errorf("store %q: sim-bandwidth must be bytes per second such as 1e9", url)
+		}
+		s, err := Open(ctx, base)
+		if err != nil {
+			return nil, err
+		}
+		return simstore.New(s, lat, bw), nil
+	}
 	switch {
 	case strings.HasPrefix(url, "file://"):
 		return filestore.Open(strings.TrimPrefix(url, "file://"))

@@ -1,0 +1,52 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestRecordReplay: gpuwarm record stores a profile; a mount replays it (the
+// reads then hit chunks already fetched); a corrupt profile is ignored with
+// a warning and the program still reads correctly.
+func TestRecordReplay(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store")
+	makeTree(t, src, 16)
+	gw(t, "pack", src, "--tag", "app", "--store", storeDir)
+	recMnt := filepath.Join(tmp, "rec")
+	out := gw(t, "record", "--tag", "app", "--mount", recMnt, "--store", storeDir, "--", "sh", "-c", "cat $GPUWARM_IMAGE/big/weights.bin $GPUWARM_IMAGE/bin/tool > /dev/null")
+	if !strings.Contains(out, "recorded") || !strings.Contains(out, "1 runs") {
+		t.Fatalf("record: %s", out)
+	}
+	if show := gw(t, "profile", "show", "app", "--store", storeDir); !strings.Contains(show, "runs    1") {
+		t.Fatalf("profile show: %s", show)
+	}
+	gw(t, "record", "--tag", "app", "--mount", recMnt, "--store", storeDir, "--", "sh", "-c", "cat $GPUWARM_IMAGE/big/weights.bin > /dev/null")
+	if show := gw(t, "profile", "show", "app", "--store", storeDir, "--json"); !strings.Contains(show, `"runs":2`) {
+		t.Fatalf("merged profile: %s", show)
+	}
+	url := storeDir + "?sim-latency=2ms&sim-bandwidth=2e8"
+	mnt := filepath.Join(tmp, "mnt")
+	d := startMount(t, url, mnt, filepath.Join(tmp, "cache"))
+	os.Stat(filepath.Join(mnt, "app")) // loads the image: the replay starts
+	compareOne(t, filepath.Join(src, "big/weights.bin"), filepath.Join(mnt, "app/big/weights.bin"))
+	stats, _ := os.ReadFile(filepath.Join(mnt, ".stats"))
+	if !strings.Contains(string(stats), "Prefetch") || !strings.Contains(string(stats), "HitRate") {
+		t.Fatalf("no replay in the mount's stats:\n%s", stats)
+	}
+	d.stop(t)
+
+	// Corrupt the stored profile: the mount warns and boots without it.
+	profiles, _ := filepath.Glob(filepath.Join(storeDir, "profiles", "*"))
+	for _, p := range profiles {
+		os.WriteFile(p, []byte("GWPF garbage"), 0o644)
+	}
+	d2 := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache2"))
+	compareTrees(t, src, filepath.Join(mnt, "app"))
+	if !strings.Contains(d2.logs.String(), "ignoring the image's prefetch profile") {
+		t.Fatalf("no warning about the corrupt profile:\n%s", d2.logs.String())
+	}
+}
