@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -16,29 +15,6 @@ import (
 )
 
 func init() { sections = append(sections, section{"restore", benchRestore}) }
-
-type wlPipes struct {
-	in   *os.File
-	out  *bufio.Reader
-	cin  *os.File
-	cout *os.File
-}
-
-func newWlPipes() *wlPipes {
-	inR, inW, _ := os.Pipe()
-	outR, outW, _ := os.Pipe()
-	return &wlPipes{in: inW, out: bufio.NewReader(outR), cin: inR, cout: outW}
-}
-
-func (p *wlPipes) childSide() { p.cin.Close(); p.cout.Close() }
-
-func (p *wlPipes) ask(req string) (string, error) {
-	if _, err := p.in.Write([]byte(req + "\n")); err != nil {
-		return "", err
-	}
-	l, err := p.out.ReadString('\n')
-	return strings.TrimSpace(l), err
-}
 
 // benchRestore: restore of a >= 1 GiB snapshot, gpuwarm eager and lazy
 // (warm cache) versus criu restore of the same images from a local
@@ -61,14 +37,14 @@ func benchRestore(dir string) error {
 	}
 
 	// Cold boot.
-	p := newWlPipes()
+	p := bu.NewPipes()
 	bootStart := time.Now()
-	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.cin, Stdout: p.cout})
+	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.CIn, Stdout: p.COut})
 	if err != nil {
 		return err
 	}
-	p.childSide()
-	ready, err := p.out.ReadString('\n')
+	p.Child()
+	ready, err := p.ReadLine(5 * time.Minute)
 	if err != nil {
 		return err
 	}
@@ -100,15 +76,15 @@ func benchRestore(dir string) error {
 		return err
 	}
 	run := func(opt restore.Options) (running, resident time.Duration, err error) {
-		pp := newWlPipes()
-		opt.Stdin, opt.Stdout, opt.Store = pp.cin, pp.cout, st
+		pp := bu.NewPipes()
+		opt.Stdin, opt.Stdout, opt.Store = pp.CIn, pp.COut, st
 		proc, err := restore.Restore(ctx, c, opt)
-		pp.childSide()
+		pp.Child()
 		if err != nil {
 			return 0, 0, err
 		}
 		defer func() { proc.Kill(); proc.Wait() }()
-		got, err := pp.ask("checksum")
+		got, err := pp.Ask("checksum", 5*time.Minute)
 		if err != nil || got != want {
 			return 0, 0, fmt.Errorf("restored checksum %q (%v), want %s", got, err, want)
 		}

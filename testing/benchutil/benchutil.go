@@ -3,6 +3,7 @@
 package benchutil
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -170,4 +171,47 @@ func WaitMount(dir string, timeout time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("no mount at %s after %v", dir, timeout)
+}
+
+// Pipes connect a test to a workload's stdin and stdout: the workload's
+// ends are CIn and COut (close them with Child once it has started).
+type Pipes struct {
+	In   *os.File
+	Out  *bufio.Reader
+	CIn  *os.File
+	COut *os.File
+}
+
+// NewPipes makes both pipes.
+func NewPipes() *Pipes {
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	return &Pipes{In: inW, Out: bufio.NewReader(outR), CIn: inR, COut: outW}
+}
+
+// Child closes the workload's ends in this process.
+func (p *Pipes) Child() { p.CIn.Close(); p.COut.Close() }
+
+// ReadLine reads one line, waiting at most timeout.
+func (p *Pipes) ReadLine(timeout time.Duration) (string, error) {
+	type res struct {
+		l   string
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { l, err := p.Out.ReadString('\n'); ch <- res{strings.TrimSpace(l), err} }()
+	select {
+	case r := <-ch:
+		return r.l, r.err
+	case <-time.After(timeout):
+		return "", fmt.Errorf("no answer within %v", timeout)
+	}
+}
+
+// Ask sends a request line and reads the answer.
+func (p *Pipes) Ask(req string, timeout time.Duration) (string, error) {
+	if _, err := p.In.Write([]byte(req + "\n")); err != nil {
+		return "", err
+	}
+	return p.ReadLine(timeout)
 }

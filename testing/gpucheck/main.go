@@ -8,7 +8,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -58,49 +57,6 @@ func check(name string, err error) bool {
 	passed++
 	fmt.Printf("ok   %s\n", name)
 	return true
-}
-
-type proc struct {
-	in  *os.File
-	out *bufio.Reader
-	cin *os.File
-	cou *os.File
-}
-
-func pipes() *proc {
-	inR, inW, _ := os.Pipe()
-	outR, outW, _ := os.Pipe()
-	return &proc{in: inW, out: bufio.NewReader(outR), cin: inR, cou: outW}
-}
-
-func (p *proc) child() { p.cin.Close(); p.cou.Close() }
-
-func (p *proc) readLine(timeout time.Duration) (string, error) {
-	ch := make(chan string, 1)
-	errc := make(chan error, 1)
-	go func() {
-		l, err := p.out.ReadString('\n')
-		if err != nil {
-			errc <- err
-			return
-		}
-		ch <- strings.TrimSpace(l)
-	}()
-	select {
-	case l := <-ch:
-		return l, nil
-	case err := <-errc:
-		return "", err
-	case <-time.After(timeout):
-		return "", fmt.Errorf("no answer within %v", timeout)
-	}
-}
-
-func (p *proc) ask(req string) (string, error) {
-	if _, err := p.in.Write([]byte(req + "\n")); err != nil {
-		return "", err
-	}
-	return p.readLine(90 * time.Second)
 }
 
 func main() {
@@ -168,19 +124,19 @@ func runSize(script string, gb float64) []bu.Row {
 	os.RemoveAll(wdir)
 
 	// Cold boot from the mount: import, load, compile, warm up, answer.
-	p := pipes()
+	p := bu.NewPipes()
 	start := time.Now()
-	cmd, err := restore.Run(restore.RunOptions{Args: []string{"python3", script, "--weights", filepath.Join(mnt, tag)}, Env: pyEnv, Stdin: p.cin, Stdout: p.cou, Stderr: os.Stderr, HostPIDs: true})
+	cmd, err := restore.Run(restore.RunOptions{Args: []string{"python3", script, "--weights", filepath.Join(mnt, tag)}, Env: pyEnv, Stdin: p.CIn, Stdout: p.COut, Stderr: os.Stderr, HostPIDs: true})
 	if !check(tag+": start workload", err) {
 		return nil
 	}
-	p.child()
-	ready, err := p.readLine(10 * time.Minute)
+	p.Child()
+	ready, err := p.ReadLine(10 * time.Minute)
 	if !check(tag+": cold boot", errorIf(err, []byte(ready))) {
 		cmd.Process.Kill()
 		return nil
 	}
-	want, err := p.ask("infer 42")
+	want, err := p.Ask("infer 42", 90*time.Second)
 	boot := time.Since(start)
 	check(tag+": first answer", err)
 	fmt.Printf("     cold boot to first answer %.2fs (%s)\n", boot.Seconds(), ready)
@@ -210,18 +166,18 @@ func runSize(script string, gb float64) []bu.Row {
 		if opt.Dir == "" {
 			opt.Mount, opt.Name = mnt, tag+"-snap"
 		}
-		pp := pipes()
-		opt.Stdin, opt.Stdout, opt.Logger = pp.cin, pp.cou, log
+		pp := bu.NewPipes()
+		opt.Stdin, opt.Stdout, opt.Logger = pp.CIn, pp.COut, log
 		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
 		rep := gpu.RestoreHooks(&opt, log)
 		start := time.Now()
 		pr, err := restore.Restore(ctx, crit, opt)
-		pp.child()
+		pp.Child()
 		if !check(tag+": restore "+name, err) {
 			return 0, false
 		}
 		defer func() { pr.Kill(); pr.Wait() }()
-		got, err := pp.ask("infer 42")
+		got, err := pp.Ask("infer 42", 90*time.Second)
 		first := time.Since(start)
 		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
 			return 0, false
