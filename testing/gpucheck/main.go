@@ -31,21 +31,22 @@ import (
 )
 
 var (
-	mode     = flag.String("mode", "test", "test or bench")
-	sizes    = flag.String("gb", "1", "comma-separated model sizes in GB")
-	script   = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
-	workDir  = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
-	baseDir  = flag.String("baseline-dir", "/dev/shm/gpuwarm-baseline", "where the manual baseline's images are copied")
-	passed   int
-	failed   int
-	ctx      = context.Background()
-	log      = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	crit     *restore.CRIU
-	st       store.Store
-	mnt      string
-	pyEnv    []string
-	noLazy   = flag.Bool("no-lazy", false, "skip lazy restores")
-	lazyOnly = flag.Bool("lazy-timeout", false, "unused")
+	mode    = flag.String("mode", "test", "test or bench")
+	sizes   = flag.String("gb", "1", "comma-separated model sizes in GB")
+	script  = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
+	workDir = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
+	baseDir = flag.String("baseline-dir", "/dev/shm/gpuwarm-baseline", "where the manual baseline's images are copied")
+	passed  int
+	failed  int
+	ctx     = context.Background()
+	log     = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	crit    *restore.CRIU
+	st      store.Store
+	mnt     string
+	pyEnv   []string
+	noLazy  = flag.Bool("no-lazy", false, "skip lazy restores")
+	only    = flag.String("restores", "eager-cold,eager-warm,lazy,baseline", "which restores to run")
+	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 )
 
 func check(name string, err error) bool {
@@ -82,7 +83,7 @@ func main() {
 	st = fs
 	mnt = filepath.Join(*workDir, "mnt")
 	os.MkdirAll(mnt, 0o755)
-	bc, err := cache.Open(st, cache.Config{Dir: filepath.Join(*workDir, "cache"), MemBytes: 8 << 30, DiskBytes: 200 << 30, Fetches: 32})
+	bc, err := cache.Open(st, cache.Config{Dir: filepath.Join(*workDir, "cache"), MemBytes: 8 << 30, DiskBytes: *diskGB << 30, Fetches: 32})
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
@@ -191,14 +192,21 @@ func runSize(script string, gb float64) []bu.Row {
 		return first, true
 	}
 	rows = append(rows, bu.Row{Name: fmt.Sprintf("%s %.1f GB: cold boot", tag, gpuGB), Value: boot.Seconds(), Unit: "s"})
-	restoreOnce("gpuwarm eager (cold cache)", restore.Options{})
-	restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
-	if !*noLazy {
+	enabled := func(name string) bool { return strings.Contains(","+*only+",", ","+name+",") }
+	if enabled("eager-cold") {
+		restoreOnce("gpuwarm eager (cold cache)", restore.Options{})
+	}
+	if enabled("eager-warm") {
+		restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
+	}
+	if enabled("lazy") && !*noLazy {
 		restoreOnce("gpuwarm lazy (warm cache)", restore.Options{Lazy: true})
 	}
 	// Manual baseline: the same images from a local directory.
 	os.RemoveAll(*baseDir)
-	if out, err := exec.Command("cp", "-r", filepath.Join(mnt, tag+"-snap"), *baseDir).CombinedOutput(); check(tag+": copy images for the baseline", errorIf(err, out)) {
+	if !enabled("baseline") {
+		// skipped
+	} else if out, err := exec.Command("cp", "-r", filepath.Join(mnt, tag+"-snap"), *baseDir).CombinedOutput(); check(tag+": copy images for the baseline", errorIf(err, out)) {
 		ix, _ := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 		restoreOnce("manual baseline (criu local dir + CUDA restore)", restore.Options{Dir: *baseDir, DirAnnotations: ix.Annotations})
 		os.RemoveAll(*baseDir)
