@@ -15,8 +15,10 @@ package cache
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"golang.org/x/sync/singleflight"
 )
@@ -222,7 +225,7 @@ func (c *Cache) acquire(ctx context.Context, p Priority) (func(), error) {
 
 // DiskFile opens the verified disk-tier file holding chunk id, for serving
 // it directly (FUSE passthrough). ok is false when the chunk is not on disk.
-func (c *Cache) DiskFile(id digest.ID, size uint32) (*os.File, bool) {
+func (c *Cache) DiskFile(id digest.ID, size int64) (*os.File, bool) {
 	if c.disk == nil {
 		return nil, false
 	}
@@ -234,6 +237,44 @@ func (c *Cache) DiskFile(id digest.ID, size uint32) (*os.File, bool) {
 		return nil, false
 	}
 	return f, true
+}
+
+// FileID names the assembled copy of a whole file made of chunks.
+func FileID(chunks []manifest.Chunk) digest.ID {
+	b := []byte("gpuwarm-file\x00")
+	for _, c := range chunks {
+		b = append(b, c.ID[:]...)
+		b = binary.LittleEndian.AppendUint32(b, c.Size)
+	}
+	return digest.Of(b)
+}
+
+// Assemble writes the whole file made of chunks into the disk tier as one
+// entry (named FileID), so that FUSE passthrough can serve it. Every chunk
+// is read verified; a file larger than a quarter of the tier is skipped.
+func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
+	if c.disk == nil {
+		return nil
+	}
+	var size int64
+	for _, ch := range chunks {
+		size += int64(ch.Size)
+	}
+	if size > c.disk.limit/4 {
+		return nil
+	}
+	return c.disk.addStream(FileID(chunks), size, func(w io.Writer) error {
+		for _, ch := range chunks {
+			b, err := c.get(ctx, ch.ID, ch.Size, Prefetch)
+			if err != nil {
+				return err
+			}
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // TierStats counts one tier's activity.

@@ -184,7 +184,7 @@ func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
 }
 
 // open returns the entry's file after verifying its contents.
-func (d *diskTier) open(id digest.ID, size uint32) (*os.File, error) {
+func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	e, ok := d.lookup(id, false)
 	if !ok {
 		return nil, fs.ErrNotExist
@@ -196,7 +196,7 @@ func (d *diskTier) open(id digest.ID, size uint32) (*os.File, error) {
 	}
 	h := xxhash.New()
 	n, err := io.Copy(h, f)
-	if err != nil || h.Sum64() != e.sum || n != int64(size) {
+	if err != nil || h.Sum64() != e.sum || n != size {
 		f.Close()
 		d.drop(id, e)
 		return nil, fmt.Errorf("%w: %s", errCorruptEntry, d.path(id, e.sum))
@@ -232,17 +232,37 @@ func (d *diskTier) addAsync(id digest.ID, b []byte) {
 }
 
 func (d *diskTier) add(id digest.ID, b []byte) error {
-	size := int64(len(b))
+	return d.addStream(id, int64(len(b)), func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
+}
+
+// addStream adds an entry of size bytes that write produces.
+func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) error) error {
 	if size > d.limit || d.has(id) {
 		return nil
 	}
-	sum := xxhash.Sum64(b)
-	final := d.path(id, sum)
 	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	h := xxhash.New()
+	cw := &countWriter{w: io.MultiWriter(f, h)}
+	err = write(cw)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && cw.n != size {
+		err = fmt.Errorf("disk cache entry %s: wrote %d bytes, want %d", id.Short(), cw.n, size)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return err
 	}
+	sum := h.Sum64()
+	final := d.path(id, sum)
 	// Make room (and reserve it) before the file becomes visible, so the
 	// limit always holds; the entry becomes visible only once the file is.
 	d.mu.Lock()
@@ -254,7 +274,7 @@ func (d *diskTier) add(id digest.ID, b []byte) error {
 	d.evictLocked(size)
 	d.used += size
 	d.mu.Unlock()
-	err := os.Rename(tmp, final)
+	err = os.Rename(tmp, final)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(filepath.Dir(final), 0o700); err == nil {
 			err = os.Rename(tmp, final)
@@ -273,6 +293,17 @@ func (d *diskTier) add(id digest.ID, b []byte) error {
 	}
 	d.entries[id] = d.lru.PushFront(&diskEntry{id: id, sum: sum, size: size})
 	return nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // evictLocked removes least recently used entries until need more bytes fit.

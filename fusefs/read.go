@@ -4,6 +4,7 @@ import (
 	"context"
 	"syscall"
 
+	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -65,9 +66,18 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case n.passthroughOpens > 0:
 		h.passthrough = true
 	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1:
-		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, e.Chunks[0].Size); ok {
+		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, int64(e.Chunks[0].Size)); ok {
 			n.backing = f
 			h.passthrough = true
+		}
+	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && n.fsys.opt.AssembleFiles && len(e.Chunks) > 1:
+		// A whole file assembled in the disk tier (from a previous open
+		// that found all of its chunks there) is served by passthrough too.
+		if f, ok := n.fsys.cache.DiskFile(cache.FileID(e.Chunks), e.Size); ok {
+			n.backing = f
+			h.passthrough = true
+		} else {
+			n.fsys.maybeAssemble(e.Chunks)
 		}
 	}
 	if h.passthrough {

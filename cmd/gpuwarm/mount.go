@@ -45,6 +45,7 @@ func init() {
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
+		assemble := fs.Bool("assemble-files", false, "experimental: assemble fully cached multi-chunk files for passthrough")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {
 			return err
@@ -76,7 +77,7 @@ func init() {
 		}
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
-			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug}
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
 		if !*noPrefetch {
 			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem))
 		}
