@@ -261,6 +261,7 @@ func TestLimitsUnderLoad(t *testing.T) {
 	if violations.Load() > 0 {
 		t.Fatalf("limits exceeded %d times", violations.Load())
 	}
+	c.Flush()
 	var onDisk int64
 	corruptDiskFiles(t, dir, func(p string) {
 		st, _ := os.Stat(p)

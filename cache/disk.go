@@ -167,6 +167,11 @@ func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
 		return nil, fs.ErrNotExist
 	}
 	b, err := os.ReadFile(d.path(id, e.sum))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Evicted (or removed by hand) since the lookup: a plain miss.
+		d.drop(id, e)
+		return nil, err
+	}
 	if err == nil && (xxhash.Sum64(b) != e.sum || (size != 0 && len(b) != int(size))) {
 		err = fmt.Errorf("%w: %s: checksum or size mismatch", errCorruptEntry, d.path(id, e.sum))
 	}
@@ -272,6 +277,12 @@ func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) err
 		return nil
 	}
 	d.evictLocked(size)
+	if d.used+size > d.limit {
+		// Other writes in flight hold the room: skip rather than overshoot.
+		d.mu.Unlock()
+		os.Remove(tmp)
+		return nil
+	}
 	d.used += size
 	d.mu.Unlock()
 	err = os.Rename(tmp, final)
