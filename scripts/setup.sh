@@ -10,7 +10,6 @@ need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v python3 >/dev/null || need+=(python3)
 [ -e /usr/bin/python3.11 ] || [ -e /usr/bin/python3 ] || need+=(python3)
-command -v iptables >/dev/null || true
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get install ${need[*]})" >&2; exit 1; fi
