@@ -96,22 +96,6 @@ func CheckUserfaultfd() error {
 // sysUserfaultfd is the x86-64 system call number.
 const sysUserfaultfd = 323
 
-// Check runs `criu check`, and with lazy also the userfaultfd features lazy
-// restores need, returning what the kernel lacks.
-func (c *CRIU) Check(ctx context.Context, lazy bool) error {
-	out, err := exec.CommandContext(ctx, c.Path, "check").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%w: criu check failed: %s", ErrNoCRIU, lastLines(string(out), 5))
-	}
-	if lazy {
-		out, err := exec.CommandContext(ctx, c.Path, "check", "--feature", "uffd-noncoop").CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("lazy restore needs userfaultfd with non-cooperative events, which this kernel lacks (criu check --feature uffd-noncoop: %s); restore without --lazy, or use a kernel >= 4.11 with CONFIG_USERFAULTFD", lastLines(string(out), 2))
-		}
-	}
-	return nil
-}
-
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {

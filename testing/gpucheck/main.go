@@ -202,17 +202,19 @@ func runSize(script string, gb float64) []bu.Row {
 	if enabled("lazy") && !*noLazy {
 		restoreOnce("gpuwarm lazy (warm cache)", restore.Options{Lazy: true})
 	}
+	ix, err := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
+	if !check(tag+": snapshot manifest", err) {
+		return rows
+	}
 	// Manual baseline: the same images from a local directory.
 	os.RemoveAll(*baseDir)
 	if !enabled("baseline") {
 		// skipped
 	} else if out, err := exec.Command("cp", "-r", filepath.Join(mnt, tag+"-snap"), *baseDir).CombinedOutput(); check(tag+": copy images for the baseline", errorIf(err, out)) {
-		ix, _ := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 		restoreOnce("manual baseline (criu local dir + CUDA restore)", restore.Options{Dir: *baseDir, DirAnnotations: ix.Annotations})
 		os.RemoveAll(*baseDir)
 	}
 	// An incompatible worker is refused before anything starts.
-	ix, _ := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 	bad := *meta
 	bad.Model = "NVIDIA A100-SXM4-80GB"
 	ann := map[string]string{}
