@@ -26,14 +26,14 @@ vet:
 # every decoder, then the end-to-end tests with real FUSE, CRIU and S3.
 test: setup build vet
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/... ./lazypages/...
 	$(MAKE) fuzz FUZZTIME=10s
 
 test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
 
 race:
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/... ./lazypages/...
 
 FUZZTIME ?= 30s
 fuzz:
@@ -43,6 +43,7 @@ fuzz:
 	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzSender -fuzztime=$(FUZZTIME)
 	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzDecodePagemap -fuzztime=$(FUZZTIME)
 	$(GO) test ./prefetch -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
+	$(GO) test ./lazypages -run='^$$' -fuzz=FuzzDecodeMM -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

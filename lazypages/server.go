@@ -50,7 +50,11 @@ type Options struct {
 	// OnTouch is called on the first page fault in each unit: the order in
 	// which the restored program uses its memory.
 	OnTouch func(pagesID uint32, off int64, n int)
-	Logger  *slog.Logger
+	// FillDelay holds back the fill ahead of demand for this long after the
+	// restore: while recording a profile, only the program's own faults
+	// should bring memory in, or the recorded order is the daemon's.
+	FillDelay time.Duration
+	Logger    *slog.Logger
 }
 
 // Stats count the daemon's work.
@@ -222,6 +226,13 @@ func (s *Server) Serve(ctx context.Context) (err error) {
 		return s.failure()
 	}
 	s.restoreDone.Store(int64(time.Since(s.start)))
+	if s.opt.FillDelay > 0 {
+		select {
+		case <-time.After(s.opt.FillDelay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	// Fill everything else in parallel, then sweep for units that moved or
 	// were cut while copying, until none is left.
 	for {

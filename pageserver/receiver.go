@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,7 @@ type Received struct {
 // ReceiverOptions tune a Receiver.
 type ReceiverOptions struct {
 	ChunkSize int // default 1 MiB; a multiple of the page size
-	Uploads   int // concurrent chunk uploads, default 4
+	Uploads   int // chunks hashed, compressed and uploaded at once; default GOMAXPROCS
 	Logger    *slog.Logger
 }
 
@@ -59,7 +60,7 @@ func NewReceiver(st store.Store, opt ReceiverOptions) *Receiver {
 	}
 	opt.ChunkSize = (opt.ChunkSize + PageSize - 1) / PageSize * PageSize
 	if opt.Uploads <= 0 {
-		opt.Uploads = 4
+		opt.Uploads = max(4, runtime.GOMAXPROCS(0))
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
@@ -213,19 +214,19 @@ func (r *Receiver) add(ctx context.Context, c *conn, o *open, h Header, flags ui
 	return nil
 }
 
-// flushChunk turns the buffered pages into a chunk and uploads it in the
-// background (bounded).
+// flushChunk turns the buffered pages into a chunk: hashed, compressed and
+// uploaded in the background (bounded), its place in the pagemap's chunk
+// list kept.
 func (r *Receiver) flushChunk(ctx context.Context, o *open) error {
 	if len(o.buf) == 0 {
 		return nil
 	}
 	data := o.buf
 	o.buf = make([]byte, 0, r.opt.ChunkSize)
-	id := digest.Of(data)
-	o.r.Chunks = append(o.r.Chunks, manifest.Chunk{ID: id, Size: uint32(len(data))})
-	if _, dup := r.known.LoadOrStore(id, struct{}{}); dup {
-		return nil
-	}
+	r.mu.Lock()
+	idx := len(o.r.Chunks)
+	o.r.Chunks = append(o.r.Chunks, manifest.Chunk{Size: uint32(len(data))})
+	r.mu.Unlock()
 	select {
 	case r.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -233,6 +234,13 @@ func (r *Receiver) flushChunk(ctx context.Context, o *open) error {
 	}
 	r.uploads.Go(func() error {
 		defer func() { <-r.slots }()
+		id := digest.Of(data)
+		r.mu.Lock()
+		o.r.Chunks[idx].ID = id
+		r.mu.Unlock()
+		if _, dup := r.known.LoadOrStore(id, struct{}{}); dup {
+			return nil
+		}
 		h := store.H(store.Chunk, id)
 		if ok, err := store.Has(ctx, r.st, h); err != nil {
 			return err

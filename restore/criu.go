@@ -50,6 +50,9 @@ func FindCRIU(ctx context.Context) (*CRIU, error) {
 			tried = append(tried, err.Error())
 			continue
 		}
+		if err := WarmKerndat(ctx, c); err != nil {
+			fmt.Fprintln(os.Stderr, "gpuwarm: warning:", err)
+		}
 		return c, nil
 	}
 	return nil, fmt.Errorf("%w: no CRIU >= %d.0 found (tried %s); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, strings.Join(tried, "; "))

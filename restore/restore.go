@@ -20,8 +20,10 @@ import (
 	criu "github.com/checkpoint-restore/go-criu/v8"
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/lazypages"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pageserver"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/store"
 	"google.golang.org/protobuf/proto"
 )
@@ -51,9 +53,33 @@ type Options struct {
 	// AfterRestore runs on the restored, running tree (CUDA restore). If it
 	// fails, the tree is killed.
 	AfterRestore func(ctx context.Context, pid int) error
-	// Observe sees every page range the lazy page server serves.
+	// CRIULazyPages serves a lazy restore with CRIU's own lazy-pages daemon
+	// (fed by gpuwarm's page server) instead of gpuwarm's (package
+	// lazypages). It exists for comparison: CRIU's answers each fault with
+	// one page and fills the rest one request at a time.
+	CRIULazyPages bool
+	// Pages is where lazy pages are read from (default: the pages files
+	// as the mount presents them). A process that owns the block cache
+	// passes CachePages to skip the FUSE round trip.
+	Pages pageserver.PageSource
+	// LazyWorkers is how many copies gpuwarm's lazy daemon runs at once
+	// ahead of demand (default 8).
+	LazyWorkers int
+	// Profile, if set, is the order in which the lazy daemon fills memory
+	// ahead of demand (the chunks of earlier restores' first touches).
+	Profile *prefetch.Profile
+	// Observe sees the first touch of every range of lazy memory (with
+	// CRIU's daemon: every range served).
 	Observe pageserver.Observer
-	Logger  *slog.Logger
+	// Record, if set, sees the first touch of every chunk of lazy memory
+	// as a chunk of the snapshot image (a prefetch.Recorder records a
+	// profile).
+	Record fusefs.Observer
+	// RecordFor is how long after the restore only the program's own page
+	// faults bring memory in while recording (default 3s); then the rest is
+	// filled ahead of demand.
+	RecordFor time.Duration
+	Logger    *slog.Logger
 }
 
 // Timing is where a restore's time went.
@@ -79,6 +105,7 @@ type Process struct {
 	resErr   error
 	servedMu sync.Mutex
 	sender   *pageserver.Sender
+	daemon   *lazypages.Server
 	cleanup  func()
 	waitOnce sync.Once
 	waitErr  error
@@ -97,6 +124,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	}
 	dir := filepath.Join(opt.Mount, opt.Name)
 	var ann map[string]string
+	var ix *manifest.Index
 	imageName := ""
 	if opt.Dir != "" {
 		// Plain CRIU images in a local directory (the benchmark baseline).
@@ -110,8 +138,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if err != nil {
 			return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
 		}
-		ix, err := fusefs.LoadImage(ctx, opt.Store, id)
-		if err != nil {
+		if ix, err = fusefs.LoadImage(ctx, opt.Store, id); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
 		ann, imageName = ix.Annotations, id.String()
@@ -177,9 +204,13 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 
 	var lazyDaemon *exec.Cmd
 	var lazyDone chan error
-	if opt.Lazy {
+	if opt.Lazy && opt.CRIULazyPages {
 		lazyDaemon, lazyDone, err = p.startLazy(ctx, c, dir, work, opt, log, &cleanups)
 		if err != nil {
+			return nil, err
+		}
+	} else if opt.Lazy {
+		if lazyDone, err = p.startDaemon(dir, work, ix, opt, log, &cleanups); err != nil {
 			return nil, err
 		}
 	}
@@ -229,7 +260,10 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		p.servedMu.Lock()
 		p.Timing.Resident = time.Since(start)
 		if err != nil {
-			p.resErr = fmt.Errorf("lazy-pages daemon: %w\n%s", err, criuLogTail(filepath.Join(work, "lazy-pages.log")))
+			if opt.CRIULazyPages {
+				err = fmt.Errorf("%w\n%s", err, criuLogTail(filepath.Join(work, "lazy-pages.log")))
+			}
+			p.resErr = fmt.Errorf("lazy-pages daemon: %w", err)
 			log.Error("lazy restore failed; killing the restored tree so it cannot run with missing memory", "pid", p.PID, "err", p.resErr)
 			killTree(p.PID)
 		}
@@ -260,8 +294,13 @@ func (p *Process) WaitResident(ctx context.Context) (time.Duration, error) {
 	}
 }
 
-// Served reports the lazy page server's requests and bytes.
+// Served reports the lazy pages served: requests (faults with gpuwarm's
+// daemon) and bytes.
 func (p *Process) Served() (requests, bytes int64) {
+	if p.daemon != nil {
+		st := p.daemon.Stats()
+		return st.Faults, st.Bytes
+	}
 	if p.sender == nil {
 		return 0, 0
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
 )
@@ -149,7 +150,7 @@ func (r *rig) snapshot(t *testing.T, tag string, mb int) string {
 func (r *rig) restore(t *testing.T, tag string, lazy bool) (*Process, *talker) {
 	t.Helper()
 	in, out, tk := newPipes(t)
-	p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: tag, Store: r.st, Lazy: lazy, Stdin: in, Stdout: out})
+	p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: tag, Store: r.st, Lazy: lazy, Stdin: in, Stdout: out, WorkDir: os.Getenv("GW_KEEP_WORK")})
 	in.Close()
 	out.Close()
 	if err != nil {
@@ -368,4 +369,97 @@ func TestPIDTaken(t *testing.T) {
 		t.Fatalf("restore over a live PID: %v", err)
 	}
 	t.Logf("%v", strings.SplitN(err.Error(), "\n", 3)[:2])
+}
+
+func TestKerndatCacheWarmed(t *testing.T) {
+	c, err := FindCRIU(context.Background())
+	if err != nil {
+		t.Skip(err)
+	}
+	// A cache from another boot is replaced.
+	os.WriteFile(kdatBoot, []byte("another boot\n"), 0o644)
+	if err := WarmKerndat(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(kdatFile); err != nil {
+		t.Fatalf("no CRIU kernel-feature cache after warming: %v", err)
+	}
+	out, err := exec.Command(c.Path, "check", "-v4", "--log-file", "/dev/stdout").CombinedOutput()
+	if err != nil {
+		t.Fatalf("criu check with the warmed cache: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "Loaded kdat cache") {
+		t.Fatalf("CRIU did not load the warmed cache:\n%s", lastLines(string(out), 20))
+	}
+}
+
+// CRIU's own lazy-pages daemon, fed by gpuwarm's page server, stays
+// available for comparison.
+func TestLazyRestoreWithCRIUDaemon(t *testing.T) {
+	r := newRig(t)
+	want := r.snapshot(t, "wl", 32)
+	in, out, tk := newPipes(t)
+	p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: true, CRIULazyPages: true, Stdin: in, Stdout: out})
+	in.Close()
+	out.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { p.Kill(); p.Wait() }()
+	if got := tk.ask(t, "checksum"); got != want {
+		t.Fatalf("checksum %s, want %s", got, want)
+	}
+	if _, err := p.WaitResident(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, bytes := p.Served(); bytes < 32<<20 {
+		t.Fatalf("CRIU's daemon got only %d bytes from gpuwarm's page server", bytes)
+	}
+}
+
+// A lazy restore records the order its memory is first used in; the next
+// one fills memory in that order, straight from the block cache.
+func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
+	r := newRig(t)
+	want := r.snapshot(t, "wl", 48)
+	ix, err := ManifestOf(context.Background(), r.st, r.mnt, "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(opt Options) *Process {
+		in, out, tk := newPipes(t)
+		opt.Mount, opt.Name, opt.Store, opt.Lazy, opt.Stdin, opt.Stdout = r.mnt, "wl", r.st, true, in, out
+		p, err := Restore(context.Background(), r.c, opt)
+		in.Close()
+		out.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Kill(); p.Wait() })
+		if got := tk.ask(t, "checksum"); got != want {
+			t.Fatalf("checksum %s, want %s", got, want)
+		}
+		if _, err := p.WaitResident(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	rec := prefetch.NewRecorder(ix.ID)
+	p := run(Options{Record: rec, RecordFor: time.Second})
+	prof := rec.Profile()
+	// The checksum reads all 48 MB of state while only faults bring memory
+	// in: the profile holds at least those chunks, in first-touch order.
+	if prof.Bytes() < 48<<20 {
+		t.Fatalf("recorded %d chunks, %d bytes; want the workload's 48 MB", len(prof.Entries), prof.Bytes())
+	}
+	if st := p.LazyStats(); st.AheadBytes > st.Bytes-48<<20 {
+		t.Fatalf("while recording, %d of %d bytes were filled ahead of faults", st.AheadBytes, st.Bytes)
+	}
+	time.Sleep(1500 * time.Millisecond) // the PID namespace's PIDs are free again
+	p2 := run(Options{Profile: prof, Pages: NewCachePages(r.cache, ix)})
+	st := p2.LazyStats()
+	t.Logf("recorded %d chunks (%d MB); replay: %+v", len(prof.Entries), prof.Bytes()>>20, st)
+	if st.Bytes == 0 || st.AheadBytes == 0 {
+		t.Fatalf("profile-order restore copied nothing ahead: %+v", st)
+	}
 }

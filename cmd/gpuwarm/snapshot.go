@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
 	"github.com/gpuwarm/gpuwarm/store"
 )
@@ -136,7 +137,7 @@ func init() {
 	}
 	register(s)
 
-	rs := &command{name: "restore", args: "NAME [--lazy]", help: "restore a snapshot from the mount; prints the new PID and a timing breakdown"}
+	rs := &command{name: "restore", args: "NAME [--lazy [--record-profile]]", help: "restore a snapshot from the mount; prints the new PID and a timing breakdown"}
 	rs.run = func(ctx context.Context, g *globals, args []string) error {
 		fs := flag.NewFlagSet(rs.name, flag.ContinueOnError)
 		mount := fs.String("mount", envOr("GPUWARM_MOUNT", "/gpuwarm"), "gpuwarm mount `DIR` that presents the snapshot (env GPUWARM_MOUNT)")
@@ -144,6 +145,10 @@ func init() {
 		outPath := fs.String("stdout", "", "connect the workload's stdout and stderr to `FILE` (default /dev/null)")
 		wait := fs.Bool("wait", false, "wait for the restored workload to exit")
 		jsonOut := fs.Bool("json", false, "print the timing as JSON")
+		record := fs.Bool("record-profile", false, "with --lazy: record the order the restored program uses its memory in, and merge it into the snapshot's prefetch profile")
+		noPrefetch := fs.Bool("no-prefetch", false, "with --lazy: ignore the snapshot's prefetch profile (fill memory in address order)")
+		criuLazy := fs.Bool("criu-lazy-pages", false, "with --lazy: use CRIU's own lazy-pages daemon (fed by gpuwarm's page server) instead of gpuwarm's")
+		workers := fs.Int("lazy-workers", 8, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
 		if err := g.parse(rs, fs, args); err != nil {
 			return err
 		}
@@ -160,7 +165,29 @@ func init() {
 			return err
 		}
 		defer st.Close()
-		opt := restore.Options{Mount: *mount, Name: fs.Arg(0), Store: st, Lazy: *lazy, Logger: g.log}
+		opt := restore.Options{Mount: *mount, Name: fs.Arg(0), Store: st, Lazy: *lazy, Logger: g.log,
+			CRIULazyPages: *criuLazy, LazyWorkers: *workers}
+		if *record && !*lazy {
+			return errors.New("--record-profile needs --lazy: an eager restore reads memory in CRIU's order, not the program's")
+		}
+		var rec *prefetch.Recorder
+		var ix *manifest.Index
+		if *lazy && !*criuLazy {
+			if ix, err = restore.ManifestOf(ctx, st, *mount, fs.Arg(0)); err != nil {
+				return fmt.Errorf("restore: %s: %w", fs.Arg(0), err)
+			}
+			if *record {
+				rec = prefetch.NewRecorder(ix.ID)
+				opt.Record = rec
+			}
+			if !*noPrefetch {
+				prof, err := prefetch.Load(ctx, st, ix.ID)
+				if err != nil {
+					g.log.Warn("ignoring the snapshot's prefetch profile", "err", err)
+				}
+				opt.Profile = prof
+			}
+		}
 		if *outPath != "" {
 			f, err := os.OpenFile(*outPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 			if err != nil {
@@ -189,9 +216,31 @@ func init() {
 				fmt.Printf("  gpu restore    %s\n", ms(t.After))
 			}
 			fmt.Printf("  running        %s\n  resident       %s\n", ms(t.Running), ms(resident))
+			if ls := p.LazyStats(); ls.Tasks > 0 {
+				order := "address order"
+				if opt.Profile != nil {
+					order = fmt.Sprintf("profile order (%d chunks first)", len(opt.Profile.Entries))
+				}
+				fmt.Printf("  lazy pages     %s in %d units, %d faults, %s copied ahead of demand, %s\n",
+					pack.HumanBytes(ls.Bytes), ls.Units, ls.Faults, pack.HumanBytes(ls.AheadBytes), order)
+			}
 		}
 		if rerr != nil {
 			return rerr
+		}
+		if rec != nil {
+			prof := rec.Profile()
+			old, err := prefetch.Load(ctx, st, ix.ID)
+			if err != nil {
+				g.log.Warn("replacing an unreadable profile", "err", err)
+			}
+			merged := prefetch.Merge(old, prof)
+			if _, err := prefetch.Save(ctx, st, merged); err != nil {
+				return fmt.Errorf("restore: saving the profile: %w", err)
+			}
+			if !*jsonOut {
+				fmt.Printf("  profile        %d chunks (%s) touched first, merged over %d runs\n", len(prof.Entries), pack.HumanBytes(prof.Bytes()), merged.Runs)
+			}
 		}
 		if *wait {
 			return p.Wait()

@@ -24,6 +24,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/gpu"
 	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
@@ -45,9 +46,19 @@ var (
 	mnt     string
 	pyEnv   []string
 	noLazy  = flag.Bool("no-lazy", false, "skip lazy restores")
-	only    = flag.String("restores", "eager-cold,eager-warm,lazy,baseline", "which restores to run")
+	only    = flag.String("restores", "eager-cold,eager-warm,lazy,lazy-record,lazy-profile,lazy-mount,lazy-criu,baseline", "which restores to run")
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
+	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
+	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
+	t0      = time.Now()
+	bc      *cache.Cache
 )
+
+// phase prints a progress line with the time since start (a long GPU run
+// must show where it is when a time limit cuts it).
+func phase(format string, args ...any) {
+	fmt.Printf("[%6.1fs] %s\n", time.Since(t0).Seconds(), fmt.Sprintf(format, args...))
+}
 
 func check(name string, err error) bool {
 	if err != nil {
@@ -83,7 +94,7 @@ func main() {
 	st = fs
 	mnt = filepath.Join(*workDir, "mnt")
 	os.MkdirAll(mnt, 0o755)
-	bc, err := cache.Open(st, cache.Config{Dir: filepath.Join(*workDir, "cache"), MemBytes: 8 << 30, DiskBytes: *diskGB << 30, Fetches: 32})
+	bc, err = cache.Open(st, cache.Config{Dir: filepath.Join(*workDir, "cache"), MemBytes: *memGB << 30, DiskBytes: *diskGB << 30, Fetches: 32})
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
@@ -113,10 +124,12 @@ func main() {
 func runSize(script string, gb float64) []bu.Row {
 	tag := fmt.Sprintf("model-%g", gb)
 	wdir := filepath.Join(*workDir, "weights-"+tag)
+	phase("%s: making %g GB of weights", tag, gb)
 	out, err := exec.Command("python3", script, "--make", wdir, "--gb", fmt.Sprint(gb)).CombinedOutput()
 	if !check(tag+": make weights", errorIf(err, out)) {
 		return nil
 	}
+	phase("%s: packing", tag)
 	res, err := pack.Dir(ctx, st, wdir, pack.Options{})
 	if !check(tag+": pack weights", err) {
 		return nil
@@ -125,6 +138,7 @@ func runSize(script string, gb float64) []bu.Row {
 	os.RemoveAll(wdir)
 
 	// Cold boot from the mount: import, load, compile, warm up, answer.
+	phase("%s: cold boot", tag)
 	p := bu.NewPipes()
 	start := time.Now()
 	cmd, err := restore.Run(restore.RunOptions{Args: []string{"python3", script, "--weights", filepath.Join(mnt, tag)}, Env: pyEnv, Stdin: p.CIn, Stdout: p.COut, Stderr: os.Stderr, HostPIDs: true})
@@ -143,6 +157,7 @@ func runSize(script string, gb float64) []bu.Row {
 	fmt.Printf("     cold boot to first answer %.2fs (%s)\n", boot.Seconds(), ready)
 
 	// Snapshot with its GPU state.
+	phase("%s: snapshot", tag)
 	sopt := restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st, Logger: log}
 	cp := gpu.SnapshotHooks(&sopt, 60*time.Second, log)
 	t := time.Now()
@@ -170,6 +185,7 @@ func runSize(script string, gb float64) []bu.Row {
 		pp := bu.NewPipes()
 		opt.Stdin, opt.Stdout, opt.Logger = pp.CIn, pp.COut, log
 		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
+		phase("%s: restore %s", tag, name)
 		rep := gpu.RestoreHooks(&opt, log)
 		start := time.Now()
 		pr, err := restore.Restore(ctx, crit, opt)
@@ -183,10 +199,16 @@ func runSize(script string, gb float64) []bu.Row {
 		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
 			return 0, false
 		}
-		resident, _ := pr.WaitResident(ctx)
+		resident, rerr := pr.WaitResident(ctx)
+		check(tag+": "+name+" fully resident", rerr)
 		fmt.Printf("     %s: first answer %.3fs; prepare %.3fs criu %.3fs gpu %.3fs (%.1f GB/s) running %.3fs resident %.3fs\n",
 			name, first.Seconds(), pr.Timing.Prepare.Seconds(), pr.Timing.CRIU.Seconds(), rep.Duration.Seconds(), rep.GBps(),
 			pr.Timing.Running.Seconds(), resident.Seconds())
+		if ls := pr.LazyStats(); ls.Tasks > 0 {
+			fmt.Printf("     lazy daemon: %d tasks, %d units, %d faults (%d unit copies, %d zero pages), %s copied (%s ahead of demand); restore done %.3fs, all in place %.3fs\n",
+				ls.Tasks, ls.Units, ls.Faults, ls.FaultCopies, ls.ZeroPages, pack.HumanBytes(ls.Bytes), pack.HumanBytes(ls.AheadBytes),
+				ls.RestoreDone.Seconds(), ls.Finished.Seconds())
+		}
 		rows = append(rows, bu.Row{Name: fmt.Sprintf("%s %.1f GB: %s", tag, gpuGB, name), Value: first.Seconds(), Unit: "s",
 			Baseline: fmt.Sprintf("%s %.1f GB: cold boot", tag, gpuGB)})
 		return first, true
@@ -199,18 +221,46 @@ func runSize(script string, gb float64) []bu.Row {
 	if enabled("eager-warm") {
 		restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
 	}
-	if enabled("lazy") && !*noLazy {
-		restoreOnce("gpuwarm lazy (warm cache)", restore.Options{Lazy: true})
-	}
 	ix, err := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 	if !check(tag+": snapshot manifest", err) {
 		return rows
+	}
+	if !*noLazy {
+		cp := restore.NewCachePages(bc, ix)
+		if enabled("lazy") {
+			restoreOnce("gpuwarm lazy, address order", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers})
+		}
+		if enabled("lazy-record") {
+			// Faults only for the first seconds: the order the program (and
+			// the CUDA restore) uses its memory in.
+			rec := prefetch.NewRecorder(ix.ID)
+			restoreOnce("gpuwarm lazy, recording a profile", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers, Record: rec})
+			if prof := rec.Profile(); check(tag+": lazy restore recorded a profile", errorUnlessRecorded(prof)) {
+				old, _ := prefetch.Load(ctx, st, ix.ID)
+				_, err := prefetch.Save(ctx, st, prefetch.Merge(old, prof))
+				check(tag+": profile saved", err)
+				fmt.Printf("     profile: %d chunks, %s touched first\n", len(prof.Entries), pack.HumanBytes(prof.Bytes()))
+			}
+		}
+		if enabled("lazy-profile") {
+			prof, err := prefetch.Load(ctx, st, ix.ID)
+			if check(tag+": load the restore profile", errorIfNoProfile(prof, err)) {
+				restoreOnce("gpuwarm lazy, profile order", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers, Profile: prof})
+			}
+		}
+		if enabled("lazy-mount") {
+			restoreOnce("gpuwarm lazy, pages via the mount", restore.Options{Lazy: true, LazyWorkers: *workers})
+		}
+		if enabled("lazy-criu") {
+			restoreOnce("CRIU lazy-pages daemon (gpuwarm page server)", restore.Options{Lazy: true, CRIULazyPages: true})
+		}
 	}
 	// Manual baseline: the same images from a local directory.
 	os.RemoveAll(*baseDir)
 	if !enabled("baseline") {
 		// skipped
 	} else if out, err := exec.Command("cp", "-r", filepath.Join(mnt, tag+"-snap"), *baseDir).CombinedOutput(); check(tag+": copy images for the baseline", errorIf(err, out)) {
+		phase("%s: copied the images for the baseline", tag)
 		restoreOnce("manual baseline (criu local dir + CUDA restore)", restore.Options{Dir: *baseDir, DirAnnotations: ix.Annotations})
 		os.RemoveAll(*baseDir)
 	}
@@ -251,6 +301,20 @@ func errorIfDiff(got, want string, err error) error {
 		return fmt.Errorf("answered %q, before the snapshot %q", got, want)
 	}
 	return nil
+}
+
+func errorUnlessRecorded(p *prefetch.Profile) error {
+	if len(p.Entries) == 0 {
+		return errors.New("no memory was touched while recording")
+	}
+	return nil
+}
+
+func errorIfNoProfile(p *prefetch.Profile, err error) error {
+	if err == nil && p == nil {
+		return errors.New("no profile stored for the snapshot (run -restores lazy-record,lazy-profile)")
+	}
+	return err
 }
 
 func errorUnless(ok bool, err error) error {

@@ -1,0 +1,147 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/lazypages"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/prefetch"
+)
+
+// startDaemon starts gpuwarm's lazy-pages daemon on the socket CRIU's
+// restore connects to. The returned channel says when every lazy page is in
+// place (nil) or why the daemon gave up.
+func (p *Process) startDaemon(dir, work string, ix *manifest.Index, opt Options, log *slog.Logger, cleanups *[]func()) (chan error, error) {
+	src := opt.Pages
+	if src == nil {
+		m := &mountPages{dir: dir, files: map[uint32]*os.File{}}
+		*cleanups = append(*cleanups, m.close)
+		src = m
+	}
+	pages := pagesFiles(ix)
+	lo := lazypages.Options{Images: dir, Source: src, Workers: opt.LazyWorkers, Logger: log}
+	if opt.Profile != nil && ix != nil {
+		lo.First = profileSpans(ix, pages, opt.Profile)
+	}
+	if opt.Record != nil {
+		lo.FillDelay = opt.RecordFor
+		if lo.FillDelay == 0 {
+			lo.FillDelay = 3 * time.Second
+		}
+	}
+	if opt.Observe != nil || opt.Record != nil && ix != nil {
+		lo.OnTouch = func(id uint32, off int64, n int) {
+			if opt.Observe != nil {
+				opt.Observe(id, off, n)
+			}
+			if opt.Record != nil {
+				if e, ok := pages[id]; ok {
+					first, last := ix.ChunkSpan(e, off, int64(n))
+					for j := first; j < last; j++ {
+						c := ix.Entries[e].Chunks[j]
+						opt.Record.Touch(ix.ID, e, j, c.ID, c.Size)
+					}
+				}
+			}
+		}
+	}
+	srv, err := lazypages.Listen(filepath.Join(work, lazypages.SocketName), lo)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	p.daemon = srv
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	*cleanups = append(*cleanups, cancel)
+	return done, nil
+}
+
+// pagesFiles maps a pages file's ID to its entry in the snapshot image.
+func pagesFiles(ix *manifest.Index) map[uint32]int {
+	out := map[uint32]int{}
+	if ix == nil {
+		return out
+	}
+	for i, e := range ix.Entries {
+		name := e.Path
+		if strings.Contains(name, "/") || !strings.HasPrefix(name, "pages-") || !strings.HasSuffix(name, ".img") {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, "pages-"), ".img"), 10, 32)
+		if err == nil {
+			out[uint32(n)] = i
+		}
+	}
+	return out
+}
+
+// profileSpans turns a profile's chunks into spans of the pages files, in
+// profile order.
+func profileSpans(ix *manifest.Index, pages map[uint32]int, prof *prefetch.Profile) []lazypages.Span {
+	where := map[digest.ID][]lazypages.Span{}
+	for id, e := range pages {
+		for j, c := range ix.Entries[e].Chunks {
+			where[c.ID] = append(where[c.ID], lazypages.Span{PagesID: id, Off: ix.ChunkOffset(e, j), Len: int64(c.Size)})
+		}
+	}
+	var out []lazypages.Span
+	for _, pe := range prof.Entries {
+		out = append(out, where[pe.ID]...)
+	}
+	return out
+}
+
+// CachePages reads a snapshot's pages straight from the block cache (every
+// chunk verified), for a process that owns the cache: no FUSE round trip.
+type CachePages struct {
+	Cache *cache.Cache
+	Index *manifest.Index
+	pages map[uint32]int
+}
+
+// NewCachePages serves the pages files of the snapshot image ix.
+func NewCachePages(c *cache.Cache, ix *manifest.Index) *CachePages {
+	return &CachePages{Cache: c, Index: ix, pages: pagesFiles(ix)}
+}
+
+// ReadPages implements pageserver.PageSource.
+func (cp *CachePages) ReadPages(ctx context.Context, id uint32, off int64, dst []byte) error {
+	e, ok := cp.pages[id]
+	if !ok {
+		return fmt.Errorf("pages-%d.img is not in the snapshot", id)
+	}
+	ent := &cp.Index.Entries[e]
+	if off < 0 || off+int64(len(dst)) > ent.Size {
+		return fmt.Errorf("pages-%d.img: read %d+%d past its %d bytes", id, off, len(dst), ent.Size)
+	}
+	first, last := cp.Index.ChunkSpan(e, off, int64(len(dst)))
+	for j := first; j < last && len(dst) > 0; j++ {
+		c := ent.Chunks[j]
+		b, err := cp.Cache.Get(ctx, c.ID, c.Size)
+		if err != nil {
+			return fmt.Errorf("pages-%d.img chunk %d: %w", id, j, err)
+		}
+		n := copy(dst, b[off-cp.Index.ChunkOffset(e, j):])
+		dst, off = dst[n:], off+int64(n)
+	}
+	return nil
+}
+
+// LazyStats returns gpuwarm's lazy-pages daemon's counters (zero for an
+// eager restore or CRIU's daemon).
+func (p *Process) LazyStats() lazypages.Stats {
+	if p.daemon == nil {
+		return lazypages.Stats{}
+	}
+	return p.daemon.Stats()
+}
