@@ -177,12 +177,17 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			os.RemoveAll(work)
 		}
 	}
+	startTicks := uptimeTicks()
 	defer func() {
 		if err != nil {
 			if p.PID > 0 {
 				killTree(p.PID)
 			}
 			p.cleanup()
+			// CRIU restores the root as our child (RstSibling) and kills it
+			// when the restore fails: reap it, or its zombie keeps the PID
+			// taken and every later restore of the snapshot fails.
+			reapZombies(startTicks)
 		}
 	}()
 
@@ -317,6 +322,51 @@ func (p *Process) Wait() error {
 
 // Kill kills the restored tree.
 func (p *Process) Kill() { killTree(p.PID) }
+
+// uptimeTicks is the time since boot in clock ticks (USER_HZ, 100/s), the
+// unit of a process's start time in /proc/PID/stat.
+func uptimeTicks() uint64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	var up float64
+	fmt.Sscanf(string(b), "%f", &up)
+	return uint64(up*100) - 1
+}
+
+// reapZombies waits for our dead children that started after since: what a
+// failed restore left behind.
+func reapZombies(since uint64) {
+	ents, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// After the command name in parentheses: state ppid ... starttime (field 22).
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 20 || f[0] != "Z" {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		start, _ := strconv.ParseUint(f[19], 10, 64)
+		if ppid == self && start >= since {
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		}
+	}
+}
 
 // killTree kills a restored tree: its root (which takes a PID namespace
 // down with it) and, for trees restored with host PIDs, every descendant.
@@ -455,9 +505,10 @@ func inheritStdio(cr *criu.Criu, recorded string, files [3]*os.File, cleanups *[
 	for fd := 0; fd < 3 && fd < len(links); fd++ {
 		key := links[fd]
 		f := files[fd]
-		if strings.HasPrefix(key, "/") && f != nil && !strings.HasPrefix(key, "/dev/") {
+		if strings.HasPrefix(key, "/") && !strings.HasPrefix(key, "/dev/") {
 			// A regular file (a log): CRIU would reopen the same path, which
-			// another worker may lack; hand it the caller's file instead.
+			// another worker may lack, or which has grown since (CRIU then
+			// refuses it); hand it the caller's file or /dev/null instead.
 			// CRIU names files by their path without the leading slash.
 			key = strings.TrimPrefix(key, "/")
 		} else if !(strings.HasPrefix(key, "pipe:[") || strings.HasPrefix(key, "socket:[")) {

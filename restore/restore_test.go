@@ -297,6 +297,9 @@ func TestCorruptPageChunkFailsCleanly(t *testing.T) {
 		if left := running(t); len(left) > 0 {
 			t.Fatalf("lazy=%v: processes left running after a failed restore: %v", lazy, left)
 		}
+		if z := zombieChildren(); len(z) > 0 {
+			t.Fatalf("lazy=%v: a failed restore left zombies holding their PIDs: %v", lazy, z)
+		}
 		if s := r.cache.Stats(); s.Corrupt == 0 {
 			t.Fatalf("the corrupt chunk was not detected: %+v", s)
 		}
@@ -462,4 +465,27 @@ func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
 	if st.Bytes == 0 || st.AheadBytes == 0 {
 		t.Fatalf("profile-order restore copied nothing ahead: %+v", st)
 	}
+}
+
+// zombieChildren lists our dead, unreaped children.
+func zombieChildren() []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(os.Getpid()) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

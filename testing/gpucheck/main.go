@@ -183,7 +183,7 @@ func runSize(script string, gb float64) []bu.Row {
 			opt.Mount, opt.Name = mnt, tag+"-snap"
 		}
 		pp := bu.NewPipes()
-		opt.Stdin, opt.Stdout, opt.Logger = pp.CIn, pp.COut, log
+		opt.Stdin, opt.Stdout, opt.Stderr, opt.Logger = pp.CIn, pp.COut, os.Stderr, log
 		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
 		phase("%s: restore %s", tag, name)
 		rep := gpu.RestoreHooks(&opt, log)
