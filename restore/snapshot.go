@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -132,11 +133,31 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 		psDone <- recv.Serve(pctx, conn)
 	}()
 
+	// A large dump takes minutes: say where it is.
+	phase := atomicString("GPU checkpoint")
+	if opt.BeforeDump == nil {
+		phase.set("criu dump")
+	}
+	tick := time.NewTicker(15 * time.Second)
+	defer tick.Stop()
+	go func() {
+		for {
+			select {
+			case <-tick.C:
+			case <-pctx.Done():
+				return
+			}
+			got, _, _ := recv.Stats()
+			log.Info("snapshot in progress", "pid", opt.PID, "phase", phase.get(), "seconds", int(time.Since(start).Seconds()),
+				"pages_received", got, "criu_log", lastLogLine(filepath.Join(imgDir, "dump.log")))
+		}
+	}()
 	if opt.BeforeDump != nil {
 		if err := opt.BeforeDump(ctx); err != nil {
 			return nil, err
 		}
 	}
+	phase.set("criu dump")
 	d, err := os.Open(imgDir)
 	if err != nil {
 		return nil, err
@@ -160,6 +181,7 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	if dumpErr != nil {
 		dumpErr = fmt.Errorf("criu dump of pid %d failed: %w\n%s", opt.PID, dumpErr, criuLogTail(filepath.Join(imgDir, "dump.log")))
 	}
+	phase.set("after dump")
 	if opt.AfterDump != nil {
 		if err := opt.AfterDump(ctx, dumpErr); err != nil && dumpErr == nil {
 			dumpErr = err
@@ -178,6 +200,7 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 		return nil, errors.New("snapshot: CRIU finished but the page server never saw the session close")
 	}
 
+	phase.set("storing images")
 	// Pagemaps are small: write them as images; the pages files are chunk
 	// lists already in the store.
 	now := time.Now().UnixNano()
@@ -376,3 +399,31 @@ func cpuFlags() []string {
 }
 
 func cpuModel() string { return cpuinfoField("model name") }
+
+type atomicStr struct {
+	mu sync.Mutex
+	s  string
+}
+
+func atomicString(s string) *atomicStr { return &atomicStr{s: s} }
+func (a *atomicStr) set(s string)      { a.mu.Lock(); a.s = s; a.mu.Unlock() }
+func (a *atomicStr) get() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.s
+}
+
+func lastLogLine(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	b := make([]byte, 512)
+	n, _ := f.ReadAt(b, max(0, st.Size()-512))
+	return lastLines(string(b[:n]), 1)
+}

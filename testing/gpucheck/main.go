@@ -40,7 +40,7 @@ var (
 	passed  int
 	failed  int
 	ctx     = context.Background()
-	log     = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log     = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	crit    *restore.CRIU
 	st      store.Store
 	mnt     string
