@@ -162,6 +162,10 @@ func runSize(script string, gb float64) []bu.Row {
 	cp := gpu.SnapshotHooks(&sopt, 60*time.Second, log)
 	t := time.Now()
 	snap, err := restore.Snapshot(ctx, crit, sopt)
+	if err != nil {
+		// The dump did not take the workload down: do not wait for it.
+		cmd.Process.Kill()
+	}
 	cmd.Wait()
 	if !check(tag+": snapshot", err) {
 		return nil
