@@ -189,8 +189,9 @@ func ParseMeta(s string) (*Meta, error) {
 }
 
 // RestoreTree restores and unlocks every checkpointed CUDA process of the
-// restored tree at root, the GPU copies in parallel. It returns the bytes
-// the snapshot said it checkpointed and the time taken.
+// restored tree at root, one process at a time (restoring a parent and its
+// CUDA child at once failed on an H200 with CUDA_ERROR_OPERATING_SYSTEM).
+// It returns the processes and the time taken.
 func RestoreTree(ctx context.Context, root int) (pids []int, d time.Duration, err error) {
 	for _, pid := range Tree(root) {
 		if st, err := State(pid); err == nil && (st == Checkpointed || st == Locked) {
@@ -207,8 +208,10 @@ func RestoreTree(ctx context.Context, root int) (pids []int, d time.Duration, er
 			toRestore = append(toRestore, pid)
 		}
 	}
-	if err := parallel(toRestore, Restore); err != nil {
-		return pids, time.Since(t), err
+	for _, pid := range toRestore {
+		if err := Restore(pid); err != nil {
+			return pids, time.Since(t), err
+		}
 	}
 	if err := parallel(pids, Unlock); err != nil {
 		return pids, time.Since(t), err

@@ -182,6 +182,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if err != nil {
 			if p.PID > 0 {
 				killTree(p.PID)
+				reapRoot(p.PID, 60*time.Second)
 			}
 			p.cleanup()
 			// CRIU restores the root as our child (RstSibling) and kills it
@@ -220,6 +221,19 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		}
 	}
 	p.Timing.Prepare = time.Since(start)
+	// Fan the daemon's end out: the GPU retry below and the residency
+	// watcher both wait for it.
+	daemonDone := make(chan struct{})
+	var daemonErr error
+	if lazyDone != nil {
+		go func() {
+			daemonErr = <-lazyDone
+			p.servedMu.Lock()
+			p.Timing.Resident = time.Since(start)
+			p.servedMu.Unlock()
+			close(daemonDone)
+		}()
+	}
 
 	nfy := &pidNotify{}
 	criuStart := time.Now()
@@ -249,7 +263,23 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	if opt.AfterRestore != nil {
 		t := time.Now()
 		if err := opt.AfterRestore(ctx, p.PID); err != nil {
-			return nil, fmt.Errorf("restore: after CRIU: %w", err)
+			if lazyDone == nil {
+				return nil, fmt.Errorf("restore: after CRIU: %w", err)
+			}
+			// Drivers may pin (not fault in) memory that is still missing:
+			// once every page is in place, try again.
+			log.Warn("restore: the GPU phase failed while lazy memory was still arriving; retrying once it is all in place", "pid", p.PID, "err", err)
+			select {
+			case <-daemonDone:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if daemonErr != nil {
+				return nil, fmt.Errorf("restore: lazy pages: %w (the GPU phase had failed: %v)", daemonErr, err)
+			}
+			if err := opt.AfterRestore(ctx, p.PID); err != nil {
+				return nil, fmt.Errorf("restore: after CRIU (retried with all memory in place): %w", err)
+			}
 		}
 		p.Timing.After = time.Since(t)
 	}
@@ -261,9 +291,9 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return p, nil
 	}
 	go func() {
-		err := <-lazyDone
+		<-daemonDone
+		err := daemonErr
 		p.servedMu.Lock()
-		p.Timing.Resident = time.Since(start)
 		if err != nil {
 			if opt.CRIULazyPages {
 				err = fmt.Errorf("%w\n%s", err, criuLogTail(filepath.Join(work, "lazy-pages.log")))
@@ -333,6 +363,21 @@ func uptimeTicks() uint64 {
 	var up float64
 	fmt.Sscanf(string(b), "%f", &up)
 	return uint64(up*100) - 1
+}
+
+// reapRoot waits (up to limit) for the killed root of a failed restore,
+// our child: a process with GPU state can take seconds to die, and until it
+// is reaped its PID stays taken.
+func reapRoot(pid int, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		var ws syscall.WaitStatus
+		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		if got == pid || err != nil { // reaped, or not our child
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // reapZombies waits for our dead children that started after since: what a
