@@ -64,6 +64,15 @@ def serve(args):
 
     for s in range(3):
         infer(s)
+    # Ready for a snapshot: torch.compile's worker pool (default settings)
+    # has done its job; its idle processes map NVIDIA devices without a
+    # CUDA context, which no checkpoint can carry. The program shuts it
+    # down, as a snapshot-aware program does before it waits for work.
+    try:
+        from torch._inductor import async_compile
+        async_compile.shutdown_compile_workers()
+    except Exception as e:  # older torch: nothing to shut down
+        print(f"note: compile workers: {e}", file=sys.stderr)
     print(f"ready {time.time() - T0:.3f} {gpu_bytes}", flush=True)
     for line in sys.stdin:
         req = line.split()
