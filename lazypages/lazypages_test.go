@@ -163,7 +163,7 @@ func newFakeRestore(t *testing.T, pages, lazy int) *fakeRestore {
 	pm := &pageserver.Pagemap{PagesID: 1, Entries: []pageserver.Entry{{Vaddr: fr.addr, NrPages: uint64(lazy), Flags: pageserver.PEPresent | pageserver.PELazy}}}
 	os.WriteFile(filepath.Join(fr.dir, "pagemap-4242.img"), pm.Encode(), 0o644)
 	os.WriteFile(filepath.Join(fr.dir, "mm-4242.img"), encodeMM([]VMA{{fr.addr, fr.addr + uint64(pages*pageSize)}}), 0o644)
-	if fr.uffd, err = Open(); err != nil {
+	if fr.uffd, err = Open(FeatureEventRemap | FeatureEventRemove | FeatureEventUnmap); err != nil {
 		t.Skipf("no userfaultfd here: %v", err)
 	}
 	if err := Register(fr.uffd, fr.addr, uint64(pages*pageSize)); err != nil {
@@ -309,4 +309,83 @@ func TestServeRejectsBrokenHandshake(t *testing.T) {
 	if err := srv2.Serve(ctx); err == nil {
 		t.Fatal("cancelled daemon returned nil")
 	}
+}
+
+// The restored program changes its memory while it is being filled:
+// MADV_DONTNEED (REMOVE), munmap (UNMAP) and mremap (REMAP) under many
+// concurrent faults. Pages it dropped read zero, moved pages keep their
+// contents, and nothing deadlocks.
+func TestServeFollowsMemoryChanges(t *testing.T) {
+	const pages = 512
+	fr := newFakeRestore(t, pages, pages)
+	sock := filepath.Join(t.TempDir(), SocketName)
+	opt := fr.options()
+	opt.UnitSize = 16 * pageSize
+	opt.FillDelay = 200 * time.Millisecond // faults first
+	srv, err := Listen(sock, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(context.Background()) }()
+	c := fr.handOver(t, sock)
+	finish(t, c)
+
+	// Many threads fault at once.
+	var wg sync.WaitGroup
+	bad := make(chan string, pages)
+	for g := 0; g < 48; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for pg := g; pg < 96; pg += 48 {
+				if fr.mem[pg*pageSize+5] != fr.data[pg*pageSize+5] {
+					bad <- fmt.Sprintf("page %d", pg)
+				}
+			}
+		}(g)
+	}
+	// Meanwhile: drop pages 100-131, unmap 400-511, move 200-231.
+	base := uintptr(unsafe.Pointer(&fr.mem[0]))
+	if err := syscall.Madvise(fr.mem[100*pageSize:132*pageSize], 4 /* MADV_DONTNEED */); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, e := syscall.Syscall(syscall.SYS_MUNMAP, base+400*pageSize, 112*pageSize, 0); e != 0 {
+		t.Fatal(e)
+	}
+	dst, err := syscall.Mmap(-1, 0, 32*pageSize, syscall.PROT_NONE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, e := syscall.Syscall6(syscall.SYS_MREMAP, base+200*pageSize, 32*pageSize, 32*pageSize, 3 /* MAYMOVE|FIXED */, uintptr(unsafe.Pointer(&dst[0])), 0); e != 0 {
+		t.Fatal(e)
+	}
+	moved := dst // the pages now live where dst was reserved
+	wg.Wait()
+	close(bad)
+	for b := range bad {
+		t.Error("wrong bytes at", b)
+	}
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not finish")
+	}
+	if !bytes.Equal(moved, fr.data[200*pageSize:232*pageSize]) {
+		t.Fatal("moved pages lost their contents")
+	}
+	for pg := 100; pg < 132; pg++ {
+		if fr.mem[pg*pageSize+5] != 0 {
+			t.Fatalf("page %d was dropped by the program but refilled", pg)
+		}
+	}
+	for _, r := range [][2]int{{0, 100}, {132, 200}, {232, 400}} {
+		if !bytes.Equal(fr.mem[r[0]*pageSize:r[1]*pageSize], fr.data[r[0]*pageSize:r[1]*pageSize]) {
+			t.Fatalf("pages %d-%d differ", r[0], r[1])
+		}
+	}
+	t.Logf("%+v", srv.Stats())
 }

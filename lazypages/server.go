@@ -110,7 +110,7 @@ func Listen(sock string, opt Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lazy pages: %w", err)
 	}
-	s := &Server{opt: opt, log: opt.Logger, l: l, start: time.Now(), faultSem: make(chan struct{}, 16)}
+	s := &Server{opt: opt, log: opt.Logger, l: l, start: time.Now()}
 	s.bufs.New = func() any { b := make([]byte, opt.UnitSize); return &b }
 	return s, nil
 }
@@ -348,8 +348,8 @@ func (s *Server) addTask(ctx context.Context, pid, fd int) error {
 	for _, u := range us {
 		p.us = append(p.us, &unit{p: p, start: u.Start, end: u.End, pagesID: u.PagesID, off: u.Off})
 	}
-	s.adopt(ctx, p)
 	s.log.Debug("lazy pages: task", "pid", pid, "units", len(p.us))
+	s.adopt(ctx, p)
 	return nil
 }
 
@@ -490,9 +490,9 @@ func (s *Server) fill(ctx context.Context, u *unit) (int64, error) {
 		case errors.Is(err, errGone):
 			s.exited(p)
 			return 0, nil
-		case (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) && attempt < 200:
-			// The address space is changing (an event we have not read
-			// yet) or the range moved: look again after the event.
+		case (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EINVAL)) && attempt < 10000 && ctx.Err() == nil && s.failure() == nil:
+			// The address space is changing (an event not read yet) or the
+			// range moved: look again once the event is handled.
 			time.Sleep(time.Millisecond)
 		default:
 			p.mu.Lock()
@@ -593,12 +593,14 @@ func (s *Server) fault(ctx context.Context, p *proc, addr uint64) error {
 	case copying:
 		// Whoever copies it wakes the faulting thread.
 	case pending:
+		// Never block this reader on a copy: a copy can wait (EAGAIN) for
+		// an event behind this one in the queue. Fault copies are bounded by
+		// the faulting threads: each waits for its page, and a unit is
+		// copied once.
 		s.faultCopies.Add(1)
-		s.faultSem <- struct{}{}
 		s.copies.Add(1)
 		go func() {
 			defer s.copies.Done()
-			defer func() { <-s.faultSem }()
 			if _, err := s.fill(ctx, u); err != nil {
 				s.fail(err)
 			}

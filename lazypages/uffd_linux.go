@@ -126,15 +126,23 @@ func unregister(fd int, addr, n uint64) error {
 	return err
 }
 
+// Non-cooperative event features, as CRIU asks for them.
+const (
+	FeatureEventFork   = 1 << 1
+	FeatureEventRemap  = 1 << 2
+	FeatureEventRemove = 1 << 3
+	FeatureEventUnmap  = 1 << 6
+)
+
 // Open returns a new userfaultfd (non-blocking, close-on-exec) with the API
-// handshake done. gpuwarm itself only receives CRIU's; this serves tests and
-// the availability check.
-func Open() (int, error) {
+// handshake done, asking for the given event features. gpuwarm itself only
+// receives CRIU's; this serves tests.
+func Open(features uint64) (int, error) {
 	fd, _, e := syscall.Syscall(sysUserfaultfd, uintptr(syscall.O_CLOEXEC|syscall.O_NONBLOCK), 0, 0)
 	if e != 0 {
 		return -1, e
 	}
-	api := struct{ api, features, ioctls uint64 }{api: uffdAPI}
+	api := struct{ api, features, ioctls uint64 }{api: uffdAPI, features: features}
 	if err := ioctl(int(fd), ioctlAPI, unsafe.Pointer(&api)); err != nil {
 		syscall.Close(int(fd))
 		return -1, err
