@@ -55,10 +55,10 @@ bench: setup build
 
 # On a machine with an NVIDIA GPU (skips, saying why, elsewhere).
 test-gpu: build
-	$(GO) run ./testing/gpucheck -mode test -gb 1
+	$(GO) run ./testing/gpucheck -mode test -gb 1 -disk-cache-gb 8
 
 bench-gpu: build
-	$(GO) run ./testing/gpucheck -mode bench -gb 1,16
+	$(GO) run ./testing/gpucheck -mode bench -gb 2.2,16 -mem-cache-gb 24 -disk-cache-gb 8
 
 clean:
 	rm -rf bin

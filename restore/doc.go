@@ -7,14 +7,16 @@
 // gpuwarm's page server (package pageserver), which cuts them into
 // content-addressed chunks and uploads them as it receives them. The small
 // CRIU images (registers, VMAs, files) are packed beside them, and the
-// snapshot becomes an image of the store like any program tree: the root
-// holds the images for an eager restore, lazy/ the same images with the
-// pagemaps marking anonymous memory lazy.
+// snapshot becomes an image of the store like any program tree. CRIU marks
+// private anonymous memory lazy in the pagemaps as it dumps.
 //
 // Restore: CRIU reads the images as the mount presents them, so only what it
-// reads is fetched, once per worker. With Lazy, the process runs before its
-// memory is loaded: CRIU's lazy-pages daemon takes the userfaultfds and asks
-// gpuwarm's page server for pages, which it serves from the block cache.
+// reads is fetched, once per worker. With Lazy, CRIU skips the lazy pages and
+// hands each task's userfaultfd to gpuwarm's own lazy-pages daemon (package
+// lazypages), which answers faults a chunk at a time and fills the rest with
+// parallel copies, in the order of the snapshot's prefetch profile when it
+// has one; with Record it records that order. CRIU's own daemon, fed by
+// gpuwarm's page server (PS_IOV_GET), remains as CRIULazyPages.
 //
 // Every failure path kills what it started: a failed restore leaves no
 // half-restored process running.

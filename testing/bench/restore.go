@@ -99,6 +99,7 @@ func benchRestore(dir string) error {
 		{"criu restore, local dir", restore.Options{Dir: local, DirAnnotations: ix.Annotations}},
 		{"gpuwarm eager (warm cache)", restore.Options{Mount: mnt, Name: "bench"}},
 		{"gpuwarm lazy (warm cache)", restore.Options{Mount: mnt, Name: "bench", Lazy: true}},
+		{"CRIU lazy-pages daemon (warm cache)", restore.Options{Mount: mnt, Name: "bench", Lazy: true, CRIULazyPages: true}},
 	}
 	// Warm the cache (and the page cache of the local copy) once.
 	for _, v := range variants {

@@ -113,7 +113,7 @@ func main() {
 		rows = append(rows, runSize(script, gb)...)
 	}
 	if *mode == "bench" {
-		bu.Table(os.Stdout, "GPU snapshot restore (H100), time to first answer", rows)
+		bu.Table(os.Stdout, "GPU snapshot restore ("+inv.GPUs[0].Name+"), time to first answer", rows)
 	}
 	fmt.Printf("gpucheck: %d passed, %d failed\n", passed, failed)
 	if failed > 0 {
