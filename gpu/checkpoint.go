@@ -192,7 +192,7 @@ func ParseMeta(s string) (*Meta, error) {
 // restored tree at root, one process at a time (restoring a parent and its
 // CUDA child at once failed on an H200 with CUDA_ERROR_OPERATING_SYSTEM).
 // It returns the processes and the time taken.
-func RestoreTree(ctx context.Context, root int) (pids []int, d time.Duration, err error) {
+func RestoreTree(ctx context.Context, root int, pairs []GPUPair) (pids []int, d time.Duration, err error) {
 	for _, pid := range Tree(root) {
 		if st, err := State(pid); err == nil && (st == Checkpointed || st == Locked) {
 			pids = append(pids, pid)
@@ -209,7 +209,7 @@ func RestoreTree(ctx context.Context, root int) (pids []int, d time.Duration, er
 		}
 	}
 	for _, pid := range toRestore {
-		if err := Restore(pid); err != nil {
+		if err := RestoreOnto(pid, pairs); err != nil {
 			return pids, time.Since(t), err
 		}
 	}

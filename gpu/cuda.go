@@ -57,6 +57,16 @@ static CUresult gw_lock(int pid, unsigned int timeout_ms) {
 }
 static CUresult gw_checkpoint(int pid) { return p_checkpoint(pid, NULL); }
 static CUresult gw_restore(int pid) { return p_restore(pid, NULL); }
+// CUcheckpointRestoreArgs: the GPU pairs, their count, zeroed reserved
+// bytes; 64 bytes in every driver that has it.
+typedef struct { void *gpuPairs; unsigned int gpuPairsCount; char reserved[64 - sizeof(void*) - sizeof(unsigned int)]; } gw_restore_args;
+static CUresult gw_restore_remap(int pid, void *pairs, unsigned int n) {
+	gw_restore_args a;
+	memset(&a, 0, sizeof a);
+	a.gpuPairs = pairs;
+	a.gpuPairsCount = n;
+	return p_restore(pid, &a);
+}
 static CUresult gw_unlock(int pid) { return p_unlock(pid, NULL); }
 static CUresult gw_tid(int pid, int *tid) { return p_tid ? p_tid(pid, tid) : 801; }
 static const char *gw_errname(CUresult r) { const char *s = NULL; if (p_errname) p_errname(r, &s); return s; }
@@ -65,10 +75,13 @@ static const char *gw_errstr(CUresult r) { const char *s = NULL; if (p_errstr) p
 import "C"
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 // ErrNoDriver says there is no NVIDIA driver (or no CUDA checkpoint API).
@@ -216,6 +229,41 @@ func Restore(pid int) error {
 		return err
 	}
 	return cerr("cuCheckpointProcessRestore", pid, C.gw_restore(C.int(pid)))
+}
+
+// GPUPair maps a checkpointed GPU (by UUID) onto the GPU to restore onto.
+type GPUPair struct{ Old, New [16]byte }
+
+// RestoreOnto restores a checkpointed process onto other GPUs of the same
+// model: pairs must name every GPU the process had checkpointed.
+func RestoreOnto(pid int, pairs []GPUPair) error {
+	if len(pairs) == 0 {
+		return Restore(pid)
+	}
+	if err := cudaInit(); err != nil {
+		return err
+	}
+	buf := C.malloc(C.size_t(32 * len(pairs)))
+	defer C.free(buf)
+	b := unsafe.Slice((*byte)(buf), 32*len(pairs))
+	for i, p := range pairs {
+		copy(b[32*i:], p.Old[:])
+		copy(b[32*i+16:], p.New[:])
+	}
+	return cerr("cuCheckpointProcessRestore", pid, C.gw_restore_remap(C.int(pid), buf, C.uint(len(pairs))))
+}
+
+// ParseUUID reads NVML's "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+func ParseUUID(s string) ([16]byte, error) {
+	var u [16]byte
+	h := strings.ReplaceAll(strings.TrimPrefix(strings.TrimPrefix(s, "GPU-"), "MIG-"), "-", "")
+	if len(h) != 32 {
+		return u, fmt.Errorf("bad GPU UUID %q", s)
+	}
+	if _, err := hex.Decode(u[:], []byte(h)); err != nil {
+		return u, fmt.Errorf("bad GPU UUID %q: %v", s, err)
+	}
+	return u, nil
 }
 
 // Unlock lets a locked process make CUDA calls again.

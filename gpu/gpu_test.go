@@ -93,3 +93,29 @@ func TestTree(t *testing.T) {
 		t.Fatal("Tree missed a child")
 	}
 }
+
+func TestRemapPairsDifferingGPUs(t *testing.T) {
+	a, b, c := "GPU-0a1b2c3d-0000-1111-2222-333344445555", "GPU-ffffffff-0000-1111-2222-333344445555", "GPU-12345678-9abc-def0-1234-56789abcdef0"
+	meta := &Meta{Model: "H100", Count: 2, UUIDs: []string{a, b}, PerGPUMemory: []uint64{8e9, 0}}
+	same := &Inventory{GPUs: []GPU{{Name: "H100", UUID: a}, {Name: "H100", UUID: b}}}
+	if p, err := Remap(meta, same); err != nil || p != nil {
+		t.Fatalf("same GPUs: pairs %v, %v", p, err)
+	}
+	other := &Inventory{GPUs: []GPU{{Name: "H100", UUID: c}, {Name: "H100", UUID: a}}}
+	p, err := Remap(meta, other)
+	if err != nil || len(p) != 1 {
+		t.Fatalf("pairs %v, %v: want one (GPU 1 held nothing)", p, err)
+	}
+	oa, _ := ParseUUID(a)
+	nc, _ := ParseUUID(c)
+	if p[0].Old != oa || p[0].New != nc || p[0].Old[0] != 0x0a || p[0].New[15] != 0xf0 {
+		t.Fatalf("pair %x -> %x", p[0].Old, p[0].New)
+	}
+	if _, err := ParseUUID("GPU-xyz"); err == nil {
+		t.Fatal("bad UUID accepted")
+	}
+	bad := &Meta{Model: "H100", Count: 1, UUIDs: []string{"nonsense"}}
+	if _, err := Remap(bad, other); err == nil {
+		t.Fatal("a snapshot with an unreadable UUID was remapped")
+	}
+}

@@ -40,6 +40,7 @@ func SnapshotHooks(opt *restore.SnapshotOptions, lockTimeout time.Duration, log 
 // RestoreReport says what the GPU phase of a restore did.
 type RestoreReport struct {
 	Meta      *Meta
+	Pairs     []GPUPair // remapping onto this worker's GPUs; nil when the UUIDs match
 	Processes []int
 	Duration  time.Duration
 }
@@ -69,13 +70,21 @@ func RestoreHooks(opt *restore.Options, log *slog.Logger) *RestoreReport {
 			return err
 		}
 		rep.Meta = m
+		pairs, err := Remap(m, inv)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrIncompatible, err)
+		}
+		rep.Pairs = pairs
+		if len(pairs) > 0 {
+			log.Info("restoring the GPU state onto this worker's GPUs", "pairs", len(pairs))
+		}
 		return nil
 	}
 	opt.AfterRestore = func(ctx context.Context, pid int) error {
 		if rep.Meta == nil {
 			return nil
 		}
-		pids, d, err := RestoreTree(ctx, pid)
+		pids, d, err := RestoreTree(ctx, pid, rep.Pairs)
 		rep.Processes, rep.Duration = pids, d
 		if err != nil {
 			return fmt.Errorf("CUDA restore: %w", err)

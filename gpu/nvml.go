@@ -166,3 +166,34 @@ func olderVersion(have, want string) bool {
 	}
 	return len(hp) < len(wp)
 }
+
+// Remap pairs the snapshot's GPUs with this worker's (same index, same
+// model, which Compatible checked) when their UUIDs differ: the CUDA
+// restore then moves the state onto this worker's GPUs. Pairs name every
+// GPU the snapshot held state on. No pairs when every UUID matches.
+func Remap(meta *Meta, inv *Inventory) ([]GPUPair, error) {
+	if meta == nil || inv == nil {
+		return nil, nil
+	}
+	var pairs []GPUPair
+	differ := false
+	for i := 0; i < meta.Count && i < len(meta.UUIDs) && i < len(inv.GPUs); i++ {
+		if i < len(meta.PerGPUMemory) && meta.PerGPUMemory[i] == 0 {
+			continue // the snapshot held nothing on this GPU
+		}
+		old, err := ParseUUID(meta.UUIDs[i])
+		if err != nil {
+			return nil, fmt.Errorf("the snapshot's GPU %d: %v", i, err)
+		}
+		cur, err := ParseUUID(inv.GPUs[i].UUID)
+		if err != nil {
+			return nil, fmt.Errorf("this worker's GPU %d: %v", i, err)
+		}
+		differ = differ || old != cur
+		pairs = append(pairs, GPUPair{Old: old, New: cur})
+	}
+	if !differ {
+		return nil, nil
+	}
+	return pairs, nil
+}

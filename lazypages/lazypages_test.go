@@ -138,6 +138,7 @@ func (m *memSource) ReadPages(ctx context.Context, id uint32, off int64, dst []b
 // process: a registered anonymous mapping stands in for the restored task.
 type fakeRestore struct {
 	mem   []byte
+	live  [][2]int // page ranges of mem still mapped
 	addr  uint64
 	data  []byte // the pages file
 	lazy  int    // lazy pages (from the start of mem); the rest must read zero
@@ -155,8 +156,15 @@ func newFakeRestore(t *testing.T, pages, lazy int) *fakeRestore {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Munmap(mem) })
-	fr := &fakeRestore{mem: mem, addr: uint64(uintptr(unsafe.Pointer(&mem[0]))), lazy: lazy, pid: 4242, dir: t.TempDir()}
+	fr := &fakeRestore{mem: mem, live: [][2]int{{0, pages}}, addr: uint64(uintptr(unsafe.Pointer(&mem[0]))), lazy: lazy, pid: 4242, dir: t.TempDir()}
+	t.Cleanup(func() {
+		// Only what is still ours: a range the test unmapped may hold
+		// someone else's mapping (a thread stack) by now.
+		base := uintptr(unsafe.Pointer(&mem[0]))
+		for _, r := range fr.live {
+			syscall.Syscall(syscall.SYS_MUNMAP, base+uintptr(r[0]*pageSize), uintptr((r[1]-r[0])*pageSize), 0)
+		}
+	})
 	fr.data = make([]byte, lazy*pageSize)
 	rand.New(rand.NewSource(7)).Read(fr.data)
 	fr.src = &memSource{files: map[uint32][]byte{1: fr.data}}
@@ -347,6 +355,7 @@ func TestServeFollowsMemoryChanges(t *testing.T) {
 	}
 	// Meanwhile: drop pages 100-131, unmap 400-511, move 200-231.
 	base := uintptr(unsafe.Pointer(&fr.mem[0]))
+	fr.live = [][2]int{{0, 200}, {232, 400}}
 	if err := syscall.Madvise(fr.mem[100*pageSize:132*pageSize], 4 /* MADV_DONTNEED */); err != nil {
 		t.Fatal(err)
 	}
@@ -357,6 +366,7 @@ func TestServeFollowsMemoryChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { syscall.Munmap(dst) })
 	if _, _, e := syscall.Syscall6(syscall.SYS_MREMAP, base+200*pageSize, 32*pageSize, 32*pageSize, 3 /* MAYMOVE|FIXED */, uintptr(unsafe.Pointer(&dst[0])), 0); e != 0 {
 		t.Fatal(e)
 	}

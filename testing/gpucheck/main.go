@@ -46,12 +46,14 @@ var (
 	mnt     string
 	pyEnv   []string
 	noLazy  = flag.Bool("no-lazy", false, "skip lazy restores")
-	only    = flag.String("restores", "eager-cold,eager-warm,lazy,lazy-record,lazy-profile,lazy-mount,lazy-criu,baseline", "which restores to run")
+	only    = flag.String("restores", "eager-cold,eager-warm,lazy,lazy-record,lazy-profile,remap,lazy-mount,lazy-criu,baseline", "which restores to run")
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
 	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
 	t0      = time.Now()
-	bc      *cache.Cache
+	// remapIdentity makes the next restore pass explicit GPU UUID pairs.
+	remapIdentity bool
+	bc            *cache.Cache
 )
 
 // phase prints a progress line with the time since start (a long GPU run
@@ -191,6 +193,27 @@ func runSize(script string, gb float64) []bu.Row {
 		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
 		phase("%s: restore %s", tag, name)
 		rep := gpu.RestoreHooks(&opt, log)
+		if remapIdentity {
+			// Drive the UUID-remapping restore with this GPU onto itself:
+			// one GPU cannot show a real move, but the driver call is the same.
+			before := opt.BeforeRestore
+			opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
+				if err := before(ctx, ann); err != nil || rep.Meta == nil {
+					return err
+				}
+				for i, u := range rep.Meta.UUIDs[:rep.Meta.Count] {
+					id, err := gpu.ParseUUID(u)
+					if err != nil {
+						return err
+					}
+					if i < len(rep.Meta.PerGPUMemory) && rep.Meta.PerGPUMemory[i] > 0 {
+						rep.Pairs = append(rep.Pairs, gpu.GPUPair{Old: id, New: id})
+					}
+				}
+				return nil
+			}
+			remapIdentity = false
+		}
 		start := time.Now()
 		pr, err := restore.Restore(ctx, crit, opt)
 		pp.Child()
@@ -251,6 +274,10 @@ func runSize(script string, gb float64) []bu.Row {
 			if check(tag+": load the restore profile", errorIfNoProfile(prof, err)) {
 				restoreOnce("gpuwarm lazy, profile order", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers, Profile: prof})
 			}
+		}
+		if enabled("remap") {
+			remapIdentity = true
+			restoreOnce("gpuwarm lazy, GPU UUID pairs given", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers})
 		}
 		if enabled("lazy-mount") {
 			restoreOnce("gpuwarm lazy, pages via the mount", restore.Options{Lazy: true, LazyWorkers: *workers})
