@@ -20,9 +20,13 @@ type statsNode struct {
 
 var (
 	_ = (fs.NodeOpener)((*statsNode)(nil))
-	_ = (fs.NodeReader)((*statsNode)(nil))
 	_ = (fs.NodeGetattrer)((*statsNode)(nil))
+	_ = (fs.FileReader)((*statsHandle)(nil))
 )
+
+// statsHandle holds the counters as they were when the file was opened, so
+// that a reader reading in pieces sees one consistent document.
+type statsHandle struct{ b []byte }
 
 func (s *statsNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o444
@@ -32,10 +36,17 @@ func (s *statsNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Att
 }
 
 func (s *statsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	return nil, fuse.FOPEN_DIRECT_IO, 0
+	return &statsHandle{b: s.render()}, fuse.FOPEN_DIRECT_IO, 0
 }
 
-func (s *statsNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (h *statsHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off >= int64(len(h.b)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	return fuse.ReadResultData(h.b[off:min(int64(len(h.b)), off+int64(len(dest)))]), 0
+}
+
+func (s *statsNode) render() []byte {
 	out := map[string]any{}
 	cs, _ := json.Marshal(s.fsys.cache.Stats())
 	json.Unmarshal(cs, &out)
@@ -49,9 +60,5 @@ func (s *statsNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off
 		out["Prefetch"] = replays
 	}
 	b, _ := json.MarshalIndent(out, "", "  ")
-	b = append(b, '\n')
-	if off >= int64(len(b)) {
-		return fuse.ReadResultData(nil), 0
-	}
-	return fuse.ReadResultData(b[off:min(int64(len(b)), off+int64(len(dest)))]), 0
+	return append(b, '\n')
 }
