@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -322,4 +323,45 @@ func TestDemandNotStarvedByPrefetch(t *testing.T) {
 		t.Fatal(err)
 	}
 
+}
+
+// A passthrough open verifies the disk file once; an unchanged file is not
+// hashed again, and a file written since (its ctime moved) is checked again
+// and dropped when it no longer matches.
+func TestDiskFileVerifiedOnceUntilChanged(t *testing.T) {
+	st, datas, ids := fixture(t, 1, 200_000)
+	dir := t.TempDir()
+	c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Get(context.Background(), ids[0], 0); err != nil {
+		t.Fatal(err)
+	}
+	c.Flush()
+	for i := 0; i < 2; i++ {
+		f, ok := c.DiskFile(ids[0], int64(len(datas[0])))
+		if !ok {
+			t.Fatalf("open %d: not on disk", i)
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if !bytes.Equal(b, datas[0]) {
+			t.Fatalf("open %d: wrong bytes", i)
+		}
+	}
+	time.Sleep(20 * time.Millisecond)
+	corruptDiskFiles(t, dir, func(p string) {
+		f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+		f.WriteAt([]byte{0xff, 0xee}, 100)
+		f.Close()
+	})
+	if f, ok := c.DiskFile(ids[0], int64(len(datas[0]))); ok {
+		f.Close()
+		t.Fatal("a disk file written after its verification was served")
+	}
+	if c.Stats().Corrupt == 0 {
+		t.Fatal("corruption not counted")
+	}
 }
