@@ -11,6 +11,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 )
 
 type cacheFlags struct {
@@ -79,7 +80,7 @@ func init() {
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
 			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
 		if !*noPrefetch {
-			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem))
+			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir)
 		}
 		srv, err := fusefs.Mount(dir, mopt)
 		if err != nil {
@@ -102,6 +103,14 @@ func init() {
 		}
 		b, _ := json.Marshal(bc.Stats())
 		g.log.Info("cache stats", "stats", string(b))
+		// The replays' hit rates as they stand at the end (profile show).
+		for id, o := range srv.FS().Observers() {
+			if r, ok := o.(*prefetch.Replayer); ok {
+				if err := prefetch.SaveLastReplay(cf.dir, id, r.Last()); err != nil {
+					g.log.Warn("cannot record the replay's hit rate", "err", err)
+				}
+			}
+		}
 		return nil
 	}
 	register(c)

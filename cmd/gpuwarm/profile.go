@@ -21,7 +21,7 @@ import (
 
 // prefetchOnImage replays an image's profile when the mount first loads it.
 // A missing profile is normal; a bad one is logged and ignored.
-func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64) func(*manifest.Index) fusefs.Observer {
+func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string) func(*manifest.Index) fusefs.Observer {
 	return func(ix *manifest.Index) fusefs.Observer {
 		p, err := prefetch.Load(ctx, st, ix.ID)
 		if err != nil {
@@ -32,7 +32,16 @@ func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.
 			return nil
 		}
 		g.log.Info("replaying prefetch profile", "image", ix.ID.Short(), "chunks", len(p.Entries), "bytes", p.Bytes(), "runs", p.Runs)
-		return prefetch.Replay(ctx, bc, p, prefetch.ReplayOptions{Ahead: min(memBytes/2, 1<<30), Logger: g.log})
+		r := prefetch.Replay(ctx, bc, p, prefetch.ReplayOptions{Ahead: min(memBytes/2, 1<<30), Logger: g.log})
+		go func() {
+			// Record how it went once the profile is done (and again at
+			// unmount, when the program has read more).
+			r.Wait()
+			if err := prefetch.SaveLastReplay(cacheDir, ix.ID, r.Last()); err != nil {
+				g.log.Warn("cannot record the replay's hit rate", "err", err)
+			}
+		}()
+		return r
 	}
 }
 
@@ -106,6 +115,7 @@ func init() {
 	p.run = func(ctx context.Context, g *globals, args []string) error {
 		fs := flag.NewFlagSet(p.name, flag.ContinueOnError)
 		jsonOut := fs.Bool("json", false, "print JSON")
+		cacheDir := fs.String("cache-dir", envOr("GPUWARM_CACHE_DIR", "/var/cache/gpuwarm"), "this worker's block cache `DIR`, where the last replay's hit rate is kept (env GPUWARM_CACHE_DIR)")
 		if err := g.parse(p, fs, args); err != nil {
 			return err
 		}
@@ -133,12 +143,25 @@ func init() {
 		for _, e := range prof.Entries {
 			span = max(span, e.TimeMS)
 		}
+		last, err := prefetch.LoadLastReplay(*cacheDir, id)
+		if err != nil {
+			g.log.Warn("ignoring the last replay's record", "err", err)
+		}
 		if *jsonOut {
-			return json.NewEncoder(os.Stdout).Encode(map[string]any{"image": id.String(), "runs": prof.Runs,
-				"chunks": len(prof.Entries), "bytes": prof.Bytes(), "span_ms": span})
+			out := map[string]any{"image": id.String(), "runs": prof.Runs,
+				"chunks": len(prof.Entries), "bytes": prof.Bytes(), "span_ms": span}
+			if last != nil {
+				out["last_replay"] = last
+			}
+			return json.NewEncoder(os.Stdout).Encode(out)
 		}
 		fmt.Printf("image   %s\nruns    %d\nchunks  %d (%s)\nspan    %.2fs from first to last first-touch\n", id, prof.Runs, len(prof.Entries), pack.HumanBytes(prof.Bytes()), float64(span)/1000)
-		fmt.Println("(the hit rate of a replay is in the mount's .stats file, under Prefetch)")
+		if last != nil {
+			fmt.Printf("last replay on this worker: %s at %s: hit rate %.0f%% (%d of %d touched were in ahead), %d fetched ahead\n",
+				last.Kind, last.When.Local().Format("2006-01-02 15:04:05"), 100*last.HitRate, last.Hits, last.Touched, last.Fetched)
+		} else {
+			fmt.Printf("last replay on this worker: none recorded under %s (a mount replaying it, or gpuwarm restore --lazy, records one)\n", *cacheDir)
+		}
 		return nil
 	}
 	register(p)

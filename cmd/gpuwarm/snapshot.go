@@ -228,6 +228,16 @@ func init() {
 		if rerr != nil {
 			return rerr
 		}
+		if ls := p.LazyStats(); opt.Profile != nil && ls.Units > 0 {
+			// Units the program found in place (or on their way) versus
+			// units it had to wait for.
+			hits := int64(ls.Units) - ls.FaultCopies
+			last := prefetch.LastReplay{Kind: "restore", Chunks: int64(len(opt.Profile.Entries)), Fetched: int64(ls.Units) - ls.FaultCopies,
+				Touched: int64(ls.Units), Hits: hits, Misses: ls.FaultCopies}
+			if err := prefetch.SaveLastReplay(envOr("GPUWARM_CACHE_DIR", "/var/cache/gpuwarm"), ix.ID, last); err != nil {
+				g.log.Warn("cannot record the replay's hit rate", "err", err)
+			}
+		}
 		if rec != nil {
 			prof := rec.Profile()
 			old, err := prefetch.Load(ctx, st, ix.ID)

@@ -38,6 +38,14 @@ func TestRecordReplay(t *testing.T) {
 		t.Fatalf("no replay in the mount's stats:\n%s", stats)
 	}
 	d.stop(t)
+	// The replay's hit rate is kept beside this worker's cache.
+	show := gw(t, "profile", "show", "app", "--store", storeDir, "--cache-dir", filepath.Join(tmp, "cache"), "--json")
+	if !strings.Contains(show, `"last_replay"`) || !strings.Contains(show, `"kind":"mount"`) || strings.Contains(show, `"touched":0`) {
+		t.Fatalf("profile show has no last replay: %s", show)
+	}
+	if show := gw(t, "profile", "show", "app", "--store", storeDir, "--cache-dir", filepath.Join(tmp, "cache")); !strings.Contains(show, "hit rate") {
+		t.Fatalf("profile show: %s", show)
+	}
 
 	// Corrupt the stored profile: the mount warns and boots without it.
 	profiles, _ := filepath.Glob(filepath.Join(storeDir, "profiles", "*"))

@@ -81,15 +81,30 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 	_ = pid
 	mntB := filepath.Join(tmp, "b/mnt")
 	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
-	for _, lazy := range []bool{false, true} {
-		outFile := filepath.Join(tmp, "restored-"+strconv.FormatBool(lazy)+".log")
-		args := []string{"restore", "wl", "--mount", mntB, "--store", url, "--stdout", outFile}
-		if lazy {
-			args = append(args, "--lazy")
-		}
+	t.Setenv("GPUWARM_CACHE_DIR", filepath.Join(tmp, "b/cache"))
+	// Eager; lazy recording the order memory is used in; lazy in that order.
+	modes := [][]string{nil, {"--lazy", "--record-profile"}, {"--lazy"}}
+	for i, mode := range modes {
+		lazy := len(mode) > 0
+		outFile := filepath.Join(tmp, "restored-"+strconv.Itoa(i)+".log")
+		args := append([]string{"restore", "wl", "--mount", mntB, "--store", url, "--stdout", outFile}, mode...)
 		res := gw(t, args...)
 		if !strings.Contains(res, "restored wl as pid") || !strings.Contains(res, "resident") {
 			t.Fatalf("restore output: %s", res)
+		}
+		switch i {
+		case 1:
+			if !strings.Contains(res, "touched first, merged over 1 runs") {
+				t.Fatalf("recording restore stored no profile: %s", res)
+			}
+		case 2:
+			if !strings.Contains(res, "profile order") {
+				t.Fatalf("the next lazy restore did not use the profile: %s", res)
+			}
+			show := gw(t, "profile", "show", "wl", "--store", url)
+			if !strings.Contains(show, "last replay on this worker: restore") {
+				t.Fatalf("profile show: %s", show)
+			}
 		}
 		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(res, "pid ", 2)[1])[0])
 		syscall.Kill(rpid, syscall.SIGUSR1)
