@@ -207,6 +207,18 @@ func (fr *fakeRestore) handOver(t *testing.T, sock string) *net.UnixConn {
 	return c
 }
 
+// startServer runs a daemon on a fresh socket; errc gets what Serve returns.
+func startServer(t *testing.T, opt Options) (*Server, string, chan error) {
+	sock := filepath.Join(t.TempDir(), SocketName)
+	srv, err := Listen(sock, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(context.Background()) }()
+	return srv, sock, errc
+}
+
 func finish(t *testing.T, c *net.UnixConn) {
 	if _, err := c.Write(binary.LittleEndian.AppendUint32(nil, restoreFinished)); err != nil {
 		t.Fatal(err)
@@ -216,13 +228,7 @@ func finish(t *testing.T, c *net.UnixConn) {
 
 func TestServeFaultsThenFillsEverything(t *testing.T) {
 	fr := newFakeRestore(t, 256, 200) // 1 MiB mapped, 800 KiB of lazy pages
-	sock := filepath.Join(t.TempDir(), SocketName)
-	srv, err := Listen(sock, fr.options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(context.Background()) }()
+	srv, sock, errc := startServer(t, fr.options())
 	c := fr.handOver(t, sock)
 
 	// Before the restore is done only faults are served: read in order,
@@ -268,13 +274,7 @@ func TestServeFaultsThenFillsEverything(t *testing.T) {
 func TestServeFailsOnUnreadablePages(t *testing.T) {
 	fr := newFakeRestore(t, 64, 64)
 	fr.src.fail = true
-	sock := filepath.Join(t.TempDir(), SocketName)
-	srv, err := Listen(sock, fr.options())
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(context.Background()) }()
+	srv, sock, errc := startServer(t, fr.options())
 	finish(t, fr.handOver(t, sock))
 	select {
 	case err := <-errc:
@@ -326,16 +326,10 @@ func TestServeRejectsBrokenHandshake(t *testing.T) {
 func TestServeFollowsMemoryChanges(t *testing.T) {
 	const pages = 512
 	fr := newFakeRestore(t, pages, pages)
-	sock := filepath.Join(t.TempDir(), SocketName)
 	opt := fr.options()
 	opt.UnitSize = 16 * pageSize
 	opt.FillDelay = 200 * time.Millisecond // faults first
-	srv, err := Listen(sock, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(context.Background()) }()
+	srv, sock, errc := startServer(t, opt)
 	c := fr.handOver(t, sock)
 	finish(t, c)
 

@@ -383,32 +383,12 @@ func reapRoot(pid int, limit time.Duration) {
 // reapZombies waits for our dead children that started after since: what a
 // failed restore left behind.
 func reapZombies(since uint64) {
-	ents, _ := os.ReadDir("/proc")
-	self := os.Getpid()
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// After the command name in parentheses: state ppid ... starttime (field 22).
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 20 || f[0] != "Z" {
-			continue
-		}
-		ppid, _ := strconv.Atoi(f[1])
-		start, _ := strconv.ParseUint(f[19], 10, 64)
-		if ppid == self && start >= since {
+	self := strconv.Itoa(os.Getpid())
+	for _, p := range processes() {
+		start, _ := strconv.ParseUint(p.f[19], 10, 64)
+		if p.f[0] == "Z" && p.f[1] == self && start >= since {
 			var ws syscall.WaitStatus
-			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			syscall.Wait4(p.pid, &ws, syscall.WNOHANG, nil)
 		}
 	}
 }

@@ -470,21 +470,9 @@ func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
 // zombieChildren lists our dead, unreaped children.
 func zombieChildren() []int {
 	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[0] == "Z" && f[1] == strconv.Itoa(os.Getpid()) {
-			out = append(out, pid)
+	for _, p := range processes() {
+		if p.f[0] == "Z" && p.f[1] == strconv.Itoa(os.Getpid()) {
+			out = append(out, p.pid)
 		}
 	}
 	return out

@@ -80,9 +80,17 @@ func closeOnExecAll() {
 	}
 }
 
-// Tree returns root and its descendants.
-func Tree(root int) []int {
-	children := map[int][]int{}
+// procStat is one process's /proc/PID/stat, split after the command name
+// (which may hold spaces and parentheses): f[0] is the state, f[1] the
+// parent, f[19] the start time in clock ticks.
+type procStat struct {
+	pid int
+	f   []string
+}
+
+// processes lists every process's stat fields.
+func processes() []procStat {
+	var out []procStat
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -93,18 +101,24 @@ func Tree(root int) []int {
 		if err != nil {
 			continue
 		}
-		// pid (comm) state ppid ...: comm may hold spaces and parens.
 		s := string(b)
 		i := strings.LastIndexByte(s, ')')
 		if i < 0 {
 			continue
 		}
-		f := strings.Fields(s[i+1:])
-		if len(f) < 2 {
-			continue
+		if f := strings.Fields(s[i+1:]); len(f) >= 20 {
+			out = append(out, procStat{pid, f})
 		}
-		ppid, _ := strconv.Atoi(f[1])
-		children[ppid] = append(children[ppid], pid)
+	}
+	return out
+}
+
+// Tree returns root and its descendants.
+func Tree(root int) []int {
+	children := map[int][]int{}
+	for _, p := range processes() {
+		ppid, _ := strconv.Atoi(p.f[1])
+		children[ppid] = append(children[ppid], p.pid)
 	}
 	out := []int{root}
 	for i := 0; i < len(out); i++ {

@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/prefetch"
@@ -27,32 +25,15 @@ func benchPrefetchRestore(dir string) error {
 	if err != nil {
 		return err
 	}
-	wl := filepath.Join(dir, "gpuwarm-workload")
-	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
-		return fmt.Errorf("build workload: %v\n%s", err, out)
-	}
-	mb := int(512 * *scale)
 	storeDir := filepath.Join(dir, "store")
 	st, err := filestore.Open(storeDir)
 	if err != nil {
 		return err
 	}
-	p := bu.NewPipes()
-	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.CIn, Stdout: p.COut})
+	want, _, snap, err := snapshotWorkload(ctx, c, dir, st, int(512**scale))
 	if err != nil {
 		return err
 	}
-	p.Child()
-	ready, err := p.ReadLine(5 * time.Minute)
-	if err != nil {
-		return err
-	}
-	want := strings.Fields(ready)[1]
-	snap, err := restore.Snapshot(ctx, c, restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st})
-	if err != nil {
-		return err
-	}
-	cmd.Wait()
 	if err := setTag(st, "snap", snap.Image); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
@@ -25,37 +26,15 @@ func benchRestore(dir string) error {
 	if err != nil {
 		return err
 	}
-	wl := filepath.Join(dir, "gpuwarm-workload")
-	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
-		return fmt.Errorf("build workload: %v\n%s", err, out)
-	}
-	mb := int(1024 * *scale)
 	storeDir := filepath.Join(dir, "store")
 	st, err := filestore.Open(storeDir)
 	if err != nil {
 		return err
 	}
-
-	// Cold boot.
-	p := bu.NewPipes()
-	bootStart := time.Now()
-	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.CIn, Stdout: p.COut})
+	want, boot, res, err := snapshotWorkload(ctx, c, dir, st, int(1024**scale))
 	if err != nil {
 		return err
 	}
-	p.Child()
-	ready, err := p.ReadLine(5 * time.Minute)
-	if err != nil {
-		return err
-	}
-	boot := time.Since(bootStart)
-	want := strings.Fields(ready)[1]
-
-	res, err := restore.Snapshot(ctx, c, restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st})
-	if err != nil {
-		return err
-	}
-	cmd.Wait()
 	if err := setTag(st, "bench", res.Image); err != nil {
 		return err
 	}
@@ -138,4 +117,36 @@ func benchRestore(dir string) error {
 	rows = append(rows, bu.Row{Name: "cold boot of the workload", Value: float64(boot.Microseconds()) / 1000, Unit: "ms", Baseline: "criu restore, local dir: running"})
 	bu.Table(os.Stdout, fmt.Sprintf("restore of a %d MiB snapshot (best of %d; dump %.2fs streamed to the store)", res.PageBytes>>20, reps, res.DumpSeconds), rows)
 	return nil
+}
+
+// snapshotWorkload builds the test workload, boots it cold with mb MiB of
+// state, and snapshots it into st: the checksum it answers, how long the
+// boot took, and the snapshot.
+func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int) (string, time.Duration, *restore.SnapshotResult, error) {
+	wl := filepath.Join(dir, "gpuwarm-workload")
+	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
+		return "", 0, nil, fmt.Errorf("build workload: %v\n%s", err, out)
+	}
+	p := bu.NewPipes()
+	start := time.Now()
+	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.CIn, Stdout: p.COut})
+	if err != nil {
+		return "", 0, nil, err
+	}
+	p.Child()
+	ready, err := p.ReadLine(5 * time.Minute)
+	if err != nil {
+		cmd.Process.Kill()
+		return "", 0, nil, err
+	}
+	boot := time.Since(start)
+	res, err := restore.Snapshot(ctx, c, restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st})
+	if err != nil {
+		cmd.Process.Kill()
+	}
+	cmd.Wait()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	return strings.Fields(ready)[1], boot, res, nil
 }
