@@ -57,6 +57,9 @@ func usage() {
 	fmt.Fprintf(os.Stderr, "gpuwarm: start GPU workloads from lazily mounted images and snapshots\n\nUsage: gpuwarm COMMAND [flags]\n\nCommands:\n")
 	sort.Slice(commands, func(i, j int) bool { return commands[i].name < commands[j].name })
 	for _, c := range commands {
+		if strings.HasPrefix(c.name, "_") {
+			continue // internal
+		}
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.help)
 	}
 	fmt.Fprintf(os.Stderr, "\nRun 'gpuwarm COMMAND -h' for a command's flags.\n")

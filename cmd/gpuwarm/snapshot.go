@@ -201,10 +201,27 @@ func init() {
 		if err != nil {
 			return err
 		}
+		var guardDone func()
+		if *lazy {
+			if guardDone, err = startGuard(p.PID); err != nil {
+				p.Kill()
+				return fmt.Errorf("restore: cannot start the guard of the lazy restore: %w", err)
+			}
+		}
 		if !*jsonOut {
 			fmt.Printf("restored %s as pid %d (running after %s)\n", fs.Arg(0), p.PID, ms(p.Timing.Running))
 		}
 		resident, rerr := p.WaitResident(ctx)
+		if rerr == nil && guardDone != nil {
+			guardDone()
+		}
+		if rerr != nil && *lazy {
+			// Interrupted (or failed) before every lazy page was in place:
+			// once this process is gone nobody fills the rest, and the
+			// program would read zeros there. Take it down instead.
+			p.Kill()
+			rerr = fmt.Errorf("restore: lazy memory not all in place, the restored tree was killed: %w", rerr)
+		}
 		t := p.Timing
 		if *jsonOut {
 			json.NewEncoder(os.Stdout).Encode(map[string]any{"pid": p.PID, "lazy": *lazy,

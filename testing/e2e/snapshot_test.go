@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,5 +115,47 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 			t.Fatalf("lazy=%v: restored on B with checksum %s, want %s", lazy, got, want)
 		}
 		t.Logf("lazy=%v: %s", lazy, strings.ReplaceAll(res, "\n", "; "))
+	}
+}
+
+// TestLazyRestoreKilledMidFill: when `gpuwarm restore --lazy` dies (even by
+// SIGKILL) before the restored memory is all in place, the restored tree is
+// killed rather than left to read zeros where its pages never arrived.
+func TestLazyRestoreKilledMidFill(t *testing.T) {
+	requireCRIU(t)
+	wl := buildWorkload(t)
+	tmp := t.TempDir()
+	storeDir := filepath.Join(tmp, "store")
+	logA := filepath.Join(tmp, "a.log")
+	pidS := strings.TrimSpace(gw(t, "run", "--log", logA, "--", wl, "--mb", "128"))
+	waitLine(t, logA, "ready")
+	gw(t, "snapshot", "--pid", pidS, "--tag", "wl", "--store", storeDir)
+	// A slow store: filling 128 MB takes seconds.
+	mnt := filepath.Join(tmp, "mnt")
+	startMount(t, storeDir+"?sim-latency=5ms&sim-bandwidth=3e7", mnt, filepath.Join(tmp, "cache"), "--no-prefetch")
+	cmd := exec.Command(gpuwarmBin, "restore", "wl", "--lazy", "--mount", mnt, "--store", storeDir, "--lazy-workers", "1")
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.Contains(line, "as pid") {
+		cmd.Process.Kill()
+		t.Fatalf("restore said %q (%v)", line, err)
+	}
+	rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, "pid ", 2)[1])[0])
+	cmd.Process.Kill() // mid-fill, uncatchable
+	cmd.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := os.ReadFile("/proc/" + strconv.Itoa(rpid) + "/stat")
+		if err != nil || strings.Contains(string(st), ") Z") {
+			break // gone (or dead, waiting for its new parent to reap it)
+		}
+		if time.Now().After(deadline) {
+			syscall.Kill(rpid, syscall.SIGKILL)
+			t.Fatalf("restored pid %d still runs after gpuwarm restore was killed mid-fill: %s", rpid, st)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
