@@ -42,6 +42,13 @@ type Options struct {
 	Store store.Store
 	// Lazy starts the process before its memory is loaded.
 	Lazy bool
+	// Prefill restores eagerly through gpuwarm's lazy-pages daemon: CRIU
+	// leaves the tree stopped, the daemon fills all of its memory with
+	// parallel copies from the cache, then the tree resumes. The process
+	// never runs with missing memory, as with an eager restore, but the
+	// memory arrives at the daemon's speed instead of CRIU's sequential
+	// reads. (Ignored with Lazy or Dir.)
+	Prefill bool
 	// Stdin, Stdout, Stderr replace the snapshot's standard streams when
 	// those were pipes or sockets; nil means /dev/null.
 	Stdin, Stdout, Stderr *os.File
@@ -149,7 +156,11 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	if err := compatible(c, ann); err != nil {
 		return nil, err
 	}
-	if opt.Lazy {
+	if opt.Lazy || opt.Dir != "" {
+		opt.Prefill = false
+	}
+	lazyPages := opt.Lazy || opt.Prefill // CRIU leaves anonymous memory to the daemon
+	if lazyPages {
 		if err := CheckUserfaultfd(); err != nil {
 			return nil, err
 		}
@@ -215,7 +226,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if err != nil {
 			return nil, err
 		}
-	} else if opt.Lazy {
+	} else if lazyPages {
 		if lazyDone, err = p.startDaemon(dir, work, ix, opt, log, &cleanups); err != nil {
 			return nil, err
 		}
@@ -246,7 +257,8 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
 		ExtUnixSk:         proto.Bool(true),
 		FileLocks:         proto.Bool(true),
-		LazyPages:         proto.Bool(opt.Lazy),
+		LazyPages:         proto.Bool(lazyPages),
+		LeaveStopped:      proto.Bool(opt.Prefill),
 	}, nfy)
 	p.Timing.CRIU = time.Since(criuStart)
 	p.PID = int(nfy.pid)
@@ -260,6 +272,20 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return nil, errors.New("restore: CRIU reported success but no pid")
 	}
 	p.proc, _ = os.FindProcess(p.PID)
+	if opt.Prefill {
+		// The tree is stopped: resume it once every page is in place.
+		select {
+		case <-daemonDone:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if daemonErr != nil {
+			return nil, fmt.Errorf("restore: filling memory: %w", daemonErr)
+		}
+		for _, pid := range Tree(p.PID) {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
 	if opt.AfterRestore != nil {
 		t := time.Now()
 		if err := opt.AfterRestore(ctx, p.PID); err != nil {
@@ -284,7 +310,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		p.Timing.After = time.Since(t)
 	}
 	p.Timing.Running = time.Since(start)
-	if !opt.Lazy {
+	if !opt.Lazy { // eager, or prefilled: every page is in place
 		p.Timing.Resident = p.Timing.Running
 		close(p.resident)
 		p.cleanup()

@@ -274,17 +274,18 @@ func TestCorruptPageChunkFailsCleanly(t *testing.T) {
 	b, _ := os.ReadFile(p)
 	b[len(b)-10] ^= 0xff
 	os.WriteFile(p, b, 0o644)
-	for _, lazy := range []bool{false, true} {
+	for i, lazy := range []bool{false, true, false} {
+		prefill := i == 2
 		r.remount(t, filepath.Join(t.TempDir(), "cache"))
 		in, out, _ := newPipes(t)
-		proc, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: lazy, Stdin: in, Stdout: out})
+		proc, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: lazy, Prefill: prefill, Stdin: in, Stdout: out})
 		in.Close()
 		out.Close()
 		if err == nil {
 			// Lazy: the process starts, then the missing page kills it.
 			if !lazy {
 				proc.Kill()
-				t.Fatal("eager restore of a corrupt snapshot succeeded")
+				t.Fatalf("eager (prefill %v) restore of a corrupt snapshot succeeded", prefill)
 			}
 			if _, err := proc.WaitResident(context.Background()); err == nil {
 				t.Fatal("lazy restore of a corrupt snapshot became resident")
@@ -476,4 +477,30 @@ func zombieChildren() []int {
 		}
 	}
 	return out
+}
+
+// Prefill: CRIU leaves the tree stopped while gpuwarm's daemon fills all of
+// its memory, then it resumes: an eager restore at the daemon's speed.
+func TestPrefillRestore(t *testing.T) {
+	r := newRig(t)
+	want := r.snapshot(t, "wl", 64)
+	in, out, tk := newPipes(t)
+	p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Prefill: true, Stdin: in, Stdout: out})
+	in.Close()
+	out.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { p.Kill(); p.Wait() }()
+	st := p.LazyStats()
+	if st.Bytes < 64<<20 || st.Faults != 0 {
+		t.Fatalf("prefill: %+v; want all 64 MB copied before the process ran (no faults)", st)
+	}
+	if p.Timing.Resident != p.Timing.Running {
+		t.Fatalf("prefilled restore returned before its memory was in place: %+v", p.Timing)
+	}
+	if got := tk.ask(t, "checksum"); got != want {
+		t.Fatalf("checksum %s, want %s", got, want)
+	}
+	t.Logf("prefill: running (= resident) after %v; %+v", p.Timing.Running, st)
 }

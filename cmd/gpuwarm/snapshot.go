@@ -137,11 +137,12 @@ func init() {
 	}
 	register(s)
 
-	rs := &command{name: "restore", args: "NAME [--lazy [--record-profile]]", help: "restore a snapshot from the mount; prints the new PID and a timing breakdown"}
+	rs := &command{name: "restore", args: "NAME [--lazy [--record-profile] | --prefill]", help: "restore a snapshot from the mount; prints the new PID and a timing breakdown"}
 	rs.run = func(ctx context.Context, g *globals, args []string) error {
 		fs := flag.NewFlagSet(rs.name, flag.ContinueOnError)
 		mount := fs.String("mount", envOr("GPUWARM_MOUNT", "/gpuwarm"), "gpuwarm mount `DIR` that presents the snapshot (env GPUWARM_MOUNT)")
 		lazy := fs.Bool("lazy", false, "run before memory is loaded; pages follow from the cache")
+		prefill := fs.Bool("prefill", false, "eager, at gpuwarm's speed: the tree stays stopped while gpuwarm's lazy-pages daemon fills all of its memory in parallel, then runs")
 		outPath := fs.String("stdout", "", "connect the workload's stdout and stderr to `FILE` (default /dev/null)")
 		wait := fs.Bool("wait", false, "wait for the restored workload to exit")
 		jsonOut := fs.Bool("json", false, "print the timing as JSON")
@@ -165,14 +166,17 @@ func init() {
 			return err
 		}
 		defer st.Close()
-		opt := restore.Options{Mount: *mount, Name: fs.Arg(0), Store: st, Lazy: *lazy, Logger: g.log,
+		opt := restore.Options{Mount: *mount, Name: fs.Arg(0), Store: st, Lazy: *lazy, Prefill: *prefill, Logger: g.log,
 			CRIULazyPages: *criuLazy, LazyWorkers: *workers}
 		if *record && !*lazy {
 			return errors.New("--record-profile needs --lazy: an eager restore reads memory in CRIU's order, not the program's")
 		}
 		var rec *prefetch.Recorder
 		var ix *manifest.Index
-		if *lazy && !*criuLazy {
+		if *lazy && *prefill {
+			return errors.New("--lazy and --prefill: choose one (--prefill waits for all memory before the program runs)")
+		}
+		if (*lazy || *prefill) && !*criuLazy {
 			if ix, err = restore.ManifestOf(ctx, st, *mount, fs.Arg(0)); err != nil {
 				return fmt.Errorf("restore: %s: %w", fs.Arg(0), err)
 			}

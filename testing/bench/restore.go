@@ -77,6 +77,7 @@ func benchRestore(dir string) error {
 	variants := []variant{
 		{"criu restore, local dir", restore.Options{Dir: local, DirAnnotations: ix.Annotations}},
 		{"gpuwarm eager (warm cache)", restore.Options{Mount: mnt, Name: "bench"}},
+		{"gpuwarm prefill (warm cache)", restore.Options{Mount: mnt, Name: "bench", Prefill: true}},
 		{"gpuwarm lazy (warm cache)", restore.Options{Mount: mnt, Name: "bench", Lazy: true}},
 		{"CRIU lazy-pages daemon (warm cache)", restore.Options{Mount: mnt, Name: "bench", Lazy: true, CRIULazyPages: true}},
 	}
@@ -105,7 +106,7 @@ func benchRestore(dir string) error {
 		}
 		goalRun, goalRes := "", ""
 		switch v.name {
-		case "gpuwarm eager (warm cache)":
+		case "gpuwarm eager (warm cache)", "gpuwarm prefill (warm cache)":
 			goalRun = "<= 1.1x"
 		case "gpuwarm lazy (warm cache)":
 			goalRun, goalRes = "<= 100 ms", "<= eager"

@@ -84,7 +84,7 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
 	t.Setenv("GPUWARM_CACHE_DIR", filepath.Join(tmp, "b/cache"))
 	// Eager; lazy recording the order memory is used in; lazy in that order.
-	modes := [][]string{nil, {"--lazy", "--record-profile"}, {"--lazy"}}
+	modes := [][]string{nil, {"--lazy", "--record-profile"}, {"--lazy"}, {"--prefill"}}
 	for i, mode := range modes {
 		lazy := len(mode) > 0
 		outFile := filepath.Join(tmp, "restored-"+strconv.Itoa(i)+".log")
@@ -105,6 +105,10 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 			show := gw(t, "profile", "show", "wl", "--store", url)
 			if !strings.Contains(show, "last replay on this worker: restore") {
 				t.Fatalf("profile show: %s", show)
+			}
+		case 3:
+			if !strings.Contains(res, "lazy pages") || !strings.Contains(res, "0 faults") {
+				t.Fatalf("prefill restore did not fill memory before the program ran: %s", res)
 			}
 		}
 		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(res, "pid ", 2)[1])[0])

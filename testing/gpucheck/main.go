@@ -46,7 +46,7 @@ var (
 	mnt     string
 	pyEnv   []string
 	noLazy  = flag.Bool("no-lazy", false, "skip lazy restores")
-	only    = flag.String("restores", "eager-cold,eager-warm,lazy,lazy-record,lazy-profile,remap,lazy-mount,lazy-criu,baseline", "which restores to run")
+	only    = flag.String("restores", "eager-cold,eager-warm,prefill,lazy,lazy-record,lazy-profile,remap,lazy-mount,lazy-criu,baseline", "which restores to run")
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
 	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
@@ -247,6 +247,9 @@ func runSize(script string, gb float64) []bu.Row {
 	}
 	if enabled("eager-warm") {
 		restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
+	}
+	if enabled("prefill") {
+		restoreOnce("gpuwarm prefill (eager, parallel fill, warm cache)", restore.Options{Prefill: true, LazyWorkers: *workers})
 	}
 	ix, err := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 	if !check(tag+": snapshot manifest", err) {
