@@ -248,23 +248,29 @@ func runSize(script string, gb float64) []bu.Row {
 	if enabled("eager-warm") {
 		restoreOnce("gpuwarm eager (warm cache)", restore.Options{})
 	}
-	if enabled("prefill") {
-		restoreOnce("gpuwarm prefill (eager, parallel fill, warm cache)", restore.Options{Prefill: true, LazyWorkers: *workers})
-	}
 	ix, err := restore.ManifestOf(ctx, st, mnt, tag+"-snap")
 	if !check(tag+": snapshot manifest", err) {
 		return rows
 	}
+	pages := restore.NewCachePages(bc, ix)
+	if enabled("prefill") {
+		// Warm only if an eager restore ran first; the first restore after
+		// the snapshot reads every page from the store.
+		state := "cold cache"
+		if enabled("eager-cold") || enabled("eager-warm") {
+			state = "warm cache"
+		}
+		restoreOnce("gpuwarm prefill (eager, parallel fill, "+state+")", restore.Options{Prefill: true, Pages: pages, LazyWorkers: *workers})
+	}
 	if !*noLazy {
-		cp := restore.NewCachePages(bc, ix)
 		if enabled("lazy") {
-			restoreOnce("gpuwarm lazy, address order", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers})
+			restoreOnce("gpuwarm lazy, address order", restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
 		}
 		if enabled("lazy-record") {
 			// Faults only for the first seconds: the order the program (and
 			// the CUDA restore) uses its memory in.
 			rec := prefetch.NewRecorder(ix.ID)
-			restoreOnce("gpuwarm lazy, recording a profile", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers, Record: rec})
+			restoreOnce("gpuwarm lazy, recording a profile", restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers, Record: rec})
 			if prof := rec.Profile(); check(tag+": lazy restore recorded a profile", errorUnlessRecorded(prof)) {
 				old, _ := prefetch.Load(ctx, st, ix.ID)
 				_, err := prefetch.Save(ctx, st, prefetch.Merge(old, prof))
@@ -275,12 +281,12 @@ func runSize(script string, gb float64) []bu.Row {
 		if enabled("lazy-profile") {
 			prof, err := prefetch.Load(ctx, st, ix.ID)
 			if check(tag+": load the restore profile", errorIfNoProfile(prof, err)) {
-				restoreOnce("gpuwarm lazy, profile order", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers, Profile: prof})
+				restoreOnce("gpuwarm lazy, profile order", restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers, Profile: prof})
 			}
 		}
 		if enabled("remap") {
 			remapIdentity = true
-			restoreOnce("gpuwarm lazy, GPU UUID pairs given", restore.Options{Lazy: true, Pages: cp, LazyWorkers: *workers})
+			restoreOnce("gpuwarm lazy, GPU UUID pairs given", restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
 		}
 		if enabled("lazy-mount") {
 			restoreOnce("gpuwarm lazy, pages via the mount", restore.Options{Lazy: true, LazyWorkers: *workers})
