@@ -17,8 +17,9 @@ import (
 // installs it, tagged with the boot it belongs to; a later boot finds the
 // tag stale and computes it again.
 const (
-	kdatFile = "/run/criu.kdat"
-	kdatBoot = "/run/gpuwarm-criu.kdat.boot"
+	kdatFile   = "/run/criu.kdat"
+	kdatBoot   = "/run/gpuwarm-criu.kdat.boot"
+	kdatFailed = "/run/gpuwarm-criu.kdat.failed" // this boot could not warm it: do not retry
 )
 
 const tmpfsMagic = 0x01021994
@@ -47,6 +48,9 @@ func WarmKerndat(ctx context.Context, c *CRIU) error {
 			return nil
 		}
 	}
+	if tag, err := os.ReadFile(kdatFailed); err == nil && bytes.Equal(tag, boot) {
+		return nil // tried and failed this boot (said so then): CRIU probes the kernel itself
+	}
 	os.Remove(kdatFile)
 	os.Remove(kdatFile + ".tmp")
 	// In a private mount namespace, /run is a fresh tmpfs: criu check fills
@@ -57,7 +61,8 @@ func WarmKerndat(ctx context.Context, c *CRIU) error {
 	cmd.Env = append(os.Environ(), "CRIU_FAULT=130")
 	out, err := cmd.Output()
 	if err != nil || len(out) < 64 {
-		return fmt.Errorf("warming CRIU's kernel-feature cache: %v (%d bytes)", err, len(out))
+		os.WriteFile(kdatFailed, boot, 0o644)
+		return fmt.Errorf("warming CRIU's kernel-feature cache failed (%v, %d bytes); CRIU will probe the kernel at every start (~40 ms), not retrying until reboot", err, len(out))
 	}
 	tmp := kdatFile + ".gpuwarm"
 	if err := os.WriteFile(tmp, out, 0o600); err != nil {
