@@ -94,28 +94,62 @@ func TestTree(t *testing.T) {
 	}
 }
 
-func TestRemapPairsDifferingGPUs(t *testing.T) {
+func TestPlaceMovesStateOnlyWhereAsked(t *testing.T) {
 	a, b, c := "GPU-0a1b2c3d-0000-1111-2222-333344445555", "GPU-ffffffff-0000-1111-2222-333344445555", "GPU-12345678-9abc-def0-1234-56789abcdef0"
-	meta := &Meta{Model: "H100", Count: 2, UUIDs: []string{a, b}, PerGPUMemory: []uint64{8e9, 0}}
-	same := &Inventory{GPUs: []GPU{{Name: "H100", UUID: a}, {Name: "H100", UUID: b}}}
-	if p, err := Remap(meta, same); err != nil || p != nil {
-		t.Fatalf("same GPUs: pairs %v, %v", p, err)
+	meta := &Meta{Model: "H100", Count: 2, UUIDs: []string{a, b}, Driver: "580.1", PerGPUMemory: []uint64{8e9, 0}}
+	gpus := func(uuids ...string) *Inventory {
+		inv := &Inventory{Driver: "580.1"}
+		for i, u := range uuids {
+			inv.GPUs = append(inv.GPUs, GPU{Index: i, Name: "H100", UUID: u, MemoryFree: 70e9})
+		}
+		return inv
 	}
-	other := &Inventory{GPUs: []GPU{{Name: "H100", UUID: c}, {Name: "H100", UUID: a}}}
-	p, err := Remap(meta, other)
-	if err != nil || len(p) != 1 {
-		t.Fatalf("pairs %v, %v: want one (GPU 1 held nothing)", p, err)
+	// The machine that took it: nothing moves.
+	if p, err := Place(meta, gpus(a, b), nil, nil); err != nil || p.Pairs != nil || p.Targets[0] != 0 {
+		t.Fatalf("same GPUs: %+v, %v", p, err)
 	}
+	// Same GPUs enumerated in another order: follow the UUID.
+	if p, err := Place(meta, gpus(b, a), nil, nil); err != nil || p.Pairs != nil || p.Targets[0] != 1 {
+		t.Fatalf("reordered GPUs: %+v, %v", p, err)
+	}
+	// Another machine: same index, one pair (GPU 1 held nothing), and a
+	// one-GPU worker is enough.
 	oa, _ := ParseUUID(a)
 	nc, _ := ParseUUID(c)
-	if p[0].Old != oa || p[0].New != nc || p[0].Old[0] != 0x0a || p[0].New[15] != 0xf0 {
-		t.Fatalf("pair %x -> %x", p[0].Old, p[0].New)
+	for _, inv := range []*Inventory{gpus(c, b), gpus(c)} {
+		p, err := Place(meta, inv, nil, nil)
+		if err != nil || len(p.Pairs) != 1 || p.Pairs[0].Old != oa || p.Pairs[0].New != nc || p.Pairs[0].Old[0] != 0x0a || p.Pairs[0].New[15] != 0xf0 {
+			t.Fatalf("other machine: %+v, %v", p, err)
+		}
+	}
+	// Asked for GPU 1, by index or by UUID prefix.
+	nb, _ := ParseUUID(b)
+	for _, w := range []string{"1", "GPU-ffffffff", "gpu-FFFFFFFF-0000"} {
+		p, err := Place(meta, gpus(a, b), nil, []string{w})
+		if err != nil || p.Targets[0] != 1 || len(p.Pairs) != 1 || p.Pairs[0].New != nb || p.String() != "snapshot GPU 0 -> GPU 1" {
+			t.Fatalf("--gpus %s: %+v, %v", w, p, err)
+		}
+	}
+	bad := map[string][]string{
+		"2 GPUs asked for":         {"0", "1"},
+		"this worker has GPUs 0-1": {"7"},
+		"no GPU \"GPU-99999999\"":  {"GPU-99999999"},
+	}
+	for want, w := range bad {
+		if _, err := Place(meta, gpus(a, b), nil, w); err == nil || !strings.Contains(err.Error(), want) || errors.Is(err, ErrIncompatible) {
+			t.Errorf("--gpus %v: %v, want a usage error mentioning %q", w, err, want)
+		}
+	}
+	full := gpus(a, b)
+	full.GPUs[1].MemoryFree = 1e9
+	if _, err := Place(meta, full, nil, []string{"1"}); !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "GPU 1 needs 8.0 GB free") {
+		t.Fatalf("a full target GPU: %v", err)
 	}
 	if _, err := ParseUUID("GPU-xyz"); err == nil {
 		t.Fatal("bad UUID accepted")
 	}
-	bad := &Meta{Model: "H100", Count: 1, UUIDs: []string{"nonsense"}}
-	if _, err := Remap(bad, other); err == nil {
-		t.Fatal("a snapshot with an unreadable UUID was remapped")
+	unreadable := &Meta{Model: "H100", Count: 1, UUIDs: []string{"nonsense"}}
+	if _, err := Place(unreadable, gpus(c), nil, nil); !errors.Is(err, ErrIncompatible) {
+		t.Fatalf("a snapshot with an unreadable UUID: %v", err)
 	}
 }

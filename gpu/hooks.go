@@ -40,7 +40,7 @@ func SnapshotHooks(opt *restore.SnapshotOptions, lockTimeout time.Duration, log 
 // RestoreReport says what the GPU phase of a restore did.
 type RestoreReport struct {
 	Meta      *Meta
-	Pairs     []GPUPair // remapping onto this worker's GPUs; nil when the UUIDs match
+	Placement *Placement // where the state went; Placement.Pairs nil when nothing moved
 	Processes []int
 	Duration  time.Duration
 }
@@ -54,8 +54,15 @@ func (r *RestoreReport) GBps() float64 {
 }
 
 // RestoreHooks refuse an incompatible worker before anything starts and put
-// the GPU state back after CRIU (a failure there kills the restored tree).
+// the GPU state back after CRIU (a failure there kills the restored tree),
+// onto the default GPUs (see Place).
 func RestoreHooks(opt *restore.Options, log *slog.Logger) *RestoreReport {
+	return RestoreHooksOn(opt, log, nil)
+}
+
+// RestoreHooksOn is RestoreHooks onto the GPUs named in want (indices or
+// UUIDs, one per GPU the snapshot held state on); empty means the default.
+func RestoreHooksOn(opt *restore.Options, log *slog.Logger, want []string) *RestoreReport {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -66,17 +73,13 @@ func RestoreHooks(opt *restore.Options, log *slog.Logger) *RestoreReport {
 			return err
 		}
 		inv, invErr := ReadInventory()
-		if err := Compatible(m, inv, invErr); err != nil {
+		p, err := Place(m, inv, invErr, want)
+		if err != nil {
 			return err
 		}
-		rep.Meta = m
-		pairs, err := Remap(m, inv)
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrIncompatible, err)
-		}
-		rep.Pairs = pairs
-		if len(pairs) > 0 {
-			log.Info("restoring the GPU state onto this worker's GPUs", "pairs", len(pairs))
+		rep.Meta, rep.Placement = m, p
+		if len(p.Pairs) > 0 {
+			log.Info("restoring the GPU state onto other GPUs", "placement", p.String())
 		}
 		return nil
 	}
@@ -84,7 +87,7 @@ func RestoreHooks(opt *restore.Options, log *slog.Logger) *RestoreReport {
 		if rep.Meta == nil {
 			return nil
 		}
-		pids, d, err := RestoreTree(ctx, pid, rep.Pairs)
+		pids, d, err := RestoreTree(ctx, pid, rep.Placement.Pairs)
 		rep.Processes, rep.Duration = pids, d
 		if err != nil {
 			return fmt.Errorf("CUDA restore: %w", err)

@@ -126,34 +126,6 @@ type Meta struct {
 // ErrIncompatible says a GPU snapshot cannot be restored on this worker.
 var ErrIncompatible = errors.New("GPU snapshot incompatible with this worker")
 
-// Compatible decides, before anything starts, whether this worker can
-// restore a snapshot taken with meta: same GPU model and at least as many
-// GPUs, a driver at least as new, and enough free memory on each GPU.
-func Compatible(meta *Meta, inv *Inventory, invErr error) error {
-	if meta == nil || meta.Count == 0 {
-		return nil
-	}
-	if invErr != nil || inv == nil {
-		return fmt.Errorf("%w: the snapshot holds GPU state of %d x %s, and this worker has no usable GPU: %v", ErrIncompatible, meta.Count, meta.Model, invErr)
-	}
-	if len(inv.GPUs) < meta.Count {
-		return fmt.Errorf("%w: the snapshot needs %d x %s, this worker has %d GPUs", ErrIncompatible, meta.Count, meta.Model, len(inv.GPUs))
-	}
-	for i := 0; i < meta.Count; i++ {
-		if inv.GPUs[i].Name != meta.Model {
-			return fmt.Errorf("%w: the snapshot was taken on %s, GPU %d here is %s: restore on a worker with %s", ErrIncompatible, meta.Model, i, inv.GPUs[i].Name, meta.Model)
-		}
-		if i < len(meta.PerGPUMemory) && inv.GPUs[i].MemoryFree < meta.PerGPUMemory[i] {
-			return fmt.Errorf("%w: GPU %d needs %.1f GB free to restore, has %.1f GB: stop other GPU work first", ErrIncompatible, i,
-				float64(meta.PerGPUMemory[i])/1e9, float64(inv.GPUs[i].MemoryFree)/1e9)
-		}
-	}
-	if olderVersion(inv.Driver, meta.Driver) {
-		return fmt.Errorf("%w: the snapshot was taken with NVIDIA driver %s, this worker has the older %s: upgrade the driver", ErrIncompatible, meta.Driver, inv.Driver)
-	}
-	return nil
-}
-
 func olderVersion(have, want string) bool {
 	hp, wp := strings.Split(have, "."), strings.Split(want, ".")
 	for i := 0; i < len(hp) && i < len(wp); i++ {
@@ -165,35 +137,4 @@ func olderVersion(have, want string) bool {
 		}
 	}
 	return len(hp) < len(wp)
-}
-
-// Remap pairs the snapshot's GPUs with this worker's (same index, same
-// model, which Compatible checked) when their UUIDs differ: the CUDA
-// restore then moves the state onto this worker's GPUs. Pairs name every
-// GPU the snapshot held state on. No pairs when every UUID matches.
-func Remap(meta *Meta, inv *Inventory) ([]GPUPair, error) {
-	if meta == nil || inv == nil {
-		return nil, nil
-	}
-	var pairs []GPUPair
-	differ := false
-	for i := 0; i < meta.Count && i < len(meta.UUIDs) && i < len(inv.GPUs); i++ {
-		if i < len(meta.PerGPUMemory) && meta.PerGPUMemory[i] == 0 {
-			continue // the snapshot held nothing on this GPU
-		}
-		old, err := ParseUUID(meta.UUIDs[i])
-		if err != nil {
-			return nil, fmt.Errorf("the snapshot's GPU %d: %v", i, err)
-		}
-		cur, err := ParseUUID(inv.GPUs[i].UUID)
-		if err != nil {
-			return nil, fmt.Errorf("this worker's GPU %d: %v", i, err)
-		}
-		differ = differ || old != cur
-		pairs = append(pairs, GPUPair{Old: old, New: cur})
-	}
-	if !differ {
-		return nil, nil
-	}
-	return pairs, nil
 }

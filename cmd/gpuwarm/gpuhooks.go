@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -19,8 +20,19 @@ func gpuSnapshotHooks(ctx context.Context, g *globals, opt *restore.SnapshotOpti
 	return nil
 }
 
-func gpuRestoreHooks(ctx context.Context, g *globals, opt *restore.Options) {
-	gpu.RestoreHooks(opt, g.log)
+func gpuRestoreHooks(ctx context.Context, g *globals, opt *restore.Options, gpus []string) {
+	gpu.RestoreHooksOn(opt, g.log, gpus)
+}
+
+// splitList splits "a, b,c" into its non-empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func init() {

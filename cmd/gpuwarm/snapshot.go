@@ -149,6 +149,7 @@ func init() {
 		record := fs.Bool("record-profile", false, "with --lazy: record the order the restored program uses its memory in, and merge it into the snapshot's prefetch profile")
 		noPrefetch := fs.Bool("no-prefetch", false, "with --lazy: ignore the snapshot's prefetch profile (fill memory in address order)")
 		criuLazy := fs.Bool("criu-lazy-pages", false, "with --lazy: use CRIU's own lazy-pages daemon (fed by gpuwarm's page server) instead of gpuwarm's")
+		gpus := fs.String("gpus", envOr("GPUWARM_GPUS", ""), "restore the GPU state onto these GPUs: `LIST` of indices or UUIDs, one per GPU the snapshot held state on (default: the same GPU by UUID, else the same index; env GPUWARM_GPUS)")
 		workers := fs.Int("lazy-workers", 8, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
 		if err := g.parse(rs, fs, args); err != nil {
 			return err
@@ -200,7 +201,7 @@ func init() {
 			defer f.Close()
 			opt.Stdout, opt.Stderr = f, f
 		}
-		gpuRestoreHooks(ctx, g, &opt)
+		gpuRestoreHooks(ctx, g, &opt, splitList(*gpus))
 		p, err := restore.Restore(ctx, c, opt)
 		if err != nil {
 			return err

@@ -46,13 +46,19 @@ var (
 	mnt     string
 	pyEnv   []string
 	noLazy  = flag.Bool("no-lazy", false, "skip lazy restores")
-	only    = flag.String("restores", "eager-cold,eager-warm,prefill,lazy,lazy-record,lazy-profile,remap,lazy-mount,lazy-criu,baseline", "which restores to run")
+	only    = flag.String("restores", "eager-cold,eager-warm,prefill,lazy,lazy-record,lazy-profile,remap,move,lazy-mount,lazy-criu,baseline", "which restores to run")
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
 	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
 	t0      = time.Now()
 	// remapIdentity makes the next restore pass explicit GPU UUID pairs.
 	remapIdentity bool
+	// moveTo, when set, restores the next copy onto that GPU (index) and
+	// checks through NVML that its memory is there; moveAllPairs also pairs
+	// the GPUs that held no state (swapping them), for drivers that want
+	// every GPU the process could see.
+	moveTo       = -1
+	moveAllPairs bool
 	bc            *cache.Cache
 )
 
@@ -192,7 +198,42 @@ func runSize(script string, gb float64) []bu.Row {
 		opt.Stdin, opt.Stdout, opt.Stderr, opt.Logger = pp.CIn, pp.COut, os.Stderr, log
 		time.Sleep(2 * time.Second) // the previous copy's PIDs must be free again
 		phase("%s: restore %s", tag, name)
-		rep := gpu.RestoreHooks(&opt, log)
+		var targets []string
+		if moveTo >= 0 {
+			targets = []string{strconv.Itoa(moveTo)}
+		}
+		rep := gpu.RestoreHooksOn(&opt, log, targets)
+		expectGPU := moveTo
+		if moveTo >= 0 && moveAllPairs {
+			before := opt.BeforeRestore
+			opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
+				if err := before(ctx, ann); err != nil || rep.Meta == nil {
+					return err
+				}
+				inv, err := gpu.ReadInventory()
+				if err != nil {
+					return err
+				}
+				// The GPU the state goes to takes the source's place and
+				// the source takes the target's: a permutation of all.
+				src, dst := rep.Placement.Used[0], rep.Placement.Targets[0]
+				rep.Placement.Pairs = nil
+				for i := 0; i < rep.Meta.Count && i < len(inv.GPUs); i++ {
+					j := i
+					switch i {
+					case src:
+						j = dst
+					case dst:
+						j = src
+					}
+					o, _ := gpu.ParseUUID(rep.Meta.UUIDs[i])
+					n, _ := gpu.ParseUUID(inv.GPUs[j].UUID)
+					rep.Placement.Pairs = append(rep.Placement.Pairs, gpu.GPUPair{Old: o, New: n})
+				}
+				return nil
+			}
+		}
+		moveTo, moveAllPairs = -1, false
 		if remapIdentity {
 			// Drive the UUID-remapping restore with this GPU onto itself:
 			// one GPU cannot show a real move, but the driver call is the same.
@@ -207,7 +248,7 @@ func runSize(script string, gb float64) []bu.Row {
 						return err
 					}
 					if i < len(rep.Meta.PerGPUMemory) && rep.Meta.PerGPUMemory[i] > 0 {
-						rep.Pairs = append(rep.Pairs, gpu.GPUPair{Old: id, New: id})
+						rep.Placement.Pairs = append(rep.Placement.Pairs, gpu.GPUPair{Old: id, New: id})
 					}
 				}
 				return nil
@@ -225,6 +266,9 @@ func runSize(script string, gb float64) []bu.Row {
 		first := time.Since(start)
 		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
 			return 0, false
+		}
+		if expectGPU >= 0 {
+			check(tag+": "+name+": the GPU memory is on GPU "+strconv.Itoa(expectGPU), onGPU(pr.PID, expectGPU))
 		}
 		resident, rerr := pr.WaitResident(ctx)
 		check(tag+": "+name+" fully resident", rerr)
@@ -288,6 +332,17 @@ func runSize(script string, gb float64) []bu.Row {
 			remapIdentity = true
 			restoreOnce("gpuwarm lazy, GPU UUID pairs given", restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
 		}
+		if enabled("move") {
+			if other := otherGPU(meta); other < 0 {
+				fmt.Printf("     skipping the move to another GPU: this machine has no second %s with %.1f GB free\n", meta.Model, gpuGB)
+			} else {
+				moveTo = other
+				if _, ok := restoreOnce(fmt.Sprintf("gpuwarm lazy, moved to GPU %d", other), restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers}); !ok {
+					moveTo, moveAllPairs = other, true
+					restoreOnce(fmt.Sprintf("gpuwarm lazy, moved to GPU %d, pairs for every GPU", other), restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
+				}
+			}
+		}
 		if enabled("lazy-mount") {
 			restoreOnce("gpuwarm lazy, pages via the mount", restore.Options{Lazy: true, LazyWorkers: *workers})
 		}
@@ -317,6 +372,45 @@ func runSize(script string, gb float64) []bu.Row {
 	_, err = restore.Restore(ctx, crit, opt)
 	check(tag+": incompatible snapshot refused", errorUnless(errors.Is(err, gpu.ErrIncompatible), err))
 	return rows
+}
+
+// otherGPU is a GPU of the snapshot's model, other than the ones it held
+// state on, with room for that state; -1 if there is none.
+func otherGPU(meta *gpu.Meta) int {
+	inv, err := gpu.ReadInventory()
+	if err != nil {
+		return -1
+	}
+	for i, g := range inv.GPUs {
+		if g.Name == meta.Model && (i >= len(meta.PerGPUMemory) || meta.PerGPUMemory[i] == 0) && g.MemoryFree > meta.MemoryBytes {
+			return i
+		}
+	}
+	return -1
+}
+
+// onGPU checks through NVML that pid's GPU memory is on GPU idx only.
+func onGPU(pid, idx int) error {
+	inv, err := gpu.ReadInventory()
+	if err != nil {
+		return err
+	}
+	var where []string
+	for i, g := range inv.GPUs {
+		for _, p := range g.Processes {
+			if p.PID == pid {
+				where = append(where, fmt.Sprintf("GPU %d (%.1f GB)", i, float64(p.Memory)/1e9))
+				if i != idx {
+					return fmt.Errorf("pid %d holds memory on GPU %d", pid, i)
+				}
+			}
+		}
+	}
+	if len(where) == 0 {
+		return fmt.Errorf("NVML lists pid %d on no GPU", pid)
+	}
+	fmt.Printf("     NVML: pid %d on %s\n", pid, strings.Join(where, ", "))
+	return nil
 }
 
 func errorIf(err error, out []byte) error {
