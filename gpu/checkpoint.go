@@ -191,8 +191,10 @@ func ParseMeta(s string) (*Meta, error) {
 // RestoreTree restores and unlocks every checkpointed CUDA process of the
 // restored tree at root, one process at a time (restoring a parent and its
 // CUDA child at once failed on an H200 with CUDA_ERROR_OPERATING_SYSTEM).
-// It returns the processes and the time taken.
-func RestoreTree(ctx context.Context, root int, pairs []GPUPair) (pids []int, d time.Duration, err error) {
+// It returns the processes and the time taken. candidates are GPU pair
+// lists (see Placement.Candidates): each process is restored with the first
+// the driver accepts; none restores in place.
+func RestoreTree(ctx context.Context, root int, candidates [][]GPUPair) (pids []int, d time.Duration, err error) {
 	for _, pid := range Tree(root) {
 		if st, err := State(pid); err == nil && (st == Checkpointed || st == Locked) {
 			pids = append(pids, pid)
@@ -209,7 +211,7 @@ func RestoreTree(ctx context.Context, root int, pairs []GPUPair) (pids []int, d 
 		}
 	}
 	for _, pid := range toRestore {
-		if err := RestoreOnto(pid, pairs); err != nil {
+		if err := restoreOntoAny(pid, candidates); err != nil {
 			return pids, time.Since(t), err
 		}
 	}
@@ -217,6 +219,23 @@ func RestoreTree(ctx context.Context, root int, pairs []GPUPair) (pids []int, d 
 		return pids, time.Since(t), err
 	}
 	return pids, time.Since(t), nil
+}
+
+// restoreOntoAny tries each pair list in turn while the driver calls the
+// arguments invalid (the process saw other GPUs than the list pairs).
+func restoreOntoAny(pid int, candidates [][]GPUPair) error {
+	if len(candidates) == 0 {
+		return RestoreOnto(pid, nil)
+	}
+	var err error
+	for _, pairs := range candidates {
+		err = RestoreOnto(pid, pairs)
+		var ce *CUDAError
+		if err == nil || !errors.As(err, &ce) || ce.Code != 1 { // CUDA_ERROR_INVALID_VALUE
+			return err
+		}
+	}
+	return fmt.Errorf("%w (the driver refused every GPU mapping tried: the process must have seen other GPUs than this worker can pair; restore on a worker with as many GPUs as the snapshot's machine, or start workloads with CUDA_VISIBLE_DEVICES narrowed to the GPUs they use)", err)
 }
 
 func parallel(pids []int, f func(int) error) error {

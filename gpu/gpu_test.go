@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -118,17 +119,29 @@ func TestPlaceMovesStateOnlyWhereAsked(t *testing.T) {
 	nc, _ := ParseUUID(c)
 	for _, inv := range []*Inventory{gpus(c, b), gpus(c)} {
 		p, err := Place(meta, inv, nil, nil)
-		if err != nil || len(p.Pairs) != 1 || p.Pairs[0].Old != oa || p.Pairs[0].New != nc || p.Pairs[0].Old[0] != 0x0a || p.Pairs[0].New[15] != 0xf0 {
+		if err != nil || len(p.Pairs) != len(inv.GPUs) || len(p.Fallback) != 1 || p.Pairs[0] != p.Fallback[0] ||
+			p.Pairs[0].Old != oa || p.Pairs[0].New != nc || p.Pairs[0].Old[0] != 0x0a || p.Pairs[0].New[15] != 0xf0 {
 			t.Fatalf("other machine: %+v, %v", p, err)
 		}
 	}
-	// Asked for GPU 1, by index or by UUID prefix.
-	nb, _ := ParseUUID(b)
+	// Asked for GPU 1, by index or by UUID prefix: every GPU of the
+	// snapshot's machine is paired (GPU 1's idle neighbour takes GPU 0),
+	// and the fallback pairs only the GPU that held state.
+	ob, _ := ParseUUID(b)
 	for _, w := range []string{"1", "GPU-ffffffff", "gpu-FFFFFFFF-0000"} {
 		p, err := Place(meta, gpus(a, b), nil, []string{w})
-		if err != nil || p.Targets[0] != 1 || len(p.Pairs) != 1 || p.Pairs[0].New != nb || p.String() != "snapshot GPU 0 -> GPU 1" {
+		if err != nil || p.Targets[0] != 1 || p.String() != "snapshot GPU 0 -> GPU 1" {
 			t.Fatalf("--gpus %s: %+v, %v", w, p, err)
 		}
+		want := [][]GPUPair{{{oa, ob}, {ob, oa}}, {{oa, ob}}}
+		if got := p.Candidates(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("--gpus %s: candidates %x, want %x", w, got, want)
+		}
+	}
+	// A worker with fewer GPUs than the snapshot's machine: only the
+	// GPUs that held state can be paired.
+	if p, err := Place(meta, gpus(c), nil, nil); err != nil || len(p.Candidates()) != 1 || len(p.Pairs) != 1 {
+		t.Fatalf("one-GPU worker: %+v, %v", p, err)
 	}
 	bad := map[string][]string{
 		"2 GPUs asked for":         {"0", "1"},

@@ -78,6 +78,9 @@ func RestoreHooksOn(opt *restore.Options, log *slog.Logger, want []string) *Rest
 			return err
 		}
 		rep.Meta, rep.Placement = m, p
+		// cuInit takes a few hundred milliseconds in a fresh process: let it
+		// run while CRIU restores, not in front of the CUDA restore.
+		go cudaInit()
 		if len(p.Pairs) > 0 {
 			log.Info("restoring the GPU state onto other GPUs", "placement", p.String())
 		}
@@ -87,7 +90,7 @@ func RestoreHooksOn(opt *restore.Options, log *slog.Logger, want []string) *Rest
 		if rep.Meta == nil {
 			return nil
 		}
-		pids, d, err := RestoreTree(ctx, pid, rep.Placement.Pairs)
+		pids, d, err := RestoreTree(ctx, pid, rep.Placement.Candidates())
 		rep.Processes, rep.Duration = pids, d
 		if err != nil {
 			return fmt.Errorf("CUDA restore: %w", err)

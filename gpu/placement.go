@@ -15,14 +15,34 @@ import (
 // with the same index. A scheduler that assigned the restore particular
 // GPUs names them (indices or UUIDs, one per GPU that held state, in index
 // order). When any target differs from the GPU the state came from, the
-// CUDA restore gets UUID pairs for every checkpointed GPU and the driver
-// moves the state there.
+// CUDA restore gets UUID pairs and the driver moves the state there.
+//
+// The driver wants a pair for every GPU the process could see when it was
+// checkpointed, not only those it held memory on (an H200 pair refused a
+// move of a process that saw two GPUs with CUDA_ERROR_INVALID_VALUE until
+// both were paired). Which GPUs a process saw is not recorded by the
+// driver, so Pairs maps every GPU of the snapshot's machine, the unused ones
+// onto this worker's remaining GPUs, and Fallback pairs only the GPUs that
+// held state (a process started with CUDA_VISIBLE_DEVICES narrowed).
 type Placement struct {
 	// Targets[k] is the index on this worker of the GPU that takes the
 	// state the snapshot held on GPU Used[k].
 	Used, Targets []int
 	// Pairs for cuCheckpointProcessRestore; nil when nothing moves.
-	Pairs []GPUPair
+	// Fallback is tried when the driver refuses Pairs as invalid.
+	Pairs, Fallback []GPUPair
+}
+
+// Candidates are the pair lists to try in order.
+func (p *Placement) Candidates() [][]GPUPair {
+	if p == nil || len(p.Pairs) == 0 {
+		return nil
+	}
+	c := [][]GPUPair{p.Pairs}
+	if len(p.Fallback) > 0 && len(p.Fallback) != len(p.Pairs) {
+		c = append(c, p.Fallback)
+	}
+	return c
 }
 
 // String says where the state goes, "GPU 0 -> GPU 1 (GPU-…)".
@@ -148,8 +168,53 @@ func Place(meta *Meta, inv *Inventory, invErr error, want []string) (*Placement,
 	}
 	if !moves {
 		p.Pairs = nil
+		return p, nil
+	}
+	p.Fallback = p.Pairs
+	if full := fullPairs(meta, inv, p); full != nil {
+		p.Pairs = full
 	}
 	return p, nil
+}
+
+// fullPairs maps every GPU of the snapshot's machine: those that held
+// state onto their targets, the others, in index order, onto this worker's
+// GPUs that take no state. Nil when this worker has too few GPUs or a UUID
+// is unreadable.
+func fullPairs(meta *Meta, inv *Inventory, p *Placement) []GPUPair {
+	if len(meta.UUIDs) < meta.Count || len(inv.GPUs) < meta.Count {
+		return nil
+	}
+	dst := make([]int, meta.Count)
+	taken := map[int]bool{}
+	for i := range dst {
+		dst[i] = -1
+	}
+	for k, u := range p.Used {
+		dst[u] = p.Targets[k]
+		taken[p.Targets[k]] = true
+	}
+	next := 0
+	for i := range dst {
+		if dst[i] >= 0 {
+			continue
+		}
+		for taken[next] {
+			next++
+		}
+		dst[i] = next
+		taken[next] = true
+	}
+	var pairs []GPUPair
+	for i, j := range dst {
+		old, err1 := ParseUUID(meta.UUIDs[i])
+		cur, err2 := ParseUUID(inv.GPUs[j].UUID)
+		if err1 != nil || err2 != nil {
+			return nil
+		}
+		pairs = append(pairs, GPUPair{Old: old, New: cur})
+	}
+	return pairs
 }
 
 // findGPU resolves an index ("1") or a UUID ("GPU-…", or its unique prefix).

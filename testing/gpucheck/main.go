@@ -54,12 +54,9 @@ var (
 	// remapIdentity makes the next restore pass explicit GPU UUID pairs.
 	remapIdentity bool
 	// moveTo, when set, restores the next copy onto that GPU (index) and
-	// checks through NVML that its memory is there; moveAllPairs also pairs
-	// the GPUs that held no state (swapping them), for drivers that want
-	// every GPU the process could see.
-	moveTo       = -1
-	moveAllPairs bool
-	bc            *cache.Cache
+	// checks through NVML that its memory is there.
+	moveTo = -1
+	bc     *cache.Cache
 )
 
 // phase prints a progress line with the time since start (a long GPU run
@@ -204,36 +201,7 @@ func runSize(script string, gb float64) []bu.Row {
 		}
 		rep := gpu.RestoreHooksOn(&opt, log, targets)
 		expectGPU := moveTo
-		if moveTo >= 0 && moveAllPairs {
-			before := opt.BeforeRestore
-			opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
-				if err := before(ctx, ann); err != nil || rep.Meta == nil {
-					return err
-				}
-				inv, err := gpu.ReadInventory()
-				if err != nil {
-					return err
-				}
-				// The GPU the state goes to takes the source's place and
-				// the source takes the target's: a permutation of all.
-				src, dst := rep.Placement.Used[0], rep.Placement.Targets[0]
-				rep.Placement.Pairs = nil
-				for i := 0; i < rep.Meta.Count && i < len(inv.GPUs); i++ {
-					j := i
-					switch i {
-					case src:
-						j = dst
-					case dst:
-						j = src
-					}
-					o, _ := gpu.ParseUUID(rep.Meta.UUIDs[i])
-					n, _ := gpu.ParseUUID(inv.GPUs[j].UUID)
-					rep.Placement.Pairs = append(rep.Placement.Pairs, gpu.GPUPair{Old: o, New: n})
-				}
-				return nil
-			}
-		}
-		moveTo, moveAllPairs = -1, false
+		moveTo = -1
 		if remapIdentity {
 			// Drive the UUID-remapping restore with this GPU onto itself:
 			// one GPU cannot show a real move, but the driver call is the same.
@@ -242,13 +210,16 @@ func runSize(script string, gb float64) []bu.Row {
 				if err := before(ctx, ann); err != nil || rep.Meta == nil {
 					return err
 				}
+				// Every GPU paired (what the driver wants for a process
+				// that saw them all), those with state as the fallback.
 				for i, u := range rep.Meta.UUIDs[:rep.Meta.Count] {
 					id, err := gpu.ParseUUID(u)
 					if err != nil {
 						return err
 					}
+					rep.Placement.Pairs = append(rep.Placement.Pairs, gpu.GPUPair{Old: id, New: id})
 					if i < len(rep.Meta.PerGPUMemory) && rep.Meta.PerGPUMemory[i] > 0 {
-						rep.Placement.Pairs = append(rep.Placement.Pairs, gpu.GPUPair{Old: id, New: id})
+						rep.Placement.Fallback = append(rep.Placement.Fallback, gpu.GPUPair{Old: id, New: id})
 					}
 				}
 				return nil
@@ -337,10 +308,7 @@ func runSize(script string, gb float64) []bu.Row {
 				fmt.Printf("     skipping the move to another GPU: this machine has no second %s with %.1f GB free\n", meta.Model, gpuGB)
 			} else {
 				moveTo = other
-				if _, ok := restoreOnce(fmt.Sprintf("gpuwarm lazy, moved to GPU %d", other), restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers}); !ok {
-					moveTo, moveAllPairs = other, true
-					restoreOnce(fmt.Sprintf("gpuwarm lazy, moved to GPU %d, pairs for every GPU", other), restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
-				}
+				restoreOnce(fmt.Sprintf("gpuwarm lazy, moved to GPU %d", other), restore.Options{Lazy: true, Pages: pages, LazyWorkers: *workers})
 			}
 		}
 		if enabled("lazy-mount") {
