@@ -132,6 +132,20 @@ func (c *Cache) Fetch(ctx context.Context, id digest.ID, size uint32, p Priority
 	return err
 }
 
+// Warm makes chunk id present in the memory tier, reading it from the disk
+// tier or the store, at priority p: readahead of a file being read, which
+// must not wait for a disk read per chunk.
+func (c *Cache) Warm(ctx context.Context, id digest.ID, size uint32, p Priority) error {
+	if c.mem.has(id) {
+		return nil
+	}
+	_, err := c.get(ctx, id, size, p)
+	return err
+}
+
+// InMemory reports whether the chunk is in the memory tier.
+func (c *Cache) InMemory(id digest.ID) bool { return c.mem.has(id) }
+
 // Contains reports whether the chunk is in either tier (without reading it).
 func (c *Cache) Contains(id digest.ID) bool {
 	return c.mem.has(id) || (c.disk != nil && c.disk.has(id))

@@ -365,3 +365,36 @@ func TestDiskFileVerifiedOnceUntilChanged(t *testing.T) {
 		t.Fatal("corruption not counted")
 	}
 }
+
+// Readahead's Warm brings a chunk from the disk tier into memory (a reader
+// that follows must not wait for the disk); Fetch, for prefetch profiles,
+// leaves a chunk already on disk where it is.
+func TestWarmPromotesFromDisk(t *testing.T) {
+	st, datas, ids := fixture(t, 2, 300_000)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 8 << 20, DiskBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for _, id := range ids {
+		if _, err := c.Get(ctx, id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	c.DropMemory()
+	if err := c.Fetch(ctx, ids[0], uint32(len(datas[0])), Prefetch); err != nil || c.InMemory(ids[0]) {
+		t.Fatalf("Fetch of a chunk on disk: %v, in memory %v", err, c.InMemory(ids[0]))
+	}
+	fetches := c.Stats().Fetches
+	if err := c.Warm(ctx, ids[1], uint32(len(datas[1])), Prefetch); err != nil || !c.InMemory(ids[1]) {
+		t.Fatalf("Warm: %v, in memory %v", err, c.InMemory(ids[1]))
+	}
+	if c.Stats().Fetches != fetches {
+		t.Fatal("Warm fetched from the store a chunk the disk tier held")
+	}
+	if b, err := c.Get(ctx, ids[1], 0); err != nil || !bytes.Equal(b, datas[1]) {
+		t.Fatalf("after Warm: %v", err)
+	}
+}

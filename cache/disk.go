@@ -18,6 +18,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"golang.org/x/sys/unix"
 )
 
 var errCorruptEntry = errors.New("disk cache entry corrupt")
@@ -184,7 +185,7 @@ func (d *diskTier) get(id digest.ID, size uint32) ([]byte, error) {
 	if !ok {
 		return nil, fs.ErrNotExist
 	}
-	b, err := os.ReadFile(d.path(id, e.sum))
+	b, err := readWhole(d.path(id, e.sum), int64(size))
 	if errors.Is(err, fs.ErrNotExist) {
 		// Evicted (or removed by hand) since the lookup: a plain miss.
 		d.drop(id, e)
@@ -219,6 +220,7 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	}
 	stamp, stamped := stampOf(f)
 	if !stamped || stamp != e.verified || stamp.size != size {
+		willNeed(f, size)
 		h := xxhash.New()
 		n, err := io.Copy(h, f)
 		if err != nil || h.Sum64() != e.sum || n != size {
@@ -374,3 +376,35 @@ func (d *diskTier) close() error {
 
 // Dir returns the directory of the disk tier.
 func (d *diskTier) Dir() string { return d.dir }
+
+// readWhole reads a disk-tier file in one go. The kernel would read a cold
+// file in readahead-window steps (128 KiB by default), each waited for:
+// asking for the whole file first puts all of its I/O in flight at once
+// (4 ms -> about 1.5 ms for a 1 MiB chunk on the benchmark VM's disk).
+func readWhole(path string, size int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if size <= 0 {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
+		}
+		size = st.Size
+	}
+	willNeed(f, size)
+	// One byte more than expected, to notice a file that grew.
+	b := make([]byte, size+1)
+	n, err := io.ReadFull(f, b)
+	if err == io.ErrUnexpectedEOF || err == io.EOF {
+		err = nil
+	}
+	return b[:n:n], err
+}
+
+// willNeed starts reading the first size bytes of f in the background.
+func willNeed(f *os.File, size int64) {
+	unix.Fadvise(int(f.Fd()), 0, size, unix.FADV_WILLNEED)
+}

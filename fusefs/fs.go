@@ -162,15 +162,18 @@ func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID,
 	return tags, nil
 }
 
-// readaheadLoop serves background fetches; the queue is bounded and drops
-// requests when full, and fetches run at prefetch priority.
+// readaheadLoop serves background reads: chunks a sequential reader will
+// want next are brought into the memory tier, from the store (at prefetch
+// priority) or from the disk tier, so neither a fetch nor a disk read
+// stands between the reader and its next chunk. The queue is bounded and
+// drops requests when full.
 func (f *FS) readaheadLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case r := <-f.ra:
-			if err := f.cache.Fetch(ctx, r.id, r.size, cache.Prefetch); err != nil && ctx.Err() == nil {
+			if err := f.cache.Warm(ctx, r.id, r.size, cache.Prefetch); err != nil && ctx.Err() == nil {
 				f.log.Debug("readahead failed", "chunk", r.id.Short(), "err", err)
 			}
 		}
@@ -178,7 +181,7 @@ func (f *FS) readaheadLoop(ctx context.Context) {
 }
 
 func (f *FS) queueReadahead(id digest.ID, size uint32) {
-	if f.cache.Contains(id) {
+	if f.cache.InMemory(id) {
 		return
 	}
 	select {

@@ -1,10 +1,20 @@
 package filestore
 
 import (
+	"bytes"
+	"context"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/storetest"
 )
+
+var ctx = context.Background()
 
 func TestConformance(t *testing.T) {
 	s, err := Open(t.TempDir())
@@ -12,4 +22,51 @@ func TestConformance(t *testing.T) {
 		t.Fatal(err)
 	}
 	storetest.Run(t, s)
+}
+
+// Objects large enough for O_DIRECT come back byte for byte whatever their
+// length's alignment, on a filesystem that does O_DIRECT (the test's
+// directory) and on one that refuses it (tmpfs), which falls back to
+// writing through the page cache.
+func TestDirectWritesRoundTrip(t *testing.T) {
+	dirs := map[string]string{"disk": t.TempDir(), "no O_DIRECT": t.TempDir()}
+	if shm, err := os.MkdirTemp("/dev/shm", "filestore-test"); err == nil {
+		defer os.RemoveAll(shm)
+		dirs["tmpfs"] = shm
+	}
+	open := openDirect
+	defer func() { openDirect = open }()
+	for name, dir := range dirs {
+		openDirect = open
+		if name == "no O_DIRECT" {
+			openDirect = func(string) (int, error) { return -1, syscall.EINVAL }
+		}
+		s, err := Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []int{directMin - 1, directMin, directMin + 1, 4096 * 100, 1<<20 + 3, 3<<20 - 511} {
+			data := make([]byte, n)
+			rand.New(rand.NewSource(int64(n))).Read(data)
+			id := digest.Of(data)
+			h := store.H(store.Chunk, id)
+			if err := s.Put(ctx, h, data); err != nil {
+				t.Fatalf("%s: put %d bytes: %v", name, n, err)
+			}
+			got, err := s.Get(ctx, h, 0, -1)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("%s: %d bytes: got %d bytes back, %v", name, n, len(got), err)
+			}
+			if part, err := s.Get(ctx, h, int64(n-10), 10); err != nil || !bytes.Equal(part, data[n-10:]) {
+				t.Fatalf("%s: %d bytes: ranged read of the tail: %v", name, n, err)
+			}
+		}
+		left, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+		if len(left) != 0 {
+			t.Fatalf("%s: %d temporary files left behind", name, len(left))
+		}
+		if s.noDirect.Load() != (name == "no O_DIRECT") {
+			t.Fatalf("%s: O_DIRECT refused: %v", name, s.noDirect.Load())
+		}
+	}
 }
