@@ -88,6 +88,34 @@ type packer struct {
 	seen sync.Map // digest.ID -> struct{}: known present or uploaded in this run
 
 	newChunks, newBytes, readBytes atomic.Int64
+
+	// Chunks go into the store in batches (one sync per batch where the
+	// store can, store.Batcher), committed every commitBytes or
+	// commitObjects and before the manifest.
+	batchMu      sync.RWMutex
+	batch        store.Batch
+	batchBytes   atomic.Int64
+	batchObjects atomic.Int64
+}
+
+const (
+	commitBytes   = 1 << 30
+	commitObjects = 16384
+)
+
+// commit makes the chunks put so far durable and visible. Puts that race
+// with it go into the next batch.
+func (p *packer) commit(ctx context.Context) error {
+	p.batchMu.Lock()
+	b := p.batch
+	p.batch = store.NewBatch(p.st)
+	p.batchBytes.Store(0)
+	p.batchObjects.Store(0)
+	p.batchMu.Unlock()
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("pack: %w", err)
+	}
+	return nil
 }
 
 // Dir packs the tree at root into st and returns the image. It does not tag.
@@ -112,7 +140,7 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	if !st0.IsDir() {
 		return nil, fmt.Errorf("pack: %s is not a directory", root)
 	}
-	p := &packer{st: st, opt: opt, log: opt.Logger}
+	p := &packer{st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
 	m := &manifest.Manifest{Annotations: opt.Annotations}
 	var jobs []job
 	var total int64
@@ -123,7 +151,13 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	stopProgress := p.progress(total, start)
 	err = p.upload(ctx, m, jobs)
 	stopProgress()
+	if err == nil {
+		err = p.commit(ctx)
+	}
 	if err != nil {
+		p.batchMu.Lock()
+		p.batch.Abort()
+		p.batchMu.Unlock()
 		return nil, err
 	}
 	if len(opt.Extra) > 0 {
@@ -329,11 +363,17 @@ func (p *packer) putChunk(ctx context.Context, id digest.ID, b []byte) error {
 		return nil
 	}
 	blob := chunk.Encode(b)
-	if err := p.st.Put(ctx, h, blob); err != nil {
+	p.batchMu.RLock()
+	err = p.batch.Put(ctx, h, blob)
+	p.batchMu.RUnlock()
+	if err != nil {
 		return fmt.Errorf("pack: upload chunk: %w", err)
 	}
 	p.newChunks.Add(1)
 	p.newBytes.Add(int64(len(blob)))
+	if p.batchBytes.Add(int64(len(blob))) >= commitBytes || p.batchObjects.Add(1) >= commitObjects {
+		return p.commit(ctx)
+	}
 	return nil
 }
 

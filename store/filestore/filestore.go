@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -50,7 +51,25 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(abs, "tmp"), 0o755); err != nil {
 		return nil, fmt.Errorf("file store %s: %w", abs, err)
 	}
+	removeDeadWriters(filepath.Join(abs, "tmp"))
 	return &Store{root: abs}, nil
+}
+
+// removeDeadWriters deletes temporary files of writers that died (their
+// PID prefix names no live process), such as a pack killed before its
+// batch committed. Files of a reused PID survive until the next Open.
+func removeDeadWriters(dir string) {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		pid, _, ok := strings.Cut(e.Name(), ".")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n <= 0 {
+			continue
+		}
+		if err := unix.Kill(n, 0); err == unix.ESRCH {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 func (s *Store) Location() string { return "file://" + s.root }
@@ -80,19 +99,124 @@ func (s *Store) Put(ctx context.Context, h store.Handle, data []byte) error {
 			return nil
 		}
 	}
-	tmp := filepath.Join(s.root, "tmp", strconv.Itoa(os.Getpid())+"."+strconv.FormatUint(s.seq.Add(1), 10))
-	err = s.writeFile(tmp, data)
+	tmp := s.tmpName()
+	err = s.writeFile(tmp, data, true)
 	if err == nil {
-		err = os.Rename(tmp, p)
-		if errors.Is(err, fs.ErrNotExist) {
-			if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-				err = os.Rename(tmp, p)
-			}
-		}
+		err = renameInto(tmp, p)
 	}
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", h, err)
+	}
+	return nil
+}
+
+// tmpName is a new name under ROOT/tmp, prefixed with our PID so that Open
+// can tell a dead writer's leftovers from a live one's writes.
+func (s *Store) tmpName() string {
+	return filepath.Join(s.root, "tmp", strconv.Itoa(os.Getpid())+"."+strconv.FormatUint(s.seq.Add(1), 10))
+}
+
+// renameInto moves tmp to p, creating p's directory if needed.
+func renameInto(tmp, p string) error {
+	err := os.Rename(tmp, p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+			err = os.Rename(tmp, p)
+		}
+	}
+	return err
+}
+
+// Batch returns a batch (store.Batch) whose objects are written unsynced
+// to temporary files; Commit syncs the filesystem once, renames them all
+// into place and syncs again. A crash before the first sync leaves only
+// temporary files; after it, every renamed object is whole.
+func (s *Store) Batch() store.Batch { return &batch{s: s} }
+
+var _ store.Batcher = (*Store)(nil)
+
+type batch struct {
+	s       *Store
+	mu      sync.Mutex
+	pending [][2]string // temporary name, final name
+}
+
+func (b *batch) Put(ctx context.Context, h store.Handle, data []byte) error {
+	if !h.Kind.Content() {
+		return b.s.Put(ctx, h, data)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	p, err := b.s.path(h)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(p); err == nil {
+		return nil
+	}
+	tmp := b.s.tmpName()
+	if err := b.s.writeFile(tmp, data, false); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("put %s: %w", h, err)
+	}
+	b.mu.Lock()
+	b.pending = append(b.pending, [2]string{tmp, p})
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *batch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	pend := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	if len(pend) == 0 {
+		return nil
+	}
+	fail := func(err error, from int) error {
+		for _, p := range pend[from:] {
+			os.Remove(p[0])
+		}
+		return fmt.Errorf("commit %d objects to %s: %w", len(pend), b.s.Location(), err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fail(err, 0)
+	}
+	if err := b.s.syncFS(); err != nil {
+		return fail(err, 0)
+	}
+	for i, p := range pend {
+		if err := renameInto(p[0], p[1]); err != nil {
+			return fail(err, i)
+		}
+	}
+	if err := b.s.syncFS(); err != nil {
+		return fail(err, len(pend))
+	}
+	return nil
+}
+
+func (b *batch) Abort() {
+	b.mu.Lock()
+	pend := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	for _, p := range pend {
+		os.Remove(p[0])
+	}
+}
+
+// syncFS makes everything written to the store's filesystem durable.
+func (s *Store) syncFS() error {
+	fd, err := unix.Open(s.root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: s.root, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
+		return &os.PathError{Op: "syncfs", Path: s.root, Err: err}
 	}
 	return nil
 }
@@ -105,10 +229,10 @@ const directMin = 64 << 10
 
 var alignedBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-// writeFile writes data to a new file at name and syncs it.
-func (s *Store) writeFile(name string, data []byte) error {
+// writeFile writes data to a new file at name, and syncs it if asked.
+func (s *Store) writeFile(name string, data []byte, sync bool) error {
 	if len(data) >= directMin && !s.noDirect.Load() {
-		err := writeDirect(name, data)
+		err := writeDirect(name, data, sync)
 		if !errors.Is(err, syscall.EINVAL) {
 			return err
 		}
@@ -117,18 +241,35 @@ func (s *Store) writeFile(name string, data []byte) error {
 		s.noDirect.Store(true)
 		os.Remove(name)
 	}
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
+	err = writeAll(fd, data)
+	if err == nil && sync {
+		err = unix.Fsync(fd)
 	}
-	if cerr := f.Close(); err == nil {
+	if cerr := unix.Close(fd); err == nil {
 		err = cerr
 	}
-	return err
+	if err != nil {
+		return &os.PathError{Op: "write", Path: name, Err: err}
+	}
+	return nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
 
 // openDirect creates name for O_DIRECT writes (replaced in tests by a
@@ -139,8 +280,8 @@ var openDirect = func(name string) (int, error) {
 
 // writeDirect writes data with O_DIRECT from a block-aligned copy, padded
 // to whole blocks and truncated back to its length, then syncs the file
-// (its size and blocks; the data is on the device already).
-func writeDirect(name string, data []byte) error {
+// (its size and blocks; the data is on the device already) if asked.
+func writeDirect(name string, data []byte, sync bool) error {
 	const align = 4096
 	n := (len(data) + align - 1) &^ (align - 1)
 	bp := alignedBufs.Get().(*[]byte)
@@ -160,19 +301,11 @@ func writeDirect(name string, data []byte) error {
 	if err != nil {
 		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	for w := 0; w < n && err == nil; {
-		var k int
-		k, err = unix.Write(fd, b[w:])
-		if err == unix.EINTR {
-			err = nil
-			continue
-		}
-		w += k
-	}
+	err = writeAll(fd, b)
 	if err == nil && n != len(data) {
 		err = unix.Ftruncate(fd, int64(len(data)))
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = unix.Fsync(fd)
 	}
 	if cerr := unix.Close(fd); err == nil {

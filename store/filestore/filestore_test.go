@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 
@@ -68,5 +69,45 @@ func TestDirectWritesRoundTrip(t *testing.T) {
 		if s.noDirect.Load() != (name == "no O_DIRECT") {
 			t.Fatalf("%s: O_DIRECT refused: %v", name, s.noDirect.Load())
 		}
+	}
+}
+
+// A batch's objects are invisible until Commit; a writer that died before
+// committing leaves temporary files, which the next Open removes.
+func TestBatchVisibleOnlyAfterCommit(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("batch"), 50_000)
+	h := store.H(store.Chunk, digest.Of(data))
+	b := s.Batch()
+	if err := b.Put(ctx, h, data); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := store.Has(ctx, s, h); has {
+		t.Fatal("an uncommitted object is visible")
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := store.Has(ctx, s, h); !has {
+		t.Fatal("a committed object is missing")
+	}
+	// A dead writer's leftovers (no process has PID 999999999) go; a live
+	// writer's (ours) stay.
+	dead := filepath.Join(dir, "tmp", "999999999.1")
+	live := filepath.Join(dir, "tmp", strconv.Itoa(os.Getpid())+".999")
+	os.WriteFile(dead, data, 0o644)
+	os.WriteFile(live, data, 0o644)
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Fatal("a dead writer's temporary file survived Open")
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Fatal("a live writer's temporary file was removed")
 	}
 }

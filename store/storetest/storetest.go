@@ -189,4 +189,57 @@ func Run(t *testing.T, s store.Store) {
 			t.Fatal("Get with a canceled context succeeded")
 		}
 	})
+
+	t.Run("batch", func(t *testing.T) {
+		// Objects put through a batch all exist once Commit returns, and
+		// read back whole; an aborted batch leaves nothing behind.
+		b := store.NewBatch(s)
+		var hs []store.Handle
+		var ds [][]byte
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := 0; i < 12; i++ {
+			d := bytes.Repeat([]byte{byte(i), byte(i >> 8), 'b'}, 40_000+i*7_001)
+			h := store.H(store.Chunk, digest.Of(d))
+			hs, ds = append(hs, h), append(ds, d)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := b.Put(ctx, h, d); err != nil {
+					mu.Lock()
+					t.Error(err)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		// Existing content in a batch is a no-op, as with Put.
+		if err := b.Put(ctx, h, data); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for i, h := range hs {
+			got, err := s.Get(ctx, h, 0, -1)
+			if err != nil || !bytes.Equal(got, ds[i]) {
+				t.Fatalf("object %d after Commit: %d bytes, %v", i, len(got), err)
+			}
+		}
+		if err := b.Commit(ctx); err != nil {
+			t.Fatalf("an empty Commit: %v", err)
+		}
+		a := store.NewBatch(s)
+		gone := bytes.Repeat([]byte("aborted"), 30_000)
+		gh := store.H(store.Chunk, digest.Of(gone))
+		if err := a.Put(ctx, gh, gone); err != nil {
+			t.Fatal(err)
+		}
+		a.Abort()
+		if _, ok := s.(store.Batcher); ok {
+			if has, err := store.Has(ctx, s, gh); has || err != nil {
+				t.Fatalf("an aborted batch's object exists: %v %v", has, err)
+			}
+		}
+	})
 }
