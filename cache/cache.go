@@ -39,7 +39,7 @@ type Config struct {
 	Dir       string
 	MemBytes  int64
 	DiskBytes int64
-	// Fetches bounds concurrent store reads (default 16); demand reads
+	// Fetches bounds concurrent store reads (default 64); demand reads
 	// always have at least half of them.
 	Fetches int
 	Logger  *slog.Logger
@@ -74,7 +74,7 @@ type Cache struct {
 // life of the cache and what an earlier process left there is reused.
 func Open(st store.Store, cfg Config) (*Cache, error) {
 	if cfg.Fetches <= 0 {
-		cfg.Fetches = 16
+		cfg.Fetches = 64
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,6 +71,9 @@ type FS struct {
 	tagsTime time.Time
 
 	ra chan readahead
+
+	// opens counts file opens by how they are served.
+	passthroughOpens, cachedOpens atomic.Int64
 
 	assembling   sync.Map
 	assembleSlot chan struct{}

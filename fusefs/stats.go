@@ -59,6 +59,9 @@ func (s *statsNode) render() []byte {
 	if len(replays) > 0 {
 		out["Prefetch"] = replays
 	}
+	// Opens served by FUSE passthrough from a disk-tier file, and opens
+	// served through the daemon (memory tier, kernel page cache).
+	out["Opens"] = map[string]int64{"Passthrough": s.fsys.passthroughOpens.Load(), "Cached": s.fsys.cachedOpens.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	return append(b, '\n')
 }

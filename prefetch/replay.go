@@ -12,7 +12,8 @@ import (
 
 // ReplayOptions bound a replay.
 type ReplayOptions struct {
-	// Workers is how many chunks are fetched at once (default 8). Fetches
+	// Workers is how many chunks are fetched at once (default 32: a remote
+	// store is latency-bound, 2 ms to 50 ms a request). Fetches
 	// run at prefetch priority, so demand reads keep their reserved slots.
 	Workers int
 	// Ahead bounds the bytes fetched beyond the reader's position (default
@@ -44,7 +45,7 @@ type Replayer struct {
 // ctx ends.
 func Replay(ctx context.Context, c *cache.Cache, p *Profile, opt ReplayOptions) *Replayer {
 	if opt.Workers <= 0 {
-		opt.Workers = 8
+		opt.Workers = 32
 	}
 	if opt.Ahead <= 0 {
 		opt.Ahead = 256 << 20

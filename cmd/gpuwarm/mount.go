@@ -32,7 +32,7 @@ func (c *cacheFlags) register(fs *flag.FlagSet) {
 	}
 	fs.Var(&c.mem, "mem-cache", "memory tier `SIZE` (env GPUWARM_MEM_CACHE)")
 	fs.Var(&c.disk, "disk-cache", "disk tier `SIZE` (env GPUWARM_DISK_CACHE)")
-	fs.IntVar(&c.fetches, "fetches", 16, "concurrent store reads")
+	fs.IntVar(&c.fetches, "fetches", 64, "concurrent store reads (half kept for demand reads)")
 }
 
 func init() {

@@ -89,6 +89,17 @@ func benchPrefetch(dir string) error {
 	if err != nil {
 		return err
 	}
+	if st, err := os.ReadFile(filepath.Join(mnt, ".stats")); err == nil {
+		var s struct {
+			Fetches  int64
+			Prefetch map[string]struct{ Chunks, Fetched, Touched, Hits, Misses int64 }
+		}
+		json.Unmarshal(st, &s)
+		for _, r := range s.Prefetch {
+			fmt.Printf("with profile: %d store reads; replay fetched %d of %d chunks, %d of %d touched chunks were in ahead of the reader\n",
+				s.Fetches, r.Fetched, r.Chunks, r.Hits, r.Touched)
+		}
+	}
 	bu.DropCaches()
 	warm, err := run(filepath.Join(mnt, "py"))
 	m.stop()

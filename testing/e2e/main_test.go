@@ -129,13 +129,18 @@ func (d *daemon) kill9(t *testing.T) {
 	<-d.done
 }
 
-func (d *daemon) stats(t *testing.T) cache.Stats {
+type mountStats struct {
+	cache.Stats
+	Opens struct{ Passthrough, Cached int64 }
+}
+
+func (d *daemon) stats(t *testing.T) mountStats {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(d.dir, ".stats"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s cache.Stats
+	var s mountStats
 	if err := json.Unmarshal(b, &s); err != nil {
 		t.Fatalf("stats %q: %v", b, err)
 	}

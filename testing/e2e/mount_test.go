@@ -362,3 +362,36 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 		t.Fatalf("the assembled file was not served from disk: %+v", s)
 	}
 }
+
+// TestOpenServedFromMemoryElsePassthrough: a one-chunk file whose chunk is
+// in the memory tier is served through the daemon (after drop_caches a
+// passthrough open would read the disk); after a restart, with only the
+// disk tier warm, it is served by FUSE passthrough where the kernel has it.
+func TestOpenServedFromMemoryElsePassthrough(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+	makeTree(t, src, 0)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	d := startMount(t, storeDir, mnt, cacheDir)
+	file := filepath.Join(mnt, "t/bin/tool")
+	compareOne(t, filepath.Join(src, "bin/tool"), file)
+	before := d.stats(t).Opens
+	compareOne(t, filepath.Join(src, "bin/tool"), file)
+	if o := d.stats(t).Opens; o.Cached != before.Cached+1 || o.Passthrough != before.Passthrough {
+		t.Fatalf("an open of a file in the memory tier: %+v -> %+v, want one more cached open", before, o)
+	}
+	d.stop(t)
+	d2 := startMount(t, storeDir, mnt, cacheDir)
+	compareOne(t, filepath.Join(src, "bin/tool"), file)
+	o := d2.stats(t).Opens
+	if o.Passthrough+o.Cached != 1 {
+		t.Fatalf("opens %+v, want one", o)
+	}
+	if o.Passthrough != 1 {
+		t.Fatalf("a file only in the disk tier was not served by passthrough: %+v", o)
+	}
+	if s := d2.stats(t); s.Fetches != 0 {
+		t.Fatalf("the store was read: %+v", s.Stats)
+	}
+}
