@@ -262,7 +262,7 @@ func benchMount(dir string) error {
 		err = measure("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", img, seq, bu.DropCaches)
 		m.stop()
 		if err != nil {
-			return err
+			return fmt.Errorf("%w\nmount log:\n%s", err, m.logs.String())
 		}
 	}
 	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files", mb, len(files)), rows)
