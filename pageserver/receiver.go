@@ -51,6 +51,9 @@ type Receiver struct {
 	layout  Layout
 	slots   chan struct{}
 	uploads errgroup.Group
+	// Chunks go into one store batch (a file store syncs once, not per
+	// chunk), committed when CRIU closes the session.
+	batch store.Batch
 }
 
 // NewReceiver returns a receiver storing into st.
@@ -65,7 +68,7 @@ func NewReceiver(st store.Store, opt ReceiverOptions) *Receiver {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	return &Receiver{st: st, opt: opt, log: opt.Logger, slots: make(chan struct{}, opt.Uploads)}
+	return &Receiver{st: st, opt: opt, log: opt.Logger, slots: make(chan struct{}, opt.Uploads), batch: store.NewBatch(st)}
 }
 
 // open is one pagemap being received.
@@ -77,7 +80,13 @@ type open struct {
 // Serve handles one CRIU connection until it closes the session. It returns
 // nil only if CRIU closed the session properly (PS_IOV_CLOSE) and every
 // chunk reached the store.
-func (r *Receiver) Serve(ctx context.Context, rw io.ReadWriter) error {
+func (r *Receiver) Serve(ctx context.Context, rw io.ReadWriter) (err error) {
+	defer func() {
+		if err != nil {
+			r.uploads.Wait()
+			r.batch.Abort()
+		}
+	}()
 	c := &conn{rw: rw}
 	var cur *open
 	flush := func() error {
@@ -141,6 +150,10 @@ func (r *Receiver) Serve(ctx context.Context, rw io.ReadWriter) error {
 				return err
 			}
 			if err := r.uploads.Wait(); err != nil {
+				c.writeInt32(-1)
+				return err
+			}
+			if err := r.batch.Commit(ctx); err != nil {
 				c.writeInt32(-1)
 				return err
 			}
@@ -248,7 +261,7 @@ func (r *Receiver) flushChunk(ctx context.Context, o *open) error {
 			return nil
 		}
 		blob := chunk.Encode(data)
-		if err := r.st.Put(ctx, h, blob); err != nil {
+		if err := r.batch.Put(ctx, h, blob); err != nil {
 			return fmt.Errorf("upload page chunk: %w", err)
 		}
 		r.newB.Add(int64(len(blob)))
