@@ -8,9 +8,11 @@
 // renamed; every read recomputes the xxhash and drops the file when it does
 // not match (torn write, bit rot, tampering), so the chunk is fetched again.
 //
-// Concurrent misses of one chunk fetch it once (singleflight). Fetches from
-// the store are bounded, and demand reads keep a share of the fetch slots
-// that prefetching can never take, so background work cannot starve them.
+// Concurrent misses of one chunk fetch it once (a flight each waiter joins
+// with its own buffer reference). Fetches from the store are bounded, and
+// demand reads keep a share of the fetch slots that prefetching can never
+// take, so background work cannot starve them. Plaintexts live in pooled,
+// reference-counted buffers (buf.go) that readers copy out of (ReadAt).
 package cache
 
 import (
@@ -30,7 +32,6 @@ import (
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
-	"golang.org/x/sync/singleflight"
 )
 
 // Config sizes the cache.
@@ -60,7 +61,10 @@ type Cache struct {
 	log  *slog.Logger
 	mem  *memTier
 	disk *diskTier
-	sf   singleflight.Group
+	pool *bufPool
+
+	flightMu sync.Mutex
+	flights  map[digest.ID]*flight
 
 	demandSlots   chan struct{}
 	prefetchSlots chan struct{}
@@ -79,7 +83,11 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	c := &Cache{st: st, cfg: cfg, log: cfg.Logger, mem: newMemTier(cfg.MemBytes)}
+	c := &Cache{st: st, cfg: cfg, log: cfg.Logger, mem: newMemTier(cfg.MemBytes),
+		// The tier's bytes, the buffers readers and fetches hold for a
+		// moment, and what free lists of other sizes keep.
+		pool:    newBufPool(cfg.MemBytes + cfg.MemBytes/4 + int64(cfg.Fetches)<<20 + 256<<20),
+		flights: make(map[digest.ID]*flight)}
 	reserved := (cfg.Fetches + 1) / 2
 	c.demandSlots = make(chan struct{}, reserved)
 	c.sharedSlots = make(chan struct{}, cfg.Fetches-reserved)
@@ -116,10 +124,29 @@ func (c *Cache) Flush() {
 	}
 }
 
-// Get returns the plaintext of chunk id (size bytes). The returned slice is
-// shared and must not be modified.
+// Get returns a copy of the plaintext of chunk id (size bytes; 0 if not
+// known). ReadAt copies only what a caller needs.
 func (c *Cache) Get(ctx context.Context, id digest.ID, size uint32) ([]byte, error) {
-	return c.get(ctx, id, size, Demand)
+	b, err := c.get(ctx, id, size, Demand)
+	if err != nil {
+		return nil, err
+	}
+	defer b.release()
+	return append([]byte(nil), b.b...), nil
+}
+
+// ReadAt copies chunk id's bytes from off into dst and returns how many it
+// copied (fewer than len(dst) only at the chunk's end).
+func (c *Cache) ReadAt(ctx context.Context, id digest.ID, size uint32, dst []byte, off int64) (int, error) {
+	b, err := c.get(ctx, id, size, Demand)
+	if err != nil {
+		return 0, err
+	}
+	defer b.release()
+	if off < 0 || off > int64(len(b.b)) {
+		return 0, fmt.Errorf("chunk %s: read at %d of %d bytes", id.Short(), off, len(b.b))
+	}
+	return copy(dst, b.b[off:]), nil
 }
 
 // Fetch makes chunk id present in the cache without returning it. Prefetch
@@ -128,7 +155,10 @@ func (c *Cache) Fetch(ctx context.Context, id digest.ID, size uint32, p Priority
 	if c.mem.has(id) || (c.disk != nil && c.disk.has(id)) {
 		return nil
 	}
-	_, err := c.get(ctx, id, size, p)
+	b, err := c.get(ctx, id, size, p)
+	if err == nil {
+		b.release()
+	}
 	return err
 }
 
@@ -139,7 +169,10 @@ func (c *Cache) Warm(ctx context.Context, id digest.ID, size uint32, p Priority)
 	if c.mem.has(id) {
 		return nil
 	}
-	_, err := c.get(ctx, id, size, p)
+	b, err := c.get(ctx, id, size, p)
+	if err == nil {
+		b.release()
+	}
 	return err
 }
 
@@ -151,31 +184,67 @@ func (c *Cache) Contains(id digest.ID) bool {
 	return c.mem.has(id) || (c.disk != nil && c.disk.has(id))
 }
 
-func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) ([]byte, error) {
+// flight is one load of a chunk that concurrent callers wait for. Each
+// joins before the load ends and is handed a reference of its own.
+type flight struct {
+	done    chan struct{}
+	b       *buf
+	err     error
+	waiters int32
+}
+
+// get returns the chunk with a reference the caller releases.
+func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
 	if b, ok := c.mem.get(id); ok {
 		return b, nil
 	}
-	ch := c.sf.DoChan(id.String(), func() (any, error) {
-		// The flight outlives a canceled caller: others may be waiting.
-		return c.load(context.WithoutCancel(ctx), id, size, p)
-	})
+	c.flightMu.Lock()
+	f, ok := c.flights[id]
+	if !ok {
+		f = &flight{done: make(chan struct{})}
+		c.flights[id] = f
+		// The load outlives a canceled caller: others may be waiting.
+		go c.fly(context.WithoutCancel(ctx), f, id, size, p)
+	}
+	f.waiters++
+	c.flightMu.Unlock()
 	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.([]byte), nil
+	case <-f.done:
+		return f.b, f.err
 	case <-ctx.Done():
+		go func() {
+			<-f.done
+			if f.b != nil {
+				f.b.release()
+			}
+		}()
 		return nil, ctx.Err()
 	}
 }
 
-func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority) ([]byte, error) {
+func (c *Cache) fly(ctx context.Context, f *flight, id digest.ID, size uint32, p Priority) {
+	b, err := c.load(ctx, id, size, p)
+	c.flightMu.Lock()
+	delete(c.flights, id)
+	if b != nil {
+		b.refs.Add(f.waiters) // one for each waiter; no one joins any more
+	}
+	f.b, f.err = b, err
+	c.flightMu.Unlock()
+	if b != nil {
+		b.release() // the load's own
+	}
+	close(f.done)
+}
+
+// load reads a chunk from the disk tier or the store into a buffer with one
+// reference, and puts it in the memory tier.
+func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
 	if b, ok := c.mem.peek(id); ok { // filled by a flight that just ended
 		return b, nil
 	}
 	if c.disk != nil {
-		b, err := c.disk.get(id, size)
+		b, err := c.disk.get(id, size, c.pool)
 		if err == nil {
 			c.mem.add(id, b)
 			return b, nil
@@ -197,18 +266,38 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 	}
 	c.fetches.Add(1)
 	c.fetchBytes.Add(int64(len(blob)))
-	b, err := chunk.Decode(blob, id)
+	var b *buf
+	var data []byte
+	if size != 0 {
+		b = c.pool.get(int(size))
+		data, err = chunk.DecodeTo(b.b[:0], blob, id)
+	} else {
+		data, err = chunk.Decode(blob, id)
+	}
 	if err != nil {
+		if b != nil {
+			b.release()
+		}
 		c.fetchErrors.Add(1)
 		c.corrupt.Add(1)
 		return nil, fmt.Errorf("chunk from %s: %w", c.st.Location(), err)
 	}
-	if size != 0 && uint32(len(b)) != size {
+	if size != 0 && uint32(len(data)) != size {
+		b.release()
 		c.fetchErrors.Add(1)
-		return nil, fmt.Errorf("chunk %s: %w: %d bytes, manifest says %d", id.Short(), chunk.ErrCorrupt, len(b), size)
+		return nil, fmt.Errorf("chunk %s: %w: %d bytes, manifest says %d", id.Short(), chunk.ErrCorrupt, len(data), size)
 	}
-	if len(blob) > 0 && blob[0] == chunk.CodecRaw {
-		b = append([]byte(nil), b...) // don't pin the blob's extra byte
+	switch {
+	case b != nil && len(data) > 0 && &data[0] == &b.b[:1][0]:
+		b.b = data
+	case b != nil:
+		b.release()
+		fallthrough
+	default:
+		if len(blob) > 0 && blob[0] == chunk.CodecRaw {
+			data = append([]byte(nil), data...) // don't pin the blob's extra byte
+		}
+		b = heapBuf(data)
 	}
 	c.mem.add(id, b)
 	if c.disk != nil {
@@ -283,7 +372,9 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
 			if err != nil {
 				return err
 			}
-			if _, err := w.Write(b); err != nil {
+			_, err = w.Write(b.b)
+			b.release()
+			if err != nil {
 				return err
 			}
 		}

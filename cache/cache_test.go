@@ -398,3 +398,73 @@ func TestWarmPromotesFromDisk(t *testing.T) {
 		t.Fatalf("after Warm: %v", err)
 	}
 }
+
+// Pooled buffers under churn: readers copying out of chunks while a small
+// memory tier evicts them, fetches are shared, some callers give up
+// midway. Every byte read is right, the pool stays within its bound, and
+// once the tier is emptied every pooled buffer is back in the pool (a
+// double release would have panicked, a leak shows here).
+func TestPooledBuffersUnderChurn(t *testing.T) {
+	st, _, _ := fixture(t, 1, 10)
+	var datas [][]byte
+	var ids []digest.ID
+	rnd := rand.New(rand.NewSource(7))
+	for i := 0; i < 24; i++ {
+		b := make([]byte, 100_000+rnd.Intn(200_000))
+		rnd.Read(b)
+		id := digest.Of(b)
+		if err := st.Put(context.Background(), store.H(store.Chunk, id), chunk.Encode(b)); err != nil {
+			t.Fatal(err)
+		}
+		datas, ids = append(datas, b), append(ids, id)
+	}
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 2 << 20, Fetches: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rnd := rand.New(rand.NewSource(int64(w)))
+			dst := make([]byte, 300_000)
+			for i := 0; i < 300; i++ {
+				k := rnd.Intn(len(ids))
+				ctx := context.Background()
+				if i%17 == 0 {
+					cctx, cancel := context.WithCancel(ctx)
+					cancel()
+					ctx = cctx
+				}
+				off := rnd.Intn(len(datas[k]))
+				n, err := c.ReadAt(ctx, ids[k], uint32(len(datas[k])), dst[:rnd.Intn(len(dst))], int64(off))
+				if ctx.Err() != nil {
+					continue
+				}
+				if err != nil || !bytes.Equal(dst[:n], datas[k][off:off+n]) {
+					t.Errorf("worker %d: chunk %d at %d: %d bytes, %v", w, k, off, n, err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	c.Flush()
+	if c.pool.mapped > c.pool.limit {
+		t.Fatalf("pool mapped %d bytes, bound %d", c.pool.mapped, c.pool.limit)
+	}
+	c.DropMemory()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		carved, free := c.pool.idle()
+		if carved == free && carved > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pooled buffers, %d back in the pool", carved, free)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -7,7 +7,8 @@ import (
 	"github.com/gpuwarm/gpuwarm/digest"
 )
 
-// memTier is an LRU of chunk plaintexts bounded in bytes.
+// memTier is an LRU of chunk plaintexts bounded in bytes (the memory the
+// buffers occupy). It holds one reference on each buffer in it.
 type memTier struct {
 	mu      sync.Mutex
 	limit   int64
@@ -20,32 +21,37 @@ type memTier struct {
 }
 
 type memEntry struct {
-	id   digest.ID
-	data []byte
+	id digest.ID
+	b  *buf
 }
 
 func newMemTier(limit int64) *memTier {
 	return &memTier{limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element)}
 }
 
-func (m *memTier) get(id digest.ID) ([]byte, bool) {
+// get returns the chunk with a reference the caller releases.
+func (m *memTier) get(id digest.ID) (*buf, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if el, ok := m.entries[id]; ok {
 		m.lru.MoveToFront(el)
 		m.hits++
-		return el.Value.(*memEntry).data, true
+		b := el.Value.(*memEntry).b
+		b.ref()
+		return b, true
 	}
 	m.misses++
 	return nil, false
 }
 
 // peek is get without counting a hit or miss.
-func (m *memTier) peek(id digest.ID) ([]byte, bool) {
+func (m *memTier) peek(id digest.ID) (*buf, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if el, ok := m.entries[id]; ok {
-		return el.Value.(*memEntry).data, true
+		b := el.Value.(*memEntry).b
+		b.ref()
+		return b, true
 	}
 	return nil, false
 }
@@ -57,15 +63,19 @@ func (m *memTier) has(id digest.ID) bool {
 	return ok
 }
 
-func (m *memTier) add(id digest.ID, b []byte) {
-	size := int64(len(b))
+// add puts b in the tier (taking its own reference), evicting the least
+// recently used chunks to stay within the limit.
+func (m *memTier) add(id digest.ID, b *buf) {
+	size := b.size()
+	var dropped []*buf
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if size > m.limit {
+		m.mu.Unlock()
 		return
 	}
 	if el, ok := m.entries[id]; ok {
 		m.lru.MoveToFront(el)
+		m.mu.Unlock()
 		return
 	}
 	for m.used+size > m.limit {
@@ -73,19 +83,32 @@ func (m *memTier) add(id digest.ID, b []byte) {
 		e := el.Value.(*memEntry)
 		m.lru.Remove(el)
 		delete(m.entries, e.id)
-		m.used -= int64(len(e.data))
+		m.used -= e.b.size()
 		m.evicted++
+		dropped = append(dropped, e.b)
 	}
-	m.entries[id] = m.lru.PushFront(&memEntry{id: id, data: b})
+	b.ref()
+	m.entries[id] = m.lru.PushFront(&memEntry{id: id, b: b})
 	m.used += size
+	m.mu.Unlock()
+	for _, d := range dropped {
+		d.release()
+	}
 }
 
 func (m *memTier) clear() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	var dropped []*buf
+	for _, el := range m.entries {
+		dropped = append(dropped, el.Value.(*memEntry).b)
+	}
 	m.lru.Init()
 	m.entries = make(map[digest.ID]*list.Element)
 	m.used = 0
+	m.mu.Unlock()
+	for _, d := range dropped {
+		d.release()
+	}
 }
 
 func (m *memTier) stats() TierStats {

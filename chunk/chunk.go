@@ -94,9 +94,18 @@ func compressible(data []byte) bool {
 	return len(buf) < n-n/8
 }
 
-// Decode checks blob against want and returns the chunk contents.
+// Decode checks blob against want and returns the chunk contents (which
+// may share blob's memory).
 func Decode(blob []byte, want digest.ID) ([]byte, error) {
-	data, err := decode(blob)
+	return DecodeTo(nil, blob, want)
+}
+
+// DecodeTo is Decode writing the contents into dst's memory when they fit
+// in its capacity (a zstd blob decodes straight into it, a raw one is
+// copied); otherwise, or with a nil dst, into memory of its own. The result
+// aliases dst exactly when &result[0] == &dst[:1][0].
+func DecodeTo(dst, blob []byte, want digest.ID) ([]byte, error) {
+	data, err := decode(dst, blob)
 	if err != nil {
 		return nil, fmt.Errorf("chunk %s: %w", want.Short(), err)
 	}
@@ -106,7 +115,7 @@ func Decode(blob []byte, want digest.ID) ([]byte, error) {
 	return data, nil
 }
 
-func decode(blob []byte) ([]byte, error) {
+func decode(dst, blob []byte) ([]byte, error) {
 	if len(blob) == 0 {
 		return nil, fmt.Errorf("%w: empty blob", ErrCorrupt)
 	}
@@ -115,10 +124,16 @@ func decode(blob []byte) ([]byte, error) {
 		if len(blob)-1 > MaxSize {
 			return nil, fmt.Errorf("%w: %d bytes exceeds the %d byte limit", ErrCorrupt, len(blob)-1, MaxSize)
 		}
+		if dst != nil && cap(dst) >= len(blob)-1 {
+			return append(dst[:0], blob[1:]...), nil
+		}
 		return blob[1:], nil
 	case CodecZstd:
 		_, d := codecs()
-		out, err := d.DecodeAll(blob[1:], nil)
+		if dst != nil {
+			dst = dst[:0]
+		}
+		out, err := d.DecodeAll(blob[1:], dst)
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}

@@ -49,14 +49,51 @@ func TestDecodeRejectsWrongContent(t *testing.T) {
 	}
 }
 
+func TestDecodeTo(t *testing.T) {
+	for _, data := range [][]byte{bytes.Repeat([]byte("compressible "), 10000), randomBytes(70000)} {
+		blob, id := Encode(data), digest.Of(data)
+		dst := make([]byte, 0, len(data))
+		got, err := DecodeTo(dst, blob, id)
+		if err != nil || !bytes.Equal(got, data) || &got[0] != &dst[:1][0] {
+			t.Fatalf("codec %d: decoded into its own memory or wrongly: %v", blob[0], err)
+		}
+		small := make([]byte, 0, 10)
+		if got, err := DecodeTo(small, blob, id); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("codec %d: a buffer too small: %v", blob[0], err)
+		}
+		if _, err := DecodeTo(dst, blob, digest.Of([]byte("other"))); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("codec %d: wrong digest accepted: %v", blob[0], err)
+		}
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	x := uint64(88172645463325252)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}
+
 func FuzzDecode(f *testing.F) {
 	f.Add(Encode([]byte("hello world hello world hello world")))
 	f.Add(Encode(make([]byte, 4096)))
 	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd})
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		data, err := decode(blob)
+		data, err := decode(nil, blob)
 		if err != nil {
 			return
+		}
+		// Decoding into a buffer gives the same bytes, in the buffer when
+		// they fit.
+		dst := make([]byte, 7, len(data)+3)
+		into, err := decode(dst, blob)
+		if err != nil || !bytes.Equal(into, data) || (len(into) > 0 && &into[0] != &dst[:1][0]) {
+			t.Fatalf("decode into a buffer: %v", err)
 		}
 		// Whatever decodes must re-encode to something that decodes to it.
 		back, err := Decode(Encode(data), digest.Of(data))

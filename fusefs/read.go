@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"fmt"
 	"syscall"
 
 	"github.com/gpuwarm/gpuwarm/cache"
@@ -111,15 +112,14 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	fill := func(j int) error {
 		c := e.Chunks[j]
 		n.fsys.observe(n.img.ID, n.idx, j, c.ID, c.Size)
-		b, err := n.fsys.cache.Get(ctx, c.ID, c.Size)
-		if err != nil {
-			return err
-		}
 		cOff := n.img.ChunkOffset(n.idx, j)
-		// Copy the overlap of [cOff, cOff+len(b)) and [off, off+len(dest)).
-		lo, hi := max(cOff, off), min(cOff+int64(len(b)), off+int64(len(dest)))
-		copy(dest[lo-off:hi-off], b[lo-cOff:hi-cOff])
-		return nil
+		// Copy the overlap of [cOff, cOff+size) and [off, off+len(dest)).
+		lo, hi := max(cOff, off), min(cOff+int64(c.Size), off+int64(len(dest)))
+		got, err := n.fsys.cache.ReadAt(ctx, c.ID, c.Size, dest[lo-off:hi-off], lo-cOff)
+		if err == nil && got != int(hi-lo) {
+			err = fmt.Errorf("chunk %s: %d bytes where the manifest promises %d", c.ID.Short(), got, hi-lo)
+		}
+		return err
 	}
 	var err error
 	if last-first == 1 {

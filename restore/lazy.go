@@ -127,11 +127,10 @@ func (cp *CachePages) ReadPages(ctx context.Context, id uint32, off int64, dst [
 	first, last := cp.Index.ChunkSpan(e, off, int64(len(dst)))
 	for j := first; j < last && len(dst) > 0; j++ {
 		c := ent.Chunks[j]
-		b, err := cp.Cache.Get(ctx, c.ID, c.Size)
+		n, err := cp.Cache.ReadAt(ctx, c.ID, c.Size, dst, off-cp.Index.ChunkOffset(e, j))
 		if err != nil {
 			return fmt.Errorf("pages-%d.img chunk %d: %w", id, j, err)
 		}
-		n := copy(dst, b[off-cp.Index.ChunkOffset(e, j):])
 		dst, off = dst[n:], off+int64(n)
 	}
 	return nil
