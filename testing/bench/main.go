@@ -100,8 +100,12 @@ type mountProc struct {
 	logs bytes.Buffer
 }
 
+// lastMount is the newest daemon, whose log a failed measurement shows.
+var lastMount *mountProc
+
 func startMount(storeDir, mnt, cacheDir string, extra ...string) (*mountProc, error) {
 	m := &mountProc{dir: mnt}
+	lastMount = m
 	args := append([]string{"mount", mnt, "--store", storeDir, "--cache-dir", cacheDir, "--log-level", "warn"}, extra...)
 	m.cmd = exec.Command(bu.Gpuwarm(), args...)
 	m.cmd.Stdout, m.cmd.Stderr = &m.logs, &m.logs
@@ -113,6 +117,14 @@ func startMount(storeDir, mnt, cacheDir string, extra ...string) (*mountProc, er
 		return nil, fmt.Errorf("%w\n%s", err, m.logs.String())
 	}
 	return m, nil
+}
+
+// mountLog is the daemon's log when root is on its mount.
+func mountLog(root string) string {
+	if lastMount == nil || !strings.HasPrefix(root, lastMount.dir) {
+		return ""
+	}
+	return "\nmount log:\n" + lastMount.logs.String()
 }
 
 func (m *mountProc) stop() {
@@ -192,13 +204,13 @@ func benchMount(dir string) error {
 		if seq {
 			d, err := bu.Time(func() error { _, err := bu.SeqRead(abs(root)); return err })
 			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return fmt.Errorf("%s: %w%s", name, err, mountLog(root))
 			}
 			rows = append(rows, bu.Row{Name: name, Value: rate(d), Unit: "MB/s", Baseline: base, Goal: goal})
 		} else {
 			d, err := bu.Time(func() error { return bu.RandRead(abs(root), sizes, nRand) })
 			if err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return fmt.Errorf("%s: %w%s", name, err, mountLog(root))
 			}
 			rrows = append(rrows, bu.Row{Name: name, Value: iops(d), Unit: "reads/s", Baseline: base, Goal: goal})
 		}
