@@ -279,24 +279,43 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 	}
 }
 
-// addBuf writes a pooled buffer with O_DIRECT: the data goes from memory
+var scratchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// addBuf writes a chunk with O_DIRECT: the data goes from memory
 // that is already mapped straight to the device, instead of being copied
 // into page-cache pages the kernel must first allocate (the largest cost
-// of filling the disk tier on the benchmark VM). The block padding is
-// written from the buffer's own unused capacity. Other buffers, and
-// filesystems that refuse O_DIRECT, go through add.
+// of filling the disk tier on the benchmark VM). A pooled buffer pads to
+// whole blocks in its own unused capacity; others are copied into an
+// aligned scratch buffer. Filesystems that refuse O_DIRECT go through add.
 func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 	const align = 4096
 	size := len(b.b)
 	n := (size + align - 1) &^ (align - 1)
-	if b.class < 0 || size == 0 || n > cap(b.b) || d.noDirect.Load() ||
-		uintptr(unsafe.Pointer(unsafe.SliceData(b.b)))%align != 0 {
+	if size == 0 || d.noDirect.Load() {
 		return d.add(id, b.b)
 	}
 	if int64(size) > d.limit || d.has(id) {
 		return nil
 	}
-	padded := b.b[:n]
+	var padded []byte
+	if b.class >= 0 && n <= cap(b.b) && uintptr(unsafe.Pointer(unsafe.SliceData(b.b)))%align == 0 {
+		padded = b.b[:n]
+	} else {
+		// A small chunk from the Go heap: through an aligned scratch
+		// buffer, still cheaper than allocating page-cache pages.
+		sp := scratchBufs.Get().(*[]byte)
+		defer scratchBufs.Put(sp)
+		if cap(*sp) < n+align {
+			*sp = make([]byte, n+align)
+		}
+		raw := *sp
+		off := int(uintptr(unsafe.Pointer(&raw[0])) & (align - 1))
+		if off != 0 {
+			off = align - off
+		}
+		padded = raw[off : off+n]
+		copy(padded, b.b)
+	}
 	clear(padded[size:])
 	sum := xxhash.Sum64(b.b)
 	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
