@@ -15,10 +15,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"golang.org/x/sys/unix"
 )
 
@@ -279,18 +279,14 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 	}
 }
 
-var scratchBufs = sync.Pool{New: func() any { return new([]byte) }}
-
-// addBuf writes a chunk with O_DIRECT: the data goes from memory
-// that is already mapped straight to the device, instead of being copied
-// into page-cache pages the kernel must first allocate (the largest cost
-// of filling the disk tier on the benchmark VM). A pooled buffer pads to
-// whole blocks in its own unused capacity; others are copied into an
-// aligned scratch buffer. Filesystems that refuse O_DIRECT go through add.
+// addBuf writes a chunk with O_DIRECT: the data goes from memory that is
+// already mapped straight to the device, instead of being copied into
+// page-cache pages the kernel must first allocate (the largest cost of
+// filling the disk tier on the benchmark VM). A pooled buffer pads to whole
+// blocks in its own unused capacity; others are copied into an aligned
+// scratch buffer. Filesystems that refuse O_DIRECT go through add.
 func (d *diskTier) addBuf(id digest.ID, b *buf) error {
-	const align = 4096
 	size := len(b.b)
-	n := (size + align - 1) &^ (align - 1)
 	if size == 0 || d.noDirect.Load() {
 		return d.add(id, b.b)
 	}
@@ -298,53 +294,22 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 		return nil
 	}
 	var padded []byte
-	if b.class >= 0 && n <= cap(b.b) && uintptr(unsafe.Pointer(unsafe.SliceData(b.b)))%align == 0 {
+	if n := directio.Round(size); b.class >= 0 && n <= cap(b.b) && directio.IsAligned(b.b) {
 		padded = b.b[:n]
+		clear(padded[size:])
 	} else {
-		// A small chunk from the Go heap: through an aligned scratch
-		// buffer, still cheaper than allocating page-cache pages.
-		sp := scratchBufs.Get().(*[]byte)
-		defer scratchBufs.Put(sp)
-		if cap(*sp) < n+align {
-			*sp = make([]byte, n+align)
-		}
-		raw := *sp
-		off := int(uintptr(unsafe.Pointer(&raw[0])) & (align - 1))
-		if off != 0 {
-			off = align - off
-		}
-		padded = raw[off : off+n]
-		copy(padded, b.b)
+		var done func()
+		padded, done = directio.Pad(b.b)
+		defer done()
 	}
-	clear(padded[size:])
 	sum := xxhash.Sum64(b.b)
 	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_DIRECT|unix.O_CLOEXEC, 0o600)
-	if err == unix.EINVAL {
-		d.noDirect.Store(true)
-		return d.add(id, b.b)
-	}
-	if err != nil {
-		return &os.PathError{Op: "open", Path: tmp, Err: err}
-	}
-	for w := 0; w < n && err == nil; {
-		var k int
-		k, err = unix.Write(fd, padded[w:])
-		if err == unix.EINTR {
-			err = nil
-			continue
+	if err := directio.WriteNew(tmp, padded, size, 0o600, false); err != nil {
+		if errors.Is(err, syscall.EINVAL) {
+			d.noDirect.Store(true)
+			return d.add(id, b.b)
 		}
-		w += k
-	}
-	if err == nil && n != size {
-		err = unix.Ftruncate(fd, int64(size))
-	}
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return &os.PathError{Op: "write", Path: tmp, Err: err}
+		return err
 	}
 	return d.commit(id, tmp, int64(size), sum)
 }

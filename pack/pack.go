@@ -21,10 +21,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"golang.org/x/sync/errgroup"
@@ -469,16 +469,12 @@ type sourceReader struct {
 
 const (
 	directMin   = 1 << 20
-	directAlign = 4096
+	directAlign = directio.Align
 )
 
 func newSourceReader(chunkSize int) *sourceReader {
 	raw := make([]byte, chunkSize+2*directAlign)
-	off := int(uintptr(unsafe.Pointer(&raw[0])) & (directAlign - 1))
-	if off != 0 {
-		off = directAlign - off
-	}
-	return &sourceReader{buf: raw[off : off+chunkSize+directAlign], fd: -1}
+	return &sourceReader{buf: directio.Aligned(raw, chunkSize+directAlign), fd: -1}
 }
 
 func (r *sourceReader) close() {

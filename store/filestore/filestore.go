@@ -21,8 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
+	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/store"
 	"golang.org/x/sys/unix"
 )
@@ -227,84 +227,24 @@ func (s *Store) syncFS() error {
 // use for those pages.
 const directMin = 64 << 10
 
-var alignedBufs = sync.Pool{New: func() any { return new([]byte) }}
-
 // writeFile writes data to a new file at name, and syncs it if asked.
 func (s *Store) writeFile(name string, data []byte, sync bool) error {
 	if len(data) >= directMin && !s.noDirect.Load() {
-		err := writeDirect(name, data, sync)
+		padded, done := directio.Pad(data)
+		err := directio.WriteNew(name, padded, len(data), 0o644, sync)
+		done()
 		if !errors.Is(err, syscall.EINVAL) {
 			return err
 		}
-		// This filesystem does not do O_DIRECT (tmpfs, some FUSE and
-		// network filesystems): write through the page cache from now on.
+		// This filesystem does not do O_DIRECT (some FUSE and network
+		// filesystems): write through the page cache from now on.
 		s.noDirect.Store(true)
-		os.Remove(name)
 	}
 	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	err = writeAll(fd, data)
-	if err == nil && sync {
-		err = unix.Fsync(fd)
-	}
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return &os.PathError{Op: "write", Path: name, Err: err}
-	}
-	return nil
-}
-
-func writeAll(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
-// openDirect creates name for O_DIRECT writes (replaced in tests by a
-// filesystem that refuses them).
-var openDirect = func(name string) (int, error) {
-	return unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_DIRECT|unix.O_CLOEXEC, 0o644)
-}
-
-// writeDirect writes data with O_DIRECT from a block-aligned copy, padded
-// to whole blocks and truncated back to its length, then syncs the file
-// (its size and blocks; the data is on the device already) if asked.
-func writeDirect(name string, data []byte, sync bool) error {
-	const align = 4096
-	n := (len(data) + align - 1) &^ (align - 1)
-	bp := alignedBufs.Get().(*[]byte)
-	defer alignedBufs.Put(bp)
-	if cap(*bp) < n+align {
-		*bp = make([]byte, n+align)
-	}
-	buf := *bp
-	off := int(uintptr(unsafe.Pointer(&buf[0])) & (align - 1))
-	if off != 0 {
-		off = align - off
-	}
-	b := buf[off : off+n]
-	copy(b, data)
-	clear(b[len(data):])
-	fd, err := openDirect(name)
-	if err != nil {
-		return &os.PathError{Op: "open", Path: name, Err: err}
-	}
-	err = writeAll(fd, b)
-	if err == nil && n != len(data) {
-		err = unix.Ftruncate(fd, int64(len(data)))
-	}
+	err = directio.WriteAll(fd, data)
 	if err == nil && sync {
 		err = unix.Fsync(fd)
 	}

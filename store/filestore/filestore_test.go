@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/storetest"
 )
@@ -35,12 +36,12 @@ func TestDirectWritesRoundTrip(t *testing.T) {
 		defer os.RemoveAll(shm)
 		dirs["tmpfs"] = shm
 	}
-	open := openDirect
-	defer func() { openDirect = open }()
+	open := directio.OpenNew
+	defer func() { directio.OpenNew = open }()
 	for name, dir := range dirs {
-		openDirect = open
+		directio.OpenNew = open
 		if name == "no O_DIRECT" {
-			openDirect = func(string) (int, error) { return -1, syscall.EINVAL }
+			directio.OpenNew = func(string, uint32) (int, error) { return -1, syscall.EINVAL }
 		}
 		s, err := Open(dir)
 		if err != nil {

@@ -231,10 +231,7 @@ func compareOne(t *testing.T, a, b string) {
 // detected and refetched.
 func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 	requireFUSE(t)
-	tmp := t.TempDir()
-	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
-	makeTree(t, src, 16)
-	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	src, storeDir, mnt, cacheDir := packedTree(t, 16)
 	d := startMount(t, storeDir, mnt, cacheDir)
 	compareTrees(t, src, filepath.Join(mnt, "t"))
 	// Disk writes are asynchronous: wait until every fetched chunk is on disk.
@@ -291,10 +288,7 @@ func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 // correct and the tiers stay within their limits.
 func TestTinyCacheLimits(t *testing.T) {
 	requireFUSE(t)
-	tmp := t.TempDir()
-	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
-	makeTree(t, src, 40)
-	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	src, storeDir, mnt, cacheDir := packedTree(t, 40)
 	const memLimit, diskLimit = 3 << 20, 5 << 20
 	d := startMount(t, storeDir, mnt, cacheDir, "--mem-cache", "3MiB", "--disk-cache", "5MiB")
 	concurrentReaders(t, src, filepath.Join(mnt, "t"))
@@ -340,10 +334,7 @@ func TestUmountCommand(t *testing.T) {
 // without the store, with the right bytes.
 func TestAssembledFilesPassthrough(t *testing.T) {
 	requireFUSE(t)
-	tmp := t.TempDir()
-	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
-	makeTree(t, src, 24)
-	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	src, storeDir, mnt, cacheDir := packedTree(t, 24)
 	d := startMount(t, storeDir, mnt, cacheDir, "--assemble-files")
 	big := filepath.Join(mnt, "t/big/weights.bin")
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
@@ -369,10 +360,7 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 // disk tier warm, it is served by FUSE passthrough where the kernel has it.
 func TestOpenServedFromMemoryElsePassthrough(t *testing.T) {
 	requireFUSE(t)
-	tmp := t.TempDir()
-	src, storeDir, mnt, cacheDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
-	makeTree(t, src, 0)
-	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	src, storeDir, mnt, cacheDir := packedTree(t, 0)
 	d := startMount(t, storeDir, mnt, cacheDir)
 	file := filepath.Join(mnt, "t/bin/tool")
 	compareOne(t, filepath.Join(src, "bin/tool"), file)
@@ -394,4 +382,15 @@ func TestOpenServedFromMemoryElsePassthrough(t *testing.T) {
 	if s := d2.stats(t); s.Fetches != 0 {
 		t.Fatalf("the store was read: %+v", s.Stats)
 	}
+}
+
+// packedTree packs makeTree's tree (bigMB of large file) as tag "t" into a
+// new file store and returns the source, store, mountpoint and cache paths.
+func packedTree(t *testing.T, bigMB int) (src, storeDir, mnt, cacheDir string) {
+	t.Helper()
+	tmp := t.TempDir()
+	src, storeDir, mnt, cacheDir = filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+	makeTree(t, src, bigMB)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	return src, storeDir, mnt, cacheDir
 }
