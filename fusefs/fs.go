@@ -110,7 +110,9 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 		return ix, nil
 	}
 	v, err, _ := f.loadSF.Do(id.String(), func() (any, error) {
-		ix, err := LoadImage(ctx, f.st, id)
+		// Shared by every caller waiting: one caller's interrupted
+		// request (a signal to its process) must not fail the others.
+		ix, err := LoadImage(context.WithoutCancel(ctx), f.st, id)
 		if err != nil {
 			return nil, err
 		}
@@ -154,7 +156,8 @@ func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID,
 	if f.tags != nil && !fresh && time.Since(f.tagsTime) < f.opt.TagTTL {
 		return f.tags, nil
 	}
-	tags, err := store.Tags(ctx, f.st)
+	// The list is shared: an interrupted caller does not cancel it.
+	tags, err := store.Tags(context.WithoutCancel(ctx), f.st)
 	if err != nil {
 		if f.tags != nil {
 			f.log.Warn("listing tags failed; using the last list", "store", f.st.Location(), "err", err)
@@ -216,6 +219,9 @@ func tagIno(name string) uint64 {
 	return v
 }
 
+// errno maps an error to what the kernel gets. A canceled context means
+// the kernel interrupted the request because the caller got a signal:
+// EINTR, which the caller retries, never EIO.
 func errno(err error) syscall.Errno {
 	switch {
 	case err == nil:

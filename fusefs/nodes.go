@@ -52,7 +52,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	tags, err := r.fsys.resolveTags(ctx, false)
 	if err != nil {
 		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
-		return nil, syscall.EIO
+		return nil, errno(err)
 	}
 	id, ok := tags[name]
 	if !ok {
@@ -77,7 +77,7 @@ func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	tags, err := r.fsys.resolveTags(ctx, false)
 	if err != nil {
 		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
-		return nil, syscall.EIO
+		return nil, errno(err)
 	}
 	ents := []fuse.DirEntry{{Name: byIDName, Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}}
 	for _, n := range sortedNames(tags) {
@@ -135,12 +135,14 @@ func (b *byIDNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	ix, err := f.Image(ctx, id)
 	if err != nil {
-		f.log.Error("cannot load image", "image", id.Short(), "err", err)
-		if e := errno(err); e == syscall.ENOENT {
-			out.SetEntryTimeout(time.Nanosecond)
-			return nil, e
+		e := errno(err)
+		if e != syscall.EINTR {
+			f.log.Error("cannot load image", "image", id.Short(), "err", err)
 		}
-		return nil, syscall.EIO
+		if e == syscall.ENOENT {
+			out.SetEntryTimeout(time.Nanosecond)
+		}
+		return nil, e
 	}
 	n := &node{fsys: f, img: ix, idx: 0}
 	n.fill(&out.Attr)

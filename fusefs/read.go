@@ -133,8 +133,11 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		err = g.Wait()
 	}
 	if err != nil {
-		n.fsys.log.Error("read failed", "image", n.img.ID.Short(), "path", e.Path, "offset", off, "err", err)
-		return nil, errno(err)
+		e2 := errno(err)
+		if e2 != syscall.EINTR {
+			n.fsys.log.Error("read failed", "image", n.img.ID.Short(), "path", e.Path, "offset", off, "err", err)
+		}
+		return nil, e2
 	}
 	for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
 		c := e.Chunks[last+k]

@@ -8,9 +8,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -393,4 +396,59 @@ func packedTree(t *testing.T, bigMB int) (src, storeDir, mnt, cacheDir string) {
 	makeTree(t, src, bigMB)
 	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
 	return src, storeDir, mnt, cacheDir
+}
+
+// TestSignalsDuringSlowReads: a reader that keeps receiving signals (as
+// every Go program does: the runtime preempts goroutines with SIGURG) while
+// its lookups and reads wait on a slow store. The kernel tells the daemon
+// of each signal (FUSE_INTERRUPT), which cancels the request's context; the
+// daemon must answer EINTR, which the reader retries, and never EIO, which
+// it would report as an I/O error. Each round is a fresh daemon, so the
+// tag list and the manifest come from the store inside the first lookup.
+func TestSignalsDuringSlowReads(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, cacheDir := packedTree(t, 2)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	stop := make(chan struct{})
+	defer close(stop)
+	var sent atomic.Int64
+	for w := 0; w < 2; w++ {
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-sigs:
+				default:
+					syscall.Kill(os.Getpid(), syscall.SIGWINCH)
+					sent.Add(1)
+					time.Sleep(20 * time.Microsecond)
+				}
+			}
+		}()
+	}
+	for round := 0; round < 8; round++ {
+		d := startMount(t, storeDir+"?sim-latency=30ms&sim-bandwidth=100000000", mnt, cacheDir+strconv.Itoa(round))
+		var wg sync.WaitGroup
+		for _, f := range []string{"small.txt", "bin/tool", "dir/sub/deep/file", "exact-chunk.bin"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				want, _ := os.ReadFile(filepath.Join(src, f))
+				got, err := os.ReadFile(filepath.Join(mnt, "t", f))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("round %d: %s: %v", round, f, err)
+				}
+			}()
+		}
+		wg.Wait()
+		d.stop(t)
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.logs.String())
+			break
+		}
+	}
+	t.Logf("%d signals sent while reading", sent.Load())
 }
