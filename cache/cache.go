@@ -155,11 +155,7 @@ func (c *Cache) Fetch(ctx context.Context, id digest.ID, size uint32, p Priority
 	if c.mem.has(id) || (c.disk != nil && c.disk.has(id)) {
 		return nil
 	}
-	b, err := c.get(ctx, id, size, p)
-	if err == nil {
-		b.release()
-	}
-	return err
+	return c.fill(ctx, id, size, p)
 }
 
 // Warm makes chunk id present in the memory tier, reading it from the disk
@@ -169,6 +165,11 @@ func (c *Cache) Warm(ctx context.Context, id digest.ID, size uint32, p Priority)
 	if c.mem.has(id) {
 		return nil
 	}
+	return c.fill(ctx, id, size, p)
+}
+
+// fill gets a chunk into the cache and lets go of it.
+func (c *Cache) fill(ctx context.Context, id digest.ID, size uint32, p Priority) error {
 	b, err := c.get(ctx, id, size, p)
 	if err == nil {
 		b.release()

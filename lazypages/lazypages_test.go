@@ -252,14 +252,7 @@ func TestServeFaultsThenFillsEverything(t *testing.T) {
 		t.Fatalf("first touches %v, want %v", touched, want)
 	}
 	finish(t, c)
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon did not finish")
-	}
+	waitDaemon(t, errc)
 	if !bytes.Equal(fr.mem[:len(fr.data)], fr.data) {
 		t.Fatal("memory differs from the pages after the fill")
 	}
@@ -370,14 +363,7 @@ func TestServeFollowsMemoryChanges(t *testing.T) {
 	for b := range bad {
 		t.Error("wrong bytes at", b)
 	}
-	select {
-	case err := <-errc:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("daemon did not finish")
-	}
+	waitDaemon(t, errc)
 	if !bytes.Equal(moved, fr.data[200*pageSize:232*pageSize]) {
 		t.Fatal("moved pages lost their contents")
 	}
@@ -392,4 +378,17 @@ func TestServeFollowsMemoryChanges(t *testing.T) {
 		}
 	}
 	t.Logf("%+v", srv.Stats())
+}
+
+// waitDaemon waits for Serve to return, and fails on its error.
+func waitDaemon(t *testing.T, errc <-chan error) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("daemon did not finish")
+	}
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
@@ -21,20 +20,8 @@ func init() { sections = append(sections, section{"prefetch-restore", benchPrefe
 // a recording restore made, and with a warm cache.
 func benchPrefetchRestore(dir string) error {
 	ctx := context.Background()
-	c, err := restore.FindCRIU(ctx)
+	c, st, storeDir, want, _, snap, err := taggedSnapshot(ctx, dir, int(512**scale), "snap")
 	if err != nil {
-		return err
-	}
-	storeDir := filepath.Join(dir, "store")
-	st, err := filestore.Open(storeDir)
-	if err != nil {
-		return err
-	}
-	want, _, snap, err := snapshotWorkload(ctx, c, dir, st, int(512**scale))
-	if err != nil {
-		return err
-	}
-	if err := setTag(st, "snap", snap.Image); err != nil {
 		return err
 	}
 	const latency, bandwidth = 2 * time.Millisecond, 1e9

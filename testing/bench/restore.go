@@ -22,20 +22,8 @@ func init() { sections = append(sections, section{"restore", benchRestore}) }
 // directory, with the workload's cold boot for reference.
 func benchRestore(dir string) error {
 	ctx := context.Background()
-	c, err := restore.FindCRIU(ctx)
+	c, st, storeDir, want, boot, res, err := taggedSnapshot(ctx, dir, int(1024**scale), "bench")
 	if err != nil {
-		return err
-	}
-	storeDir := filepath.Join(dir, "store")
-	st, err := filestore.Open(storeDir)
-	if err != nil {
-		return err
-	}
-	want, boot, res, err := snapshotWorkload(ctx, c, dir, st, int(1024**scale))
-	if err != nil {
-		return err
-	}
-	if err := setTag(st, "bench", res.Image); err != nil {
 		return err
 	}
 	mnt := filepath.Join(dir, "mnt")
@@ -123,6 +111,24 @@ func benchRestore(dir string) error {
 // snapshotWorkload builds the test workload, boots it cold with mb MiB of
 // state, and snapshots it into st: the checksum it answers, how long the
 // boot took, and the snapshot.
+// taggedSnapshot is how both restore sections start: CRIU, a file store in
+// dir/store, the workload (mb of memory) booted, snapshotted into it and
+// tagged.
+func taggedSnapshot(ctx context.Context, dir string, mb int, tag string) (c *restore.CRIU, st *filestore.Store, storeDir, want string, boot time.Duration, snap *restore.SnapshotResult, err error) {
+	if c, err = restore.FindCRIU(ctx); err != nil {
+		return
+	}
+	storeDir = filepath.Join(dir, "store")
+	if st, err = filestore.Open(storeDir); err != nil {
+		return
+	}
+	if want, boot, snap, err = snapshotWorkload(ctx, c, dir, st, mb); err != nil {
+		return
+	}
+	err = setTag(st, tag, snap.Image)
+	return
+}
+
 func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int) (string, time.Duration, *restore.SnapshotResult, error) {
 	wl := filepath.Join(dir, "gpuwarm-workload")
 	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
