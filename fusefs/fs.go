@@ -134,6 +134,44 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 	return v.(*manifest.Index), nil
 }
 
+// Preload loads, ahead of any access, the images that names call for (tags
+// or image IDs; "*" is every tagged image), so that a worker's first exec
+// does not wait for a manifest and the images' prefetch profiles (Options.
+// OnImage) start replaying while the mount is still idle. Names that match
+// nothing or images that cannot be loaded are reported together; the rest
+// are loaded anyway.
+func (f *FS) Preload(ctx context.Context, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	tags, err := f.resolveTags(ctx, true)
+	if err != nil {
+		return fmt.Errorf("preload: cannot list tags: %w", err)
+	}
+	ids := map[digest.ID]string{}
+	var errs []error
+	for _, n := range names {
+		switch id, err := digest.Parse(n); {
+		case n == "*":
+			for t, id := range tags {
+				ids[id] = t
+			}
+		case tags[n] != digest.ID{}:
+			ids[tags[n]] = n
+		case err == nil:
+			ids[id] = n
+		default:
+			errs = append(errs, fmt.Errorf("preload: no tag %q in %s (pack it, or fix the list)", n, f.st.Location()))
+		}
+	}
+	for id, name := range ids {
+		if _, err := f.Image(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("preload %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // LoadImage reads, verifies and indexes one manifest from a store.
 func LoadImage(ctx context.Context, st store.Store, id digest.ID) (*manifest.Index, error) {
 	b, err := st.Get(ctx, store.H(store.Manifest, id), 0, -1)

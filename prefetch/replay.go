@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
@@ -67,6 +68,12 @@ func Replay(ctx context.Context, c *cache.Cache, p *Profile, opt ReplayOptions) 
 
 func (r *Replayer) run(ctx context.Context) {
 	defer close(r.finished)
+	start := time.Now()
+	defer func() {
+		st := r.Stats()
+		r.opt.Logger.Info("prefetch profile replayed", "image", r.p.Image.Short(), "seconds", time.Since(start).Seconds(),
+			"chunks", st.Chunks, "fetched", st.Fetched, "touched", st.Touched, "hits", st.Hits, "misses", st.Misses)
+	}()
 	sem := make(chan struct{}, r.opt.Workers)
 	var wg sync.WaitGroup
 	cursor := 0

@@ -47,6 +47,7 @@ func init() {
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		assemble := fs.Bool("assemble-files", false, "experimental: assemble fully cached multi-chunk files for passthrough")
+		preload := fs.String("preload", os.Getenv("GPUWARM_PRELOAD"), "comma-separated `TAGS` (or image IDs; * for all) whose images are loaded, and their prefetch profiles replayed, as soon as the mount is up, before anything reads them (env GPUWARM_PRELOAD)")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {
 			return err
@@ -88,6 +89,16 @@ func init() {
 		}
 		g.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", cf.dir,
 			"mem", int64(cf.mem), "disk", int64(cf.disk))
+		if names := splitList(*preload); len(names) > 0 {
+			go func() {
+				start := time.Now()
+				if err := srv.FS().Preload(ctx, names); err != nil {
+					g.log.Warn("preloading images failed; they load on first access instead", "err", err)
+					return
+				}
+				g.log.Info("images preloaded", "images", names, "seconds", time.Since(start).Seconds())
+			}()
+		}
 		done := make(chan struct{})
 		go func() { srv.Wait(); close(done) }()
 		select {

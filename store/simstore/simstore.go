@@ -1,8 +1,9 @@
 // Package simstore wraps a store with the latency and bandwidth of a remote
 // one, deterministically, so cold-worker behaviour can be tested and
-// benchmarked without a network: every request waits Latency (requests
-// overlap, as on a real link), and the bytes of all requests share one link
-// of Bandwidth bytes per second.
+// benchmarked without a network: every request's answer starts Latency
+// after it is sent (requests overlap, as on a real link; the wrapped store's
+// own read time is the remote server's and counts toward the Latency), and
+// the bytes of all requests share one link of Bandwidth bytes per second.
 package simstore
 
 import (
@@ -32,17 +33,23 @@ func New(s store.Store, latency time.Duration, bandwidth float64) *Store {
 
 func (s *Store) Location() string { return "sim+" + s.Store.Location() }
 
-// wait blocks for one request of n bytes.
-func (s *Store) wait(ctx context.Context, n int) error {
-	start := time.Now()
+// wait blocks for one request of n bytes that was sent at start: its first
+// byte arrives Latency after start (the backing store's own read counts as
+// the remote server's time, so it overlaps the latency instead of adding
+// to it, unless it took longer), and its bytes then queue on the link.
+func (s *Store) wait(ctx context.Context, start time.Time, n int) error {
+	ready := start.Add(s.Latency)
+	if now := time.Now(); now.After(ready) {
+		ready = now
+	}
 	s.mu.Lock()
 	s.Requests++
 	s.Bytes += int64(n)
-	done := start.Add(s.Latency)
+	done := ready
 	if s.Bandwidth > 0 {
-		// The response's bytes go on the link after the latency, behind
+		// The response's bytes go on the link once it is ready, behind
 		// whatever is already queued.
-		begin := done
+		begin := ready
 		if s.linkFree.After(begin) {
 			begin = s.linkFree
 		}
@@ -61,19 +68,22 @@ func (s *Store) wait(ctx context.Context, n int) error {
 }
 
 func (s *Store) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	start := time.Now()
 	b, err := s.Store.Get(ctx, h, off, n)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.wait(ctx, len(b)); err != nil {
+	if err := s.wait(ctx, start, len(b)); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
 func (s *Store) Stat(ctx context.Context, h store.Handle) (store.Info, error) {
-	if err := s.wait(ctx, 0); err != nil {
-		return store.Info{}, err
+	start := time.Now()
+	info, err := s.Store.Stat(ctx, h)
+	if werr := s.wait(ctx, start, 0); werr != nil {
+		return store.Info{}, werr
 	}
-	return s.Store.Stat(ctx, h)
+	return info, err
 }

@@ -36,3 +36,37 @@ func TestLatencyAndBandwidth(t *testing.T) {
 		t.Fatalf("4 parallel 1 MiB gets took %v, want about 104ms", el)
 	}
 }
+
+// slowStore takes d for every Get, like a server reading its disk.
+type slowStore struct {
+	store.Store
+	d time.Duration
+}
+
+func (s slowStore) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	time.Sleep(s.d)
+	return s.Store.Get(ctx, h, off, n)
+}
+
+// TestBackingTimeIsServerTime: the wrapped store's own time is part of the
+// simulated latency (a remote server reads its disk within its latency),
+// and only a backing read slower than the latency delays the answer.
+func TestBackingTimeIsServerTime(t *testing.T) {
+	fs, _ := filestore.Open(t.TempDir())
+	data := []byte("chunk")
+	h := store.H(store.Chunk, digest.Of(data))
+	fs.Put(context.Background(), h, data)
+	for _, c := range []struct{ backing, latency, lo, hi time.Duration }{
+		{10 * time.Millisecond, 40 * time.Millisecond, 40 * time.Millisecond, 48 * time.Millisecond},
+		{60 * time.Millisecond, 20 * time.Millisecond, 60 * time.Millisecond, 75 * time.Millisecond},
+	} {
+		s := New(slowStore{fs, c.backing}, c.latency, 0)
+		start := time.Now()
+		if _, err := s.Get(context.Background(), h, 0, -1); err != nil {
+			t.Fatal(err)
+		}
+		if el := time.Since(start); el < c.lo || el > c.hi {
+			t.Errorf("backing %v, latency %v: get took %v, want %v-%v", c.backing, c.latency, el, c.lo, c.hi)
+		}
+	}
+}

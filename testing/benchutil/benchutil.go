@@ -168,7 +168,7 @@ func WaitMount(dir string, timeout time.Duration) error {
 		if err := syscall.Statfs(dir, &st); err == nil && st.Type == 0x65735546 {
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	return fmt.Errorf("no mount at %s after %v", dir, timeout)
 }
