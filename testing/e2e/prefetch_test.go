@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestRecordReplay: gpuwarm record stores a profile; a mount replays it (the
@@ -46,6 +47,35 @@ func TestRecordReplay(t *testing.T) {
 	if show := gw(t, "profile", "show", "app", "--store", storeDir, "--cache-dir", filepath.Join(tmp, "cache")); !strings.Contains(show, "hit rate") {
 		t.Fatalf("profile show: %s", show)
 	}
+
+	// --preload: the image loads and its profile replays as soon as the
+	// mount is up, before anything reads it; a name that is no tag is
+	// reported and does not stop the others.
+	d3 := startMount(t, url, mnt, filepath.Join(tmp, "cache-preload"), "--preload", "nosuchtag,app")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s := d3.stats(t)
+		done := false
+		for _, r := range s.Prefetch {
+			done = r.Chunks > 0 && r.Fetched == r.Chunks && r.Touched == 0
+		}
+		if done && s.Fetches > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("preloaded profile not replayed before any read: %+v\n%s", s, d3.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := d3.stats(t).Fetches
+	compareOne(t, filepath.Join(src, "big/weights.bin"), filepath.Join(mnt, "app/big/weights.bin"))
+	if s := d3.stats(t); s.Fetches != before {
+		t.Errorf("a file of the replayed profile needed %d more store reads", s.Fetches-before)
+	}
+	if !strings.Contains(d3.logs.String(), `no tag \"nosuchtag\"`) {
+		t.Errorf("no warning about the unknown --preload name:\n%s", d3.logs.String())
+	}
+	d3.stop(t)
 
 	// Corrupt the stored profile: the mount warns and boots without it.
 	profiles, _ := filepath.Glob(filepath.Join(storeDir, "profiles", "*"))
