@@ -60,20 +60,30 @@ func codecs() (*zstd.Encoder, *zstd.Decoder) {
 }
 
 // Encode returns the blob for data, compressed when that pays.
-func Encode(data []byte) []byte {
+func Encode(data []byte) []byte { return EncodeTo(nil, data) }
+
+// EncodeTo is Encode building the blob in dst's memory when dst has the
+// capacity (1+len(data) bytes hold any blob), so that a caller reusing one
+// buffer, aligned for O_DIRECT say, allocates and copies nothing more.
+func EncodeTo(dst, data []byte) []byte {
 	e, _ := codecs()
 	if len(data) >= 512 && compressible(data) {
-		out := make([]byte, 1, len(data)/2+16)
-		out[0] = CodecZstd
+		out := dst[:0]
+		if cap(out) < len(data)/2+16 {
+			out = make([]byte, 0, len(data)/2+16)
+		}
+		out = append(out, CodecZstd)
 		out = e.EncodeAll(data, out)
 		if len(out)-1 <= len(data)-len(data)/16 {
 			return out
 		}
 	}
-	out := make([]byte, 1+len(data))
-	out[0] = CodecRaw
-	copy(out[1:], data)
-	return out
+	out := dst[:0]
+	if cap(out) < 1+len(data) {
+		out = make([]byte, 0, 1+len(data))
+	}
+	out = append(out, CodecRaw)
+	return append(out, data...)
 }
 
 // compressible guesses from a sample whether zstd will pay, so that large

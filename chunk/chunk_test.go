@@ -102,3 +102,29 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// EncodeTo builds blobs in the caller's buffer when it has the room, and
+// they decode like Encode's.
+func TestEncodeTo(t *testing.T) {
+	buf := make([]byte, 0, 1<<20+1)
+	for _, data := range [][]byte{
+		bytes.Repeat([]byte("compressible "), 50000), // zstd
+		randomBytes(1 << 20),                          // raw
+		[]byte("tiny"),                                // raw, too small to try
+	} {
+		blob := EncodeTo(buf, data)
+		if !bytes.Equal(blob, Encode(data)) {
+			t.Fatalf("%d bytes: EncodeTo and Encode differ", len(data))
+		}
+		if &blob[0] != &buf[:1][0] {
+			t.Fatalf("%d bytes: blob not built in the buffer", len(data))
+		}
+		got, err := Decode(blob, digest.Of(data))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: round trip: %v", len(data), err)
+		}
+	}
+	if blob := EncodeTo(make([]byte, 0, 10), randomBytes(4096)); len(blob) != 4097 {
+		t.Fatalf("a buffer too small: %d-byte blob", len(blob))
+	}
+}

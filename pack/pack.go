@@ -280,6 +280,10 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 		g.Go(func() error {
 			src := newSourceReader(p.opt.ChunkSize)
 			defer src.close()
+			// Blobs are built here: aligned, with room for the last block,
+			// so the file store writes them with O_DIRECT in place.
+			encRaw := make([]byte, directio.Round(1+p.opt.ChunkSize)+directAlign)
+			enc := directio.Aligned(encRaw, directio.Round(1+p.opt.ChunkSize))
 			for j := range ch {
 				b, err := src.read(j.path, j.off, int64(j.size))
 				if err != nil {
@@ -288,7 +292,7 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 				p.readBytes.Add(int64(len(b)))
 				id := digest.Of(b)
 				m.Entries[j.entry].Chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b))}
-				if err := p.putChunk(ctx, id, b); err != nil {
+				if err := p.putChunk(ctx, id, b, enc); err != nil {
 					return err
 				}
 			}
@@ -334,7 +338,9 @@ func canonicalHardlinks(m *manifest.Manifest) {
 	}
 }
 
-func (p *packer) putChunk(ctx context.Context, id digest.ID, b []byte) error {
+// putChunk stores chunk b (named id) unless the store has it, encoding it
+// in enc's memory.
+func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) error {
 	if _, dup := p.seen.LoadOrStore(id, struct{}{}); dup {
 		return nil
 	}
@@ -346,7 +352,7 @@ func (p *packer) putChunk(ctx context.Context, id digest.ID, b []byte) error {
 	if ok {
 		return nil
 	}
-	blob := chunk.Encode(b)
+	blob := chunk.EncodeTo(enc[:0], b)
 	p.batchMu.RLock()
 	err = p.batch.Put(ctx, h, blob)
 	p.batchMu.RUnlock()

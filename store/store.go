@@ -9,7 +9,8 @@
 //     object's plaintext, so an object never changes once written.
 //   - Put is atomic: readers see the whole object or nothing. Putting a
 //     content object that already exists is a no-op. Tags and locks are
-//     mutable and a Put replaces them atomically.
+//     mutable and a Put replaces them atomically. Put does not keep data
+//     once it returns: callers reuse their buffers.
 //   - Get reads length bytes from offset off (length < 0: to the end). A
 //     range past the end is clipped; a missing object is ErrNotFound.
 //   - A store does not verify contents: callers do (chunk.Decode,

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -81,12 +82,19 @@ func main() {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		g := &globals{}
+		if p := os.Getenv("GPUWARM_CPUPROFILE"); p != "" {
+			// Any command's CPU profile, for whoever tunes it.
+			if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+				defer pprof.StopCPUProfile()
+			}
+		}
 		if err := c.run(ctx, g, os.Args[2:]); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return
 			}
 			fmt.Fprintf(os.Stderr, "gpuwarm %s: %v\n", name, err)
 			stop()
+			pprof.StopCPUProfile()
 			os.Exit(1)
 		}
 		return

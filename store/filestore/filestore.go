@@ -230,9 +230,18 @@ const directMin = 64 << 10
 // writeFile writes data to a new file at name, and syncs it if asked.
 func (s *Store) writeFile(name string, data []byte, sync bool) error {
 	if len(data) >= directMin && !s.noDirect.Load() {
-		padded, done := directio.Pad(data)
-		err := directio.WriteNew(name, padded, len(data), 0o644, sync)
-		done()
+		var err error
+		if n := directio.Round(len(data)); directio.IsAligned(data) && cap(data) >= n {
+			// The caller built data in an aligned buffer with room for
+			// the last block (pack does): written in place, no copy.
+			padded := data[:n]
+			clear(padded[len(data):])
+			err = directio.WriteNew(name, padded, len(data), 0o644, sync)
+		} else {
+			padded, done := directio.Pad(data)
+			err = directio.WriteNew(name, padded, len(data), 0o644, sync)
+			done()
+		}
 		if !errors.Is(err, syscall.EINVAL) {
 			return err
 		}
