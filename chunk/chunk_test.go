@@ -109,8 +109,8 @@ func TestEncodeTo(t *testing.T) {
 	buf := make([]byte, 0, 1<<20+1)
 	for _, data := range [][]byte{
 		bytes.Repeat([]byte("compressible "), 50000), // zstd
-		randomBytes(1 << 20),                          // raw
-		[]byte("tiny"),                                // raw, too small to try
+		randomBytes(1 << 20),                         // raw
+		[]byte("tiny"),                               // raw, too small to try
 	} {
 		blob := EncodeTo(buf, data)
 		if !bytes.Equal(blob, Encode(data)) {
