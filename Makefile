@@ -8,7 +8,7 @@ export GPUWARM_VERSITYGW ?= $(VERSITYGW)
 # go-nvml's header marks functions deprecated that it still wraps.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build setup test test-unit test-e2e race fuzz vet demo bench bench-gpu test-gpu clean
+.PHONY: all build setup test test-unit test-e2e race fuzz vet demo bench bench-gpu bench-gpu-driver test-gpu clean
 
 all: build
 
@@ -62,6 +62,11 @@ test-gpu: build
 
 bench-gpu: build
 	$(GO) run ./testing/gpucheck -mode bench -gb 2.2,16 -mem-cache-gb 24 -disk-cache-gb 8
+
+# The CUDA driver's own checkpoint/restore in place (no CRIU): the floor
+# under any GPU restore, with the host copy in 4 KiB and in 2 MiB pages.
+bench-gpu-driver: build
+	$(GO) run ./testing/gpucheck -mode driver -gb 16,3
 
 clean:
 	rm -rf bin

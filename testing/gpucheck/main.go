@@ -32,7 +32,7 @@ import (
 )
 
 var (
-	mode    = flag.String("mode", "test", "test or bench")
+	mode    = flag.String("mode", "test", "test, bench, or driver (the CUDA driver's own checkpoint and restore in place, no CRIU)")
 	sizes   = flag.String("gb", "1", "comma-separated model sizes in GB")
 	script  = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
 	workDir = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
@@ -88,6 +88,20 @@ func main() {
 		return
 	}
 	fmt.Printf("gpucheck %s: %s, driver %s, CUDA %s\n", *mode, inv.GPUs[0].Name, inv.Driver, inv.CUDAString())
+	if *mode == "driver" {
+		pyEnv = append(os.Environ(), "PYTHONUNBUFFERED=1")
+		var rows []bu.Row
+		for _, s := range strings.Split(*sizes, ",") {
+			gb, _ := strconv.ParseFloat(s, 64)
+			rows = append(rows, driverFloor(gb)...)
+		}
+		bu.Table(os.Stdout, "CUDA driver checkpoint/restore in place ("+inv.GPUs[0].Name+")", rows)
+		fmt.Printf("gpucheck: %d passed, %d failed\n", passed, failed)
+		if failed > 0 {
+			os.Exit(1)
+		}
+		return
+	}
 	if crit, err = restore.FindCRIU(ctx); err != nil {
 		fmt.Println("gpucheck:", err)
 		os.Exit(1)
