@@ -399,7 +399,8 @@ func TestWarmPromotesFromDisk(t *testing.T) {
 	}
 }
 
-// Pooled buffers under churn: readers copying out of chunks while a small
+// Pooled buffers under churn: readers copying out of chunks, or holding
+// views of them, while a small
 // memory tier evicts them, fetches are shared, some callers give up
 // midway. Every byte read is right, the pool stays within its bound, and
 // once the tier is emptied every pooled buffer is back in the pool (a
@@ -439,6 +440,27 @@ func TestPooledBuffersUnderChurn(t *testing.T) {
 					ctx = cctx
 				}
 				off := rnd.Intn(len(datas[k]))
+				if w%2 == 1 {
+					// A view: the chunk's own bytes, held while others evict.
+					v, release, err := c.View(ctx, ids[k], uint32(len(datas[k])), int64(off), rnd.Intn(len(dst)))
+					if ctx.Err() != nil {
+						if err == nil {
+							release() // a hit needs no waiting: it succeeds canceled
+						}
+						continue
+					}
+					if err != nil || !bytes.Equal(v, datas[k][off:off+len(v)]) {
+						t.Errorf("worker %d: view of chunk %d at %d: %d bytes, %v", w, k, off, len(v), err)
+						return
+					}
+					time.Sleep(time.Duration(rnd.Intn(200)) * time.Microsecond)
+					if !bytes.Equal(v, datas[k][off:off+len(v)]) {
+						t.Errorf("worker %d: view of chunk %d changed while held", w, k)
+					}
+					release()
+					release() // harmless
+					continue
+				}
 				n, err := c.ReadAt(ctx, ids[k], uint32(len(datas[k])), dst[:rnd.Intn(len(dst))], int64(off))
 				if ctx.Err() != nil {
 					continue
@@ -467,4 +489,39 @@ func TestPooledBuffersUnderChurn(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// A fetch still in flight when the cache closes (a daemon stopping while a
+// slow store answers) completes without writing to the closed disk tier;
+// it used to panic sending on the closed write queue.
+func TestFetchOutlivesClose(t *testing.T) {
+	st, _, ids := fixture(t, 1, 4096)
+	slow := &slowGets{Store: st, d: 100 * time.Millisecond}
+	c, err := Open(slow, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Fetch(ctx, ids[0], 0, Demand)
+	}()
+	time.Sleep(20 * time.Millisecond) // the fetch is waiting on the store
+	cancel()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	time.Sleep(150 * time.Millisecond) // the detached load finishes
+}
+
+type slowGets struct {
+	store.Store
+	d time.Duration
+}
+
+func (s *slowGets) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	time.Sleep(s.d)
+	return s.Store.Get(ctx, h, off, n)
 }

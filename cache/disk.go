@@ -39,6 +39,11 @@ type diskTier struct {
 	queue   chan pendingWrite
 	writers sync.WaitGroup
 	pending sync.WaitGroup
+	// closed (under closeMu) ends writing: a fetch still in flight when the
+	// cache closes (a daemon stopping) is not written, since the directory
+	// lock is let go and another daemon may own the directory next.
+	closeMu sync.RWMutex
+	closed  atomic.Bool
 
 	mu      sync.Mutex
 	limit   int64
@@ -266,6 +271,11 @@ func (d *diskTier) drop(id digest.ID, e diskEntry) {
 
 // addAsync queues a write of b's bytes, holding a reference until done.
 func (d *diskTier) addAsync(id digest.ID, b *buf) {
+	d.closeMu.RLock() // not while close closes the queue
+	defer d.closeMu.RUnlock()
+	if d.closed.Load() {
+		return
+	}
 	d.pending.Add(1)
 	b.ref()
 	select {
@@ -350,6 +360,10 @@ func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) err
 // commit moves a written temporary file into place as id's entry, making
 // room first so that the limit always holds.
 func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) error {
+	if d.closed.Load() { // a background write that outlived the cache
+		os.Remove(tmp)
+		return nil
+	}
 	final := d.path(id, sum)
 	// Make room (and reserve it) before the file becomes visible, so the
 	// limit always holds; the entry becomes visible only once the file is.
@@ -422,7 +436,10 @@ func (d *diskTier) stats() TierStats {
 
 // close finishes queued writes and releases the directory.
 func (d *diskTier) close() error {
+	d.closeMu.Lock()
+	d.closed.Store(true)
 	close(d.queue)
+	d.closeMu.Unlock()
 	d.writers.Wait()
 	return d.lock.Close()
 }

@@ -105,34 +105,41 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	if off >= e.Size || len(dest) == 0 {
 		return fuse.ReadResultData(nil), 0
 	}
-	if rest := e.Size - off; int64(len(dest)) > rest {
-		dest = dest[:rest]
-	}
-	first, last := n.img.ChunkSpan(n.idx, off, int64(len(dest)))
-	fill := func(j int) error {
+	size := min(int64(len(dest)), e.Size-off)
+	first, last := n.img.ChunkSpan(n.idx, off, size)
+	// The reply is the chunks' own bytes in the memory tier (views), not a
+	// copy in go-fuse's reply buffer (dest stays untouched): the kernel
+	// copies them into its page cache, and the views are let go once it has.
+	res := &viewResult{vecs: make([][]byte, last-first), rel: make([]func(), last-first)}
+	view := func(j int) error {
 		c := e.Chunks[j]
 		n.fsys.observe(n.img.ID, n.idx, j, c.ID, c.Size)
 		cOff := n.img.ChunkOffset(n.idx, j)
-		// Copy the overlap of [cOff, cOff+size) and [off, off+len(dest)).
-		lo, hi := max(cOff, off), min(cOff+int64(c.Size), off+int64(len(dest)))
-		got, err := n.fsys.cache.ReadAt(ctx, c.ID, c.Size, dest[lo-off:hi-off], lo-cOff)
-		if err == nil && got != int(hi-lo) {
-			err = fmt.Errorf("chunk %s: %d bytes where the manifest promises %d", c.ID.Short(), got, hi-lo)
+		// The overlap of [cOff, cOff+size) and [off, off+size).
+		lo, hi := max(cOff, off), min(cOff+int64(c.Size), off+size)
+		b, release, err := n.fsys.cache.View(ctx, c.ID, c.Size, lo-cOff, int(hi-lo))
+		if err != nil {
+			return err
 		}
-		return err
+		res.vecs[j-first], res.rel[j-first] = b, release
+		if len(b) != int(hi-lo) {
+			return fmt.Errorf("chunk %s: %d bytes where the manifest promises %d", c.ID.Short(), len(b), hi-lo)
+		}
+		return nil
 	}
 	var err error
 	if last-first == 1 {
-		err = fill(first)
+		err = view(first)
 	} else {
 		var g errgroup.Group
 		g.SetLimit(8)
 		for j := first; j < last; j++ {
-			g.Go(func() error { return fill(j) })
+			g.Go(func() error { return view(j) })
 		}
 		err = g.Wait()
 	}
 	if err != nil {
+		res.Done()
 		e2 := errno(err)
 		if e2 != syscall.EINTR {
 			n.fsys.log.Error("read failed", "image", n.img.ID.Short(), "path", e.Path, "offset", off, "err", err)
@@ -143,5 +150,44 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		c := e.Chunks[last+k]
 		n.fsys.queueReadahead(c.ID, c.Size)
 	}
-	return fuse.ReadResultData(dest), 0
+	return res, 0
+}
+
+// viewResult is a read reply made of views of cached chunks. go-fuse writes
+// its Slices to the kernel with one writev and then calls Done, which lets
+// the views go (also on every error path).
+type viewResult struct {
+	vecs [][]byte
+	rel  []func()
+}
+
+var _ = (fuse.ReadResult)((*viewResult)(nil))
+
+// Slices makes go-fuse write the views as they are (its withSlice).
+func (r *viewResult) Slices() ([][]byte, fuse.Status) { return r.vecs, fuse.OK }
+
+// Bytes copies the views into buf, for paths that want one buffer.
+func (r *viewResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	out := buf[:0]
+	for _, v := range r.vecs {
+		out = append(out, v...)
+	}
+	return out, fuse.OK
+}
+
+func (r *viewResult) Size() int {
+	n := 0
+	for _, v := range r.vecs {
+		n += len(v)
+	}
+	return n
+}
+
+func (r *viewResult) Done() {
+	for i, f := range r.rel {
+		if f != nil {
+			f()
+			r.rel[i] = nil
+		}
+	}
 }
