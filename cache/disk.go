@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,8 +35,9 @@ type diskTier struct {
 	// noDirect is set once the filesystem refused O_DIRECT.
 	noDirect atomic.Bool
 
-	// Writes happen off the read path: queue feeds writers; a full queue
-	// makes the caller write itself (back-pressure, nothing dropped).
+	// Writes happen off the read path: queue feeds writers, niced threads
+	// that yield the CPU to the reads being served; a full queue makes the
+	// caller write itself (back-pressure, nothing dropped).
 	queue   chan pendingWrite
 	writers sync.WaitGroup
 	pending sync.WaitGroup
@@ -44,6 +46,8 @@ type diskTier struct {
 	// lock is let go and another daemon may own the directory next.
 	closeMu sync.RWMutex
 	closed  atomic.Bool
+	// queuedBytes is what the queue holds (bounded by maxQueuedBytes).
+	queuedBytes atomic.Int64
 
 	mu      sync.Mutex
 	limit   int64
@@ -127,17 +131,24 @@ func openDiskTier(dir string, limit int64, log *slog.Logger) (*diskTier, error) 
 		d.used += e.size
 	}
 	d.mu.Lock()
-	d.evictLocked(0)
+	gone := d.evictLocked(0)
 	d.mu.Unlock()
-	d.queue = make(chan pendingWrite, 32)
+	removeFiles(gone)
+	d.queue = make(chan pendingWrite, 256)
 	for i := 0; i < 2; i++ {
 		d.writers.Add(1)
 		go func() {
 			defer d.writers.Done()
+			// Writing the disk tier is background work: its threads run
+			// niced, so a program being served (and the fetches it waits
+			// for) get the CPU first; the writes catch up when it idles.
+			runtime.LockOSThread()
+			unix.Setpriority(unix.PRIO_PROCESS, 0, 10)
 			for w := range d.queue {
 				if err := d.addBuf(w.id, w.b); err != nil {
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
+				d.queuedBytes.Add(-int64(len(w.b.b)))
 				w.b.release()
 				d.pending.Done()
 			}
@@ -278,16 +289,25 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 	}
 	d.pending.Add(1)
 	b.ref()
-	select {
-	case d.queue <- pendingWrite{id, b}:
-	default:
-		d.pending.Done()
-		if err := d.addBuf(id, b); err != nil {
-			d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
+	n := int64(len(b.b))
+	if d.queuedBytes.Add(n) <= maxQueuedBytes {
+		select {
+		case d.queue <- pendingWrite{id, b}:
+			return
+		default:
 		}
-		b.release()
 	}
+	// The queue is full: the caller writes (back-pressure, nothing dropped).
+	d.queuedBytes.Add(-n)
+	d.pending.Done()
+	if err := d.addBuf(id, b); err != nil {
+		d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
+	}
+	b.release()
 }
+
+// maxQueuedBytes bounds the memory that queued disk-tier writes hold.
+const maxQueuedBytes = 256 << 20
 
 // addBuf writes a chunk with O_DIRECT: the data goes from memory that is
 // already mapped straight to the device, instead of being copied into
@@ -373,15 +393,17 @@ func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) erro
 		os.Remove(tmp)
 		return nil
 	}
-	d.evictLocked(size)
+	gone := d.evictLocked(size)
 	if d.used+size > d.limit {
 		// Other writes in flight hold the room: skip rather than overshoot.
 		d.mu.Unlock()
+		removeFiles(gone)
 		os.Remove(tmp)
 		return nil
 	}
 	d.used += size
 	d.mu.Unlock()
+	removeFiles(gone)
 	err := os.Rename(tmp, final)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(filepath.Dir(final), 0o700); err == nil {
@@ -414,8 +436,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// evictLocked removes least recently used entries until need more bytes fit.
-func (d *diskTier) evictLocked(need int64) {
+// evictLocked drops least recently used entries until need more bytes fit
+// and returns their files, which the caller removes once it has let go of
+// d.mu (unlinks under the lock would hold up every lookup, and the niced
+// writers could be descheduled holding it).
+func (d *diskTier) evictLocked(need int64) (gone []string) {
 	for d.used+need > d.limit && d.lru.Len() > 0 {
 		el := d.lru.Back()
 		e := el.Value.(*diskEntry)
@@ -423,7 +448,14 @@ func (d *diskTier) evictLocked(need int64) {
 		delete(d.entries, e.id)
 		d.used -= e.size
 		d.evicted++
-		os.Remove(d.path(e.id, e.sum))
+		gone = append(gone, d.path(e.id, e.sum))
+	}
+	return gone
+}
+
+func removeFiles(paths []string) {
+	for _, p := range paths {
+		os.Remove(p)
 	}
 }
 
