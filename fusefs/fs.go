@@ -292,7 +292,14 @@ type Server struct {
 // Mount serves the filesystem at dir until Unmount. A stale gpuwarm mount
 // left at dir by a killed daemon is detached first.
 func Mount(dir string, opt Options) (*Server, error) {
-	f := New(opt)
+	return New(opt).Mount(dir)
+}
+
+// Mount serves f at dir (see the function Mount). Work may start on f
+// before it is mounted: a worker's daemon preloads images (Preload) while
+// the kernel sets the mount up.
+func (f *FS) Mount(dir string) (*Server, error) {
+	opt := f.opt
 	hour := time.Hour
 	ctx, cancel := context.WithCancel(context.Background())
 	root := &rootNode{fsys: f}

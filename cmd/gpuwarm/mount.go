@@ -83,22 +83,25 @@ func init() {
 		if !*noPrefetch {
 			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir)
 		}
-		srv, err := fusefs.Mount(dir, mopt)
-		if err != nil {
-			return err
-		}
-		g.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", cf.dir,
-			"mem", int64(cf.mem), "disk", int64(cf.disk))
+		fsys := fusefs.New(mopt)
 		if names := splitList(*preload); len(names) > 0 {
+			// While the kernel sets the mount up: the replays get going
+			// before the first program can even start.
 			go func() {
 				start := time.Now()
-				if err := srv.FS().Preload(ctx, names); err != nil {
+				if err := fsys.Preload(ctx, names); err != nil {
 					g.log.Warn("preloading images failed; they load on first access instead", "err", err)
 					return
 				}
 				g.log.Info("images preloaded", "images", names, "seconds", time.Since(start).Seconds())
 			}()
 		}
+		srv, err := fsys.Mount(dir)
+		if err != nil {
+			return err
+		}
+		g.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", cf.dir,
+			"mem", int64(cf.mem), "disk", int64(cf.disk))
 		done := make(chan struct{})
 		go func() { srv.Wait(); close(done) }()
 		select {
