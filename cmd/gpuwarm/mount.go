@@ -47,7 +47,7 @@ func init() {
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		assemble := fs.Bool("assemble-files", false, "experimental: assemble fully cached multi-chunk files for passthrough")
-		preload := fs.String("preload", os.Getenv("GPUWARM_PRELOAD"), "comma-separated `TAGS` (or image IDs; * for all) whose images are loaded, and their prefetch profiles replayed, as soon as the mount is up, before anything reads them (env GPUWARM_PRELOAD)")
+		preload := fs.String("preload", os.Getenv("GPUWARM_PRELOAD"), "comma-separated `TAGS` (or image IDs; * for all) whose images are loaded, and their prefetch profiles replayed, as soon as the daemon starts, before anything reads them (env GPUWARM_PRELOAD)")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {
 			return err
