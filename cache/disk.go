@@ -351,15 +351,43 @@ func (d *diskTier) add(id digest.ID, b []byte) error {
 	})
 }
 
-// addStream adds an entry of size bytes that write produces.
+// addStream adds an entry of size bytes that write produces (write may be
+// called again if the filesystem turns O_DIRECT down midway). The file is
+// written with O_DIRECT through an aligned block buffer: assembling a
+// 400 MB file through the page cache allocated 400 MB of cache pages while
+// the program was reading, which halved its reads on the benchmark VM.
 func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) error) error {
 	if size > d.limit || d.has(id) {
 		return nil
 	}
 	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	var n int64
+	var sum uint64
+	var err error
+	if !d.noDirect.Load() {
+		n, sum, err = writeDirect(tmp, write)
+		if errors.Is(err, syscall.EINVAL) {
+			os.Remove(tmp)
+			d.noDirect.Store(true)
+		}
+	}
+	if d.noDirect.Load() {
+		n, sum, err = writeBuffered(tmp, write)
+	}
+	if err == nil && n != size {
+		err = fmt.Errorf("disk cache entry %s: wrote %d bytes, want %d", id.Short(), n, size)
+	}
 	if err != nil {
+		os.Remove(tmp)
 		return err
+	}
+	return d.commit(id, tmp, size, sum)
+}
+
+func writeBuffered(name string, write func(io.Writer) error) (int64, uint64, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, 0, err
 	}
 	h := xxhash.New()
 	cw := &countWriter{w: io.MultiWriter(f, h)}
@@ -367,14 +395,66 @@ func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) err
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil && cw.n != size {
-		err = fmt.Errorf("disk cache entry %s: wrote %d bytes, want %d", id.Short(), cw.n, size)
-	}
+	return cw.n, h.Sum64(), err
+}
+
+var streamBufs = sync.Pool{New: func() any {
+	raw := make([]byte, 4<<20+directio.Align)
+	b := directio.Aligned(raw, 4<<20)
+	return &b
+}}
+
+func writeDirect(name string, write func(io.Writer) error) (int64, uint64, error) {
+	fd, err := directio.OpenNew(name, 0o600)
 	if err != nil {
-		os.Remove(tmp)
-		return err
+		return 0, 0, err
 	}
-	return d.commit(id, tmp, size, h.Sum64())
+	defer unix.Close(fd)
+	bp := streamBufs.Get().(*[]byte)
+	defer streamBufs.Put(bp)
+	w := &directWriter{fd: fd, buf: *bp}
+	h := xxhash.New()
+	cw := &countWriter{w: io.MultiWriter(w, h)}
+	if err := write(cw); err != nil {
+		return cw.n, 0, err
+	}
+	return cw.n, h.Sum64(), w.finish(cw.n)
+}
+
+// directWriter collects writes in an aligned buffer and writes it out in
+// whole blocks with O_DIRECT; finish pads the tail and truncates the file
+// to its length.
+type directWriter struct {
+	fd  int
+	buf []byte
+	n   int
+}
+
+func (w *directWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		k := copy(w.buf[w.n:], p)
+		w.n += k
+		p = p[k:]
+		if w.n == len(w.buf) {
+			if err := directio.WriteAll(w.fd, w.buf); err != nil {
+				return total - len(p), err
+			}
+			w.n = 0
+		}
+	}
+	return total, nil
+}
+
+func (w *directWriter) finish(size int64) error {
+	if w.n > 0 {
+		padded := w.buf[:directio.Round(w.n)]
+		clear(padded[w.n:])
+		if err := directio.WriteAll(w.fd, padded); err != nil {
+			return err
+		}
+	}
+	return unix.Ftruncate(w.fd, size)
 }
 
 // commit moves a written temporary file into place as id's entry, making

@@ -62,6 +62,8 @@ func (s *statsNode) render() []byte {
 	// Opens served by FUSE passthrough from a disk-tier file, and opens
 	// served through the daemon (memory tier, kernel page cache).
 	out["Opens"] = map[string]int64{"Passthrough": s.fsys.passthroughOpens.Load(), "Cached": s.fsys.cachedOpens.Load()}
+	// Multi-chunk files copied whole into the disk tier for passthrough.
+	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	return append(b, '\n')
 }

@@ -46,7 +46,7 @@ func init() {
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
-		assemble := fs.Bool("assemble-files", false, "experimental: assemble fully cached multi-chunk files for passthrough")
+		assemble := fs.Bool("assemble-files", true, "copy a multi-chunk file whose chunks are all cached into one disk-tier entry, so later opens are served by FUSE passthrough at the disk's speed (costs its size in the disk tier; =false: never)")
 		preload := fs.String("preload", os.Getenv("GPUWARM_PRELOAD"), "comma-separated `TAGS` (or image IDs; * for all) whose images are loaded, and their prefetch profiles replayed, as soon as the daemon starts, before anything reads them (env GPUWARM_PRELOAD)")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
 		if err := g.parse(c, fs, args); err != nil {

@@ -130,6 +130,19 @@ func mountLog(root string) string {
 	return "\nmount log:\n" + lastMount.logs.String()
 }
 
+// waitAssembled waits until the daemon has no file assembly running.
+func (m *mountProc) waitAssembled(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		var s struct{ Assembly struct{ Running int64 } }
+		b, err := os.ReadFile(filepath.Join(m.dir, ".stats"))
+		if err != nil || json.Unmarshal(b, &s) != nil || s.Assembly.Running == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (m *mountProc) stop() {
 	m.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
@@ -277,6 +290,9 @@ func benchMount(dir string) error {
 				return err
 			}
 		}
+		// The daemon finishes its background work (assembling read files
+		// for passthrough) before it stops, as a worker's daemon would have.
+		m.waitAssembled(2 * time.Minute)
 		m.stop()
 		// Warm disk tier: a new daemon (empty memory tier), no page cache.
 		m, err = startMount(storeDir, mnt, cacheDir)

@@ -133,6 +133,7 @@ type mountStats struct {
 	cache.Stats
 	Opens    struct{ Passthrough, Cached int64 }
 	Prefetch map[string]struct{ Chunks, Fetched, Touched, Hits, Misses int64 }
+	Assembly struct{ Running, Done, Failed int64 }
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {

@@ -332,28 +332,66 @@ func TestUmountCommand(t *testing.T) {
 	_ = sha256.New
 }
 
-// TestAssembledFilesPassthrough: with --assemble-files a fully cached
-// multi-chunk file is assembled on disk and a new daemon serves it whole,
-// without the store, with the right bytes.
+// TestAssembledFilesPassthrough: by default a fully cached multi-chunk
+// file is assembled on disk and a new daemon serves it whole by
+// passthrough, without the store, with the right bytes; a corrupted
+// assembled file is caught at open and never served; --assemble-files=false
+// turns assembly off.
 func TestAssembledFilesPassthrough(t *testing.T) {
 	requireFUSE(t)
 	src, storeDir, mnt, cacheDir := packedTree(t, 24)
-	d := startMount(t, storeDir, mnt, cacheDir, "--assemble-files")
+	d := startMount(t, storeDir, mnt, cacheDir)
 	big := filepath.Join(mnt, "t/big/weights.bin")
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big) // all chunks cached: assembles
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) && d.stats(t).Disk.Bytes < 2*(24<<20) {
+	for time.Now().Before(deadline) && d.stats(t).Assembly.Done < 1 {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if d.stats(t).Disk.Bytes < 2*(24<<20) {
-		t.Fatalf("file not assembled: %+v", d.stats(t).Disk)
+	if s := d.stats(t); s.Assembly.Done < 1 || s.Assembly.Failed != 0 || s.Disk.Bytes < 2*(24<<20) {
+		t.Fatalf("file not assembled: %+v", s)
 	}
 	d.stop(t)
-	d2 := startMount(t, storeDir, mnt, cacheDir, "--assemble-files")
+	d2 := startMount(t, storeDir, mnt, cacheDir)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
-	if s := d2.stats(t); s.Fetches != 0 {
-		t.Fatalf("the assembled file was not served from disk: %+v", s)
+	if s := d2.stats(t); s.Fetches != 0 || s.Opens.Passthrough == 0 {
+		t.Fatalf("the assembled file was not served from disk by passthrough: %+v", s)
+	}
+	d2.stop(t)
+
+	// Flip a byte in the assembled file (the largest in the disk tier):
+	// the next daemon's open finds it, drops it, and serves right bytes.
+	var biggest string
+	var size int64
+	filepath.Walk(cacheDir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && fi.Size() > size {
+			biggest, size = p, fi.Size()
+		}
+		return nil
+	})
+	f, err := os.OpenFile(biggest, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := []byte{0}
+	f.ReadAt(b, size/2)
+	b[0] ^= 0xff
+	f.WriteAt(b, size/2)
+	f.Close()
+	d3 := startMount(t, storeDir, mnt, cacheDir)
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	if s := d3.stats(t); s.Corrupt == 0 || s.Opens.Passthrough != 0 {
+		t.Fatalf("the corrupted assembled file went unnoticed: %+v", s)
+	}
+	d3.stop(t)
+
+	cacheDir2 := filepath.Join(t.TempDir(), "cache")
+	d4 := startMount(t, storeDir, mnt, cacheDir2, "--assemble-files=false")
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	time.Sleep(300 * time.Millisecond)
+	if s := d4.stats(t); s.Assembly.Running+s.Assembly.Done != 0 || s.Disk.Bytes > 24<<20+1<<20 {
+		t.Fatalf("--assemble-files=false assembled: %+v", s)
 	}
 }
 
