@@ -34,6 +34,15 @@ func (c *countingStore) Get(ctx context.Context, h store.Handle, off, n int64) (
 	return c.Store.Get(ctx, h, off, n)
 }
 
+// GetInto counts too: the cache reads chunks of known size through it.
+func (c *countingStore) GetInto(ctx context.Context, h store.Handle, bufs ...[]byte) (int, error) {
+	c.gets.Add(1)
+	if c.delay > 0 {
+		time.Sleep(c.delay)
+	}
+	return store.GetInto(ctx, c.Store, h, bufs...)
+}
+
 func fixture(t *testing.T, n, size int) (*countingStore, [][]byte, []digest.ID) {
 	t.Helper()
 	fs, err := filestore.Open(t.TempDir())
@@ -524,4 +533,86 @@ type slowGets struct {
 func (s *slowGets) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
 	time.Sleep(s.d)
 	return s.Store.Get(ctx, h, off, n)
+}
+
+// Chunks of known size are read straight into pooled buffers (GetInto):
+// raw and compressed ones come back right, and every kind of bad blob —
+// flipped bytes, a blob a byte too long or too short, a wrong size in the
+// manifest — is an error, never wrong bytes, and never enters the cache.
+func TestFetchIntoBuffers(t *testing.T) {
+	ctx := context.Background()
+	fs, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rnd := rand.New(rand.NewSource(3))
+	random := make([]byte, 300_000)
+	rnd.Read(random)
+	small := random[:5000]
+	zeros := make([]byte, 300_000)
+	copy(zeros, random[:1000])
+	put := func(blob []byte, data []byte) digest.ID {
+		id := digest.Of(data)
+		h := store.H(store.Chunk, id)
+		fs.Delete(ctx, h)
+		if err := fs.Put(ctx, h, blob); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	for _, data := range [][]byte{random, small, zeros} {
+		id := put(chunk.Encode(data), data)
+		c, err := Open(fs, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(data))
+		if n, err := c.ReadAt(ctx, id, uint32(len(data)), got, 0); err != nil || n != len(data) || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: ReadAt = %d, %v", len(data), n, err)
+		}
+		// A wrong size in the manifest is refused.
+		c2, _ := Open(fs, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 4 << 20})
+		for _, size := range []int{len(data) - 1, len(data) + 1} {
+			if _, err := c2.ReadAt(ctx, id, uint32(size), got, 0); err == nil {
+				t.Fatalf("%d bytes read with a manifest size of %d", len(data), size)
+			}
+		}
+		c.Close()
+		c2.Close()
+	}
+	bad := map[string][]byte{}
+	raw := chunk.Encode(random)
+	flip := append([]byte(nil), raw...)
+	flip[len(flip)/2] ^= 1
+	bad["raw, a flipped byte"] = flip
+	bad["raw, a byte too long"] = append(append([]byte(nil), raw...), 0)
+	bad["raw, a byte too short"] = raw[:len(raw)-1]
+	z := chunk.Encode(zeros)
+	if z[0] != chunk.CodecZstd {
+		t.Fatal("fixture: zeros did not compress")
+	}
+	zflip := append([]byte(nil), z...)
+	zflip[len(zflip)-3] ^= 0x40
+	bad["zstd, a flipped byte"] = zflip
+	bad["unknown codec"] = append([]byte{7}, random...)[:len(random)+1]
+	bad["empty"] = []byte{}
+	for name, blob := range bad {
+		data := random
+		if name[0] == 'z' {
+			data = zeros
+		}
+		id := put(blob, data)
+		c, err := Open(fs, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(data))
+		if _, err := c.ReadAt(ctx, id, uint32(len(data)), got, 0); !errors.Is(err, chunk.ErrCorrupt) {
+			t.Errorf("%s: want ErrCorrupt, got %v", name, err)
+		}
+		if c.Contains(id) || c.Stats().Corrupt != 1 {
+			t.Errorf("%s: in the cache %v, corrupt counter %d", name, c.Contains(id), c.Stats().Corrupt)
+		}
+		c.Close()
+	}
 }

@@ -125,30 +125,49 @@ func DecodeTo(dst, blob []byte, want digest.ID) ([]byte, error) {
 	return data, nil
 }
 
+// DecodeParts is DecodeTo for a blob read in two parts: its codec byte and
+// its payload (a scatter read puts a raw chunk's payload where it belongs,
+// and dst may then be that very memory: nothing moves). A zstd payload
+// must not overlap dst.
+func DecodeParts(dst []byte, codec byte, payload []byte, want digest.ID) ([]byte, error) {
+	data, err := decodePayload(dst, codec, payload)
+	if err != nil {
+		return nil, fmt.Errorf("chunk %s: %w", want.Short(), err)
+	}
+	if got := digest.Of(data); got != want {
+		return nil, fmt.Errorf("chunk %s: %w: contents hash to %s", want.Short(), ErrCorrupt, got.Short())
+	}
+	return data, nil
+}
+
 func decode(dst, blob []byte) ([]byte, error) {
 	if len(blob) == 0 {
 		return nil, fmt.Errorf("%w: empty blob", ErrCorrupt)
 	}
-	switch blob[0] {
+	return decodePayload(dst, blob[0], blob[1:])
+}
+
+func decodePayload(dst []byte, codec byte, payload []byte) ([]byte, error) {
+	switch codec {
 	case CodecRaw:
-		if len(blob)-1 > MaxSize {
-			return nil, fmt.Errorf("%w: %d bytes exceeds the %d byte limit", ErrCorrupt, len(blob)-1, MaxSize)
+		if len(payload) > MaxSize {
+			return nil, fmt.Errorf("%w: %d bytes exceeds the %d byte limit", ErrCorrupt, len(payload), MaxSize)
 		}
-		if dst != nil && cap(dst) >= len(blob)-1 {
-			return append(dst[:0], blob[1:]...), nil
+		if dst != nil && cap(dst) >= len(payload) {
+			return append(dst[:0], payload...), nil
 		}
-		return blob[1:], nil
+		return payload, nil
 	case CodecZstd:
 		_, d := codecs()
 		if dst != nil {
 			dst = dst[:0]
 		}
-		out, err := d.DecodeAll(blob[1:], dst)
+		out, err := d.DecodeAll(payload, dst)
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}
 		return out, nil
 	default:
-		return nil, fmt.Errorf("%w: unknown codec byte 0x%02x", ErrCorrupt, blob[0])
+		return nil, fmt.Errorf("%w: unknown codec byte 0x%02x", ErrCorrupt, codec)
 	}
 }

@@ -83,6 +83,12 @@ func (r *retryStore) Get(ctx context.Context, h Handle, off, n int64) ([]byte, e
 	return b, err
 }
 
+func (r *retryStore) GetInto(ctx context.Context, h Handle, bufs ...[]byte) (int, error) {
+	var n int
+	err := r.do(ctx, "get", func() (err error) { n, err = GetInto(ctx, r.Store, h, bufs...); return })
+	return n, err
+}
+
 func (r *retryStore) Stat(ctx context.Context, h Handle) (Info, error) {
 	var in Info
 	err := r.do(ctx, "stat", func() (err error) { in, err = r.Store.Stat(ctx, h); return })

@@ -132,6 +132,60 @@ type Store interface {
 	Close() error
 }
 
+// GetIntoer is implemented by stores that can read a whole object straight
+// into memory the caller owns: a cache reading chunks into its own buffers
+// then needs no fresh buffer per object and no copy out of it.
+type GetIntoer interface {
+	// GetInto reads the whole object into bufs, filling them in order (a
+	// scatter read), and returns its length. An object longer than the
+	// buffers together fills them and returns ErrShortBuffer (wrapped); a
+	// missing object is ErrNotFound.
+	GetInto(ctx context.Context, h Handle, bufs ...[]byte) (int, error)
+}
+
+// ErrShortBuffer is returned (wrapped) by GetInto for an object longer than
+// the buffers.
+var ErrShortBuffer = errors.New("object longer than the buffers")
+
+// GetInto reads the whole object h into bufs through s's GetInto when it
+// has one, else through Get (and a copy).
+func GetInto(ctx context.Context, s Store, h Handle, bufs ...[]byte) (int, error) {
+	if g, ok := s.(GetIntoer); ok {
+		return g.GetInto(ctx, h, bufs...)
+	}
+	b, err := s.Get(ctx, h, 0, -1)
+	if err != nil {
+		return 0, err
+	}
+	n := Scatter(b, bufs)
+	if n < len(b) {
+		return n, fmt.Errorf("get %s: %d bytes: %w", h, len(b), ErrShortBuffer)
+	}
+	return n, nil
+}
+
+// Scatter copies b into bufs in order and returns how many bytes it copied.
+func Scatter(b []byte, bufs [][]byte) int {
+	n := 0
+	for _, d := range bufs {
+		k := copy(d, b[n:])
+		n += k
+		if n == len(b) {
+			break
+		}
+	}
+	return n
+}
+
+// BufsLen is the bytes bufs hold together.
+func BufsLen(bufs [][]byte) int {
+	n := 0
+	for _, d := range bufs {
+		n += len(d)
+	}
+	return n
+}
+
 // Has reports whether the object exists.
 func Has(ctx context.Context, s Store, h Handle) (bool, error) {
 	_, err := s.Stat(ctx, h)

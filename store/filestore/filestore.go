@@ -300,6 +300,68 @@ func (s *Store) Get(ctx context.Context, h store.Handle, off, length int64) ([]b
 	return buf, nil
 }
 
+// GetInto reads the whole object into bufs with preadv.
+func (s *Store) GetInto(ctx context.Context, h store.Handle, bufs ...[]byte) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	p, err := s.path(h)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, wrap(h, &os.PathError{Op: "open", Path: p, Err: err})
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, wrap(h, err)
+	}
+	// The iovecs that the object fills, the last one cut to its end.
+	var iov [][]byte
+	left := st.Size
+	for _, b := range bufs {
+		if left <= 0 {
+			break
+		}
+		b = b[:min(int64(len(b)), left)]
+		iov = append(iov, b)
+		left -= int64(len(b))
+	}
+	want := st.Size - left
+	var n int64
+	for n < want {
+		k, err := unix.Preadv(fd, skipBytes(iov, n), n)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return int(n), wrap(h, err)
+		}
+		if k == 0 {
+			return int(n), fmt.Errorf("get %s: %s shrank while being read", h, p)
+		}
+		n += int64(k)
+	}
+	if left > 0 {
+		return int(n), fmt.Errorf("get %s: %d bytes: %w", h, st.Size, store.ErrShortBuffer)
+	}
+	return int(n), nil
+}
+
+// skipBytes is iov without its first n bytes.
+func skipBytes(iov [][]byte, n int64) [][]byte {
+	for len(iov) > 0 && n >= int64(len(iov[0])) {
+		n -= int64(len(iov[0]))
+		iov = iov[1:]
+	}
+	if len(iov) > 0 && n > 0 {
+		iov = append([][]byte{iov[0][n:]}, iov[1:]...)
+	}
+	return iov
+}
+
 func (s *Store) Stat(ctx context.Context, h store.Handle) (store.Info, error) {
 	p, err := s.path(h)
 	if err != nil {

@@ -269,6 +269,36 @@ func (s *Store) Get(ctx context.Context, h store.Handle, off, length int64) ([]b
 	return buf, nil
 }
 
+// GetInto reads the whole object into bufs straight from the response body.
+func (s *Store) GetInto(ctx context.Context, h store.Handle, bufs ...[]byte) (int, error) {
+	k, err := s.key(h)
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	body, _, _, err := s.core.GetObject(ctx, s.cfg.Bucket, k, minio.GetObjectOptions{})
+	if err != nil {
+		return 0, s.wrap("get "+h.String(), err)
+	}
+	defer body.Close()
+	n := 0
+	for _, b := range bufs {
+		k, err := io.ReadFull(body, b)
+		n += k
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, s.wrap("get "+h.String(), err)
+		}
+	}
+	if k, _ := body.Read(make([]byte, 1)); k > 0 {
+		return n, fmt.Errorf("get %s: %w", h, store.ErrShortBuffer)
+	}
+	return n, nil
+}
+
 func (s *Store) Stat(ctx context.Context, h store.Handle) (store.Info, error) {
 	k, err := s.key(h)
 	if err != nil {

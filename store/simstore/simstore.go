@@ -79,6 +79,18 @@ func (s *Store) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, 
 	return b, nil
 }
 
+func (s *Store) GetInto(ctx context.Context, h store.Handle, bufs ...[]byte) (int, error) {
+	start := time.Now()
+	n, err := store.GetInto(ctx, s.Store, h, bufs...)
+	if err != nil {
+		return n, err
+	}
+	if err := s.wait(ctx, start, n); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
 func (s *Store) Stat(ctx context.Context, h store.Handle) (store.Info, error) {
 	start := time.Now()
 	info, err := s.Store.Stat(ctx, h)

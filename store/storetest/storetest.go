@@ -31,6 +31,29 @@ func Run(t *testing.T, s store.Store) {
 		}
 	})
 
+	t.Run("get-into", func(t *testing.T) {
+		if err := s.Put(ctx, h, data); err != nil {
+			t.Fatal(err)
+		}
+		dst := make([]byte, len(data)+100)
+		n, err := store.GetInto(ctx, s, h, dst)
+		if err != nil || n != len(data) || !bytes.Equal(dst[:n], data) {
+			t.Fatalf("GetInto = %d bytes, %v", n, err)
+		}
+		// Scattered: one byte, then exactly the rest.
+		one, rest := make([]byte, 1), make([]byte, len(data)-1)
+		if n, err := store.GetInto(ctx, s, h, one, rest); err != nil || n != len(data) || one[0] != data[0] || !bytes.Equal(rest, data[1:]) {
+			t.Fatalf("GetInto into two buffers = %d, %v", n, err)
+		}
+		if _, err := store.GetInto(ctx, s, h, one, rest[:len(rest)-1]); !errors.Is(err, store.ErrShortBuffer) {
+			t.Fatalf("GetInto into short buffers: want ErrShortBuffer, got %v", err)
+		}
+		missing := store.H(store.Chunk, digest.Of([]byte("no such object")))
+		if _, err := store.GetInto(ctx, s, missing, dst); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("GetInto of a missing object: want ErrNotFound, got %v", err)
+		}
+	})
+
 	t.Run("put-get", func(t *testing.T) {
 		if err := s.Put(ctx, h, data); err != nil {
 			t.Fatal(err)
