@@ -10,11 +10,14 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
 )
@@ -614,5 +617,74 @@ func TestFetchIntoBuffers(t *testing.T) {
 			t.Errorf("%s: in the cache %v, corrupt counter %d", name, c.Contains(id), c.Stats().Corrupt)
 		}
 		c.Close()
+	}
+}
+
+// The disk tier writes chunks and assembled files with O_DIRECT, and
+// through the page cache where the filesystem refuses it (tmpfs, some
+// network filesystems): either way a new cache on the same directory reads
+// them back right, chunk by chunk and as a whole assembled file.
+func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
+	ctx := context.Background()
+	dirs := map[string]string{"disk": t.TempDir(), "refused": t.TempDir()}
+	if shm, err := os.MkdirTemp("/dev/shm", "cache-test"); err == nil {
+		defer os.RemoveAll(shm)
+		dirs["tmpfs"] = shm
+	}
+	open := directio.OpenNew
+	defer func() { directio.OpenNew = open }()
+	for name, dir := range dirs {
+		directio.OpenNew = open
+		if name == "refused" {
+			directio.OpenNew = func(string, uint32) (int, error) { return -1, syscall.EINVAL }
+		}
+		st, datas, ids := fixture(t, 3, 150_001)
+		var chunks []manifest.Chunk
+		var whole []byte
+		for i, id := range ids {
+			chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
+			whole = append(whole, datas[i]...)
+		}
+		c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 16 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range chunks {
+			if err := c.Fetch(ctx, ch.ID, ch.Size, Demand); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+		}
+		c.Flush()
+		if err := c.Assemble(ctx, chunks); err != nil {
+			t.Fatalf("%s: assemble: %v", name, err)
+		}
+		if c.disk.noDirect.Load() != (name == "refused") && name != "tmpfs" {
+			t.Fatalf("%s: O_DIRECT refused: %v", name, c.disk.noDirect.Load())
+		}
+		c.Close()
+		c2, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 16 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := st.gets.Load()
+		for i, ch := range chunks {
+			got, err := c2.Get(ctx, ch.ID, ch.Size)
+			if err != nil || !bytes.Equal(got, datas[i]) {
+				t.Fatalf("%s: chunk %d from the disk tier: %v", name, i, err)
+			}
+		}
+		f, ok := c2.DiskFile(FileID(chunks), int64(len(whole)))
+		if !ok {
+			t.Fatalf("%s: no assembled file", name)
+		}
+		got, err := io.ReadAll(f)
+		f.Close()
+		if err != nil || !bytes.Equal(got, whole) {
+			t.Fatalf("%s: assembled file: %d bytes, %v", name, len(got), err)
+		}
+		if st.gets.Load() != before {
+			t.Fatalf("%s: the store was read again", name)
+		}
+		c2.Close()
 	}
 }
