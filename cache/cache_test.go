@@ -10,13 +10,12 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/internal/directio/directiotest"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
@@ -626,18 +625,7 @@ func TestFetchIntoBuffers(t *testing.T) {
 // them back right, chunk by chunk and as a whole assembled file.
 func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 	ctx := context.Background()
-	dirs := map[string]string{"disk": t.TempDir(), "refused": t.TempDir()}
-	if shm, err := os.MkdirTemp("/dev/shm", "cache-test"); err == nil {
-		defer os.RemoveAll(shm)
-		dirs["tmpfs"] = shm
-	}
-	open := directio.OpenNew
-	defer func() { directio.OpenNew = open }()
-	for name, dir := range dirs {
-		directio.OpenNew = open
-		if name == "refused" {
-			directio.OpenNew = func(string, uint32) (int, error) { return -1, syscall.EINVAL }
-		}
+	directiotest.Each(t, func(name, dir string, refused bool) {
 		st, datas, ids := fixture(t, 3, 150_001)
 		var chunks []manifest.Chunk
 		var whole []byte
@@ -658,7 +646,7 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 		if err := c.Assemble(ctx, chunks); err != nil {
 			t.Fatalf("%s: assemble: %v", name, err)
 		}
-		if c.disk.noDirect.Load() != (name == "refused") && name != "tmpfs" {
+		if c.disk.noDirect.Load() != refused && name != "tmpfs" {
 			t.Fatalf("%s: O_DIRECT refused: %v", name, c.disk.noDirect.Load())
 		}
 		c.Close()
@@ -686,5 +674,5 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 			t.Fatalf("%s: the store was read again", name)
 		}
 		c2.Close()
-	}
+	})
 }

@@ -157,15 +157,15 @@ func GetInto(ctx context.Context, s Store, h Handle, bufs ...[]byte) (int, error
 	if err != nil {
 		return 0, err
 	}
-	n := Scatter(b, bufs)
+	n := scatter(b, bufs)
 	if n < len(b) {
 		return n, fmt.Errorf("get %s: %d bytes: %w", h, len(b), ErrShortBuffer)
 	}
 	return n, nil
 }
 
-// Scatter copies b into bufs in order and returns how many bytes it copied.
-func Scatter(b []byte, bufs [][]byte) int {
+// scatter copies b into bufs in order and returns how many bytes it copied.
+func scatter(b []byte, bufs [][]byte) int {
 	n := 0
 	for _, d := range bufs {
 		k := copy(d, b[n:])
@@ -173,15 +173,6 @@ func Scatter(b []byte, bufs [][]byte) int {
 		if n == len(b) {
 			break
 		}
-	}
-	return n
-}
-
-// BufsLen is the bytes bufs hold together.
-func BufsLen(bufs [][]byte) int {
-	n := 0
-	for _, d := range bufs {
-		n += len(d)
 	}
 	return n
 }

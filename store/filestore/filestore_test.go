@@ -7,11 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/internal/directio/directiotest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/storetest"
 )
@@ -31,18 +31,7 @@ func TestConformance(t *testing.T) {
 // directory) and on one that refuses it (tmpfs), which falls back to
 // writing through the page cache.
 func TestDirectWritesRoundTrip(t *testing.T) {
-	dirs := map[string]string{"disk": t.TempDir(), "no O_DIRECT": t.TempDir()}
-	if shm, err := os.MkdirTemp("/dev/shm", "filestore-test"); err == nil {
-		defer os.RemoveAll(shm)
-		dirs["tmpfs"] = shm
-	}
-	open := directio.OpenNew
-	defer func() { directio.OpenNew = open }()
-	for name, dir := range dirs {
-		directio.OpenNew = open
-		if name == "no O_DIRECT" {
-			directio.OpenNew = func(string, uint32) (int, error) { return -1, syscall.EINVAL }
-		}
+	directiotest.Each(t, func(name, dir string, refused bool) {
 		s, err := Open(dir)
 		if err != nil {
 			t.Fatal(err)
@@ -77,10 +66,10 @@ func TestDirectWritesRoundTrip(t *testing.T) {
 		if len(left) != 0 {
 			t.Fatalf("%s: %d temporary files left behind", name, len(left))
 		}
-		if s.noDirect.Load() != (name == "no O_DIRECT") {
+		if s.noDirect.Load() != refused {
 			t.Fatalf("%s: O_DIRECT refused: %v", name, s.noDirect.Load())
 		}
-	}
+	})
 }
 
 // A batch's objects are invisible until Commit; a writer that died before
