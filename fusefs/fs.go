@@ -79,6 +79,9 @@ type FS struct {
 
 	// opens counts file opens by how they are served.
 	passthroughOpens, cachedOpens atomic.Int64
+	// pageCacheOpens counts cached-mode opens of files whose pages the
+	// kernel held in full; pageCacheLost, files asked for again after that.
+	pageCacheOpens, pageCacheLost atomic.Int64
 
 	assembling sync.Map
 	// Assemblies running, finished and failed (.stats).
@@ -398,6 +401,9 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 		}
 	}
 	id := cache.FileID(chunks)
+	if f.cache.Contains(id) {
+		return // assembled already
+	}
 	if _, busy := f.assembling.LoadOrStore(id, true); busy {
 		return
 	}

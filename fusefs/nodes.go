@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -160,6 +161,17 @@ type node struct {
 	cachedOpens      int
 	passthroughOpens int
 	backing          *os.File
+
+	// pageCache tracks whether the kernel's page cache of this inode holds
+	// the whole file: served counts the bytes cached-mode reads returned,
+	// and once that reaches the size every page has been handed to the
+	// kernel. A read after that means the kernel dropped some (memory
+	// pressure, drop_caches), and the count starts again. While the page
+	// cache is full, opens stay in cached mode, because a passthrough open
+	// would read the disk-tier file instead, whose pages are cold (it was
+	// written with O_DIRECT) and which is hashed at its first open.
+	served      atomic.Int64
+	inPageCache atomic.Bool
 }
 
 var (

@@ -71,6 +71,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	switch {
 	case n.passthroughOpens > 0:
 		h.passthrough = true
+	case n.inPageCache.Load():
+		// Served from the kernel's page cache (see node.served).
+		n.fsys.pageCacheOpens.Add(1)
+		if len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles && !n.fsys.opt.NoPassthrough {
+			n.fsys.maybeAssemble(e.Chunks) // if it was not, for a later daemon
+		}
 	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 && !n.fsys.cache.InMemory(e.Chunks[0].ID):
 		// A chunk in the memory tier is served from there: passthrough
 		// would read the disk-tier file, from the disk once the kernel
@@ -146,11 +152,30 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		}
 		return nil, e2
 	}
+	n.noteServed(int64(res.Size()), e.Size)
 	for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
 		c := e.Chunks[last+k]
 		n.fsys.queueReadahead(c.ID, c.Size)
 	}
 	return res, 0
+}
+
+// noteServed counts k bytes handed to the kernel's page cache of a file of
+// size bytes (see node.served).
+func (n *node) noteServed(k, size int64) {
+	if n.inPageCache.Load() {
+		// Asked again for bytes it was given: the kernel has dropped pages.
+		n.inPageCache.Store(false)
+		n.served.Store(0)
+		n.fsys.pageCacheLost.Add(1)
+	}
+	if n.served.Add(k) >= size && !n.inPageCache.Swap(true) {
+		// Every chunk has just been read: the moment to assemble the file
+		// for passthrough opens by a later daemon or once these pages go.
+		if e := n.entry(); len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles && !n.fsys.opt.NoPassthrough {
+			n.fsys.maybeAssemble(e.Chunks)
+		}
+	}
 }
 
 // viewResult is a read reply made of views of cached chunks. go-fuse writes

@@ -61,7 +61,14 @@ func (s *statsNode) render() []byte {
 	}
 	// Opens served by FUSE passthrough from a disk-tier file, and opens
 	// served through the daemon (memory tier, kernel page cache).
-	out["Opens"] = map[string]int64{"Passthrough": s.fsys.passthroughOpens.Load(), "Cached": s.fsys.cachedOpens.Load()}
+	out["Opens"] = map[string]int64{
+		"Passthrough": s.fsys.passthroughOpens.Load(),
+		"Cached":      s.fsys.cachedOpens.Load(),
+		// Of the cached opens, those of files wholly in the kernel's page
+		// cache; and how often such a file was found dropped afterwards.
+		"PageCache":     s.fsys.pageCacheOpens.Load(),
+		"PageCacheLost": s.fsys.pageCacheLost.Load(),
+	}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")

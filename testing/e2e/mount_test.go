@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -392,6 +393,60 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if s := d4.stats(t); s.Assembly.Running+s.Assembly.Done != 0 || s.Disk.Bytes > 24<<20+1<<20 {
 		t.Fatalf("--assemble-files=false assembled: %+v", s)
+	}
+}
+
+// TestPageCachedFileStaysCached: a file read whole through the mount is
+// opened again in cached mode, served by the kernel's page cache without a
+// read reaching the daemon, even once it is assembled for passthrough (a
+// passthrough open would hash the assembled file and read it from the disk).
+// When the kernel has dropped its pages, the daemon sees the file asked for
+// again, and the next open, with the file not read whole since, is a
+// passthrough one.
+func TestPageCachedFileStaysCached(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, cacheDir := packedTree(t, 24)
+	d := startMount(t, storeDir, mnt, cacheDir)
+	big := filepath.Join(mnt, "t/big/weights.bin")
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	// Every chunk has been read: the file is assembled in the background.
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && d.stats(t).Assembly.Done < 1 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	before := d.stats(t)
+	if before.Assembly.Done < 1 {
+		t.Fatalf("file not assembled after one whole read: %+v", before)
+	}
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	after := d.stats(t)
+	if after.Opens.PageCache != before.Opens.PageCache+1 || after.Opens.Passthrough != before.Opens.Passthrough {
+		t.Fatalf("reopening a file the kernel holds: opens %+v -> %+v, want one more page-cache open", before.Opens, after.Opens)
+	}
+	if after.Memory.Hits != before.Memory.Hits || after.Disk.Hits != before.Disk.Hits || after.Fetches != before.Fetches {
+		t.Fatalf("the daemon served reads of a file in the page cache: %+v -> %+v", before.Stats, after.Stats)
+	}
+
+	// Drop the file's pages (clean pages of a read-only file go at once).
+	f, err := os.Open(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
+	}
+	// Reading part of it again: the daemon is asked for bytes it gave.
+	if _, err := f.ReadAt(make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	lost := d.stats(t)
+	if lost.Opens.PageCacheLost != before.Opens.PageCacheLost+1 {
+		t.Fatalf("pages dropped by the kernel not noticed: %+v", lost.Opens)
+	}
+	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
+	if o := d.stats(t).Opens; o.Passthrough != lost.Opens.Passthrough+1 {
+		t.Fatalf("after the kernel dropped the pages, the open was not a passthrough one: %+v -> %+v", lost.Opens, o)
 	}
 }
 
