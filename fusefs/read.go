@@ -86,9 +86,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			n.backing = f
 			h.passthrough = true
 		}
-	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && n.fsys.opt.AssembleFiles && len(e.Chunks) > 1:
-		// A whole file assembled in the disk tier (from a previous open
-		// that found all of its chunks there) is served by passthrough too.
+	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && n.fsys.opt.AssembleFiles && len(e.Chunks) > 1 && !n.allInMemory(e.Chunks):
+		// A whole file assembled in the disk tier (once all of its chunks
+		// were cached) is served by passthrough too, unless the memory tier
+		// holds all of it: served from there, a 384 MB file read at 2.8-4.5
+		// GB/s after drop_caches, by passthrough at the disk's speed.
 		if f, ok := n.fsys.cache.DiskFile(cache.FileID(e.Chunks), e.Size); ok {
 			n.backing = f
 			h.passthrough = true
@@ -158,6 +160,16 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		n.fsys.queueReadahead(c.ID, c.Size)
 	}
 	return res, 0
+}
+
+// allInMemory reports whether every chunk is in the memory tier.
+func (n *node) allInMemory(chunks []manifest.Chunk) bool {
+	for _, c := range chunks {
+		if !n.fsys.cache.InMemory(c.ID) {
+			return false
+		}
+	}
+	return true
 }
 
 // noteServed counts k bytes handed to the kernel's page cache of a file of
