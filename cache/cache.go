@@ -484,6 +484,8 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
 // TierStats counts one tier's activity.
 type TierStats struct {
 	Hits, Misses, Bytes, Limit, Entries, Evictions int64
+	// Queued is the bytes fetched but not yet written (disk tier only).
+	Queued int64
 }
 
 // Stats is a snapshot of the cache's counters.

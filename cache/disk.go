@@ -543,7 +543,7 @@ func (d *diskTier) stats() TierStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return TierStats{Hits: d.hits, Misses: d.misses, Bytes: d.used, Limit: d.limit,
-		Entries: int64(len(d.entries)), Evictions: d.evicted}
+		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load()}
 }
 
 // close finishes queued writes and releases the directory.
