@@ -130,9 +130,13 @@ func taggedSnapshot(ctx context.Context, dir string, mb int, tag string) (c *res
 }
 
 func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int) (string, time.Duration, *restore.SnapshotResult, error) {
-	wl := filepath.Join(dir, "gpuwarm-workload")
-	if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
-		return "", 0, nil, fmt.Errorf("build workload: %v\n%s", err, out)
+	// A machine without Go (the GPU machine) brings the workload built.
+	wl := os.Getenv("GPUWARM_WORKLOAD")
+	if wl == "" {
+		wl = filepath.Join(dir, "gpuwarm-workload")
+		if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
+			return "", 0, nil, fmt.Errorf("build workload (or set GPUWARM_WORKLOAD to a built one): %v\n%s", err, out)
+		}
 	}
 	p := bu.NewPipes()
 	start := time.Now()
