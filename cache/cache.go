@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -32,6 +33,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
+	"golang.org/x/sys/unix"
 )
 
 // Config sizes the cache.
@@ -204,6 +206,12 @@ func (c *Cache) InMemory(id digest.ID) bool { return c.mem.has(id) }
 // Contains reports whether the chunk is in either tier (without reading it).
 func (c *Cache) Contains(id digest.ID) bool {
 	return c.mem.has(id) || (c.disk != nil && c.disk.has(id))
+}
+
+// Kept reports whether the chunk is in either tier or queued to be written
+// to the disk tier (evicted from memory before its write was done).
+func (c *Cache) Kept(id digest.ID) bool {
+	return c.Contains(id) || c.disk != nil && c.disk.queued(id)
 }
 
 // flight is one load of a chunk that concurrent callers wait for. Each
@@ -454,7 +462,14 @@ func FileID(chunks []manifest.Chunk) digest.ID {
 // is read verified. Files larger than MaxAssemble or a quarter of the tier
 // are skipped: a passthrough open first hashes the whole file (once per
 // daemon), which must not stall an open for long.
-func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
+//
+// With cached set the file is written through the page cache and then
+// read back and hashed from there, as a passthrough open would: its first
+// passthrough open then needs no hashing, and the kernel serves it from
+// page cache in large folios (a FUSE file's own page cache holds single
+// pages, which makes it copy at half the speed). Without, it is written
+// with O_DIRECT and leaves the page cache alone.
+func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bool) error {
 	if c.disk == nil {
 		return nil
 	}
@@ -465,7 +480,8 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
 	if size > c.disk.limit/4 || size > MaxAssemble {
 		return nil
 	}
-	return c.disk.addStream(FileID(chunks), size, func(w io.Writer) error {
+	id := FileID(chunks)
+	err := c.disk.addStream(id, size, cached, func(w io.Writer) error {
 		for _, ch := range chunks {
 			b, err := c.get(ctx, ch.ID, ch.Size, Prefetch)
 			if err != nil {
@@ -479,6 +495,30 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk) error {
 		}
 		return nil
 	})
+	if err != nil || !cached {
+		return err
+	}
+	f, err := c.disk.open(id, size) // reads it back, verifies, remembers
+	if err != nil {
+		if errors.Is(err, errCorruptEntry) {
+			c.corrupt.Add(1)
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // evicted already, or no room: nothing assembled
+		}
+		return fmt.Errorf("assembled file %s: %w", id.Short(), err)
+	}
+	return f.Close()
+}
+
+// Resident reports whether the kernel's page cache holds all of f's first
+// size bytes (cachestat(2), Linux 6.5+; false where it is missing).
+func Resident(f *os.File, size int64) bool {
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{Off: 0, Len: uint64(size)}, &st, 0); err != nil {
+		return false
+	}
+	return int64(st.Cache)*int64(os.Getpagesize()) >= size
 }
 
 // TierStats counts one tier's activity.

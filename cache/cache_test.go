@@ -643,7 +643,7 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 			}
 		}
 		c.Flush()
-		if err := c.Assemble(ctx, chunks); err != nil {
+		if err := c.Assemble(ctx, chunks, false); err != nil {
 			t.Fatalf("%s: assemble: %v", name, err)
 		}
 		if c.disk.noDirect.Load() != refused && name != "tmpfs" {
@@ -675,4 +675,60 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 		}
 		c2.Close()
 	})
+}
+
+// An assembled file written through the page cache is read back and
+// verified once, found resident by Resident, opened without hashing it
+// again, and still caught when its bytes change afterwards.
+func TestAssembleCached(t *testing.T) {
+	ctx := context.Background()
+	st, datas, ids := fixture(t, 3, 150_001)
+	var chunks []manifest.Chunk
+	var whole []byte
+	for i, id := range ids {
+		chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
+		whole = append(whole, datas[i]...)
+	}
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Assemble(ctx, chunks, true); err != nil {
+		t.Fatal(err)
+	}
+	id, size := FileID(chunks), int64(len(whole))
+	c.disk.mu.Lock()
+	e := *c.disk.entries[id].Value.(*diskEntry)
+	c.disk.mu.Unlock()
+	if e.verified == (fileStamp{}) {
+		t.Fatal("the assembled file was not verified when written")
+	}
+	f, ok := c.DiskFile(id, size)
+	if !ok {
+		t.Fatal("no assembled file")
+	}
+	if !Resident(f, size) {
+		t.Error("a file just written through the page cache is not resident")
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !bytes.Equal(got, whole) {
+		t.Fatalf("assembled file: %d bytes, %v", len(got), err)
+	}
+	// Change a byte (which moves the file's ctime): the next open hashes
+	// it again and drops it.
+	p := c.disk.path(id, e.sum)
+	b, _ := os.ReadFile(p)
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if f, ok := c.DiskFile(id, size); ok {
+		f.Close()
+		t.Fatal("a changed assembled file was served")
+	}
+	if c.Stats().Corrupt != 1 {
+		t.Fatalf("corrupt counter %d", c.Stats().Corrupt)
+	}
 }

@@ -48,6 +48,9 @@ type diskTier struct {
 	closed  atomic.Bool
 	// queuedBytes is what the queue holds (bounded by maxQueuedBytes).
 	queuedBytes atomic.Int64
+	// queuedIDs counts the queued writes of each chunk.
+	queuedMu  sync.Mutex
+	queuedIDs map[digest.ID]int
 
 	mu      sync.Mutex
 	limit   int64
@@ -95,7 +98,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger) (*diskTier, error) 
 	if err != nil {
 		return nil, err
 	}
-	d := &diskTier{dir: dir, lock: lock, log: log, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element)}
+	d := &diskTier{dir: dir, lock: lock, log: log, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
 	// Writes in flight when an earlier process died are garbage.
 	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
 	for _, t := range tmps {
@@ -149,6 +152,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger) (*diskTier, error) 
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
 				d.queuedBytes.Add(-int64(len(w.b.b)))
+				d.dequeued(w.id)
 				w.b.release()
 				d.pending.Done()
 			}
@@ -291,10 +295,14 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 	b.ref()
 	n := int64(len(b.b))
 	if d.queuedBytes.Add(n) <= maxQueuedBytes {
+		d.queuedMu.Lock()
+		d.queuedIDs[id]++
+		d.queuedMu.Unlock()
 		select {
 		case d.queue <- pendingWrite{id, b}:
 			return
 		default:
+			d.dequeued(id)
 		}
 	}
 	// The queue is full: the caller writes (back-pressure, nothing dropped).
@@ -304,6 +312,21 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 		d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
 	}
 	b.release()
+}
+
+func (d *diskTier) dequeued(id digest.ID) {
+	d.queuedMu.Lock()
+	if d.queuedIDs[id]--; d.queuedIDs[id] <= 0 {
+		delete(d.queuedIDs, id)
+	}
+	d.queuedMu.Unlock()
+}
+
+// queued reports whether a write of chunk id is waiting in the queue.
+func (d *diskTier) queued(id digest.ID) bool {
+	d.queuedMu.Lock()
+	defer d.queuedMu.Unlock()
+	return d.queuedIDs[id] > 0
 }
 
 // maxQueuedBytes bounds the memory that queued disk-tier writes hold.
@@ -345,7 +368,7 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 }
 
 func (d *diskTier) add(id digest.ID, b []byte) error {
-	return d.addStream(id, int64(len(b)), func(w io.Writer) error {
+	return d.addStream(id, int64(len(b)), false, func(w io.Writer) error {
 		_, err := w.Write(b)
 		return err
 	})
@@ -353,10 +376,11 @@ func (d *diskTier) add(id digest.ID, b []byte) error {
 
 // addStream adds an entry of size bytes that write produces (write may be
 // called again if the filesystem turns O_DIRECT down midway). The file is
-// written with O_DIRECT through an aligned block buffer: assembling a
-// 400 MB file through the page cache allocated 400 MB of cache pages while
-// the program was reading, which halved its reads on the benchmark VM.
-func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) error) error {
+// written with O_DIRECT through an aligned block buffer unless cached is
+// set: assembling a 400 MB file through the page cache while the program
+// was still reading it allocated 400 MB of cache pages under its reads,
+// which halved them on the benchmark VM.
+func (d *diskTier) addStream(id digest.ID, size int64, cached bool, write func(io.Writer) error) error {
 	if size > d.limit || d.has(id) {
 		return nil
 	}
@@ -364,14 +388,14 @@ func (d *diskTier) addStream(id digest.ID, size int64, write func(io.Writer) err
 	var n int64
 	var sum uint64
 	var err error
-	if !d.noDirect.Load() {
+	if !d.noDirect.Load() && !cached {
 		n, sum, err = writeDirect(tmp, write)
 		if errors.Is(err, syscall.EINVAL) {
 			os.Remove(tmp)
 			d.noDirect.Store(true)
 		}
 	}
-	if d.noDirect.Load() {
+	if d.noDirect.Load() || cached {
 		n, sum, err = writeBuffered(tmp, write)
 	}
 	if err == nil && n != size {

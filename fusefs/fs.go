@@ -82,6 +82,9 @@ type FS struct {
 	// pageCacheOpens counts cached-mode opens of files whose pages the
 	// kernel held in full; pageCacheLost, files asked for again after that.
 	pageCacheOpens, pageCacheLost atomic.Int64
+	// residentOpens counts passthrough opens of assembled files whose copy
+	// was in the kernel's page cache.
+	residentOpens atomic.Int64
 
 	assembling sync.Map
 	// Assemblies running, finished and failed (.stats).
@@ -391,12 +394,21 @@ func (f *FS) Observers() map[digest.ID]Observer {
 	return out
 }
 
+func (f *FS) allCached(chunks []manifest.Chunk) bool {
+	for _, c := range chunks {
+		if !f.cache.Contains(c.ID) {
+			return false
+		}
+	}
+	return true
+}
+
 // maybeAssemble assembles, in the background and one file at a time, a
 // file whose chunks are all in the cache, so later opens can use
 // passthrough.
 func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 	for _, c := range chunks {
-		if !f.cache.Contains(c.ID) {
+		if !f.cache.Kept(c.ID) {
 			return
 		}
 	}
@@ -419,7 +431,13 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 		// Background work: a niced thread, so reads being served come first.
 		runtime.LockOSThread()
 		unix.Setpriority(unix.PRIO_PROCESS, 0, 10)
-		if err := f.cache.Assemble(context.Background(), chunks); err != nil {
+		// Chunks evicted from memory before their disk-tier write was done
+		// are on disk once the queue gets to them: wait for that rather
+		// than fetch them from the store again.
+		for wait := 0; wait < 200 && !f.allCached(chunks); wait++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := f.cache.Assemble(context.Background(), chunks, true); err != nil {
 			f.assemblyFailed.Add(1)
 			f.log.Debug("assembling a file for passthrough failed", "err", err)
 			return

@@ -71,13 +71,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	switch {
 	case n.passthroughOpens > 0:
 		h.passthrough = true
+	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
+	case len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles:
+		h.passthrough = n.openAssembled(e)
 	case n.inPageCache.Load():
 		// Served from the kernel's page cache (see node.served).
 		n.fsys.pageCacheOpens.Add(1)
-		if len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles && !n.fsys.opt.NoPassthrough {
-			n.fsys.maybeAssemble(e.Chunks) // if it was not, for a later daemon
-		}
-	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && len(e.Chunks) == 1 && !n.fsys.cache.InMemory(e.Chunks[0].ID):
+	case len(e.Chunks) == 1 && !n.fsys.cache.InMemory(e.Chunks[0].ID):
 		// A chunk in the memory tier is served from there: passthrough
 		// would read the disk-tier file, from the disk once the kernel
 		// has dropped its pages (python importing its standard library
@@ -86,19 +86,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			n.backing = f
 			h.passthrough = true
 		}
-	case n.cachedOpens == 0 && !n.fsys.opt.NoPassthrough && n.fsys.opt.AssembleFiles && len(e.Chunks) > 1 && !n.allInMemory(e.Chunks):
-		// A whole file assembled in the disk tier (once all of its chunks
-		// were cached) is served by passthrough too, unless the memory tier
-		// holds all of it: served from there, a 384 MB file read at 2.8-4.5
-		// GB/s after drop_caches, by passthrough at the disk's speed.
-		if f, ok := n.fsys.cache.DiskFile(cache.FileID(e.Chunks), e.Size); ok {
-			n.backing = f
-			h.passthrough = true
-		} else {
-			n.fsys.maybeAssemble(e.Chunks)
-		}
 	}
 	if h.passthrough {
+		// The kernel does not keep (or use) the FUSE file's own pages
+		// across a passthrough open.
+		n.inPageCache.Store(false)
+		n.served.Store(0)
 		n.passthroughOpens++
 		n.fsys.passthroughOpens.Add(1)
 	} else {
@@ -160,6 +153,41 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		n.fsys.queueReadahead(c.ID, c.Size)
 	}
 	return res, 0
+}
+
+// openAssembled decides how a multi-chunk file is opened while no other
+// open of it is live, and reports whether by passthrough (n.backing set).
+// The file's whole copy in the disk tier (assembled once all of its chunks
+// were cached) is served by passthrough when the kernel's page cache holds
+// it: the kernel copies it from there in large folios, twice as fast as
+// from the FUSE file's own page cache (single pages). Otherwise the copy
+// would be read from the disk, so the file is served through the daemon if
+// the kernel's page cache of the FUSE file has it all (see node.served) or
+// the memory tier does (a 384 MB file read at 2.8-4.5 GB/s from there after
+// drop_caches, at the disk's speed by passthrough), and by passthrough
+// from the disk if neither does.
+func (n *node) openAssembled(e *manifest.Entry) bool {
+	f, ok := n.fsys.cache.DiskFile(cache.FileID(e.Chunks), e.Size)
+	if !ok {
+		n.fsys.maybeAssemble(e.Chunks)
+		if n.inPageCache.Load() {
+			n.fsys.pageCacheOpens.Add(1)
+		}
+		return false
+	}
+	switch {
+	case cache.Resident(f, e.Size):
+		n.fsys.residentOpens.Add(1)
+	case n.inPageCache.Load():
+		n.fsys.pageCacheOpens.Add(1)
+		f.Close()
+		return false
+	case n.allInMemory(e.Chunks):
+		f.Close()
+		return false
+	}
+	n.backing = f
+	return true
 }
 
 // allInMemory reports whether every chunk is in the memory tier.

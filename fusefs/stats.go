@@ -68,6 +68,9 @@ func (s *statsNode) render() []byte {
 		// cache; and how often such a file was found dropped afterwards.
 		"PageCache":     s.fsys.pageCacheOpens.Load(),
 		"PageCacheLost": s.fsys.pageCacheLost.Load(),
+		// Of the passthrough opens, those of assembled files the kernel's
+		// page cache held.
+		"Resident": s.fsys.residentOpens.Load(),
 	}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load()}

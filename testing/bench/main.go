@@ -29,6 +29,7 @@ var (
 	only    = flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames(), ","))
 	workDir = flag.String("dir", "/var/tmp/gpuwarm-bench", "scratch directory on a real disk")
 	scale   = flag.Float64("scale", 1, "data size multiplier")
+	verbose = flag.Bool("v", false, "print the mount daemon's open and cache counters after each mount step")
 )
 
 type section struct {
@@ -145,6 +146,22 @@ func (m *mountProc) waitIdle(limit time.Duration) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// printStats prints the daemon's open and cache counters (with -v).
+func (m *mountProc) printStats(step string) {
+	if !*verbose {
+		return
+	}
+	var s struct {
+		Opens        map[string]int64
+		Memory, Disk map[string]int64
+		Fetches      int64
+		Assembly     map[string]int64
+	}
+	if b, err := os.ReadFile(filepath.Join(m.dir, ".stats")); err == nil && json.Unmarshal(b, &s) == nil {
+		fmt.Printf("after %s: opens %v, memory %v, disk %v, fetches %d, assembly %v\n", step, s.Opens, s.Memory, s.Disk, s.Fetches, s.Assembly)
 	}
 }
 
@@ -296,6 +313,7 @@ func benchMount(dir string) error {
 				m.stop()
 				return err
 			}
+			m.printStats(s.name)
 		}
 		// The daemon finishes its background work (assembling read files
 		// for passthrough) before it stops, as a worker's daemon would have.
@@ -307,6 +325,7 @@ func benchMount(dir string) error {
 			return err
 		}
 		err = measure("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", img, seq, bu.DropCaches)
+		m.printStats("gpuwarm disk tier (warm)")
 		m.stop()
 		if err != nil {
 			return fmt.Errorf("%w\nmount log:\n%s", err, m.logs.String())

@@ -131,7 +131,7 @@ func (d *daemon) kill9(t *testing.T) {
 
 type mountStats struct {
 	cache.Stats
-	Opens    struct{ Passthrough, Cached, PageCache, PageCacheLost int64 }
+	Opens    struct{ Passthrough, Cached, PageCache, PageCacheLost, Resident int64 }
 	Prefetch map[string]struct{ Chunks, Fetched, Touched, Hits, Misses int64 }
 	Assembly struct{ Running, Done, Failed int64 }
 }

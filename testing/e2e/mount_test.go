@@ -396,64 +396,94 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	}
 }
 
-// TestPageCachedFileStaysCached: a file read whole through the mount is
-// opened again in cached mode, served by the kernel's page cache without a
-// read reaching the daemon, even once it is assembled for passthrough (a
-// passthrough open would hash the assembled file and read it from the disk).
-// When the kernel has dropped its pages, the daemon sees the file asked for
-// again, and the next open, with the file not read whole since, is a
-// passthrough one.
-func TestPageCachedFileStaysCached(t *testing.T) {
+// TestAssembledFileOpenModes: how a multi-chunk file is opened follows
+// where its bytes are. Read whole once, it is assembled in the disk tier
+// through the page cache. With that copy's pages gone but the FUSE file's
+// own pages whole, an open is a cached one, served by the kernel without a
+// read reaching the daemon. When the kernel has dropped those too, the
+// daemon sees the file asked for again, and the next open is a passthrough
+// one from the disk; after that read the copy is in the page cache, and
+// opens are passthrough ones from there (the kernel copies it in large
+// folios).
+func TestAssembledFileOpenModes(t *testing.T) {
 	requireFUSE(t)
 	src, storeDir, mnt, cacheDir := packedTree(t, 24)
 	// A memory tier smaller than the file: were it all there, the daemon
-	// would serve it from memory rather than by passthrough.
+	// would serve it from memory rather than by passthrough from the disk.
 	d := startMount(t, storeDir, mnt, cacheDir, "--mem-cache", "8MiB")
+	want := filepath.Join(src, "big/weights.bin")
 	big := filepath.Join(mnt, "t/big/weights.bin")
-	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
-	// Every chunk has been read: the file is assembled in the background,
-	// or at its next open if some chunk was then on its way to the disk
-	// tier (evicted from the small memory tier, not yet written).
+	compareOne(t, want, big)
+	// Every chunk has been read: the file is assembled in the background.
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) && d.stats(t).Assembly.Done < 1 {
 		time.Sleep(50 * time.Millisecond)
-		if f, err := os.Open(big); err == nil {
-			f.Close()
-		}
 	}
-	before := d.stats(t)
-	if before.Assembly.Done < 1 {
-		t.Fatalf("file not assembled after one whole read: %+v", before)
-	}
-	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
-	after := d.stats(t)
-	if after.Opens.PageCache != before.Opens.PageCache+1 || after.Opens.Passthrough != before.Opens.Passthrough {
-		t.Fatalf("reopening a file the kernel holds: opens %+v -> %+v, want one more page-cache open", before.Opens, after.Opens)
-	}
-	if after.Memory.Hits != before.Memory.Hits || after.Disk.Hits != before.Disk.Hits || after.Fetches != before.Fetches {
-		t.Fatalf("the daemon served reads of a file in the page cache: %+v -> %+v", before.Stats, after.Stats)
+	s0 := d.stats(t)
+	if s0.Assembly.Done < 1 {
+		t.Fatalf("file not assembled after one whole read: %+v", s0)
 	}
 
-	// Drop the file's pages (clean pages of a read-only file go at once).
+	// Drop the assembled copy's pages (the largest file in the disk tier).
+	var copyPath string
+	var size int64
+	filepath.Walk(cacheDir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && fi.Size() > size {
+			copyPath, size = p, fi.Size()
+		}
+		return nil
+	})
+	dropPages(t, copyPath)
+	compareOne(t, want, big)
+	s1 := d.stats(t)
+	if s1.Opens.PageCache != s0.Opens.PageCache+1 || s1.Opens.Passthrough != s0.Opens.Passthrough {
+		t.Fatalf("an open with the FUSE file in the page cache: opens %+v -> %+v, want one more page-cache open", s0.Opens, s1.Opens)
+	}
+	if s1.Memory.Hits != s0.Memory.Hits || s1.Fetches != s0.Fetches {
+		t.Fatalf("the daemon served reads of a file in the page cache: %+v -> %+v", s0.Stats, s1.Stats)
+	}
+
+	// Drop the FUSE file's pages too and read part of it again: the daemon
+	// is asked for bytes it gave.
+	dropPages(t, big)
 	f, err := os.Open(big)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
-		t.Fatal(err)
-	}
-	// Reading part of it again: the daemon is asked for bytes it gave.
 	if _, err := f.ReadAt(make([]byte, 1<<20), 0); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	lost := d.stats(t)
-	if lost.Opens.PageCacheLost != before.Opens.PageCacheLost+1 {
-		t.Fatalf("pages dropped by the kernel not noticed: %+v", lost.Opens)
+	s2 := d.stats(t)
+	if s2.Opens.PageCacheLost != s1.Opens.PageCacheLost+1 {
+		t.Fatalf("pages dropped by the kernel not noticed: %+v", s2.Opens)
 	}
-	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
-	if o := d.stats(t).Opens; o.Passthrough != lost.Opens.Passthrough+1 {
-		t.Fatalf("after the kernel dropped the pages, the open was not a passthrough one: %+v -> %+v", lost.Opens, o)
+	compareOne(t, want, big)
+	s3 := d.stats(t)
+	if s3.Opens.Passthrough != s2.Opens.Passthrough+1 || s3.Opens.Resident != s2.Opens.Resident {
+		t.Fatalf("with no copy in the page cache, the open was not a passthrough one from the disk: %+v -> %+v", s2.Opens, s3.Opens)
+	}
+	compareOne(t, want, big)
+	s4 := d.stats(t)
+	if s4.Opens.Resident != s3.Opens.Resident+1 || s4.Opens.Passthrough != s3.Opens.Passthrough+1 {
+		t.Fatalf("with the copy in the page cache: opens %+v -> %+v, want a resident passthrough one", s3.Opens, s4.Opens)
+	}
+	if s4.Memory.Hits != s3.Memory.Hits || s4.Fetches != s3.Fetches {
+		t.Fatalf("the daemon served reads of a passthrough file: %+v -> %+v", s3.Stats, s4.Stats)
+	}
+}
+
+// dropPages drops the page cache of the file at p.
+func dropPages(t *testing.T, p string) {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Sync() // dirty pages would stay
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		t.Fatal(err)
 	}
 }
 
