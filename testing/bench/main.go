@@ -29,6 +29,7 @@ var (
 	only    = flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames(), ","))
 	workDir = flag.String("dir", "/var/tmp/gpuwarm-bench", "scratch directory on a real disk")
 	scale   = flag.Float64("scale", 1, "data size multiplier")
+	keep    = flag.Bool("keep", false, "keep each section's scratch directory (stores, sources) for a look afterwards")
 	verbose = flag.Bool("v", false, "print the mount daemon's open and cache counters after each mount step")
 )
 
@@ -77,7 +78,9 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench %s: %v\n", s.name, err)
 			failed = true
 		}
-		os.RemoveAll(dir)
+		if !*keep {
+			os.RemoveAll(dir)
+		}
 	}
 	if failed {
 		os.Exit(1)
