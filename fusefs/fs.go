@@ -69,6 +69,7 @@ type FS struct {
 	mu        sync.Mutex
 	images    map[digest.ID]*manifest.Index
 	observers map[digest.ID]Observer
+	warmers   map[digest.ID]*Warmer
 	loadSF    singleflight.Group
 
 	tagsMu   sync.Mutex
@@ -85,6 +86,12 @@ type FS struct {
 	// residentOpens counts passthrough opens of assembled files whose copy
 	// was in the kernel's page cache.
 	residentOpens atomic.Int64
+
+	// live holds the file nodes the kernel knows (liveKey: *node), mounted
+	// the mount point once the kernel serves it: a Warmer needs both.
+	live        sync.Map
+	mounted     atomic.Pointer[string]
+	pushedBytes atomic.Int64
 
 	assembling sync.Map
 	// Assemblies running, finished and failed (.stats).
@@ -109,7 +116,7 @@ func New(opt Options) *FS {
 		opt.Readahead = 2
 	}
 	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
-		images: make(map[digest.ID]*manifest.Index), observers: make(map[digest.ID]Observer), ra: make(chan readahead, 64),
+		images: make(map[digest.ID]*manifest.Index), observers: make(map[digest.ID]Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
 		assembleSlot: make(chan struct{}, 1)}
 	return f
 }
@@ -346,6 +353,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		cancel()
 		return nil, fmt.Errorf("mount %s: %w (is fuse3 installed and /dev/fuse present? run make setup)", dir, err)
 	}
+	f.mounted.Store(&dir)
 	if err := raiseReadahead(dir, opt.KernelReadahead); err != nil {
 		f.log.Warn("cannot raise the kernel's readahead for the mount; sequential reads will be slower", "err", err)
 	}
@@ -377,9 +385,14 @@ func (f *FS) observe(img digest.ID, entry, idx int, id digest.ID, size uint32) {
 	}
 	f.mu.Lock()
 	o := f.observers[img]
+	w := f.warmers[img]
 	f.mu.Unlock()
 	if o != nil {
 		o.Touch(img, entry, idx, id, size)
+	}
+	if w != nil {
+		// Read already: the kernel has these pages, or is getting them.
+		w.done.LoadOrStore(id, true)
 	}
 }
 

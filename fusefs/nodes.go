@@ -241,7 +241,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	}
 	ch := &node{fsys: n.fsys, img: n.img, idx: n.img.Resolve(i)}
 	ch.fill(&out.Attr)
-	return n.NewInode(ctx, ch, ch.stable()), 0
+	in := n.NewInode(ctx, ch, ch.stable())
+	ch.register()
+	return in, 0
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {

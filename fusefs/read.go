@@ -169,9 +169,13 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 func (n *node) openAssembled(e *manifest.Entry) bool {
 	f, ok := n.fsys.cache.DiskFile(cache.FileID(e.Chunks), e.Size)
 	if !ok {
-		n.fsys.maybeAssemble(e.Chunks)
 		if n.inPageCache.Load() {
+			// Not assembled now: the kernel serves it, and the copy would
+			// compete with the program for the CPU and the disk. It is
+			// once the daemon is asked for the file whole again.
 			n.fsys.pageCacheOpens.Add(1)
+		} else {
+			n.fsys.maybeAssemble(e.Chunks)
 		}
 		return false
 	}

@@ -72,6 +72,10 @@ func (s *statsNode) render() []byte {
 		// page cache held.
 		"Resident": s.fsys.residentOpens.Load(),
 	}
+	out["PageCachePushed"] = map[string]int64{
+		// Bytes a Warmer put into files' page cache ahead of their reads.
+		"Bytes": s.fsys.pushedBytes.Load(),
+	}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")

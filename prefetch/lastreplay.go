@@ -23,6 +23,7 @@ type LastReplay struct {
 	Touched int64     `json:"touched"` // chunks the program read (mount) or memory units filled (restore)
 	Hits    int64     `json:"hits"`    // touched after the replay had brought them in
 	Misses  int64     `json:"misses"`  // touched before: the program waited for a fetch
+	Warmed  int64     `json:"warmed"`  // put into the kernel's page cache ahead of the program, whose reads of them are then not seen (mount)
 	HitRate float64   `json:"hit_rate"`
 }
 
@@ -74,5 +75,5 @@ func LoadLastReplay(dir string, image digest.ID) (*LastReplay, error) {
 // Last returns the replay's counters as a LastReplay record.
 func (r *Replayer) Last() LastReplay {
 	s := r.Stats()
-	return LastReplay{Kind: "mount", Chunks: s.Chunks, Fetched: s.Fetched, Touched: s.Touched, Hits: s.Hits, Misses: s.Misses}
+	return LastReplay{Kind: "mount", Chunks: s.Chunks, Fetched: s.Fetched, Touched: s.Touched, Hits: s.Hits, Misses: s.Misses, Warmed: s.Warmed}
 }

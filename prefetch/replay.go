@@ -22,6 +22,10 @@ type ReplayOptions struct {
 	// prefetched chunks evict ones about to be read.
 	Ahead  int64
 	Logger *slog.Logger
+	// OnReady, if set, is told of each profile chunk the replay fetched or
+	// found cached (a fusefs.Warmer's Ready), from the replay's goroutines;
+	// true means it put the chunk into the kernel's page cache (Warmed).
+	OnReady func(id digest.ID) bool
 }
 
 // Replayer streams a profile's chunks into the cache ahead of the reader.
@@ -38,8 +42,12 @@ type Replayer struct {
 	done   bool
 
 	Fetched, Hits, Misses, Touched atomic.Int64
-	maxAhead                       atomic.Int64
-	finished                       chan struct{}
+	// Warmed counts chunks put into the kernel's page cache: the program's
+	// reads of those are answered by the kernel, unseen (in neither
+	// Touched nor Hits).
+	Warmed   atomic.Int64
+	maxAhead atomic.Int64
+	finished chan struct{}
 }
 
 // Replay starts streaming p into c; it stops at the profile's end or when
@@ -100,6 +108,7 @@ func (r *Replayer) run(ctx context.Context) {
 		e := r.p.Entries[cursor]
 		cursor++
 		if r.c.Contains(e.ID) {
+			r.ready(e.ID)
 			continue
 		}
 		select {
@@ -119,9 +128,16 @@ func (r *Replayer) run(ctx context.Context) {
 				return
 			}
 			r.Fetched.Add(1)
+			r.ready(e.ID)
 		}()
 	}
 	wg.Wait()
+}
+
+func (r *Replayer) ready(id digest.ID) {
+	if r.opt.OnReady != nil && r.opt.OnReady(id) {
+		r.Warmed.Add(1)
+	}
 }
 
 // Touch tells the replayer a reader touched a chunk (fusefs.Observer).
@@ -155,13 +171,13 @@ func (r *Replayer) MaxAhead() int64 { return r.maxAhead.Load() }
 
 // Stats summarizes the replay.
 type Stats struct {
-	Chunks, Fetched, Touched, Hits, Misses int64
-	HitRate                                float64
+	Chunks, Fetched, Touched, Hits, Misses, Warmed int64
+	HitRate                                        float64
 }
 
 // Stats returns the replay's counters.
 func (r *Replayer) Stats() Stats {
-	s := Stats{Chunks: int64(len(r.p.Entries)), Fetched: r.Fetched.Load(), Touched: r.Touched.Load(), Hits: r.Hits.Load(), Misses: r.Misses.Load()}
+	s := Stats{Chunks: int64(len(r.p.Entries)), Fetched: r.Fetched.Load(), Touched: r.Touched.Load(), Hits: r.Hits.Load(), Misses: r.Misses.Load(), Warmed: r.Warmed.Load()}
 	if s.Touched > 0 {
 		s.HitRate = float64(s.Hits) / float64(s.Touched)
 	}

@@ -46,6 +46,7 @@ func init() {
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
+		warmPages := fs.Bool("warm-page-cache", true, "a replay also puts the chunks it brings in into the kernel's page cache of their files (up to half the memory tier, 1 GiB at most), so the program's reads of them need no round trip to the daemon (=false: only into the block cache)")
 		assemble := fs.Bool("assemble-files", true, "copy a multi-chunk file whose chunks are all cached into one disk-tier entry, so later opens are served by FUSE passthrough at the disk's speed (costs its size in the disk tier; =false: never)")
 		preload := fs.String("preload", os.Getenv("GPUWARM_PRELOAD"), "comma-separated `TAGS` (or image IDs; * for all) whose images are loaded, and their prefetch profiles replayed, as soon as the daemon starts, before anything reads them (env GPUWARM_PRELOAD)")
 		cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the daemon to `FILE` until it exits")
@@ -80,10 +81,16 @@ func init() {
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
 			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
+		var fsys *fusefs.FS
 		if !*noPrefetch {
-			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir)
+			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir, func() *fusefs.FS {
+				if !*warmPages {
+					return nil
+				}
+				return fsys
+			})
 		}
-		fsys := fusefs.New(mopt)
+		fsys = fusefs.New(mopt)
 		if names := splitList(*preload); len(names) > 0 {
 			// While the kernel sets the mount up: the replays get going
 			// before the first program can even start.

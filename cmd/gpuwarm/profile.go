@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pack"
@@ -21,7 +22,11 @@ import (
 
 // prefetchOnImage replays an image's profile when the mount first loads it.
 // A missing profile is normal; a bad one is logged and ignored.
-func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string) func(*manifest.Index) fusefs.Observer {
+//
+// With warm set, the replay also puts the chunks it brings in into the
+// kernel's page cache of their files (fusefs.Warmer), up to the same bound
+// as the replay runs ahead of the reader.
+func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string, warm func() *fusefs.FS) func(*manifest.Index) fusefs.Observer {
 	return func(ix *manifest.Index) fusefs.Observer {
 		p, err := prefetch.Load(ctx, st, ix.ID)
 		if err != nil {
@@ -32,7 +37,16 @@ func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.
 			return nil
 		}
 		g.log.Info("replaying prefetch profile", "image", ix.ID.Short(), "chunks", len(p.Entries), "bytes", p.Bytes(), "runs", p.Runs)
-		r := prefetch.Replay(ctx, bc, p, prefetch.ReplayOptions{Ahead: min(memBytes/2, 1<<30), Logger: g.log})
+		ahead := min(memBytes/2, 1<<30)
+		ro := prefetch.ReplayOptions{Ahead: ahead, Logger: g.log}
+		if fsys := warm(); fsys != nil {
+			ids := make([]digest.ID, len(p.Entries))
+			for i, e := range p.Entries {
+				ids[i] = e.ID
+			}
+			ro.OnReady = fsys.NewWarmer(ctx, ix, ids, ahead).Ready
+		}
+		r := prefetch.Replay(ctx, bc, p, ro)
 		go func() {
 			// Record how it went once the profile is done (and again at
 			// unmount, when the program has read more).
@@ -157,8 +171,8 @@ func init() {
 		}
 		fmt.Printf("image   %s\nruns    %d\nchunks  %d (%s)\nspan    %.2fs from first to last first-touch\n", id, prof.Runs, len(prof.Entries), pack.HumanBytes(prof.Bytes()), float64(span)/1000)
 		if last != nil {
-			fmt.Printf("last replay on this worker: %s at %s: hit rate %.0f%% (%d of %d touched were in ahead), %d fetched ahead\n",
-				last.Kind, last.When.Local().Format("2006-01-02 15:04:05"), 100*last.HitRate, last.Hits, last.Touched, last.Fetched)
+			fmt.Printf("last replay on this worker: %s at %s: hit rate %.0f%% (%d of %d touched were in ahead), %d fetched ahead, %d put into the page cache (reads of those are not seen)\n",
+				last.Kind, last.When.Local().Format("2006-01-02 15:04:05"), 100*last.HitRate, last.Hits, last.Touched, last.Fetched, last.Warmed)
 		} else {
 			fmt.Printf("last replay on this worker: none recorded under %s (a mount replaying it, or gpuwarm restore --lazy, records one)\n", *cacheDir)
 		}

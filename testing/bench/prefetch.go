@@ -141,6 +141,13 @@ func benchPrefetch(dir string) error {
 				warm = w
 			}
 		}
+		// Hot: once more with the kernel's page cache as the warm run left
+		// it, the fastest any start can be.
+		hot, err := run(filepath.Join(mnt, "py"))
+		if err != nil {
+			m.stop()
+			return err
+		}
 		m.stop()
 		floor := max(warm.Seconds(), float64(show.Bytes)/bandwidth)
 		fl := "floor max(warm, bytes/bandwidth)"
@@ -151,6 +158,7 @@ func benchPrefetch(dir string) error {
 			bu.Row{Name: fmt.Sprintf("cold, no profile, mounted at boot (+%.0f ms)", ms(gaps[2])), Value: ms(times[2]), Unit: "ms", Baseline: fl},
 			bu.Row{Name: fmt.Sprintf("cold, profile, mounted at boot (+%.0f ms)", ms(gaps[3])), Value: ms(times[3]), Unit: "ms", Baseline: fl, Goal: "<= 1.3x floor"},
 			bu.Row{Name: "warm cache", Value: ms(warm), Unit: "ms", Baseline: fl},
+			bu.Row{Name: "hot (kernel page cache too)", Value: ms(hot), Unit: "ms", Baseline: fl},
 			bu.Row{Name: fl, Value: floor * 1000, Unit: "ms"},
 			bu.Row{Name: "speed-up of the profile, program at mount", Value: times[0].Seconds() / times[1].Seconds(), Unit: "x", Goal: ">= 3x"},
 			bu.Row{Name: "speed-up of the profile, mounted at boot", Value: times[2].Seconds() / times[3].Seconds(), Unit: "x", Goal: ">= 3x"})

@@ -98,6 +98,7 @@ func benchPrefetchRestore(dir string) error {
 		if err != nil {
 			return fmt.Errorf("cold restore %d: %w", k, err)
 		}
+		m.printStats(fmt.Sprintf("cold restore %d (profile %v, +%v)", k, v.prefetch, v.wait))
 		times[k] = d
 		m.stop()
 	}

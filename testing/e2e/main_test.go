@@ -131,9 +131,10 @@ func (d *daemon) kill9(t *testing.T) {
 
 type mountStats struct {
 	cache.Stats
-	Opens    struct{ Passthrough, Cached, PageCache, PageCacheLost, Resident int64 }
-	Prefetch map[string]struct{ Chunks, Fetched, Touched, Hits, Misses int64 }
-	Assembly struct{ Running, Done, Failed int64 }
+	Opens           struct{ Passthrough, Cached, PageCache, PageCacheLost, Resident int64 }
+	Prefetch        map[string]struct{ Chunks, Fetched, Touched, Hits, Misses, Warmed int64 }
+	PageCachePushed struct{ Bytes int64 }
+	Assembly        struct{ Running, Done, Failed int64 }
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {
