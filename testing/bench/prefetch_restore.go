@@ -39,10 +39,14 @@ func benchPrefetchRestore(dir string) error {
 			return 0, err
 		}
 		defer func() { proc.Kill(); proc.Wait(); time.Sleep(200 * time.Millisecond) }()
-		got, err := pp.Ask("checksum", 5*time.Minute)
+		got, err := pp.Ask("checksum", time.Minute)
 		d := time.Since(start)
 		if err != nil || got != want {
-			return 0, fmt.Errorf("restored checksum %q (%v), want %s", got, err, want)
+			// Say why the lazy daemon gave up, if it did.
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, lerr := proc.WaitResident(wctx)
+			cancel()
+			return 0, fmt.Errorf("restored checksum %q (%v), want %s; lazy pages: %v", got, err, want, lerr)
 		}
 		_, err = proc.WaitResident(ctx)
 		return d, err
@@ -77,7 +81,7 @@ func benchPrefetchRestore(dir string) error {
 	rec := prefetch.NewRecorder(man.ID)
 	if _, err := restoreOnce(restore.Options{Record: rec, RecordFor: 5 * time.Second}); err != nil {
 		m.stop()
-		return fmt.Errorf("recording restore: %w", err)
+		return fmt.Errorf("recording restore: %w\nmount log:\n%s", err, m.logs.String())
 	}
 	m.stop()
 	prof := rec.Profile()
