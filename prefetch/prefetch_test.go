@@ -201,6 +201,36 @@ func TestReplayBoundsAndDemandLatency(t *testing.T) {
 	}
 }
 
+// TestReplayWarmedMovesWindow: chunks put into the page cache (OnReady
+// true) count as read, so a replay no reader touches still gets through a
+// profile larger than its window; without that it stops at the window.
+func TestReplayWarmedMovesWindow(t *testing.T) {
+	fs, _ := filestore.Open(t.TempDir())
+	es := chunks(t, fs, 40, 64<<10)
+	img := digest.Of([]byte("img"))
+	p := &Profile{Image: img, Runs: 1, Entries: es}
+	const ahead = 4 * 64 << 10
+	for _, warm := range []bool{true, false} {
+		c, _ := cache.Open(fs, cache.Config{MemBytes: 1 << 30})
+		ctx, cancel := context.WithCancel(context.Background())
+		r := Replay(ctx, c, p, ReplayOptions{Workers: 2, Ahead: ahead, OnReady: func(digest.ID) bool { return warm }})
+		if warm {
+			r.Wait()
+			if s := r.Stats(); s.Fetched != int64(len(es)) || s.Warmed != int64(len(es)) || s.Touched != 0 {
+				t.Fatalf("warmed replay: %+v, want all %d fetched and warmed", s, len(es))
+			}
+		} else {
+			time.Sleep(200 * time.Millisecond)
+			if s := r.Stats(); s.Fetched > 5 || s.Warmed != 0 {
+				t.Fatalf("replay with nothing read or warmed went past its window: %+v", s)
+			}
+		}
+		cancel()
+		r.Wait()
+		c.Close()
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	f.Add((&Profile{Image: digest.Of(nil), Runs: 2, Entries: []Entry{{ID: digest.Of([]byte("a")), Size: 5, TimeMS: 3, Seen: 2}}}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -135,9 +135,28 @@ func (r *Replayer) run(ctx context.Context) {
 }
 
 func (r *Replayer) ready(id digest.ID) {
-	if r.opt.OnReady != nil && r.opt.OnReady(id) {
-		r.Warmed.Add(1)
+	if r.opt.OnReady == nil || !r.opt.OnReady(id) {
+		return
 	}
+	r.Warmed.Add(1)
+	// In the page cache, the chunk is as good as read: the program will
+	// not ask the daemon for it (so no Touch will say it moved on), and it
+	// need not stay in the memory tier. The window moves past it.
+	r.advance(id)
+}
+
+// advance moves the reader's position past chunk id.
+func (r *Replayer) advance(id digest.ID) {
+	i, ok := r.index[id]
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	if i+1 > r.reader {
+		r.reader = i + 1
+		r.cond.Broadcast()
+	}
+	r.mu.Unlock()
 }
 
 // Touch tells the replayer a reader touched a chunk (fusefs.Observer).
@@ -151,16 +170,7 @@ func (r *Replayer) Touch(img digest.ID, entry, idx int, id digest.ID, size uint3
 	} else {
 		r.Misses.Add(1)
 	}
-	i, ok := r.index[id]
-	if !ok {
-		return
-	}
-	r.mu.Lock()
-	if i+1 > r.reader {
-		r.reader = i + 1
-		r.cond.Broadcast()
-	}
-	r.mu.Unlock()
+	r.advance(id)
 }
 
 // Wait waits for the replay to finish.
