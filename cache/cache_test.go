@@ -626,13 +626,7 @@ func TestFetchIntoBuffers(t *testing.T) {
 func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 	ctx := context.Background()
 	directiotest.Each(t, func(name, dir string, refused bool) {
-		st, datas, ids := fixture(t, 3, 150_001)
-		var chunks []manifest.Chunk
-		var whole []byte
-		for i, id := range ids {
-			chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
-			whole = append(whole, datas[i]...)
-		}
+		st, chunks, whole := fileFixture(t)
 		c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 16 << 20})
 		if err != nil {
 			t.Fatal(err)
@@ -655,9 +649,12 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := st.gets.Load()
+		off := 0
 		for i, ch := range chunks {
 			got, err := c2.Get(ctx, ch.ID, ch.Size)
-			if err != nil || !bytes.Equal(got, datas[i]) {
+			want := whole[off : off+int(ch.Size)]
+			off += int(ch.Size)
+			if err != nil || !bytes.Equal(got, want) {
 				t.Fatalf("%s: chunk %d from the disk tier: %v", name, i, err)
 			}
 		}
@@ -682,13 +679,7 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 // again, and still caught when its bytes change afterwards.
 func TestAssembleCached(t *testing.T) {
 	ctx := context.Background()
-	st, datas, ids := fixture(t, 3, 150_001)
-	var chunks []manifest.Chunk
-	var whole []byte
-	for i, id := range ids {
-		chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
-		whole = append(whole, datas[i]...)
-	}
+	st, chunks, whole := fileFixture(t)
 	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 16 << 20})
 	if err != nil {
 		t.Fatal(err)
@@ -731,4 +722,17 @@ func TestAssembleCached(t *testing.T) {
 	if c.Stats().Corrupt != 1 {
 		t.Fatalf("corrupt counter %d", c.Stats().Corrupt)
 	}
+}
+
+// fileFixture is a store holding a file of three chunks: the chunks, and
+// the file's bytes.
+func fileFixture(t *testing.T) (*countingStore, []manifest.Chunk, []byte) {
+	st, datas, ids := fixture(t, 3, 150_001)
+	var chunks []manifest.Chunk
+	var whole []byte
+	for i, id := range ids {
+		chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
+		whole = append(whole, datas[i]...)
+	}
+	return st, chunks, whole
 }

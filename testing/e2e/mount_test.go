@@ -362,14 +362,7 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 
 	// Flip a byte in the assembled file (the largest in the disk tier):
 	// the next daemon's open finds it, drops it, and serves right bytes.
-	var biggest string
-	var size int64
-	filepath.Walk(cacheDir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode().IsRegular() && fi.Size() > size {
-			biggest, size = p, fi.Size()
-		}
-		return nil
-	})
+	biggest, size := largestFile(cacheDir)
 	f, err := os.OpenFile(biggest, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -425,14 +418,7 @@ func TestAssembledFileOpenModes(t *testing.T) {
 	}
 
 	// Drop the assembled copy's pages (the largest file in the disk tier).
-	var copyPath string
-	var size int64
-	filepath.Walk(cacheDir, func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode().IsRegular() && fi.Size() > size {
-			copyPath, size = p, fi.Size()
-		}
-		return nil
-	})
+	copyPath, _ := largestFile(cacheDir)
 	dropPages(t, copyPath)
 	compareOne(t, want, big)
 	s1 := d.stats(t)
@@ -471,6 +457,17 @@ func TestAssembledFileOpenModes(t *testing.T) {
 	if s4.Memory.Hits != s3.Memory.Hits || s4.Fetches != s3.Fetches {
 		t.Fatalf("the daemon served reads of a passthrough file: %+v -> %+v", s3.Stats, s4.Stats)
 	}
+}
+
+// largestFile is the largest regular file under dir, and its size.
+func largestFile(dir string) (path string, size int64) {
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() && fi.Size() > size {
+			path, size = p, fi.Size()
+		}
+		return nil
+	})
+	return path, size
 }
 
 // dropPages drops the page cache of the file at p.
