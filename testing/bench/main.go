@@ -26,11 +26,12 @@ import (
 )
 
 var (
-	only    = flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames(), ","))
-	workDir = flag.String("dir", "/var/tmp/gpuwarm-bench", "scratch directory on a real disk")
-	scale   = flag.Float64("scale", 1, "data size multiplier")
-	keep    = flag.Bool("keep", false, "keep each section's scratch directory (stores, sources) for a look afterwards")
-	verbose = flag.Bool("v", false, "print the mount daemon's open and cache counters after each mount step")
+	only       = flag.String("only", "", "comma-separated sections to run (default all): "+strings.Join(sectionNames(), ","))
+	workDir    = flag.String("dir", "/var/tmp/gpuwarm-bench", "scratch directory on a real disk")
+	scale      = flag.Float64("scale", 1, "data size multiplier")
+	mountFlags = flag.String("mount-flags", "", "extra flags for every gpuwarm mount the bench starts (A/B runs: --warm-page-cache=false, say)")
+	keep       = flag.Bool("keep", false, "keep each section's scratch directory (stores, sources) for a look afterwards")
+	verbose    = flag.Bool("v", false, "print the mount daemon's open and cache counters after each mount step")
 )
 
 type section struct {
@@ -114,6 +115,7 @@ func startMount(storeDir, mnt, cacheDir string, extra ...string) (*mountProc, er
 	m := &mountProc{dir: mnt}
 	lastMount = m
 	args := append([]string{"mount", mnt, "--store", storeDir, "--cache-dir", cacheDir, "--log-level", "warn"}, extra...)
+	args = append(args, strings.Fields(*mountFlags)...)
 	m.cmd = exec.Command(bu.Gpuwarm(), args...)
 	m.cmd.Stdout, m.cmd.Stderr = &m.logs, &m.logs
 	if err := m.cmd.Start(); err != nil {
