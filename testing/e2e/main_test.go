@@ -29,7 +29,13 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	gpuwarmBin = filepath.Join(dir, "gpuwarm")
-	out, err := exec.Command("go", "build", "-o", gpuwarmBin, "../../cmd/gpuwarm").CombinedOutput()
+	args := []string{"build", "-o", gpuwarmBin}
+	if os.Getenv("GPUWARM_E2E_RACE") != "" {
+		// The daemons under the race detector (GORACE=log_path=... to
+		// collect what it finds).
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "../../cmd/gpuwarm")...).CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build gpuwarm: %v\n%s", err, out)
 		os.Exit(1)
