@@ -8,7 +8,7 @@ export GPUWARM_VERSITYGW ?= $(VERSITYGW)
 # go-nvml's header marks functions deprecated that it still wraps.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: all build setup test test-unit test-e2e race fuzz vet demo bench bench-gpu bench-gpu-driver test-gpu clean
+.PHONY: all build setup test test-unit test-e2e race race-e2e fuzz vet demo bench bench-gpu bench-gpu-driver test-gpu clean
 
 all: build
 
@@ -30,7 +30,16 @@ vet:
 test: setup build vet
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/... ./lazypages/...
+	$(MAKE) race-e2e
 	$(MAKE) fuzz FUZZTIME=200000x
+
+# The mount daemon under the race detector, driven by the end-to-end tests
+# of the mount, passthrough, page cache and prefetch replays.
+RACELOG := $(CURDIR)/bin/race
+race-e2e:
+	rm -rf $(RACELOG) && mkdir -p $(RACELOG)
+	GPUWARM_E2E_RACE=1 GORACE=log_path=$(RACELOG)/gpuwarm $(GO) test -count=1 -run 'Mount|Passthrough|Page|Assembl|Corrupt|Tiny|Concurrent|Record|Signal|Open' ./testing/e2e
+	@if ls $(RACELOG)/* >/dev/null 2>&1; then cat $(RACELOG)/*; echo "data race in the mount daemon"; exit 1; fi
 
 test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)

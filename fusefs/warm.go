@@ -30,6 +30,7 @@ type Warmer struct {
 	ix     *manifest.Index
 	where  map[digest.ID][]chunkLoc
 	limit  int64
+	files  []int // entries holding the chunks
 	pushed atomic.Int64
 	ready  atomic.Bool
 	done   sync.Map // digest.ID: pushed, tried, or read by the program
@@ -39,9 +40,7 @@ type Warmer struct {
 type chunkLoc struct{ e, j int }
 
 // NewWarmer prepares to push the chunks ids of image ix (a profile's) into
-// the page cache, up to limit bytes. Once the mount is up it looks their
-// files up, pushes those of them already cached and, from then on, each
-// chunk passed to Ready.
+// the page cache, up to limit bytes; Start sets it going.
 func (f *FS) NewWarmer(ctx context.Context, ix *manifest.Index, ids []digest.ID, limit int64) *Warmer {
 	want := make(map[digest.ID]bool, len(ids))
 	for _, id := range ids {
@@ -64,14 +63,22 @@ func (f *FS) NewWarmer(ctx context.Context, ix *manifest.Index, ids []digest.ID,
 			}
 		}
 	}
+	w.files = files
 	f.mu.Lock()
 	f.warmers[ix.ID] = w
 	f.mu.Unlock()
-	go w.start(ctx, files)
 	return w
 }
 
-func (w *Warmer) start(ctx context.Context, files []int) {
+// Start waits for the mount to be up, looks the chunks' files up, pushes
+// those chunks already cached, and from then on each chunk passed to
+// Ready. onPushed (if set) hears of the chunks the first step pushes;
+// Ready reports its own.
+func (w *Warmer) Start(ctx context.Context, onPushed func(digest.ID)) {
+	go w.start(ctx, w.files, onPushed)
+}
+
+func (w *Warmer) start(ctx context.Context, files []int, onPushed func(digest.ID)) {
 	dir := w.f.waitMounted(ctx)
 	if dir == "" {
 		return
@@ -87,8 +94,8 @@ func (w *Warmer) start(ctx context.Context, files []int) {
 	}
 	w.ready.Store(true)
 	for id := range w.where {
-		if w.f.cache.Contains(id) {
-			w.Ready(id)
+		if w.f.cache.Contains(id) && w.Ready(id) && onPushed != nil {
+			onPushed(id)
 		}
 	}
 }

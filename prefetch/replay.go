@@ -135,13 +135,17 @@ func (r *Replayer) run(ctx context.Context) {
 }
 
 func (r *Replayer) ready(id digest.ID) {
-	if r.opt.OnReady == nil || !r.opt.OnReady(id) {
-		return
+	if r.opt.OnReady != nil && r.opt.OnReady(id) {
+		r.WarmedChunk(id)
 	}
+}
+
+// WarmedChunk tells the replayer chunk id went into the kernel's page
+// cache. There it is as good as read: the program will not ask the daemon
+// for it (so no Touch will say it moved on), and it need not stay in the
+// memory tier. The window moves past it.
+func (r *Replayer) WarmedChunk(id digest.ID) {
 	r.Warmed.Add(1)
-	// In the page cache, the chunk is as good as read: the program will
-	// not ask the daemon for it (so no Touch will say it moved on), and it
-	// need not stay in the memory tier. The window moves past it.
 	r.advance(id)
 }
 

@@ -39,14 +39,19 @@ func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.
 		g.log.Info("replaying prefetch profile", "image", ix.ID.Short(), "chunks", len(p.Entries), "bytes", p.Bytes(), "runs", p.Runs)
 		ahead := min(memBytes/2, 1<<30)
 		ro := prefetch.ReplayOptions{Ahead: ahead, Logger: g.log}
+		var w *fusefs.Warmer
 		if fsys := warm(); fsys != nil {
 			ids := make([]digest.ID, len(p.Entries))
 			for i, e := range p.Entries {
 				ids[i] = e.ID
 			}
-			ro.OnReady = fsys.NewWarmer(ctx, ix, ids, ahead).Ready
+			w = fsys.NewWarmer(ctx, ix, ids, ahead)
+			ro.OnReady = w.Ready
 		}
 		r := prefetch.Replay(ctx, bc, p, ro)
+		if w != nil {
+			w.Start(ctx, r.WarmedChunk)
+		}
 		go func() {
 			// Record how it went once the profile is done (and again at
 			// unmount, when the program has read more).
