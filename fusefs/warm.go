@@ -41,7 +41,7 @@ type chunkLoc struct{ e, j int }
 
 // NewWarmer prepares to push the chunks ids of image ix (a profile's) into
 // the page cache, up to limit bytes; Start sets it going.
-func (f *FS) NewWarmer(ctx context.Context, ix *manifest.Index, ids []digest.ID, limit int64) *Warmer {
+func (f *FS) NewWarmer(ix *manifest.Index, ids []digest.ID, limit int64) *Warmer {
 	want := make(map[digest.ID]bool, len(ids))
 	for _, id := range ids {
 		want[id] = true

@@ -45,7 +45,7 @@ func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.
 			for i, e := range p.Entries {
 				ids[i] = e.ID
 			}
-			w = fsys.NewWarmer(ctx, ix, ids, ahead)
+			w = fsys.NewWarmer(ix, ids, ahead)
 			ro.OnReady = w.Ready
 		}
 		r := prefetch.Replay(ctx, bc, p, ro)
