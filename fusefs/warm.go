@@ -10,6 +10,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"golang.org/x/sync/errgroup"
 )
 
 // A Warmer puts chunks of an image into the kernel's page cache of the
@@ -84,13 +85,23 @@ func (w *Warmer) start(ctx context.Context, files []int, onPushed func(digest.ID
 		return
 	}
 	// Looking a file up through the mount makes the kernel create its
-	// inode (and this daemon its node).
+	// inode (and this daemon its node); a few at a time (torch's profile
+	// touches thousands of files).
 	root := filepath.Join(dir, byIDName, w.ix.ID.String())
+	var g errgroup.Group
+	g.SetLimit(4)
 	for _, e := range files {
 		if ctx.Err() != nil {
-			return
+			break
 		}
-		os.Lstat(filepath.Join(root, w.ix.Entries[e].Path))
+		g.Go(func() error {
+			os.Lstat(filepath.Join(root, w.ix.Entries[e].Path))
+			return nil
+		})
+	}
+	g.Wait()
+	if ctx.Err() != nil {
+		return
 	}
 	w.ready.Store(true)
 	for id := range w.where {
