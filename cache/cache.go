@@ -470,14 +470,11 @@ func FileID(chunks []manifest.Chunk) digest.ID {
 // pages, which makes it copy at half the speed). Without, it is written
 // with O_DIRECT and leaves the page cache alone.
 func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bool) error {
-	if c.disk == nil {
-		return nil
-	}
 	var size int64
 	for _, ch := range chunks {
 		size += int64(ch.Size)
 	}
-	if size > c.disk.limit/4 || size > MaxAssemble {
+	if !c.CanAssemble(size) {
 		return nil
 	}
 	id := FileID(chunks)
@@ -509,6 +506,12 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bo
 		return fmt.Errorf("assembled file %s: %w", id.Short(), err)
 	}
 	return f.Close()
+}
+
+// CanAssemble reports whether Assemble copies a file of size bytes: not
+// without a disk tier, nor above MaxAssemble or a quarter of the tier.
+func (c *Cache) CanAssemble(size int64) bool {
+	return c.disk != nil && size <= c.disk.limit/4 && size <= MaxAssemble
 }
 
 // Resident reports whether the kernel's page cache holds all of f's first

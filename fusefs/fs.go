@@ -420,6 +420,13 @@ func (f *FS) allCached(chunks []manifest.Chunk) bool {
 // file whose chunks are all in the cache, so later opens can use
 // passthrough.
 func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
+	var size int64
+	for _, c := range chunks {
+		size += int64(c.Size)
+	}
+	if !f.cache.CanAssemble(size) {
+		return
+	}
 	for _, c := range chunks {
 		if !f.cache.Kept(c.ID) {
 			return
