@@ -31,8 +31,8 @@ type Warmer struct {
 	ix     *manifest.Index
 	where  map[digest.ID][]chunkLoc
 	limit  int64
-	files  []int // entries holding the chunks
-	pushed atomic.Int64
+	files  []int        // entries holding the chunks
+	pushed atomic.Int64 // bytes pushed or set aside for pushing, against limit
 	ready  atomic.Bool
 	done   sync.Map // digest.ID: pushed, tried, or read by the program
 }
@@ -139,9 +139,6 @@ func (w *Warmer) Ready(id digest.ID) bool {
 	}
 	return ok
 }
-
-// Pushed is the bytes pushed (or set aside for pushing) so far.
-func (w *Warmer) Pushed() int64 { return min(w.pushed.Load(), w.limit) }
 
 // push stores b at off in the kernel's page cache of the file.
 func (n *node) push(off int64, b []byte) bool {
