@@ -37,9 +37,10 @@ type Options struct {
 	TagTTL time.Duration
 	// Observer, if set, sees every chunk touched by reads.
 	Observer Observer
-	// OnImage, if set, is called once when an image is first loaded; the
-	// Observer it returns (a prefetch replay, say) sees that image's reads.
-	OnImage func(ix *manifest.Index) Observer
+	// OnImage, if set, is called once when an image is first loaded, with
+	// the filesystem that loaded it; the Observer it returns (a prefetch
+	// replay, say) sees that image's reads.
+	OnImage func(f *FS, ix *manifest.Index) Observer
 	// NoPassthrough disables FUSE passthrough.
 	NoPassthrough bool
 	// AssembleFiles assembles multi-chunk files whose chunks are all cached
@@ -138,7 +139,7 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 		}
 		var o Observer
 		if f.opt.OnImage != nil {
-			o = f.opt.OnImage(ix)
+			o = f.opt.OnImage(f, ix)
 		}
 		f.mu.Lock()
 		f.images[id] = ix

@@ -81,16 +81,10 @@ func init() {
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
 			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
-		var fsys *fusefs.FS
 		if !*noPrefetch {
-			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir, func() *fusefs.FS {
-				if !*warmPages {
-					return nil
-				}
-				return fsys
-			})
+			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir, *warmPages)
 		}
-		fsys = fusefs.New(mopt)
+		fsys := fusefs.New(mopt)
 		if names := splitList(*preload); len(names) > 0 {
 			// While the kernel sets the mount up: the replays get going
 			// before the first program can even start.

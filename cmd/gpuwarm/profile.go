@@ -26,8 +26,8 @@ import (
 // With warm set, the replay also puts the chunks it brings in into the
 // kernel's page cache of their files (fusefs.Warmer), up to the same bound
 // as the replay runs ahead of the reader.
-func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string, warm func() *fusefs.FS) func(*manifest.Index) fusefs.Observer {
-	return func(ix *manifest.Index) fusefs.Observer {
+func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string, warm bool) func(*fusefs.FS, *manifest.Index) fusefs.Observer {
+	return func(fsys *fusefs.FS, ix *manifest.Index) fusefs.Observer {
 		p, err := prefetch.Load(ctx, st, ix.ID)
 		if err != nil {
 			g.log.Warn("ignoring the image's prefetch profile; booting without it", "image", ix.ID.Short(), "err", err)
@@ -40,7 +40,7 @@ func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.
 		ahead := min(memBytes/2, 1<<30)
 		ro := prefetch.ReplayOptions{Ahead: ahead, Logger: g.log}
 		var w *fusefs.Warmer
-		if fsys := warm(); fsys != nil {
+		if warm {
 			ids := make([]digest.ID, len(p.Entries))
 			for i, e := range p.Entries {
 				ids[i] = e.ID
