@@ -449,7 +449,9 @@ func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
 		return p
 	}
 	rec := prefetch.NewRecorder(ix.ID)
-	p := run(Options{Record: rec, RecordFor: time.Second})
+	// Faults alone for 3 s: the checksum's first touches of all 48 MB must
+	// fit in that (1 s was too short once on a loaded machine).
+	p := run(Options{Record: rec, RecordFor: 3 * time.Second})
 	prof := rec.Profile()
 	// The checksum reads all 48 MB of state while only faults bring memory
 	// in: the profile holds at least those chunks, in first-touch order.
