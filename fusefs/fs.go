@@ -408,9 +408,10 @@ func (f *FS) Observers() map[digest.ID]Observer {
 	return out
 }
 
-func (f *FS) allCached(chunks []manifest.Chunk) bool {
+// every reports whether has holds for every chunk.
+func every(chunks []manifest.Chunk, has func(digest.ID) bool) bool {
 	for _, c := range chunks {
-		if !f.cache.Contains(c.ID) {
+		if !has(c.ID) {
 			return false
 		}
 	}
@@ -428,10 +429,8 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 	if !f.cache.CanAssemble(size) {
 		return
 	}
-	for _, c := range chunks {
-		if !f.cache.Kept(c.ID) {
-			return
-		}
+	if !every(chunks, f.cache.Kept) {
+		return
 	}
 	id := cache.FileID(chunks)
 	if f.cache.Contains(id) {
@@ -455,7 +454,7 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 		// Chunks evicted from memory before their disk-tier write was done
 		// are on disk once the queue gets to them: wait for that rather
 		// than fetch them from the store again.
-		for wait := 0; wait < 200 && !f.allCached(chunks); wait++ {
+		for wait := 0; wait < 200 && !every(chunks, f.cache.Contains); wait++ {
 			time.Sleep(50 * time.Millisecond)
 		}
 		if err := f.cache.Assemble(context.Background(), chunks, true); err != nil {

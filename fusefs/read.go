@@ -186,21 +186,11 @@ func (n *node) openAssembled(e *manifest.Entry) bool {
 		n.fsys.pageCacheOpens.Add(1)
 		f.Close()
 		return false
-	case n.allInMemory(e.Chunks):
+	case every(e.Chunks, n.fsys.cache.InMemory):
 		f.Close()
 		return false
 	}
 	n.backing = f
-	return true
-}
-
-// allInMemory reports whether every chunk is in the memory tier.
-func (n *node) allInMemory(chunks []manifest.Chunk) bool {
-	for _, c := range chunks {
-		if !n.fsys.cache.InMemory(c.ID) {
-			return false
-		}
-	}
 	return true
 }
 
