@@ -527,6 +527,35 @@ func TestFetchOutlivesClose(t *testing.T) {
 	time.Sleep(150 * time.Millisecond) // the detached load finishes
 }
 
+// Close finishes the disk-tier writes queued before it: a daemon stopped
+// right after reading keeps every chunk it fetched (they were dropped, and
+// a test expecting the next daemon to find one failed now and then).
+func TestCloseKeepsQueuedWrites(t *testing.T) {
+	ctx := context.Background()
+	st, _, ids := fixture(t, 40, 256<<10)
+	dir := t.TempDir()
+	c, err := Open(st, Config{Dir: dir, MemBytes: 64 << 20, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if err := c.Fetch(ctx, id, 256<<10, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil { // no Flush
+		t.Fatal(err)
+	}
+	c2, err := Open(st, Config{Dir: dir, MemBytes: 64 << 20, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if n := c2.Stats().Disk.Entries; n != int64(len(ids)) {
+		t.Fatalf("the disk tier kept %d of %d chunks fetched before Close", n, len(ids))
+	}
+}
+
 type slowGets struct {
 	store.Store
 	d time.Duration

@@ -46,6 +46,10 @@ type diskTier struct {
 	// lock is let go and another daemon may own the directory next.
 	closeMu sync.RWMutex
 	closed  atomic.Bool
+	// released (under releaseMu) says the directory lock is let go: from
+	// then on nothing is committed. Writes queued before close still are.
+	releaseMu sync.RWMutex
+	released  bool
 	// queuedBytes is what the queue holds (bounded by maxQueuedBytes).
 	queuedBytes atomic.Int64
 	// queuedIDs counts the queued writes of each chunk.
@@ -484,7 +488,9 @@ func (w *directWriter) finish(size int64) error {
 // commit moves a written temporary file into place as id's entry, making
 // room first so that the limit always holds.
 func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) error {
-	if d.closed.Load() { // a background write that outlived the cache
+	d.releaseMu.RLock()
+	defer d.releaseMu.RUnlock()
+	if d.released { // a background write that outlived the cache
 		os.Remove(tmp)
 		return nil
 	}
@@ -576,7 +582,10 @@ func (d *diskTier) close() error {
 	d.closed.Store(true)
 	close(d.queue)
 	d.closeMu.Unlock()
-	d.writers.Wait()
+	d.writers.Wait() // the queued writes, committed
+	d.releaseMu.Lock()
+	d.released = true
+	d.releaseMu.Unlock()
 	return d.lock.Close()
 }
 
