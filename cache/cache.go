@@ -28,6 +28,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
@@ -74,6 +75,30 @@ type Cache struct {
 
 	fetches, fetchBytes, fetchErrors, corrupt atomic.Int64
 	closeOnce                                 sync.Once
+
+	// active is when a reader last asked for a chunk or a store read
+	// ended (unix nanoseconds), fetching counts store reads in flight:
+	// the disk tier's background writes wait until both are quiet.
+	active   atomic.Int64
+	fetching atomic.Int32
+}
+
+// quietPeriod is how long the cache must have been idle (no reader served,
+// no store read in flight) before queued disk-tier writes go ahead.
+const quietPeriod = 50 * time.Millisecond
+
+// Active tells the cache that a reader is being served without asking it
+// for a chunk (a lookup or an open of the mount): background disk writes
+// hold back as they do while chunks are read.
+func (c *Cache) Active() { c.active.Store(time.Now().UnixNano()) }
+
+// busyFor says how much longer background work should wait for the cache
+// to be quiet: zero or less when it has been idle for quietPeriod.
+func (c *Cache) busyFor() time.Duration {
+	if c.fetching.Load() > 0 {
+		return quietPeriod
+	}
+	return time.Duration(c.active.Load() + int64(quietPeriod) - time.Now().UnixNano())
 }
 
 // Open creates a cache over st. With a disk tier, Dir is locked for the
@@ -95,7 +120,7 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 	c.sharedSlots = make(chan struct{}, cfg.Fetches-reserved)
 	c.prefetchSlots = c.sharedSlots
 	if cfg.Dir != "" {
-		d, err := openDiskTier(cfg.Dir, cfg.DiskBytes, c.log)
+		d, err := openDiskTier(cfg.Dir, cfg.DiskBytes, c.log, c.busyFor)
 		if err != nil {
 			return nil, err
 		}
@@ -119,9 +144,12 @@ func (c *Cache) Close() error {
 	return err
 }
 
-// Flush waits until every chunk fetched so far is written to the disk tier.
+// Flush waits until every chunk fetched so far is written to the disk tier
+// (the writes go ahead at once, busy or not).
 func (c *Cache) Flush() {
 	if c.disk != nil {
+		c.disk.flushing.Add(1)
+		defer c.disk.flushing.Add(-1)
 		c.disk.pending.Wait()
 	}
 }
@@ -225,6 +253,7 @@ type flight struct {
 
 // get returns the chunk with a reference the caller releases.
 func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
+	c.Active()
 	if b, ok := c.mem.get(id); ok {
 		return b, nil
 	}
@@ -407,24 +436,34 @@ func (c *Cache) fetchInto(ctx context.Context, gi store.GetIntoer, id digest.ID,
 	return out, nil
 }
 
+// acquire takes a slot for one store read; the returned func gives it back.
+// While it is held the cache counts as busy (see busyFor).
 func (c *Cache) acquire(ctx context.Context, p Priority) (func(), error) {
+	var slots chan struct{}
 	if p == Demand {
 		// Demand takes a reserved slot or a shared one, whichever frees first.
 		select {
 		case c.demandSlots <- struct{}{}:
-			return func() { <-c.demandSlots }, nil
+			slots = c.demandSlots
 		case c.sharedSlots <- struct{}{}:
-			return func() { <-c.sharedSlots }, nil
+			slots = c.sharedSlots
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	} else {
+		select {
+		case c.prefetchSlots <- struct{}{}:
+			slots = c.prefetchSlots
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
-	select {
-	case c.prefetchSlots <- struct{}{}:
-		return func() { <-c.prefetchSlots }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	c.fetching.Add(1)
+	return func() {
+		c.Active()
+		c.fetching.Add(-1)
+		<-slots
+	}, nil
 }
 
 // DiskFile opens the verified disk-tier file holding chunk id, for serving

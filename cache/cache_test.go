@@ -765,3 +765,101 @@ func fileFixture(t *testing.T) (*countingStore, []manifest.Chunk, []byte) {
 	}
 	return st, chunks, whole
 }
+
+// Disk-tier writes wait while the cache is serving (reads, lookups, store
+// reads) and go ahead once it has been quiet for quietPeriod; Flush does
+// not wait for quiet.
+func TestDiskWritesWaitForQuiet(t *testing.T) {
+	ctx := context.Background()
+	st, _, ids := fixture(t, 8, 64<<10)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 64 << 20, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	onDisk := func() int64 { return c.Stats().Disk.Entries }
+	busy := func(d time.Duration) {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(quietPeriod / 5) {
+			c.Active()
+		}
+	}
+	for _, id := range ids[:4] {
+		if err := c.Fetch(ctx, id, 64<<10, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	busy(4 * quietPeriod)
+	if n := onDisk(); n != 0 {
+		t.Fatalf("%d chunks written to the disk tier while the cache was busy", n)
+	}
+	if q := c.Stats().Disk.Queued; q != 4*64<<10 {
+		t.Fatalf("queued %d bytes, want %d", q, 4*64<<10)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for onDisk() != 4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 4 chunks on disk %v after the cache went quiet", onDisk(), 5*time.Second)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Flush writes at once, however busy the cache.
+	for _, id := range ids[4:] {
+		if err := c.Fetch(ctx, id, 64<<10, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				busy(quietPeriod)
+			}
+		}
+	}()
+	defer close(stop)
+	c.Flush()
+	if n := onDisk(); n != 8 {
+		t.Fatalf("Flush returned with %d of 8 chunks on disk", n)
+	}
+}
+
+// A queue half full of writes is written even while the cache stays busy:
+// its memory is bounded and no fetch ever has to write for itself.
+func TestDiskWritesGoAheadWhenQueueFills(t *testing.T) {
+	ctx := context.Background()
+	const size = 8 << 20
+	n := maxQueuedBytes/2/size + 2
+	st, _, ids := fixture(t, n, size)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(quietPeriod / 5):
+				c.Active()
+			}
+		}
+	}()
+	for _, id := range ids {
+		if err := c.Fetch(ctx, id, size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Disk.Queued >= maxQueuedBytes/2 || c.Stats().Disk.Entries == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue of %d bytes, %d entries on disk: writes held back past the bound", c.Stats().Disk.Queued, c.Stats().Disk.Entries)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -227,6 +227,9 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	// A program starting up looks files up between its reads: the cache's
+	// background writes wait while it does.
+	n.fsys.cache.Active()
 	e := n.entry()
 	if e.Type != manifest.Dir {
 		return nil, syscall.ENOTDIR

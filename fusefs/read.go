@@ -65,6 +65,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	// any open is live, new opens take its mode; the backing file, verified
 	// when the first passthrough open took it, stays open until the last
 	// passthrough handle is released, even if the cache evicts the chunk.
+	n.fsys.cache.Active()
 	h := &handle{n: n}
 	n.openMu.Lock()
 	defer n.openMu.Unlock()

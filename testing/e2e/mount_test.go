@@ -346,7 +346,8 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big) // all chunks cached: assembles
 	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) && d.stats(t).Assembly.Done < 1 {
+	// The chunks' own disk-tier writes wait for the daemon to be idle.
+	for s := d.stats(t); time.Now().Before(deadline) && (s.Assembly.Done < 1 || s.Disk.Queued > 0); s = d.stats(t) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if s := d.stats(t); s.Assembly.Done < 1 || s.Assembly.Failed != 0 || s.Disk.Bytes < 2*(24<<20) {
