@@ -1,7 +1,7 @@
 // Package fusefs presents images from a store as a read-only FUSE
 // filesystem:
 //
-//	MOUNTPOINT/<tag>/...          the image a tag names (re-resolved every TagTTL)
+//	MOUNTPOINT/<tag>/...          the image a tag names (that tag re-read every TagTTL)
 //	MOUNTPOINT/by-id/<image id>/  any image by its ID
 //
 // Every file's contents are chunks fetched lazily through the worker's block

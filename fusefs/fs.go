@@ -73,9 +73,14 @@ type FS struct {
 	warmers   map[digest.ID]*Warmer
 	loadSF    singleflight.Group
 
+	// tags is the last full list of tags (readdir of the root, preloads
+	// of "*"); named holds tags looked up one by one. Both are trusted
+	// for TagTTL.
 	tagsMu   sync.Mutex
 	tags     map[string]digest.ID
 	tagsTime time.Time
+	named    map[string]namedTag
+	tagSF    singleflight.Group
 
 	ra chan readahead
 
@@ -100,6 +105,11 @@ type FS struct {
 	assembleSlot                                  chan struct{}
 }
 
+type namedTag struct {
+	id digest.ID
+	at time.Time
+}
+
 type readahead struct {
 	id   digest.ID
 	size uint32
@@ -117,7 +127,7 @@ func New(opt Options) *FS {
 		opt.Readahead = 2
 	}
 	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
-		images: make(map[digest.ID]*manifest.Index), observers: make(map[digest.ID]Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
+		images: make(map[digest.ID]*manifest.Index), named: make(map[string]namedTag), observers: make(map[digest.ID]Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
 		assembleSlot: make(chan struct{}, 1)}
 	return f
 }
@@ -162,27 +172,31 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 // nothing or images that cannot be loaded are reported together; the rest
 // are loaded anyway.
 func (f *FS) Preload(ctx context.Context, names []string) error {
-	if len(names) == 0 {
-		return nil
-	}
-	tags, err := f.resolveTags(ctx, true)
-	if err != nil {
-		return fmt.Errorf("preload: cannot list tags: %w", err)
-	}
 	ids := map[digest.ID]string{}
 	var errs []error
 	for _, n := range names {
-		switch id, err := digest.Parse(n); {
-		case n == "*":
+		if n == "*" {
+			tags, err := f.resolveTags(ctx, true)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("preload: cannot list tags: %w", err))
+				continue
+			}
 			for t, id := range tags {
 				ids[id] = t
 			}
-		case tags[n] != digest.ID{}:
-			ids[tags[n]] = n
-		case err == nil:
+			continue
+		}
+		if id, err := digest.Parse(n); err == nil {
 			ids[id] = n
-		default:
+			continue
+		}
+		switch id, ok, err := f.resolveTag(ctx, n, true); {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("preload %s: %w", n, err))
+		case !ok:
 			errs = append(errs, fmt.Errorf("preload: no tag %q in %s (pack it, or fix the list)", n, f.st.Location()))
+		default:
+			ids[id] = n
 		}
 	}
 	for id, name := range ids {
@@ -226,6 +240,64 @@ func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID,
 	}
 	f.tags, f.tagsTime = tags, time.Now()
 	return tags, nil
+}
+
+// resolveTag returns the image tag name points at; ok is false if there is
+// no such tag. It reads that one tag object (a lookup must not wait for a
+// listing of every tag in a fleet's store), unless the last full list or
+// an earlier lookup of the name is younger than TagTTL and fresh is false.
+// If the store cannot be read, the last answer for the name is used.
+func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest.ID, ok bool, err error) {
+	h := store.Handle{Kind: store.Tag, Name: name}
+	if h.Validate() != nil {
+		return digest.Zero, false, nil // no tag can have this name
+	}
+	f.tagsMu.Lock()
+	if !fresh {
+		if e, ok := f.named[name]; ok && time.Since(e.at) < f.opt.TagTTL {
+			f.tagsMu.Unlock()
+			return e.id, true, nil
+		}
+		if id, ok := f.tags[name]; ok && time.Since(f.tagsTime) < f.opt.TagTTL {
+			f.tagsMu.Unlock()
+			return id, true, nil
+		}
+	}
+	f.tagsMu.Unlock()
+	// Shared by concurrent lookups of the name: one caller's interrupt
+	// does not fail the others.
+	v, err, _ := f.tagSF.Do(name, func() (any, error) {
+		b, err := f.st.Get(context.WithoutCancel(ctx), h, 0, -1)
+		if errors.Is(err, store.ErrNotFound) {
+			f.tagsMu.Lock()
+			delete(f.named, name)
+			f.tagsMu.Unlock()
+			return digest.Zero, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read tag %q: %w", name, err)
+		}
+		id, err := store.ParseTag(b)
+		if err != nil {
+			return nil, fmt.Errorf("tag %q in %s: %w", name, f.st.Location(), err)
+		}
+		f.tagsMu.Lock()
+		f.named[name] = namedTag{id, time.Now()}
+		f.tagsMu.Unlock()
+		return id, nil
+	})
+	if err != nil {
+		f.tagsMu.Lock()
+		e, seen := f.named[name]
+		f.tagsMu.Unlock()
+		if seen {
+			f.log.Warn("reading a tag failed; using its last image", "tag", name, "store", f.st.Location(), "err", err)
+			return e.id, true, nil
+		}
+		return digest.Zero, false, err
+	}
+	id = v.(digest.ID)
+	return id, id != digest.Zero, nil
 }
 
 // readaheadLoop serves background reads: chunks a sequential reader will

@@ -50,22 +50,16 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(time.Hour)
 		return r.NewInode(ctx, &byIDNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}), 0
 	}
-	tags, err := r.fsys.resolveTags(ctx, false)
+	id, ok, err := r.fsys.resolveTag(ctx, name, false)
 	if err != nil {
-		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
+		r.fsys.log.Error("cannot resolve a tag", "tag", name, "store", r.fsys.st.Location(), "err", err)
 		return nil, errno(err)
 	}
-	id, ok := tags[name]
 	if !ok {
-		// A tag may be created at any moment: look again, and do not let
-		// the kernel cache the miss for long.
-		if tags, err = r.fsys.resolveTags(ctx, true); err == nil {
-			id, ok = tags[name]
-		}
-		if !ok {
-			out.SetEntryTimeout(time.Nanosecond)
-			return nil, syscall.ENOENT
-		}
+		// A tag may be created at any moment: do not let the kernel cache
+		// the miss.
+		out.SetEntryTimeout(time.Nanosecond)
+		return nil, syscall.ENOENT
 	}
 	ch, errno := imageRoot(ctx, &r.Inode, r.fsys, id, out)
 	if errno == 0 {

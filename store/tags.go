@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuwarm/gpuwarm/digest"
 )
@@ -43,23 +46,44 @@ func ParseTag(b []byte) (digest.ID, error) {
 	return digest.Parse(hex)
 }
 
-// Tags lists every tag with its image.
+// tagReads bounds the tag objects Tags reads at once.
+const tagReads = 16
+
+// Tags lists every tag with its image. The tag objects are read
+// concurrently: one at a time, a store of 300 tags 5 ms away took 1.5 s.
 func Tags(ctx context.Context, s Store) (map[string]digest.ID, error) {
-	out := make(map[string]digest.ID)
-	err := s.List(ctx, Tag, func(in Info) error {
-		b, err := s.Get(ctx, Handle{Kind: Tag, Name: in.Name}, 0, -1)
-		if errors.Is(err, ErrNotFound) {
-			return nil // deleted meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		id, err := ParseTag(b)
-		if err != nil {
-			return fmt.Errorf("tag %q: %w", in.Name, err)
-		}
-		out[in.Name] = id
+	var names []string
+	if err := s.List(ctx, Tag, func(in Info) error {
+		names = append(names, in.Name)
 		return nil
-	})
-	return out, err
+	}); err != nil {
+		return nil, err
+	}
+	out := make(map[string]digest.ID, len(names))
+	var mu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(tagReads)
+	for _, name := range names {
+		g.Go(func() error {
+			b, err := s.Get(gctx, Handle{Kind: Tag, Name: name}, 0, -1)
+			if errors.Is(err, ErrNotFound) {
+				return nil // deleted meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("read tag %q: %w", name, err)
+			}
+			id, err := ParseTag(b)
+			if err != nil {
+				return fmt.Errorf("tag %q: %w", name, err)
+			}
+			mu.Lock()
+			out[name] = id
+			mu.Unlock()
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
@@ -579,4 +580,73 @@ func TestSignalsDuringSlowReads(t *testing.T) {
 		}
 	}
 	t.Logf("%d signals sent while reading", sent.Load())
+}
+
+// TestManyTags: a lookup of one tag reads that tag, not every tag in the
+// store (a fleet's store holds hundreds, each a round trip away); the root
+// lists them all; a tag created after the mount is found at once, and one
+// moved to another image is followed within --tag-ttl.
+func TestManyTags(t *testing.T) {
+	requireFUSE(t)
+	ctx := t.Context()
+	tmp := t.TempDir()
+	storeDir, mnt := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	for _, v := range []string{"one", "two"} {
+		os.MkdirAll(filepath.Join(tmp, v), 0o755)
+		os.WriteFile(filepath.Join(tmp, v, "f"), []byte(v), 0o644)
+		gw(t, "pack", filepath.Join(tmp, v), "--tag", v, "--store", storeDir)
+	}
+	st, err := filestore.Open(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one, err := store.ResolveTag(ctx, st, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, _ := store.ResolveTag(ctx, st, "two")
+	const n = 300
+	for i := 0; i < n; i++ {
+		if err := store.SetTag(ctx, st, fmt.Sprintf("t%03d", i), one); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 5 ms a request: listing and reading every tag one by one would take
+	// 1.5 s per lookup.
+	startMount(t, storeDir+"?sim-latency=5ms&sim-bandwidth=1e9", mnt, filepath.Join(tmp, "cache"), "--tag-ttl", "300ms")
+	start := time.Now()
+	b, err := os.ReadFile(filepath.Join(mnt, "t150/f"))
+	if err != nil || string(b) != "one" {
+		t.Fatalf("read t150/f: %q, %v", b, err)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("looking up one of %d tags took %v", n, d)
+	}
+	ents, err := os.ReadDir(mnt)
+	if err != nil || len(ents) != n+3 { // the tags, one, two, by-id
+		t.Fatalf("root lists %d entries (want %d): %v", len(ents), n+3, err)
+	}
+	if err := store.SetTag(ctx, st, "late", two); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(mnt, "late/f")); err != nil || string(b) != "two" {
+		t.Fatalf("tag made after the mount: %q, %v", b, err)
+	}
+	if err := store.SetTag(ctx, st, "t150", two); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(filepath.Join(mnt, "t150/f"))
+		if err == nil && string(b) == "two" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("t150 still reads %q (%v) after being moved to another image", b, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(mnt, "no-such-tag")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat of a missing tag: %v", err)
+	}
 }
