@@ -41,6 +41,10 @@ type Options struct {
 	// the filesystem that loaded it; the Observer it returns (a prefetch
 	// replay, say) sees that image's reads.
 	OnImage func(f *FS, ix *manifest.Index) Observer
+	// Loading, if set, is called as an image's manifest starts loading
+	// (once per image), so that work needing only the image's ID — fetching
+	// its prefetch profile — overlaps the manifest's fetch.
+	Loading func(id digest.ID)
 	// NoPassthrough disables FUSE passthrough.
 	NoPassthrough bool
 	// AssembleFiles assembles multi-chunk files whose chunks are all cached
@@ -143,6 +147,9 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 	v, err, _ := f.loadSF.Do(id.String(), func() (any, error) {
 		// Shared by every caller waiting: one caller's interrupted
 		// request (a signal to its process) must not fail the others.
+		if f.opt.Loading != nil {
+			f.opt.Loading(id)
+		}
 		ix, err := LoadImage(context.WithoutCancel(ctx), f.st, id)
 		if err != nil {
 			return nil, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 )
@@ -82,7 +83,9 @@ func init() {
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
 			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
 		if !*noPrefetch {
-			mopt.OnImage = prefetchOnImage(ctx, g, st, bc, int64(cf.mem), cf.dir, *warmPages)
+			ps := &profiles{ctx: ctx, st: st}
+			mopt.Loading = func(id digest.ID) { ps.start(id) }
+			mopt.OnImage = prefetchOnImage(ctx, g, ps, bc, int64(cf.mem), cf.dir, *warmPages)
 		}
 		fsys := fusefs.New(mopt)
 		if names := splitList(*preload); len(names) > 0 {

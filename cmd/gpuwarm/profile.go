@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
@@ -20,15 +21,51 @@ import (
 	"github.com/gpuwarm/gpuwarm/store"
 )
 
+// profiles fetches images' prefetch profiles as soon as their IDs are
+// known (fusefs.Options.Loading), alongside their manifests: a round trip
+// to the store less before a replay starts.
+type profiles struct {
+	ctx context.Context
+	st  store.Store
+	m   sync.Map // digest.ID -> *profileLoad
+}
+
+type profileLoad struct {
+	done chan struct{}
+	p    *prefetch.Profile
+	err  error
+}
+
+func (ps *profiles) start(id digest.ID) *profileLoad {
+	l := &profileLoad{done: make(chan struct{})}
+	if v, loaded := ps.m.LoadOrStore(id, l); loaded {
+		return v.(*profileLoad)
+	}
+	go func() {
+		l.p, l.err = prefetch.Load(ps.ctx, ps.st, id)
+		close(l.done)
+	}()
+	return l
+}
+
+// take waits for the profile of id (starting its fetch if need be) and
+// forgets it: an image loads once per mount.
+func (ps *profiles) take(id digest.ID) (*prefetch.Profile, error) {
+	l := ps.start(id)
+	<-l.done
+	ps.m.Delete(id)
+	return l.p, l.err
+}
+
 // prefetchOnImage replays an image's profile when the mount first loads it.
 // A missing profile is normal; a bad one is logged and ignored.
 //
 // With warm set, the replay also puts the chunks it brings in into the
 // kernel's page cache of their files (fusefs.Warmer), up to the same bound
 // as the replay runs ahead of the reader.
-func prefetchOnImage(ctx context.Context, g *globals, st store.Store, bc *cache.Cache, memBytes int64, cacheDir string, warm bool) func(*fusefs.FS, *manifest.Index) fusefs.Observer {
+func prefetchOnImage(ctx context.Context, g *globals, ps *profiles, bc *cache.Cache, memBytes int64, cacheDir string, warm bool) func(*fusefs.FS, *manifest.Index) fusefs.Observer {
 	return func(fsys *fusefs.FS, ix *manifest.Index) fusefs.Observer {
-		p, err := prefetch.Load(ctx, st, ix.ID)
+		p, err := ps.take(ix.ID)
 		if err != nil {
 			g.log.Warn("ignoring the image's prefetch profile; booting without it", "image", ix.ID.Short(), "err", err)
 			return nil
