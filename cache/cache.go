@@ -28,7 +28,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
@@ -77,28 +76,12 @@ type Cache struct {
 	closeOnce                                 sync.Once
 
 	// active is when a reader last asked for a chunk or a store read
-	// ended (unix nanoseconds), fetching counts store reads in flight:
-	// the disk tier's background writes wait until both are quiet.
+	// ended (unix nanoseconds), fetching counts store reads in flight, cpu
+	// watches the machine's idle CPUs: the disk tier's background writes
+	// wait until all are quiet (busy).
 	active   atomic.Int64
 	fetching atomic.Int32
-}
-
-// quietPeriod is how long the cache must have been idle (no reader served,
-// no store read in flight) before queued disk-tier writes go ahead.
-const quietPeriod = 50 * time.Millisecond
-
-// Active tells the cache that a reader is being served without asking it
-// for a chunk (a lookup or an open of the mount): background disk writes
-// hold back as they do while chunks are read.
-func (c *Cache) Active() { c.active.Store(time.Now().UnixNano()) }
-
-// busyFor says how much longer background work should wait for the cache
-// to be quiet: zero or less when it has been idle for quietPeriod.
-func (c *Cache) busyFor() time.Duration {
-	if c.fetching.Load() > 0 {
-		return quietPeriod
-	}
-	return time.Duration(c.active.Load() + int64(quietPeriod) - time.Now().UnixNano())
+	cpu      cpuMeter
 }
 
 // Open creates a cache over st. With a disk tier, Dir is locked for the
@@ -120,7 +103,7 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 	c.sharedSlots = make(chan struct{}, cfg.Fetches-reserved)
 	c.prefetchSlots = c.sharedSlots
 	if cfg.Dir != "" {
-		d, err := openDiskTier(cfg.Dir, cfg.DiskBytes, c.log, c.busyFor)
+		d, err := openDiskTier(cfg.Dir, cfg.DiskBytes, c.log, c.busy)
 		if err != nil {
 			return nil, err
 		}

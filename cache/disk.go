@@ -43,8 +43,9 @@ type diskTier struct {
 	queue   chan pendingWrite
 	writers sync.WaitGroup
 	pending sync.WaitGroup
-	// busyFor says how long the cache will still be busy (nil: never).
-	busyFor func() time.Duration
+	// busy says how long the cache will still be busy, and whether only
+	// the CPUs are (nil: never busy).
+	busy func() (time.Duration, bool)
 	// flushing counts callers waiting for every queued write (Cache.Flush).
 	flushing atomic.Int32
 	// closed (under closeMu) ends writing: a fetch still in flight when the
@@ -75,6 +76,7 @@ type diskTier struct {
 type pendingWrite struct {
 	id digest.ID
 	b  *buf // referenced until written
+	at time.Time
 }
 
 type diskEntry struct {
@@ -100,7 +102,7 @@ func stampOf(f *os.File) (fileStamp, bool) {
 	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim.Nano()}, true
 }
 
-func openDiskTier(dir string, limit int64, log *slog.Logger, busyFor func() time.Duration) (*diskTier, error) {
+func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.Duration, bool)) (*diskTier, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o700); err != nil {
 		return nil, fmt.Errorf("cache directory: %w", err)
 	}
@@ -108,7 +110,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busyFor func() time
 	if err != nil {
 		return nil, err
 	}
-	d := &diskTier{dir: dir, lock: lock, log: log, busyFor: busyFor, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
+	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
 	// Writes in flight when an earlier process died are garbage.
 	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
 	for _, t := range tmps {
@@ -158,7 +160,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busyFor func() time
 			runtime.LockOSThread()
 			unix.Setpriority(unix.PRIO_PROCESS, 0, 10)
 			for w := range d.queue {
-				d.waitQuiet()
+				d.waitQuiet(w.at)
 				if err := d.addBuf(w.id, w.b); err != nil {
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
@@ -310,7 +312,7 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 		d.queuedIDs[id]++
 		d.queuedMu.Unlock()
 		select {
-		case d.queue <- pendingWrite{id, b}:
+		case d.queue <- pendingWrite{id, b, time.Now()}:
 			return
 		default:
 			d.dequeued(id)
@@ -347,19 +349,20 @@ const (
 	queueLen       = 4096
 )
 
-// waitQuiet holds a background write back while the cache is busy serving
-// reads or fetching from the store. The writes cost the reads more than
-// the CPU their niced threads take: the kernel's side of the I/O and the
+// waitQuiet holds a background write (queued at at) back while the cache
+// is busy (see quiet.go). The writes cost the reads more than the CPU
+// their niced threads take: the kernel's side of the I/O and the
 // filesystem work they cause are not niced. On the benchmark VM they
 // doubled the time a prefetch replay took to bring in python's 13 MB
 // (86-103 ms against 30-53 ms with them held back). The writes go ahead
 // anyway once the queue is half full (so its memory stays bounded and no
-// fetch has to write for itself), while Flush waits, and at close.
-func (d *diskTier) waitQuiet() {
-	for d.busyFor != nil && !d.closed.Load() && d.flushing.Load() == 0 &&
+// fetch has to write for itself), while Flush waits, at close, and after
+// maxCPUWait if only the CPUs are busy.
+func (d *diskTier) waitQuiet(at time.Time) {
+	for d.busy != nil && !d.closed.Load() && d.flushing.Load() == 0 &&
 		d.queuedBytes.Load() < maxQueuedBytes/2 && len(d.queue) < cap(d.queue)/2 {
-		wait := d.busyFor()
-		if wait <= 0 {
+		wait, cpuOnly := d.busy()
+		if wait <= 0 || cpuOnly && time.Since(at) > maxCPUWait {
 			return
 		}
 		time.Sleep(wait)

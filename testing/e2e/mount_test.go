@@ -239,9 +239,11 @@ func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 	src, storeDir, mnt, cacheDir := packedTree(t, 16)
 	d := startMount(t, storeDir, mnt, cacheDir)
 	compareTrees(t, src, filepath.Join(mnt, "t"))
-	// Disk writes are asynchronous: wait until every fetched chunk is on disk.
+	// Disk writes are asynchronous (and wait for a quiet moment, at most a
+	// few seconds on a busy machine): wait until every fetched chunk is on
+	// disk.
 	first := d.stats(t)
-	for i := 0; i < 200 && first.Disk.Entries < first.Fetches; i++ {
+	for i := 0; i < 2000 && first.Disk.Entries < first.Fetches; i++ {
 		time.Sleep(10 * time.Millisecond)
 		first = d.stats(t)
 	}

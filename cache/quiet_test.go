@@ -1,0 +1,62 @@
+package cache
+
+import (
+	"testing"
+	"time"
+)
+
+func TestParseCPULine(t *testing.T) {
+	idle, all, ok := parseCPULine([]byte("cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"))
+	if !ok || idle != 1020 || all != 1181 {
+		t.Fatalf("idle %d all %d ok %v; want 1020 1181 true", idle, all, ok)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5", "cpu 1 2 x 4 5", "intr 1 2 3 4 5", "cpu 1 2"} {
+		if _, _, ok := parseCPULine([]byte(bad)); ok {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestCPUMeter(t *testing.T) {
+	var m cpuMeter
+	m.idleCPUs()
+	time.Sleep(2 * cpuInterval)
+	idle, ok := m.idleCPUs()
+	if !ok || idle < 0 || idle > float64(1024) {
+		t.Fatalf("idle CPUs %v, ok %v", idle, ok)
+	}
+}
+
+// A write held back only because the CPUs are busy waits at most
+// maxCPUWait; one held back by the cache's own activity waits on.
+func TestWaitQuietBounds(t *testing.T) {
+	d := &diskTier{queue: make(chan pendingWrite, 8)}
+	returns := func(at time.Time) bool {
+		done := make(chan struct{})
+		go func() { d.waitQuiet(at); close(done) }()
+		select {
+		case <-done:
+			return true
+		case <-time.After(4 * quietPeriod):
+			d.closed.Store(true) // let it go
+			<-done
+			d.closed.Store(false)
+			return false
+		}
+	}
+	d.busy = func() (time.Duration, bool) { return quietPeriod, true }
+	if returns(time.Now()) {
+		t.Fatal("a fresh write did not wait for busy CPUs")
+	}
+	if !returns(time.Now().Add(-maxCPUWait - time.Second)) {
+		t.Fatalf("a write queued over %v ago still waited for busy CPUs", maxCPUWait)
+	}
+	d.busy = func() (time.Duration, bool) { return quietPeriod, false }
+	if returns(time.Now().Add(-maxCPUWait - time.Second)) {
+		t.Fatal("an old write did not wait for the busy cache")
+	}
+	d.busy = func() (time.Duration, bool) { return 0, false }
+	if !returns(time.Now()) {
+		t.Fatal("a write waited although all was quiet")
+	}
+}
