@@ -49,6 +49,9 @@ func benchPrefetchRestore(dir string) error {
 			return 0, fmt.Errorf("restored checksum %q (%v), want %s; lazy pages: %v", got, err, want, lerr)
 		}
 		_, err = proc.WaitResident(ctx)
+		if *verbose {
+			fmt.Printf("lazy daemon: %+v; restore timing: %+v\n", proc.LazyStats(), proc.Timing)
+		}
 		return d, err
 	}
 	// A cold worker: page cache dropped, a fresh daemon on an empty cache
