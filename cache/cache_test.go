@@ -808,22 +808,30 @@ func TestDiskWritesWaitForQuiet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	stop := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				busy(quietPeriod)
-			}
-		}
-	}()
-	defer close(stop)
+	defer keepBusy(c)()
 	c.Flush()
 	if n := onDisk(); n != 8 {
 		t.Fatalf("Flush returned with %d of 8 chunks on disk", n)
 	}
+}
+
+// keepBusy reports activity to c every quietPeriod/5 until the returned
+// func is called.
+func keepBusy(c *Cache) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(quietPeriod / 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				c.Active()
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // A queue half full of writes is written even while the cache stays busy:
@@ -838,18 +846,7 @@ func TestDiskWritesGoAheadWhenQueueFills(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(quietPeriod / 5):
-				c.Active()
-			}
-		}
-	}()
+	defer keepBusy(c)()
 	for _, id := range ids {
 		if err := c.Fetch(ctx, id, size, Demand); err != nil {
 			t.Fatal(err)
