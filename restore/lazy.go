@@ -12,6 +12,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/lazypages"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
@@ -28,6 +29,9 @@ func (p *Process) startDaemon(dir, work string, ix *manifest.Index, opt Options,
 		src = m
 	}
 	pages := pagesFiles(ix)
+	if opt.Record != nil && ix != nil {
+		recordImageFiles(opt.Record, ix, pages)
+	}
 	lo := lazypages.Options{Images: dir, Source: src, Workers: opt.LazyWorkers, Logger: log}
 	if opt.Profile != nil && ix != nil {
 		lo.First = profileSpans(ix, pages, opt.Profile)
@@ -83,6 +87,28 @@ func pagesFiles(ix *manifest.Index) map[uint32]int {
 		}
 	}
 	return out
+}
+
+// recordImageFiles records, as touched first, every chunk of the
+// snapshot's files other than its memory: CRIU reads all of them (the
+// process tree, its memory layout, its open files) before the process runs.
+// A replay then brings them in ahead of the memory instead of leaving
+// CRIU's reads queued behind it: restoring a 514 MiB snapshot while the
+// mount replayed a profile of its memory alone spent 540 ms in CRIU
+// instead of 95 ms on the 16-core benchmark host.
+func recordImageFiles(rec fusefs.Observer, ix *manifest.Index, pages map[uint32]int) {
+	isPages := make(map[int]bool, len(pages))
+	for _, e := range pages {
+		isPages[e] = true
+	}
+	for e, ent := range ix.Entries {
+		if ent.Type != manifest.Regular || isPages[e] {
+			continue
+		}
+		for j, c := range ent.Chunks {
+			rec.Touch(ix.ID, e, j, c.ID, c.Size)
+		}
+	}
 }
 
 // profileSpans turns a profile's chunks into spans of the pages files, in

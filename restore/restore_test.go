@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
@@ -457,6 +459,32 @@ func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
 	// in: the profile holds at least those chunks, in first-touch order.
 	if prof.Bytes() < 48<<20 {
 		t.Fatalf("recorded %d chunks, %d bytes; want the workload's 48 MB", len(prof.Entries), prof.Bytes())
+	}
+	// The snapshot's other files (CRIU reads them all before the process
+	// runs) come first, so that a replay brings them in before memory.
+	var files []digest.ID
+	isPages := map[int]bool{}
+	for _, e := range pagesFiles(ix) {
+		isPages[e] = true
+	}
+	for e, ent := range ix.Entries {
+		if ent.Type == manifest.Regular && !isPages[e] {
+			for _, c := range ent.Chunks {
+				files = append(files, c.ID)
+			}
+		}
+	}
+	if len(files) == 0 || len(prof.Entries) < len(files) {
+		t.Fatalf("%d chunks of image files, profile of %d", len(files), len(prof.Entries))
+	}
+	seen := map[digest.ID]bool{}
+	for _, e := range prof.Entries[:len(files)] {
+		seen[e.ID] = true
+	}
+	for _, id := range files {
+		if !seen[id] {
+			t.Fatalf("chunk %s of the snapshot's image files is not at the head of the profile", id.Short())
+		}
 	}
 	if st := p.LazyStats(); st.AheadBytes > st.Bytes-48<<20 {
 		t.Fatalf("while recording, %d of %d bytes were filled ahead of faults", st.AheadBytes, st.Bytes)
