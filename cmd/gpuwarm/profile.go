@@ -38,8 +38,24 @@ type profileLoad struct {
 
 func (ps *profiles) start(id digest.ID) *profileLoad {
 	l := &profileLoad{done: make(chan struct{})}
-	if v, loaded := ps.m.LoadOrStore(id, l); loaded {
-		return v.(*profileLoad)
+	for {
+		v, loaded := ps.m.LoadOrStore(id, l)
+		if !loaded {
+			break
+		}
+		old := v.(*profileLoad)
+		select {
+		case <-old.done:
+			if old.err == nil {
+				return old
+			}
+			// A failed fetch (the manifest's load failed too, say, and
+			// is being retried) is not reused: fetch again.
+			ps.m.CompareAndDelete(id, old)
+			continue
+		default:
+			return old
+		}
 	}
 	go func() {
 		l.p, l.err = prefetch.Load(ps.ctx, ps.st, id)
