@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"time"
@@ -69,38 +68,46 @@ func (m *cpuMeter) idleCPUs() (float64, bool) {
 		m.broken = true
 		return 0, false
 	}
-	idle, all, ok := parseCPULine(b)
+	idle, all, cpus, ok := parseProcStat(b)
 	if !ok {
 		m.broken = true
 		return 0, false
 	}
 	if !m.at.IsZero() && all > m.all {
-		m.last = float64(idle-m.idle) / float64(all-m.all) * float64(runtime.NumCPU())
+		m.last = float64(idle-m.idle) / float64(all-m.all) * float64(cpus)
 		m.ok = true
 	}
 	m.at, m.idle, m.all = time.Now(), idle, all
 	return m.last, m.ok
 }
 
-// parseCPULine reads the "cpu" line of /proc/stat: idle (idle + iowait)
-// and total ticks over all CPUs.
-func parseCPULine(b []byte) (idle, all uint64, ok bool) {
-	line, _, _ := bytes.Cut(b, []byte("\n"))
+// parseProcStat reads /proc/stat: the idle (idle + iowait) and total ticks
+// of its "cpu" line, summed over the machine's CPUs, and how many CPUs
+// ("cpuN" lines) that is (not runtime.NumCPU, which counts only the CPUs
+// this process may run on).
+func parseProcStat(b []byte) (idle, all uint64, cpus int, ok bool) {
+	line, rest, _ := bytes.Cut(b, []byte("\n"))
 	f := bytes.Fields(line)
 	if len(f) < 5 || string(f[0]) != "cpu" {
-		return 0, 0, false
+		return 0, 0, 0, false
 	}
 	// user nice system idle iowait irq softirq steal (guest time is
 	// already counted in user and nice).
 	for i := 1; i < len(f) && i <= 8; i++ {
 		v, err := strconv.ParseUint(string(f[i]), 10, 64)
 		if err != nil {
-			return 0, 0, false
+			return 0, 0, 0, false
 		}
 		all += v
 		if i == 4 || i == 5 {
 			idle += v
 		}
 	}
-	return idle, all, true
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		if len(line) > 3 && bytes.HasPrefix(line, []byte("cpu")) && line[3] >= '0' && line[3] <= '9' {
+			cpus++
+		}
+	}
+	return idle, all, cpus, cpus > 0
 }

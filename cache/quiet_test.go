@@ -5,13 +5,13 @@ import (
 	"time"
 )
 
-func TestParseCPULine(t *testing.T) {
-	idle, all, ok := parseCPULine([]byte("cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"))
-	if !ok || idle != 1020 || all != 1181 {
-		t.Fatalf("idle %d all %d ok %v; want 1020 1181 true", idle, all, ok)
+func TestParseProcStat(t *testing.T) {
+	idle, all, cpus, ok := parseProcStat([]byte("cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\ncpu1 1 2 3 4 5 6 7 8 9 10\nintr 1 2\n"))
+	if !ok || idle != 1020 || all != 1181 || cpus != 2 {
+		t.Fatalf("idle %d all %d cpus %d ok %v; want 1020 1181 2 true", idle, all, cpus, ok)
 	}
-	for _, bad := range []string{"", "cpu0 1 2 3 4 5", "cpu 1 2 x 4 5", "intr 1 2 3 4 5", "cpu 1 2"} {
-		if _, _, ok := parseCPULine([]byte(bad)); ok {
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5", "cpu 1 2 x 4 5\ncpu0 1 2 3 4 5", "intr 1 2 3 4 5", "cpu 1 2", "cpu 1 2 3 4 5\nintr 1"} {
+		if _, _, _, ok := parseProcStat([]byte(bad)); ok {
 			t.Errorf("%q parsed", bad)
 		}
 	}
@@ -59,4 +59,18 @@ func TestWaitQuietBounds(t *testing.T) {
 	if !returns(time.Now()) {
 		t.Fatal("a write waited although all was quiet")
 	}
+}
+
+// FuzzProcStat: any bytes parse without panicking, and a parse that
+// succeeds found CPUs.
+func FuzzProcStat(f *testing.F) {
+	f.Add([]byte("cpu  100 5 50 1000 20 3 2 1 7 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"))
+	f.Add([]byte("cpu 1 2 3 4 5\ncpu0 1 2 3 4 5\ncpu1 1 2 3 4 5\n"))
+	f.Add([]byte("cpu 18446744073709551615 1 1 1 1\ncpu0\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		idle, all, cpus, ok := parseProcStat(b)
+		if ok && cpus <= 0 {
+			t.Fatalf("idle %d all %d cpus %d", idle, all, cpus)
+		}
+	})
 }
