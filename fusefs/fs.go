@@ -104,9 +104,10 @@ type FS struct {
 	pushedBytes atomic.Int64
 
 	assembling sync.Map
-	// Assemblies running, finished and failed (.stats).
-	assemblyRunning, assemblyDone, assemblyFailed atomic.Int64
-	assembleSlot                                  chan struct{}
+	// Assemblies running, finished and failed, and files whose FUSE pages
+	// were dropped after theirs (.stats).
+	assemblyRunning, assemblyDone, assemblyFailed, assemblyDropped atomic.Int64
+	assembleSlot                                                   chan struct{}
 }
 
 type namedTag struct {
@@ -499,8 +500,8 @@ func every(chunks []manifest.Chunk, has func(digest.ID) bool) bool {
 
 // maybeAssemble assembles, in the background and one file at a time, a
 // file whose chunks are all in the cache, so later opens can use
-// passthrough.
-func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
+// passthrough; done (if set) runs once the copy is in place.
+func (f *FS) maybeAssemble(chunks []manifest.Chunk, done func()) {
 	var size int64
 	for _, c := range chunks {
 		size += int64(c.Size)
@@ -542,5 +543,8 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk) {
 			return
 		}
 		f.assemblyDone.Add(1)
+		if done != nil {
+			done()
+		}
 	}()
 }

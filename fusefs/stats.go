@@ -77,7 +77,7 @@ func (s *statsNode) render() []byte {
 		"Bytes": s.fsys.pushedBytes.Load(),
 	}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
-	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load()}
+	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load(), "PagesDropped": s.fsys.assemblyDropped.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")
 	return append(b, '\n')
 }

@@ -140,7 +140,7 @@ type mountStats struct {
 	Opens           struct{ Passthrough, Cached, PageCache, PageCacheLost, Resident int64 }
 	Prefetch        map[string]struct{ Chunks, Fetched, Touched, Hits, Misses, Warmed int64 }
 	PageCachePushed struct{ Bytes int64 }
-	Assembly        struct{ Running, Done, Failed int64 }
+	Assembly        struct{ Running, Done, Failed, PagesDropped int64 }
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {

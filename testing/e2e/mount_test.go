@@ -393,15 +393,16 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	}
 }
 
-// TestAssembledFileOpenModes: how a multi-chunk file is opened follows
-// where its bytes are. Read whole once, it is assembled in the disk tier
-// through the page cache. With that copy's pages gone but the FUSE file's
-// own pages whole, an open is a cached one, served by the kernel without a
-// read reaching the daemon. When the kernel has dropped those too, the
-// daemon sees the file asked for again, and the next open is a passthrough
-// one from the disk; after that read the copy is in the page cache, and
-// opens are passthrough ones from there (the kernel copies it in large
-// folios).
+// TestAssembledFileOpenModes: a multi-chunk file read whole is assembled in
+// the background, read back (so the copy sits in the page cache) and the
+// FUSE file's own pages are dropped (the kernel would otherwise drop them
+// inside the next open, and the file would be cached twice); opens are then
+// passthrough ones from the resident copy, with no read reaching the daemon.
+// When the copy's pages are gone too, the next open is a passthrough one
+// from the disk; after that read the copy is in the page cache again. A
+// file that is not assembled is served from the kernel's page cache while
+// it holds the file whole, and a drop of those pages is noticed when the
+// daemon is asked for bytes it gave.
 func TestAssembledFileOpenModes(t *testing.T) {
 	requireFUSE(t)
 	src, storeDir, mnt, cacheDir := packedTree(t, 24)
@@ -420,21 +421,55 @@ func TestAssembledFileOpenModes(t *testing.T) {
 	if s0.Assembly.Done < 1 {
 		t.Fatalf("file not assembled after one whole read: %+v", s0)
 	}
+	// The FUSE file's own pages go once the copy is in place (and are not
+	// left for the next open to drop).
+	for d.stats(t).Assembly.PagesDropped < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the FUSE file's pages were not dropped after assembly: %+v", d.stats(t))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for fusePages(t, big) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d pages of the FUSE file still cached after assembly", fusePages(t, big))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s0 = d.stats(t)
+	compareOne(t, want, big)
+	s1 := d.stats(t)
+	if s1.Opens.Resident != s0.Opens.Resident+1 || s1.Opens.Passthrough != s0.Opens.Passthrough+1 {
+		t.Fatalf("after assembly: opens %+v -> %+v, want a resident passthrough one", s0.Opens, s1.Opens)
+	}
+	if s1.Memory.Hits != s0.Memory.Hits || s1.Fetches != s0.Fetches {
+		t.Fatalf("the daemon served reads of a passthrough file: %+v -> %+v", s0.Stats, s1.Stats)
+	}
 
 	// Drop the assembled copy's pages (the largest file in the disk tier).
 	copyPath, _ := largestFile(cacheDir)
 	dropPages(t, copyPath)
 	compareOne(t, want, big)
-	s1 := d.stats(t)
-	if s1.Opens.PageCache != s0.Opens.PageCache+1 || s1.Opens.Passthrough != s0.Opens.Passthrough {
-		t.Fatalf("an open with the FUSE file in the page cache: opens %+v -> %+v, want one more page-cache open", s0.Opens, s1.Opens)
+	s2 := d.stats(t)
+	if s2.Opens.Passthrough != s1.Opens.Passthrough+1 || s2.Opens.Resident != s1.Opens.Resident {
+		t.Fatalf("with no copy in the page cache, the open was not a passthrough one from the disk: %+v -> %+v", s1.Opens, s2.Opens)
 	}
-	if s1.Memory.Hits != s0.Memory.Hits || s1.Fetches != s0.Fetches {
-		t.Fatalf("the daemon served reads of a file in the page cache: %+v -> %+v", s0.Stats, s1.Stats)
+	compareOne(t, want, big)
+	s3 := d.stats(t)
+	if s3.Opens.Resident != s2.Opens.Resident+1 || s3.Opens.Passthrough != s2.Opens.Passthrough+1 {
+		t.Fatalf("with the copy in the page cache: opens %+v -> %+v, want a resident passthrough one", s2.Opens, s3.Opens)
 	}
+	d.stop(t)
 
-	// Drop the FUSE file's pages too and read part of it again: the daemon
-	// is asked for bytes it gave.
+	// Not assembled: the kernel's page cache serves the file while it
+	// holds it whole; the daemon notices when it is asked again.
+	d = startMount(t, storeDir, mnt, cacheDir+"-noasm", "--assemble-files=false")
+	compareOne(t, want, big)
+	p0 := d.stats(t)
+	compareOne(t, want, big)
+	p1 := d.stats(t)
+	if p1.Opens.PageCache != p0.Opens.PageCache+1 || p1.Memory.Hits != p0.Memory.Hits || p1.Fetches != p0.Fetches {
+		t.Fatalf("a file the kernel holds whole: %+v -> %+v, want a page-cache open the daemon serves nothing of", p0, p1)
+	}
 	dropPages(t, big)
 	f, err := os.Open(big)
 	if err != nil {
@@ -444,23 +479,25 @@ func TestAssembledFileOpenModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	s2 := d.stats(t)
-	if s2.Opens.PageCacheLost != s1.Opens.PageCacheLost+1 {
-		t.Fatalf("pages dropped by the kernel not noticed: %+v", s2.Opens)
+	if p2 := d.stats(t); p2.Opens.PageCacheLost != p1.Opens.PageCacheLost+1 {
+		t.Fatalf("pages dropped by the kernel not noticed: %+v", p2.Opens)
 	}
-	compareOne(t, want, big)
-	s3 := d.stats(t)
-	if s3.Opens.Passthrough != s2.Opens.Passthrough+1 || s3.Opens.Resident != s2.Opens.Resident {
-		t.Fatalf("with no copy in the page cache, the open was not a passthrough one from the disk: %+v -> %+v", s2.Opens, s3.Opens)
+}
+
+// fusePages is how many pages of the FUSE file p the kernel caches (its
+// own, not a passthrough backing file's).
+func fusePages(t *testing.T, p string) int64 {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
 	}
-	compareOne(t, want, big)
-	s4 := d.stats(t)
-	if s4.Opens.Resident != s3.Opens.Resident+1 || s4.Opens.Passthrough != s3.Opens.Passthrough+1 {
-		t.Fatalf("with the copy in the page cache: opens %+v -> %+v, want a resident passthrough one", s3.Opens, s4.Opens)
+	defer f.Close()
+	var st unix.Cachestat_t
+	if err := unix.Cachestat(uint(f.Fd()), &unix.CachestatRange{}, &st, 0); err != nil {
+		t.Fatalf("cachestat %s: %v", p, err)
 	}
-	if s4.Memory.Hits != s3.Memory.Hits || s4.Fetches != s3.Fetches {
-		t.Fatalf("the daemon served reads of a passthrough file: %+v -> %+v", s3.Stats, s4.Stats)
-	}
+	return int64(st.Cache)
 }
 
 // largestFile is the largest regular file under dir, and its size.
