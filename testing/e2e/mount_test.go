@@ -479,7 +479,7 @@ func TestAssembledFileOpenModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if p2 := d.stats(t); p2.Opens.PageCacheLost != p1.Opens.PageCacheLost+1 {
+	if p2 := d.stats(t); p2.Opens.PageCacheLost <= p1.Opens.PageCacheLost {
 		t.Fatalf("pages dropped by the kernel not noticed: %+v", p2.Opens)
 	}
 }
