@@ -464,11 +464,19 @@ func TestAssembledFileOpenModes(t *testing.T) {
 	// holds it whole; the daemon notices when it is asked again.
 	d = startMount(t, storeDir, mnt, cacheDir+"-noasm", "--assemble-files=false")
 	compareOne(t, want, big)
-	p0 := d.stats(t)
-	compareOne(t, want, big)
-	p1 := d.stats(t)
-	if p1.Opens.PageCache != p0.Opens.PageCache+1 || p1.Memory.Hits != p0.Memory.Hits || p1.Fetches != p0.Fetches {
-		t.Fatalf("a file the kernel holds whole: %+v -> %+v, want a page-cache open the daemon serves nothing of", p0, p1)
+	// The kernel may let some pages go between two reads (it did once in
+	// CI): the daemon then serves them and the next read tries again.
+	var p0, p1 mountStats
+	for try := 0; ; try++ {
+		p0 = d.stats(t)
+		compareOne(t, want, big)
+		p1 = d.stats(t)
+		if p1.Opens.PageCache == p0.Opens.PageCache+1 && p1.Memory.Hits == p0.Memory.Hits && p1.Fetches == p0.Fetches {
+			break
+		}
+		if try == 4 {
+			t.Fatalf("a file the kernel holds whole: %+v -> %+v, want a page-cache open the daemon serves nothing of", p0, p1)
+		}
 	}
 	dropPages(t, big)
 	f, err := os.Open(big)
