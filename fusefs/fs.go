@@ -275,7 +275,7 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 	// Shared by concurrent lookups of the name: one caller's interrupt
 	// does not fail the others.
 	v, err, _ := f.tagSF.Do(name, func() (any, error) {
-		b, err := f.st.Get(context.WithoutCancel(ctx), h, 0, -1)
+		id, err := store.ReadTag(context.WithoutCancel(ctx), f.st, name)
 		if errors.Is(err, store.ErrNotFound) {
 			f.tagsMu.Lock()
 			delete(f.named, name)
@@ -283,11 +283,7 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 			return digest.Zero, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read tag %q: %w", name, err)
-		}
-		id, err := store.ParseTag(b)
-		if err != nil {
-			return nil, fmt.Errorf("tag %q in %s: %w", name, f.st.Location(), err)
+			return nil, err
 		}
 		f.tagsMu.Lock()
 		f.named[name] = namedTag{id, time.Now()}

@@ -26,14 +26,27 @@ func ResolveTag(ctx context.Context, s Store, name string) (digest.ID, error) {
 	if id, err := digest.Parse(name); err == nil {
 		return id, nil
 	}
-	b, err := s.Get(ctx, Handle{Kind: Tag, Name: name}, 0, -1)
+	id, err := ReadTag(ctx, s, name)
 	if errors.Is(err, ErrNotFound) {
 		return digest.Zero, fmt.Errorf("no image tagged %q in %s (gpuwarm ls lists the tags): %w", name, s.Location(), err)
+	}
+	return id, err
+}
+
+// ReadTag reads and decodes one tag object; a missing tag is ErrNotFound.
+func ReadTag(ctx context.Context, s Store, name string) (digest.ID, error) {
+	b, err := s.Get(ctx, Handle{Kind: Tag, Name: name}, 0, -1)
+	if errors.Is(err, ErrNotFound) {
+		return digest.Zero, err
 	}
 	if err != nil {
 		return digest.Zero, fmt.Errorf("read tag %q: %w", name, err)
 	}
-	return ParseTag(b)
+	id, err := ParseTag(b)
+	if err != nil {
+		return digest.Zero, fmt.Errorf("tag %q in %s: %w", name, s.Location(), err)
+	}
+	return id, nil
 }
 
 // ParseTag decodes a tag object.
@@ -65,16 +78,12 @@ func Tags(ctx context.Context, s Store) (map[string]digest.ID, error) {
 	g.SetLimit(tagReads)
 	for _, name := range names {
 		g.Go(func() error {
-			b, err := s.Get(gctx, Handle{Kind: Tag, Name: name}, 0, -1)
+			id, err := ReadTag(gctx, s, name)
 			if errors.Is(err, ErrNotFound) {
 				return nil // deleted meanwhile
 			}
 			if err != nil {
-				return fmt.Errorf("read tag %q: %w", name, err)
-			}
-			id, err := ParseTag(b)
-			if err != nil {
-				return fmt.Errorf("tag %q: %w", name, err)
+				return err
 			}
 			mu.Lock()
 			out[name] = id
