@@ -114,6 +114,7 @@ type Process struct {
 	sender   *pageserver.Sender
 	daemon   *lazypages.Server
 	cleanup  func()
+	work     string // CRIU's work directory; removed by cleanup if ours
 	waitOnce sync.Once
 	waitErr  error
 }
@@ -178,7 +179,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			return nil, err
 		}
 	}
-	p := &Process{Annotations: ann, Image: imageName, Lazy: opt.Lazy, start: start, resident: make(chan struct{})}
+	p := &Process{Annotations: ann, Image: imageName, Lazy: opt.Lazy, start: start, resident: make(chan struct{}), work: work}
 	var cleanups []func()
 	p.cleanup = func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
@@ -272,6 +273,13 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return nil, errors.New("restore: CRIU reported success but no pid")
 	}
 	p.proc, _ = os.FindProcess(p.PID)
+	if ownWork && lazyDaemon == nil {
+		// CRIU is done with its work directory (its log is quoted only on
+		// failure, and every restored task has handed gpuwarm's daemon its
+		// userfaultfd): remove it now, so that a restore killed while lazy
+		// memory is still arriving leaves nothing behind either.
+		os.RemoveAll(work)
+	}
 	if opt.Prefill {
 		// The tree is stopped: resume it once every page is in place.
 		select {
@@ -329,8 +337,11 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			killTree(p.PID)
 		}
 		p.servedMu.Unlock()
-		close(p.resident)
+		// Clean up before saying the memory is all in place: a caller that
+		// exits once it is (gpuwarm restore) would otherwise leave the work
+		// directory behind.
 		p.cleanup()
+		close(p.resident)
 	}()
 	return p, nil
 }

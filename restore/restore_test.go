@@ -185,6 +185,11 @@ func TestSnapshotRestoreEagerAndLazy(t *testing.T) {
 		if tk.ask(t, "pid") != "1" {
 			t.Fatal("restored process is not PID 1 of a fresh namespace")
 		}
+		// Once resident, CRIU's work directory is gone: a worker restoring
+		// all day must not fill its temporary directory.
+		if _, err := os.Stat(p.work); !os.IsNotExist(err) {
+			t.Fatalf("lazy=%v: work directory %s still there once resident (%v)", lazy, p.work, err)
+		}
 	}
 }
 

@@ -83,6 +83,10 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 	mntB := filepath.Join(tmp, "b/mnt")
 	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
 	t.Setenv("GPUWARM_CACHE_DIR", filepath.Join(tmp, "b/cache"))
+	// The restores' temporary directories go here, to check none is left.
+	tmpB := filepath.Join(tmp, "b/tmp")
+	os.MkdirAll(tmpB, 0o755)
+	t.Setenv("TMPDIR", tmpB)
 	// Eager; lazy recording the order memory is used in; lazy in that order.
 	modes := [][]string{nil, {"--lazy", "--record-profile"}, {"--lazy"}, {"--prefill"}}
 	for i, mode := range modes {
@@ -119,6 +123,9 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 			t.Fatalf("lazy=%v: restored on B with checksum %s, want %s", lazy, got, want)
 		}
 		t.Logf("lazy=%v: %s", lazy, strings.ReplaceAll(res, "\n", "; "))
+		if left, _ := os.ReadDir(tmpB); len(left) > 0 {
+			t.Fatalf("restore %v left %d entries in its temporary directory, first %s", mode, len(left), left[0].Name())
+		}
 	}
 }
 
@@ -138,6 +145,9 @@ func TestLazyRestoreKilledMidFill(t *testing.T) {
 	mnt := filepath.Join(tmp, "mnt")
 	startMount(t, storeDir+"?sim-latency=5ms&sim-bandwidth=3e7", mnt, filepath.Join(tmp, "cache"), "--no-prefetch")
 	cmd := exec.Command(gpuwarmBin, "restore", "wl", "--lazy", "--mount", mnt, "--store", storeDir, "--lazy-workers", "1")
+	tmpDir := filepath.Join(tmp, "tmp") // CRIU's work directory goes here
+	os.MkdirAll(tmpDir, 0o755)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmpDir)
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -161,5 +171,10 @@ func TestLazyRestoreKilledMidFill(t *testing.T) {
 			t.Fatalf("restored pid %d still runs after gpuwarm restore was killed mid-fill: %s", rpid, st)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Nor is anything left on disk: CRIU's work directory went once CRIU
+	// was done with it.
+	if left, _ := os.ReadDir(tmpDir); len(left) > 0 {
+		t.Fatalf("the killed restore left %s in its temporary directory", left[0].Name())
 	}
 }
