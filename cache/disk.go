@@ -21,6 +21,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/internal/rofile"
 	"golang.org/x/sys/unix"
 )
 
@@ -257,7 +258,7 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	if !ok {
 		return nil, fs.ErrNotExist
 	}
-	f, err := os.Open(d.path(id, e.sum))
+	f, err := rofile.Open(d.path(id, e.sum))
 	if err != nil {
 		d.drop(id, e)
 		return nil, err
@@ -630,7 +631,7 @@ func (d *diskTier) Dir() string { return d.dir }
 // KiB by default), each waited for: asking for the whole file first puts
 // all of its I/O in flight at once.
 func readWhole(path string, dst []byte) error {
-	f, err := os.Open(path)
+	f, err := rofile.Open(path)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"syscall"
 
 	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/internal/rofile"
 	"github.com/gpuwarm/gpuwarm/store"
 	"golang.org/x/sys/unix"
 )
@@ -274,7 +275,7 @@ func (s *Store) Get(ctx context.Context, h store.Handle, off, length int64) ([]b
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	f, err := rofile.Open(p)
 	if err != nil {
 		return nil, wrap(h, err)
 	}
