@@ -237,35 +237,53 @@ func benchMount(dir string) error {
 	mb := float64(total) / 1e6
 	rate := func(d time.Duration) float64 { return mb / d.Seconds() }
 	const nRand = 20000
+	const reps = 3
 	iops := func(d time.Duration) float64 { return nRand / d.Seconds() }
 	var rows, rrows []bu.Row
-	measure := func(name, base, goal string, root string, seq bool, prep func() error) error {
-		if prep != nil {
-			if err := prep(); err != nil {
-				return err
-			}
-		}
+	// once times one pass over the files.
+	once := func(root string, seq bool) (time.Duration, error) {
 		if seq {
-			d, err := bu.Time(func() error { _, err := bu.SeqRead(abs(root)); return err })
-			if err != nil {
-				return fmt.Errorf("%s: %w%s", name, err, mountLog(root))
-			}
+			return bu.Time(func() error { _, err := bu.SeqRead(abs(root)); return err })
+		}
+		return bu.Time(func() error { return bu.RandRead(abs(root), sizes, nRand) })
+	}
+	addRow := func(name, base, goal string, seq bool, d time.Duration) {
+		if seq {
 			rows = append(rows, bu.Row{Name: name, Value: rate(d), Unit: "MB/s", Baseline: base, Goal: goal})
 		} else {
-			d, err := bu.Time(func() error { return bu.RandRead(abs(root), sizes, nRand) })
+			rrows = append(rrows, bu.Row{Name: name, Value: iops(d), Unit: "reads/s", Baseline: base, Goal: goal})
+		}
+	}
+	// measure records the best of reps passes, each after prep. Only
+	// states a pass leaves as it found them (page cache warm, or dropped
+	// by prep) are measured more than once: this VM's page-cache reads
+	// vary by a third from pass to pass, and one slow baseline pass made a
+	// ratio look better than it was (or worse).
+	measure := func(name, base, goal string, root string, seq bool, reps int, prep func() error) error {
+		var best time.Duration
+		for r := 0; r < reps; r++ {
+			if prep != nil {
+				if err := prep(); err != nil {
+					return err
+				}
+			}
+			d, err := once(root, seq)
 			if err != nil {
 				return fmt.Errorf("%s: %w%s", name, err, mountLog(root))
 			}
-			rrows = append(rrows, bu.Row{Name: name, Value: iops(d), Unit: "reads/s", Baseline: base, Goal: goal})
+			if r == 0 || d < best {
+				best = d
+			}
 		}
+		addRow(name, base, goal, seq, best)
 		return nil
 	}
-	// Native baselines.
+	// Native baselines, best of three passes.
 	for _, seq := range []bool{true, false} {
-		if err := measure("native, page cache", "", "", src, seq, func() error { _, err := bu.SeqRead(abs(src)); return err }); err != nil {
+		if err := measure("native, page cache", "", "", src, seq, reps, func() error { _, err := bu.SeqRead(abs(src)); return err }); err != nil {
 			return err
 		}
-		if err := measure("native, from disk", "", "", src, seq, bu.DropCaches); err != nil {
+		if err := measure("native, from disk", "", "", src, seq, reps, bu.DropCaches); err != nil {
 			return err
 		}
 	}
@@ -306,16 +324,17 @@ func benchMount(dir string) error {
 		}
 		steps := []struct {
 			name, base, goal string
+			reps             int
 			prep             func() error
 		}{
-			{"gpuwarm cold (file store)", "native, from disk", "", bu.DropCaches},
+			{"gpuwarm cold (file store)", "native, from disk", "", 1, bu.DropCaches},
 			// Hot: as a program finds files it read before on a worker
 			// whose daemon has since written them to its disk tier.
-			{"gpuwarm hot (kernel cache)", "native, page cache", ">= 0.9x", func() error { m.waitIdle(2 * time.Minute); return nil }},
-			{"gpuwarm memory tier", "native, page cache", "", bu.DropCaches},
+			{"gpuwarm hot (kernel cache)", "native, page cache", ">= 0.9x", reps, func() error { m.waitIdle(2 * time.Minute); return nil }},
+			{"gpuwarm memory tier", "native, page cache", "", 1, bu.DropCaches},
 		}
 		for _, s := range steps {
-			if err := measure(s.name, s.base, s.goal, img, seq, s.prep); err != nil {
+			if err := measure(s.name, s.base, s.goal, img, seq, s.reps, s.prep); err != nil {
 				m.stop()
 				return err
 			}
@@ -325,20 +344,29 @@ func benchMount(dir string) error {
 		// for passthrough) before it stops, as a worker's daemon would have.
 		m.waitIdle(2 * time.Minute)
 		m.stop()
-		// Warm disk tier: a new daemon (empty memory tier), no page cache.
-		m, err = startMount(storeDir, mnt, cacheDir)
-		if err != nil {
-			return err
+		// Warm disk tier: a new daemon (empty memory tier), no page cache;
+		// best of reps, each with a daemon of its own.
+		var best time.Duration
+		for r := 0; r < reps; r++ {
+			m, err = startMount(storeDir, mnt, cacheDir)
+			if err != nil {
+				return err
+			}
+			bu.DropCaches()
+			d, err := once(img, seq)
+			m.printStats("gpuwarm disk tier (warm)")
+			m.stop()
+			if err != nil {
+				return fmt.Errorf("gpuwarm disk tier (warm): %w\nmount log:\n%s", err, m.logs.String())
+			}
+			if r == 0 || d < best {
+				best = d
+			}
 		}
-		err = measure("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", img, seq, bu.DropCaches)
-		m.printStats("gpuwarm disk tier (warm)")
-		m.stop()
-		if err != nil {
-			return fmt.Errorf("%w\nmount log:\n%s", err, m.logs.String())
-		}
+		addRow("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", seq, best)
 	}
-	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files", mb, len(files)), rows)
-	bu.Table(os.Stdout, fmt.Sprintf("mount: random 4 KiB reads (%d)", nRand), rrows)
+	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files (best of %d passes where a pass leaves the state as it was)", mb, len(files), reps), rows)
+	bu.Table(os.Stdout, fmt.Sprintf("mount: random 4 KiB reads (%d; best of %d likewise)", nRand, reps), rrows)
 	bu.Table(os.Stdout, "pack", []bu.Row{
 		{Name: "disk: O_DIRECT copy of the files", Value: rate(copyDur), Unit: "MB/s"},
 		{Name: "pack (random data, no dedup)", Value: packRate, Unit: "MB/s", Baseline: "disk: O_DIRECT copy of the files"},
