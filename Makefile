@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test ./prefetch -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
 	$(GO) test ./lazypages -run='^$$' -fuzz=FuzzDecodeMM -fuzztime=$(FUZZTIME)
 	$(GO) test ./cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
+	$(GO) test ./cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

@@ -551,6 +551,10 @@ type TierStats struct {
 	Hits, Misses, Bytes, Limit, Entries, Evictions int64
 	// Queued is the bytes fetched but not yet written (disk tier only).
 	Queued int64
+	// Hashed is the files passthrough opens hashed before handing them to
+	// the kernel (disk tier only); files verified earlier in this boot
+	// (see the journal in verified.go) are not hashed again.
+	Hashed int64
 }
 
 // Stats is a snapshot of the cache's counters.

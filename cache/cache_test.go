@@ -8,6 +8,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,7 +147,7 @@ func TestSingleflight(t *testing.T) {
 func corruptDiskFiles(t *testing.T, dir string, f func(path string)) int {
 	n := 0
 	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
-		if err == nil && !info.IsDir() && info.Name() != ".lock" && filepath.Base(filepath.Dir(p)) != "tmp" {
+		if err == nil && !info.IsDir() && info.Name() != ".lock" && info.Name() != journalName && filepath.Base(filepath.Dir(p)) != "tmp" {
 			f(p)
 			n++
 		}
@@ -375,6 +376,142 @@ func TestDiskFileVerifiedOnceUntilChanged(t *testing.T) {
 	if c.Stats().Corrupt == 0 {
 		t.Fatal("corruption not counted")
 	}
+}
+
+// A passthrough verification outlives the daemon within one boot: a new
+// cache on the same directory hands out files verified before without
+// hashing them, still catches a file written since, and hashes again in a
+// new boot or when the journal is not one.
+func TestVerificationJournal(t *testing.T) {
+	st, datas, ids := fixture(t, 3, 200_000)
+	dir := t.TempDir()
+	ctx := context.Background()
+	boot := "boot-a"
+	defer func(old func() string) { bootID = old }(bootID)
+	bootID = func() string { return boot }
+	open := func() *Cache {
+		t.Helper()
+		c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// pass opens chunk i by passthrough and says whether it was handed out
+	// and how many files this cache has hashed so far.
+	pass := func(c *Cache, i int) (bool, int64) {
+		t.Helper()
+		f, ok := c.DiskFile(ids[i], int64(len(datas[i])))
+		if ok {
+			b, _ := io.ReadAll(f)
+			f.Close()
+			if !bytes.Equal(b, datas[i]) {
+				t.Fatalf("chunk %d: wrong bytes", i)
+			}
+		}
+		return ok, c.Stats().Disk.Hashed
+	}
+	c := open()
+	for _, id := range ids {
+		if _, err := c.Get(ctx, id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	if ok, h := pass(c, 0); !ok || h != 1 {
+		t.Fatalf("first open: served %v, hashed %d, want 1", ok, h)
+	}
+	if ok, h := pass(c, 1); !ok || h != 2 {
+		t.Fatalf("first open: served %v, hashed %d, want 2", ok, h)
+	}
+	c.Close()
+
+	c = open() // a restarted daemon, same boot
+	if ok, h := pass(c, 0); !ok || h != 0 {
+		t.Fatalf("after a restart: served %v, hashed %d, want 0", ok, h)
+	}
+	if ok, h := pass(c, 2); !ok || h != 1 {
+		t.Fatalf("a file never verified: served %v, hashed %d, want 1", ok, h)
+	}
+	c.Close()
+
+	// Written while no daemon ran: its ctime moved, so it is hashed, and
+	// dropped for not matching.
+	if n := corruptDiskFiles(t, dir, func(p string) {
+		if strings.HasPrefix(filepath.Base(p), ids[1].String()) {
+			f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+			f.WriteAt([]byte{0xff, 0xee}, 100)
+			f.Close()
+		}
+	}); n == 0 {
+		t.Fatal("no disk files")
+	}
+	c = open()
+	if ok, _ := pass(c, 1); ok {
+		t.Fatal("a disk file written after its verification was served")
+	}
+	if c.Stats().Corrupt == 0 {
+		t.Fatal("corruption not counted")
+	}
+	if ok, h := pass(c, 0); !ok || h != 0 {
+		t.Fatalf("the other verified file: served %v, hashed %d, want 0", ok, h)
+	}
+	c.Close()
+
+	boot = "boot-b" // a reboot: nothing carried over
+	c = open()
+	if ok, h := pass(c, 0); !ok || h != 1 {
+		t.Fatalf("after a reboot: served %v, hashed %d, want 1", ok, h)
+	}
+	c.Close()
+
+	// A journal that is not one (or torn) is ignored.
+	for _, junk := range []string{"junk\n", journalMagic + " " + boot + "\n" + ids[0].String() + " 00", ""} {
+		if err := os.WriteFile(filepath.Join(dir, journalName), []byte(junk), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c = open()
+		if ok, h := pass(c, 0); !ok || h != 1 {
+			t.Fatalf("journal %q: served %v, hashed %d, want 1", junk, ok, h)
+		}
+		c.Close()
+	}
+	if recs := parseJournal(must(os.ReadFile(filepath.Join(dir, journalName))), boot); len(recs) != 1 || recs[0].id != ids[0] {
+		t.Fatalf("journal after the last run: %+v", recs)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// FuzzJournal: any bytes parse without panicking, and what parses
+// formats back into lines that parse to the same records.
+func FuzzJournal(f *testing.F) {
+	id := digest.Of([]byte("x"))
+	f.Add([]byte(journalMagic + " b\n" + id.String() + " 00000000000000ff 12 34 56\n"))
+	f.Add([]byte(journalMagic + " b\n" + id.String() + " 00000000000000ff 12 -1 56\nbad\n"))
+	f.Add([]byte("junk"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs := parseJournal(b, "b")
+		var out bytes.Buffer
+		out.WriteString(journalMagic + " b\n")
+		for _, r := range recs {
+			out.WriteString(r.line())
+		}
+		again := parseJournal(out.Bytes(), "b")
+		if len(again) != len(recs) {
+			t.Fatalf("%d records, %d after a round trip", len(recs), len(again))
+		}
+		for i := range recs {
+			if recs[i] != again[i] {
+				t.Fatalf("record %d: %+v, after a round trip %+v", i, recs[i], again[i])
+			}
+		}
+	})
 }
 
 // Readahead's Warm brings a chunk from the disk tier into memory (a reader

@@ -72,6 +72,11 @@ type diskTier struct {
 	hits    int64
 	misses  int64
 	evicted int64
+	// hashed counts files hashed by passthrough opens.
+	hashed int64
+
+	// journal keeps passthrough verifications across restarts (verified.go).
+	journal *journal
 }
 
 type pendingWrite struct {
@@ -88,6 +93,9 @@ type diskEntry struct {
 	// on a passthrough open; an unchanged file (same inode, size, ctime: any
 	// write moves ctime) need not be hashed again.
 	verified fileStamp
+	// unread says verified came from the journal and no open of this
+	// daemon has read the file yet (see diskTier.open).
+	unread bool
 }
 
 type fileStamp struct {
@@ -123,7 +131,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	}
 	var all []found
 	err = filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
-		if err != nil || de.IsDir() || filepath.Base(filepath.Dir(p)) == "tmp" || de.Name() == ".lock" {
+		if err != nil || de.IsDir() || filepath.Base(filepath.Dir(p)) == "tmp" || p == filepath.Join(dir, ".lock") || p == filepath.Join(dir, journalName) {
 			return err
 		}
 		id, sum, ok := parseName(de.Name())
@@ -150,6 +158,15 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	gone := d.evictLocked(0)
 	d.mu.Unlock()
 	removeFiles(gone)
+	var kept []verifiedRec
+	d.journal, kept = openJournal(dir, log, func(r verifiedRec) bool {
+		el, ok := d.entries[r.id]
+		return ok && el.Value.(*diskEntry).sum == r.sum && el.Value.(*diskEntry).size == r.stamp.size
+	})
+	for _, r := range kept {
+		e := d.entries[r.id].Value.(*diskEntry)
+		e.verified, e.unread = r.stamp, true
+	}
 	d.queue = make(chan pendingWrite, queueLen)
 	for i := 0; i < 2; i++ {
 		d.writers.Add(1)
@@ -264,7 +281,9 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 		return nil, err
 	}
 	stamp, stamped := stampOf(f)
-	if !stamped || stamp != e.verified || stamp.size != size {
+	hashed := false
+	switch {
+	case !stamped || stamp != e.verified || stamp.size != size:
 		willNeed(f, size)
 		h := xxhash.New()
 		n, err := hashFile(h, f)
@@ -277,13 +296,26 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 			f.Close()
 			return nil, err
 		}
+		hashed = true
+	case e.unread:
+		// Verified by an earlier daemon of this boot: not hashed, so not
+		// read either. Ask for all of it now, as hashing it would have
+		// (random reads then find it in the page cache), without waiting.
+		willNeed(f, size)
 	}
 	d.mu.Lock()
 	d.hits++
+	if hashed {
+		d.hashed++
+	}
 	if el, ok := d.entries[id]; ok && stamped && el.Value.(*diskEntry).sum == e.sum {
 		el.Value.(*diskEntry).verified = stamp
+		el.Value.(*diskEntry).unread = false
 	}
 	d.mu.Unlock()
+	if hashed && stamped {
+		d.journal.add(verifiedRec{id: id, sum: e.sum, stamp: stamp})
+	}
 	return f, nil
 }
 
@@ -607,7 +639,7 @@ func (d *diskTier) stats() TierStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return TierStats{Hits: d.hits, Misses: d.misses, Bytes: d.used, Limit: d.limit,
-		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load()}
+		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load(), Hashed: d.hashed}
 }
 
 // close finishes queued writes and releases the directory.
@@ -620,6 +652,7 @@ func (d *diskTier) close() error {
 	d.releaseMu.Lock()
 	d.released = true
 	d.releaseMu.Unlock()
+	d.journal.close()
 	return d.lock.Close()
 }
 
