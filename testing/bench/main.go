@@ -344,9 +344,13 @@ func benchMount(dir string) error {
 		// for passthrough) before it stops, as a worker's daemon would have.
 		m.waitIdle(2 * time.Minute)
 		m.stop()
-		// Warm disk tier: a new daemon (empty memory tier), no page cache;
-		// best of reps, each with a daemon of its own.
-		var best time.Duration
+		// Warm disk tier: a new daemon (empty memory tier), no page cache.
+		// The first pass is the goal's: the daemon before it verified only
+		// the files it served by passthrough (the assembled ones), so this
+		// one hashes the rest at their first open. Its verifications outlive
+		// it (the disk tier's journal), so later passes show a daemon
+		// restarted on files served before: best of those, reported apart.
+		var first, later time.Duration
 		for r := 0; r < reps; r++ {
 			m, err = startMount(storeDir, mnt, cacheDir)
 			if err != nil {
@@ -359,11 +363,15 @@ func benchMount(dir string) error {
 			if err != nil {
 				return fmt.Errorf("gpuwarm disk tier (warm): %w\nmount log:\n%s", err, m.logs.String())
 			}
-			if r == 0 || d < best {
-				best = d
+			switch {
+			case r == 0:
+				first = d
+			case r == 1 || d < later:
+				later = d
 			}
 		}
-		addRow("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", seq, best)
+		addRow("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", seq, first)
+		addRow("  again, files verified before", "native, from disk", "", seq, later)
 	}
 	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files (best of %d passes where a pass leaves the state as it was)", mb, len(files), reps), rows)
 	bu.Table(os.Stdout, fmt.Sprintf("mount: random 4 KiB reads (%d; best of %d likewise)", nRand, reps), rrows)
