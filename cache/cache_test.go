@@ -514,6 +514,68 @@ func FuzzJournal(f *testing.F) {
 	})
 }
 
+// Opening a disk tier removes debris from its shard directories and
+// nothing else: a --cache-dir that holds other files (the restores'
+// replay records, or a directory given by mistake) loses none of them.
+func TestDiskScanTouchesOnlyShards(t *testing.T) {
+	st, datas, ids := fixture(t, 2, 100_000)
+	dir := t.TempDir()
+	c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := c.Get(context.Background(), id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	c.Close()
+	keep := []string{"replays/" + ids[0].String() + ".json", "notes.txt", "zz/data", "0/x", "abc/y"}
+	for _, k := range keep {
+		p := filepath.Join(dir, k)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shard := ids[1].String()[:2]
+	debris := []string{filepath.Join(dir, shard, "leftover"), filepath.Join(dir, shard, ids[0].String()+".0000000000000000")}
+	if ids[0].String()[:2] == shard {
+		debris = debris[:1] // ids[0] belongs in this shard: not debris
+	}
+	for _, p := range debris {
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err = Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, k := range keep {
+		if b, err := os.ReadFile(filepath.Join(dir, k)); err != nil || string(b) != "mine" {
+			t.Fatalf("%s: %q, %v: a file outside the shard directories was touched", k, b, err)
+		}
+	}
+	for _, p := range debris {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("debris %s left in a shard directory (%v)", p, err)
+		}
+	}
+	if n := c.Stats().Disk.Entries; n != int64(len(ids)) {
+		t.Fatalf("%d disk entries after reopening, want %d", n, len(ids))
+	}
+	for i, id := range ids {
+		if f, ok := c.DiskFile(id, int64(len(datas[i]))); !ok {
+			t.Fatalf("chunk %d lost", i)
+		} else {
+			f.Close()
+		}
+	}
+}
+
 // Readahead's Warm brings a chunk from the disk tier into memory (a reader
 // that follows must not wait for the disk); Fetch, for prefetch profiles,
 // leaves a chunk already on disk where it is.

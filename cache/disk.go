@@ -130,22 +130,37 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		atime int64
 	}
 	var all []found
-	err = filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
-		if err != nil || de.IsDir() || filepath.Base(filepath.Dir(p)) == "tmp" || p == filepath.Join(dir, ".lock") || p == filepath.Join(dir, journalName) {
-			return err
-		}
-		id, sum, ok := parseName(de.Name())
-		info, ierr := de.Info()
-		if !ok || ierr != nil || filepath.Base(filepath.Dir(p)) != id.String()[:2] {
-			os.Remove(p)
-			return nil
-		}
-		all = append(all, found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
-		return nil
-	})
+	// Only the shard directories (two hex digits) are the disk tier's: a
+	// file there that is not a chunk file is debris and goes. Anything else
+	// under dir (the journal, the restores' replay records, whatever else a
+	// misdirected --cache-dir holds) is left alone.
+	top, err := os.ReadDir(dir)
 	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
+	}
+	for _, sd := range top {
+		if !sd.IsDir() || !isShard(sd.Name()) {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, sd.Name()))
+		if err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
+		}
+		for _, de := range files {
+			p := filepath.Join(dir, sd.Name(), de.Name())
+			if de.IsDir() {
+				continue
+			}
+			id, sum, ok := parseName(de.Name())
+			info, ierr := de.Info()
+			if !ok || ierr != nil || sd.Name() != id.String()[:2] {
+				os.Remove(p)
+				continue
+			}
+			all = append(all, found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
+		}
 	}
 	// Oldest first, so the newest end up at the front of the LRU.
 	sort.Slice(all, func(i, j int) bool { return all[i].atime < all[j].atime })
@@ -191,6 +206,19 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	}
 	log.Debug("disk cache opened", "dir", dir, "entries", len(d.entries), "bytes", d.used)
 	return d, nil
+}
+
+// isShard says whether name is one of the disk tier's shard directories.
+func isShard(name string) bool {
+	if len(name) != 2 {
+		return false
+	}
+	for _, c := range name {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func parseName(name string) (digest.ID, uint64, bool) {
