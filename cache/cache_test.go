@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -478,6 +479,60 @@ func TestVerificationJournal(t *testing.T) {
 	}
 	if recs := parseJournal(must(os.ReadFile(filepath.Join(dir, journalName))), boot); len(recs) != 1 || recs[0].id != ids[0] {
 		t.Fatalf("journal after the last run: %+v", recs)
+	}
+}
+
+// A journal that grows (files verified again and again, as after every
+// write to them) is compacted to the live verifications, which a restarted
+// cache still trusts.
+func TestVerificationJournalCompacts(t *testing.T) {
+	st, datas, ids := fixture(t, 3, 50_000)
+	dir := t.TempDir()
+	defer func(old func() string, n int) { bootID, journalMinCompact = old, n }(bootID, journalMinCompact)
+	bootID, journalMinCompact = func() string { return "b" }, 2
+	c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := c.Get(context.Background(), id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	var path string
+	corruptDiskFiles(t, dir, func(p string) {
+		if strings.HasPrefix(filepath.Base(p), ids[0].String()) {
+			path = p
+		}
+	})
+	maxLines := 0
+	for i := 0; i < 20; i++ {
+		os.Chmod(path, fs.FileMode(0o600+i%2)) // moves ctime: verified again
+		f, ok := c.DiskFile(ids[0], int64(len(datas[0])))
+		if !ok {
+			t.Fatalf("round %d: not served", i)
+		}
+		f.Close()
+		b, _ := os.ReadFile(filepath.Join(dir, journalName))
+		maxLines = max(maxLines, bytes.Count(b, []byte("\n")))
+	}
+	if h := c.Stats().Disk.Hashed; h != 20 {
+		t.Fatalf("hashed %d times, want 20", h)
+	}
+	if maxLines > 1+2*len(ids)+1 {
+		t.Fatalf("journal grew to %d lines for %d entries", maxLines, len(ids))
+	}
+	c.Close()
+	c, err = Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if f, ok := c.DiskFile(ids[0], int64(len(datas[0]))); !ok || c.Stats().Disk.Hashed != 0 {
+		t.Fatalf("after compaction and a restart: served %v, hashed %d, want 0", ok, c.Stats().Disk.Hashed)
+	} else {
+		f.Close()
 	}
 }
 

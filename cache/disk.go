@@ -208,6 +208,26 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	return d, nil
 }
 
+func (d *diskTier) entryCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.entries)
+}
+
+// verifiedRecs lists the entries verified for passthrough (the journal's
+// live records).
+func (d *diskTier) verifiedRecs() []verifiedRec {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []verifiedRec
+	for id, el := range d.entries {
+		if e := el.Value.(*diskEntry); e.verified != (fileStamp{}) {
+			out = append(out, verifiedRec{id: id, sum: e.sum, stamp: e.verified})
+		}
+	}
+	return out
+}
+
 // isShard says whether name is one of the disk tier's shard directories.
 func isShard(name string) bool {
 	if len(name) != 2 {
@@ -341,8 +361,8 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 		el.Value.(*diskEntry).unread = false
 	}
 	d.mu.Unlock()
-	if hashed && stamped {
-		d.journal.add(verifiedRec{id: id, sum: e.sum, stamp: stamp})
+	if hashed && stamped && d.journal.add(verifiedRec{id: id, sum: e.sum, stamp: stamp}, d.entryCount()) {
+		d.journal.compact(d.verifiedRecs())
 	}
 	return f, nil
 }

@@ -92,11 +92,17 @@ func parseJournal(b []byte, boot string) []verifiedRec {
 	return out
 }
 
+// journalMinCompact is the fewest lines a journal is compacted at.
+var journalMinCompact = 4096
+
 // journal appends verifications to dir/verified.
 type journal struct {
-	mu  sync.Mutex
-	f   *os.File // nil: off
-	log *slog.Logger
+	mu    sync.Mutex
+	dir   string
+	boot  string
+	f     *os.File // nil: off
+	lines int      // records in the file
+	log   *slog.Logger
 }
 
 // openJournal reads dir's journal, keeps the records live says are still
@@ -104,58 +110,89 @@ type journal struct {
 // It returns the records kept. Failures turn the journal off (every
 // passthrough open hashes its file once per daemon, as without one).
 func openJournal(dir string, log *slog.Logger, live func(verifiedRec) bool) (*journal, []verifiedRec) {
-	j := &journal{log: log}
-	boot := bootID()
-	if boot == "" {
+	j := &journal{dir: dir, boot: bootID(), log: log}
+	if j.boot == "" {
 		return j, nil
 	}
-	path := filepath.Join(dir, journalName)
-	old, _ := os.ReadFile(path)
-	var kept []verifiedRec
-	var buf bytes.Buffer
-	buf.WriteString(journalMagic + " " + boot + "\n")
-	recs := parseJournal(old, boot)
+	old, _ := os.ReadFile(filepath.Join(dir, journalName))
+	recs := parseJournal(old, j.boot)
 	last := make(map[digest.ID]int, len(recs)) // a file verified twice: the later record
 	for i, r := range recs {
 		last[r.id] = i
 	}
+	var kept []verifiedRec
 	for i, r := range recs {
 		if last[r.id] == i && live(r) {
 			kept = append(kept, r)
-			buf.WriteString(r.line())
 		}
 	}
-	tmp := filepath.Join(dir, "tmp", journalName)
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		log.Warn("cannot write the disk cache's verification journal; files are hashed again after a restart", "err", err)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.rewriteLocked(kept) {
 		return j, nil
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		log.Warn("cannot write the disk cache's verification journal; files are hashed again after a restart", "err", err)
-		return j, nil
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		log.Warn("cannot open the disk cache's verification journal", "err", err)
-		return j, kept
-	}
-	j.f = f
 	return j, kept
 }
 
+// rewriteLocked replaces the journal with recs (temp file + rename) and
+// reopens it for appends; false turns the journal off.
+func (j *journal) rewriteLocked(recs []verifiedRec) bool {
+	if j.f != nil {
+		j.f.Close()
+		j.f = nil
+	}
+	var buf bytes.Buffer
+	buf.WriteString(journalMagic + " " + j.boot + "\n")
+	for _, r := range recs {
+		buf.WriteString(r.line())
+	}
+	path := filepath.Join(j.dir, journalName)
+	tmp := filepath.Join(j.dir, "tmp", journalName)
+	err := os.WriteFile(tmp, buf.Bytes(), 0o600)
+	if err == nil {
+		if err = os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+		}
+	}
+	if err == nil {
+		j.f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	}
+	if err != nil {
+		j.log.Warn("cannot write the disk cache's verification journal; files are hashed again after a restart", "err", err)
+		return false
+	}
+	j.lines = len(recs)
+	return true
+}
+
 // add records a verification. One write per file and daemon: opens that
-// find the file's stamp already verified do not come here.
-func (j *journal) add(r verifiedRec) {
+// find the file's stamp already verified do not come here. It reports
+// whether the file has grown past twice the live records it could hold
+// (and at least 4096): time to compact.
+func (j *journal) add(r verifiedRec, live int) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.f == nil {
-		return
+		return false
 	}
 	if _, err := j.f.WriteString(r.line()); err != nil {
 		j.log.Warn("cannot append to the disk cache's verification journal; it is off until the next start", "err", err)
 		j.f.Close()
 		j.f = nil
+		return false
+	}
+	j.lines++
+	return j.lines > max(journalMinCompact, 2*live)
+}
+
+// compact rewrites the journal with recs, the verifications still true. A
+// verification added meanwhile may be lost: its file is hashed again
+// after a restart, nothing worse.
+func (j *journal) compact(recs []verifiedRec) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f != nil {
+		j.rewriteLocked(recs)
 	}
 }
 
