@@ -586,7 +586,7 @@ func TestDiskScanTouchesOnlyShards(t *testing.T) {
 	}
 	c.Flush()
 	c.Close()
-	keep := []string{"replays/" + ids[0].String() + ".json", "notes.txt", "zz/data", "0/x", "abc/y"}
+	keep := []string{"replays/" + ids[0].String() + ".json", "notes.txt", "zz/data", "0/x", "abc/y", "tmp/draft.txt"}
 	for _, k := range keep {
 		p := filepath.Join(dir, k)
 		os.MkdirAll(filepath.Dir(p), 0o755)
@@ -595,9 +595,9 @@ func TestDiskScanTouchesOnlyShards(t *testing.T) {
 		}
 	}
 	shard := ids[1].String()[:2]
-	debris := []string{filepath.Join(dir, shard, "leftover"), filepath.Join(dir, shard, ids[0].String()+".0000000000000000")}
+	debris := []string{filepath.Join(dir, "tmp", "17"), filepath.Join(dir, shard, "leftover"), filepath.Join(dir, shard, ids[0].String()+".0000000000000000")}
 	if ids[0].String()[:2] == shard {
-		debris = debris[:1] // ids[0] belongs in this shard: not debris
+		debris = debris[:2] // ids[0] belongs in this shard: not debris
 	}
 	for _, p := range debris {
 		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {

@@ -120,10 +120,13 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		return nil, err
 	}
 	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
-	// Writes in flight when an earlier process died are garbage.
+	// Writes in flight when an earlier process died are garbage: temporary
+	// files are named by a sequence number (or are the journal's).
 	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
 	for _, t := range tmps {
-		os.Remove(filepath.Join(dir, "tmp", t.Name()))
+		if _, err := strconv.ParseUint(t.Name(), 10, 64); (err == nil || t.Name() == journalName) && t.Type().IsRegular() {
+			os.Remove(filepath.Join(dir, "tmp", t.Name()))
+		}
 	}
 	type found struct {
 		e     diskEntry
