@@ -485,12 +485,12 @@ func FileID(chunks []manifest.Chunk) digest.ID {
 // are skipped: a passthrough open first hashes the whole file (once per
 // daemon), which must not stall an open for long.
 //
-// With cached set the file is written through the page cache and then
-// read back and hashed from there, as a passthrough open would: its first
-// passthrough open then needs no hashing, and the kernel serves it from
-// page cache in large folios (a FUSE file's own page cache holds single
+// With cached set the file is written through the page cache, which keeps
+// it (an open then asks for any page the kernel let go): the kernel serves
+// it from there in large folios (a FUSE file's own page cache holds single
 // pages, which makes it copy at half the speed). Without, it is written
-// with O_DIRECT and leaves the page cache alone.
+// with O_DIRECT and leaves the page cache alone. Either way it is trusted
+// for passthrough as written (see verified.go).
 func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bool) error {
 	var size int64
 	for _, ch := range chunks {
@@ -517,7 +517,7 @@ func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bo
 	if err != nil || !cached {
 		return err
 	}
-	f, err := c.disk.open(id, size) // reads it back, verifies, remembers
+	f, err := c.disk.open(id, size) // as its first passthrough open would
 	if err != nil {
 		if errors.Is(err, errCorruptEntry) {
 			c.corrupt.Add(1)

@@ -103,6 +103,14 @@ type fileStamp struct {
 	ctime     int64
 }
 
+func statStamp(path string) (fileStamp, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return fileStamp{}, false
+	}
+	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim.Nano()}, true
+}
+
 func stampOf(f *os.File) (fileStamp, bool) {
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
@@ -637,18 +645,37 @@ func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) erro
 			err = os.Rename(tmp, final)
 		}
 	}
+	// The file holds the bytes just hashed into sum (verified against the
+	// chunk's SHA-256 before they were cached): as trustworthy for
+	// passthrough as a file hashed back, for as long as it is unchanged
+	// (see verified.go). Rename moved its ctime, so its stamp is taken now.
+	st, stamped := fileStamp{}, false
+	if err == nil {
+		st, stamped = statStamp(final)
+		stamped = stamped && st.size == size
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if err != nil {
 		d.used -= size
+		d.mu.Unlock()
 		os.Remove(tmp)
 		return err
 	}
 	if _, ok := d.entries[id]; ok { // a concurrent add of the same chunk won
 		d.used -= size
+		d.mu.Unlock()
 		return nil
 	}
-	d.entries[id] = d.lru.PushFront(&diskEntry{id: id, sum: sum, size: size})
+	e := &diskEntry{id: id, sum: sum, size: size}
+	if stamped {
+		e.verified, e.unread = st, true
+	}
+	d.entries[id] = d.lru.PushFront(e)
+	live := len(d.entries)
+	d.mu.Unlock()
+	if stamped && d.journal.add(verifiedRec{id: id, sum: sum, stamp: st}, live) {
+		d.journal.compact(d.verifiedRecs())
+	}
 	return nil
 }
 

@@ -256,19 +256,12 @@ func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 	if s.Fetches != 0 || s.Disk.Hits == 0 {
 		t.Fatalf("after kill -9 and remount the disk cache was not used: fetches %d, disk hits %d (first run fetched %d)", s.Fetches, s.Disk.Hits, first.Fetches)
 	}
-	if s.Opens.Passthrough == 0 || s.Disk.Hashed == 0 {
-		t.Fatalf("after remount no file was verified for passthrough: %d passthrough opens, %d hashed", s.Opens.Passthrough, s.Disk.Hashed)
-	}
-	d2.kill9(t)
-	// Files the last daemon verified for passthrough are not hashed again
-	// by the next one in this boot (the disk tier's journal), and still
-	// read right.
-	d2 = startMount(t, storeDir, mnt, cacheDir)
-	compareTrees(t, src, filepath.Join(mnt, "t"))
-	s2 := d2.stats(t)
-	t.Logf("passthrough opens %d then %d; files hashed %d then %d", s.Opens.Passthrough, s2.Opens.Passthrough, s.Disk.Hashed, s2.Disk.Hashed)
-	if s2.Opens.Passthrough == 0 || s2.Disk.Hashed >= s.Disk.Hashed {
-		t.Fatalf("the next daemon: %d passthrough opens, %d files hashed again of %d verified before", s2.Opens.Passthrough, s2.Disk.Hashed, s.Disk.Hashed)
+	// The files the first daemon wrote to its disk tier were handed to the
+	// kernel by passthrough without being read back to be hashed: they are
+	// unchanged since it wrote them (the disk tier's journal says so), and
+	// kill -9 loses none of that.
+	if s.Opens.Passthrough == 0 || s.Disk.Hashed != 0 {
+		t.Fatalf("after remount: %d passthrough opens, %d files hashed again (want 0)", s.Opens.Passthrough, s.Disk.Hashed)
 	}
 	d2.stop(t)
 
