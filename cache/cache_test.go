@@ -379,6 +379,23 @@ func TestDiskFileVerifiedOnceUntilChanged(t *testing.T) {
 	}
 }
 
+// openFilled opens a cache on dir and brings every chunk of ids in, on
+// disk too.
+func openFilled(t *testing.T, st store.Store, dir string, ids []digest.ID, mem, disk int64) *Cache {
+	t.Helper()
+	c, err := Open(st, Config{Dir: dir, MemBytes: mem, DiskBytes: disk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if _, err := c.Get(context.Background(), id, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	return c
+}
+
 // A file the cache wrote, or hashed back, is trusted for passthrough for
 // the rest of the boot, by later daemons too: a new cache on the same
 // directory hands it out without hashing it, still catches a file written
@@ -386,7 +403,6 @@ func TestDiskFileVerifiedOnceUntilChanged(t *testing.T) {
 func TestVerificationJournal(t *testing.T) {
 	st, datas, ids := fixture(t, 3, 200_000)
 	dir := t.TempDir()
-	ctx := context.Background()
 	boot := "boot-a"
 	defer func(old func() string) { bootID = old }(bootID)
 	bootID = func() string { return boot }
@@ -412,13 +428,7 @@ func TestVerificationJournal(t *testing.T) {
 		}
 		return ok, c.Stats().Disk.Hashed
 	}
-	c := open()
-	for _, id := range ids {
-		if _, err := c.Get(ctx, id, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Flush()
+	c := openFilled(t, st, dir, ids, 4<<20, 4<<20)
 	// Files the cache wrote itself (from bytes verified against their
 	// SHA-256) are not hashed back.
 	if ok, h := pass(c, 0); !ok || h != 0 {
@@ -488,16 +498,7 @@ func TestVerificationJournalCompacts(t *testing.T) {
 	dir := t.TempDir()
 	defer func(old func() string, n int) { bootID, journalMinCompact = old, n }(bootID, journalMinCompact)
 	bootID, journalMinCompact = func() string { return "b" }, 2
-	c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range ids {
-		if _, err := c.Get(context.Background(), id, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Flush()
+	c := openFilled(t, st, dir, ids, 4<<20, 4<<20)
 	var path string
 	corruptDiskFiles(t, dir, func(p string) {
 		if strings.HasPrefix(filepath.Base(p), ids[0].String()) {
@@ -522,7 +523,7 @@ func TestVerificationJournalCompacts(t *testing.T) {
 		t.Fatalf("journal grew to %d lines for %d entries", maxLines, len(ids))
 	}
 	c.Close()
-	c, err = Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
+	c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -573,17 +574,7 @@ func FuzzJournal(f *testing.F) {
 func TestDiskScanTouchesOnlyShards(t *testing.T) {
 	st, datas, ids := fixture(t, 2, 100_000)
 	dir := t.TempDir()
-	c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, id := range ids {
-		if _, err := c.Get(context.Background(), id, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Flush()
-	c.Close()
+	openFilled(t, st, dir, ids, 1<<20, 4<<20).Close()
 	keep := []string{"replays/" + ids[0].String() + ".json", "notes.txt", "zz/data", "0/x", "abc/y", "tmp/draft.txt"}
 	for _, k := range keep {
 		p := filepath.Join(dir, k)
@@ -602,7 +593,7 @@ func TestDiskScanTouchesOnlyShards(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err = Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 4 << 20})
+	c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 4 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
