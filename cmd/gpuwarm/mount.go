@@ -12,6 +12,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/internal/sdnotify"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 )
 
@@ -106,13 +107,20 @@ func init() {
 		}
 		g.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", cf.dir,
 			"mem", int64(cf.mem), "disk", int64(cf.disk))
+		// A supervisor (systemd, Type=notify) starts what reads from the
+		// mount only now.
+		if _, err := sdnotify.Notify("READY=1\nSTATUS=serving " + dir + " from " + st.Location()); err != nil {
+			g.log.Warn("cannot tell the supervisor the mount is ready", "err", err)
+		}
 		done := make(chan struct{})
 		go func() { srv.Wait(); close(done) }()
 		select {
 		case <-done:
 			g.log.Info("unmounted from outside; exiting", "dir", dir)
+			sdnotify.Notify("STOPPING=1\nSTATUS=unmounted from outside")
 		case <-ctx.Done():
 			g.log.Info("signal received; unmounting", "dir", dir)
+			sdnotify.Notify("STOPPING=1\nSTATUS=unmounting " + dir)
 			if err := srv.Unmount(); err != nil {
 				g.log.Warn("unmount failed; detaching", "err", err)
 				fusefs.Unmount(dir)

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -702,5 +703,65 @@ func TestManyTags(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mnt, "no-such-tag")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("stat of a missing tag: %v", err)
+	}
+}
+
+// TestSystemdNotify: under a supervisor that speaks systemd's notify
+// protocol (a unit with Type=notify), the mount says READY=1 only once it
+// serves, and STOPPING=1 when it is told to stop.
+func TestSystemdNotify(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, cacheDir := packedTree(t, 1)
+	sock := filepath.Join(t.TempDir(), "notify")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	msgs := make(chan string, 8)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := l.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	cmd := exec.Command(gpuwarmBin, "mount", mnt, "--store", storeDir, "--cache-dir", cacheDir)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		syscall.Unmount(mnt, syscall.MNT_DETACH)
+	}()
+	select {
+	case m := <-msgs:
+		if !strings.HasPrefix(m, "READY=1\n") {
+			t.Fatalf("first notification %q, want READY=1", m)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no READY=1 from the mount\n%s", logs.String())
+	}
+	// Ready means serving: no polling.
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case m := <-msgs:
+		if !strings.HasPrefix(m, "STOPPING=1") {
+			t.Fatalf("notification on SIGTERM %q, want STOPPING=1", m)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("no STOPPING=1 from the mount\n%s", logs.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("mount exited with %v after SIGTERM\n%s", err, logs.String())
 	}
 }
