@@ -93,8 +93,9 @@ type diskEntry struct {
 	// on a passthrough open; an unchanged file (same inode, size, ctime: any
 	// write moves ctime) need not be hashed again.
 	verified fileStamp
-	// unread says verified came from the journal and no open of this
-	// daemon has read the file yet (see diskTier.open).
+	// unread says the file was trusted without being read back (written
+	// by this cache, or by an earlier daemon per the journal) and no open
+	// has read it since (see diskTier.open).
 	unread bool
 }
 
@@ -219,10 +220,15 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	return d, nil
 }
 
-func (d *diskTier) entryCount() int {
+// remember journals a file trusted for passthrough, compacting the
+// journal when it has grown past twice the live entries.
+func (d *diskTier) remember(r verifiedRec) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.entries)
+	live := len(d.entries)
+	d.mu.Unlock()
+	if d.journal.add(r, live) {
+		d.journal.compact(d.verifiedRecs())
+	}
 }
 
 // verifiedRecs lists the entries verified for passthrough (the journal's
@@ -357,9 +363,9 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 		}
 		hashed = true
 	case e.unread:
-		// Verified by an earlier daemon of this boot: not hashed, so not
-		// read either. Ask for all of it now, as hashing it would have
-		// (random reads then find it in the page cache), without waiting.
+		// Trusted without being hashed back, so not read either: ask for
+		// all of it now, as hashing it would have (random reads then find
+		// it in the page cache), without waiting.
 		willNeed(f, size)
 	}
 	d.mu.Lock()
@@ -372,8 +378,8 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 		el.Value.(*diskEntry).unread = false
 	}
 	d.mu.Unlock()
-	if hashed && stamped && d.journal.add(verifiedRec{id: id, sum: e.sum, stamp: stamp}, d.entryCount()) {
-		d.journal.compact(d.verifiedRecs())
+	if hashed && stamped {
+		d.remember(verifiedRec{id: id, sum: e.sum, stamp: stamp})
 	}
 	return f, nil
 }
@@ -671,10 +677,9 @@ func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) erro
 		e.verified, e.unread = st, true
 	}
 	d.entries[id] = d.lru.PushFront(e)
-	live := len(d.entries)
 	d.mu.Unlock()
-	if stamped && d.journal.add(verifiedRec{id: id, sum: sum, stamp: st}, live) {
-		d.journal.compact(d.verifiedRecs())
+	if stamped {
+		d.remember(verifiedRec{id: id, sum: sum, stamp: st})
 	}
 	return nil
 }
