@@ -131,6 +131,14 @@ func openJournal(dir string, log *slog.Logger, live func(verifiedRec) bool) (*jo
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
+	if len(recs) > 0 && len(kept) == len(recs) && bytes.HasSuffix(old, []byte("\n")) {
+		// All still true (a restart with nothing evicted): append to it as
+		// it is rather than write it again.
+		if f, err := os.OpenFile(filepath.Join(dir, journalName), os.O_WRONLY|os.O_APPEND, 0); err == nil {
+			j.f, j.lines = f, len(recs)
+			return j, kept
+		}
+	}
 	if !j.rewriteLocked(kept) {
 		return j, nil
 	}
