@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -532,6 +533,30 @@ func TestVerificationJournalCompacts(t *testing.T) {
 		t.Fatalf("after compaction and a restart: served %v, hashed %d, want 0", ok, c.Stats().Disk.Hashed)
 	} else {
 		f.Close()
+	}
+}
+
+// A journal torn mid-line (a crash during an append) is rewritten at
+// start, so the next append does not land on the torn fragment.
+func TestJournalTornTail(t *testing.T) {
+	defer func(old func() string) { bootID = old }(bootID)
+	bootID = func() string { return "b" }
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "tmp"), 0o700)
+	a := verifiedRec{id: digest.Of([]byte("a")), sum: 1, stamp: fileStamp{ino: 1, size: 2, ctime: 3}}
+	b := verifiedRec{id: digest.Of([]byte("b")), sum: 4, stamp: fileStamp{ino: 5, size: 6, ctime: 7}}
+	torn := journalMagic + " b\n" + a.line() + b.line()[:20]
+	if err := os.WriteFile(filepath.Join(dir, journalName), []byte(torn), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j, kept := openJournal(dir, slog.Default(), func(verifiedRec) bool { return true })
+	if len(kept) != 1 || kept[0] != a {
+		t.Fatalf("kept %+v, want the one whole record", kept)
+	}
+	j.add(b, 2)
+	j.close()
+	if got := parseJournal(must(os.ReadFile(filepath.Join(dir, journalName))), "b"); len(got) != 2 || got[0] != a || got[1] != b {
+		t.Fatalf("journal after an append: %+v", got)
 	}
 }
 
