@@ -521,8 +521,8 @@ func (f *FS) maybeAssemble(chunks []manifest.Chunk, done func()) {
 		f.assembling.Delete(id)
 		return
 	}
+	f.assemblyRunning.Add(1) // counted from now: .stats never shows a gap
 	go func() {
-		f.assemblyRunning.Add(1)
 		defer func() { f.assemblyRunning.Add(-1); <-f.assembleSlot; f.assembling.Delete(id) }()
 		// Background work: a niced thread, so reads being served come first.
 		runtime.LockOSThread()
