@@ -8,6 +8,15 @@ set -e
 here=$(cd "$(dirname "$0")" && pwd)
 G=$(realpath "${1:-bin/gpuwarm}")
 W=$(mktemp -d /var/tmp/fusefloor.XXXXXX)
+cleanup() {
+	umount "$W/m" 2>/dev/null || true
+	"$G" umount "$W/g" 2>/dev/null || true
+	sleep 0.3
+	umount -l "$W/m" "$W/g" 2>/dev/null || true
+	jobs -p | xargs -r kill 2>/dev/null || true
+	cd /; rm -rf "$W"
+}
+trap cleanup EXIT
 RAWFUSE=${RAWFUSE:-$W/rawfuse}; OCC=${OCC:-$W/occ}
 [ -x "$RAWFUSE" ] || gcc -O2 -o "$RAWFUSE" "$here/rawfuse.c"
 [ -x "$OCC" ] || gcc -O2 -x c -o "$OCC" - <<'C'
@@ -37,4 +46,3 @@ for r in 1 2 3; do
 	echo "rawfuse: $("$OCC" m/f 3000)"
 	echo "gpuwarm: $("$OCC" g/t/f 3000)"
 done
-umount "$W/m"; "$G" umount "$W/g"; sleep 0.5; cd /; rm -rf "$W"
