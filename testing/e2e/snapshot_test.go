@@ -81,7 +81,7 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 	}
 	_ = pid
 	mntB := filepath.Join(tmp, "b/mnt")
-	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
+	dB := startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
 	t.Setenv("GPUWARM_CACHE_DIR", filepath.Join(tmp, "b/cache"))
 	// The restores' temporary directories go here, to check none is left.
 	tmpB := filepath.Join(tmp, "b/tmp")
@@ -126,6 +126,13 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 		if left, _ := os.ReadDir(tmpB); len(left) > 0 {
 			t.Fatalf("restore %v left %d entries in its temporary directory, first %s", mode, len(left), left[0].Name())
 		}
+	}
+	// The worker's record of the last replay (kept in the cache directory)
+	// outlives a restart of its mount daemon.
+	dB.stop(t)
+	startMount(t, url, mntB, filepath.Join(tmp, "b/cache"))
+	if show := gw(t, "profile", "show", "wl", "--store", url); !strings.Contains(show, "last replay on this worker: restore") {
+		t.Fatalf("profile show after the mount restarted: %s", show)
 	}
 }
 
