@@ -1,7 +1,9 @@
 package sdnotify
 
 import (
+	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,7 +14,8 @@ func TestNotify(t *testing.T) {
 	if sent, err := Notify("READY=1"); sent || err != nil {
 		t.Fatalf("without a supervisor: sent %v, %v", sent, err)
 	}
-	for _, name := range []string{filepath.Join(t.TempDir(), "notify"), "@gpuwarm-sdnotify-test"} {
+	abstract := fmt.Sprintf("@gpuwarm-sdnotify-test-%d", os.Getpid())
+	for _, name := range []string{filepath.Join(t.TempDir(), "notify"), abstract} {
 		addr := name
 		if addr[0] == '@' {
 			addr = "\x00" + addr[1:]
