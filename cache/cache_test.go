@@ -1128,3 +1128,30 @@ func TestDiskWritesGoAheadWhenQueueFills(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestJournalNumbers(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true}, {"42", 42, true}, {"-7", -7, true},
+		{"9223372036854775807", 9223372036854775807, true},
+		{"-9223372036854775808", -9223372036854775808, true},
+		{"9223372036854775808", 0, false}, {"-9223372036854775809", 0, false},
+		{"", 0, false}, {"-", 0, false}, {"1a", 0, false}, {"+1", 0, false},
+	} {
+		if v, ok := parseInt([]byte(c.in)); ok != c.ok || v != c.want {
+			t.Errorf("parseInt(%q) = %d, %v; want %d, %v", c.in, v, ok, c.want, c.ok)
+		}
+	}
+	if v, ok := parseUint([]byte("ffffffffffffffff"), 16); !ok || v != 1<<64-1 {
+		t.Errorf("max hex: %x %v", v, ok)
+	}
+	if _, ok := parseUint([]byte("10000000000000000"), 16); ok {
+		t.Error("hex overflow accepted")
+	}
+	if v, ok := parseUint([]byte("00000000000000AB"), 16); !ok || v != 0xab {
+		t.Errorf("upper-case hex: %x %v", v, ok)
+	}
+}

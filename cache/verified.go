@@ -2,11 +2,12 @@ package cache
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -62,37 +63,104 @@ func (r verifiedRec) line() string {
 	return fmt.Sprintf("%s %016x %d %d %d\n", r.id, r.sum, r.stamp.ino, r.stamp.size, r.stamp.ctime)
 }
 
-// parseJournal returns the records of a journal written during boot.
+// parseJournal returns the records of a journal written during boot. It
+// allocates nothing per line: a daemon reads the journal of a full disk
+// tier (tens of thousands of lines) before it mounts.
 func parseJournal(b []byte, boot string) []verifiedRec {
 	head, rest, ok := bytes.Cut(b, []byte("\n"))
 	if !ok || boot == "" || string(head) != journalMagic+" "+boot {
 		return nil
 	}
-	var out []verifiedRec
+	out := make([]verifiedRec, 0, bytes.Count(rest, []byte("\n")))
 	for len(rest) > 0 {
 		var line []byte
 		line, rest, ok = bytes.Cut(rest, []byte("\n"))
 		if !ok {
 			break // torn
 		}
-		f := strings.Fields(string(line))
-		if len(f) != 5 {
+		var f [5][]byte
+		n := 0
+		for n <= len(f) {
+			line = bytes.TrimLeft(line, " ")
+			if len(line) == 0 {
+				break
+			}
+			i := bytes.IndexByte(line, ' ')
+			if i < 0 {
+				i = len(line)
+			}
+			if n < len(f) {
+				f[n] = line[:i]
+			}
+			n++
+			line = line[i:]
+		}
+		if n != len(f) {
 			continue
 		}
-		id, err := digest.Parse(f[0])
-		if err != nil || len(f[1]) != 16 {
+		var r verifiedRec
+		if len(f[0]) != 2*digest.Size || len(f[1]) != 16 {
 			continue
 		}
-		sum, err1 := strconv.ParseUint(f[1], 16, 64)
-		ino, err2 := strconv.ParseInt(f[2], 10, 64)
-		size, err3 := strconv.ParseInt(f[3], 10, 64)
-		ctime, err4 := strconv.ParseInt(f[4], 10, 64)
-		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || size < 0 {
+		if _, err := hex.Decode(r.id[:], f[0]); err != nil {
 			continue
 		}
-		out = append(out, verifiedRec{id: id, sum: sum, stamp: fileStamp{ino: ino, size: size, ctime: ctime}})
+		sum, ok1 := parseUint(f[1], 16)
+		ino, ok2 := parseInt(f[2])
+		size, ok3 := parseInt(f[3])
+		ctime, ok4 := parseInt(f[4])
+		if !ok1 || !ok2 || !ok3 || !ok4 || size < 0 {
+			continue
+		}
+		r.sum, r.stamp = sum, fileStamp{ino: ino, size: size, ctime: ctime}
+		out = append(out, r)
 	}
 	return out
+}
+
+// parseUint parses b, digits of base 10 or 16 (either case), refusing
+// overflow.
+func parseUint(b []byte, base uint64) (uint64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range b {
+		var d uint64
+		switch {
+		case '0' <= c && c <= '9':
+			d = uint64(c - '0')
+		case base == 16 && 'a' <= c && c <= 'f':
+			d = uint64(c-'a') + 10
+		case base == 16 && 'A' <= c && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		if v > (math.MaxUint64-d)/base {
+			return 0, false
+		}
+		v = v*base + d
+	}
+	return v, true
+}
+
+// parseInt parses a decimal int64, with an optional leading '-'.
+func parseInt(b []byte) (int64, bool) {
+	neg := len(b) > 0 && b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	u, ok := parseUint(b, 10)
+	switch {
+	case !ok:
+		return 0, false
+	case neg && u <= 1<<63:
+		return int64(-u), true // -(1<<63) included
+	case !neg && u < 1<<63:
+		return int64(u), true
+	}
+	return 0, false
 }
 
 // journalMinCompact is the fewest lines a journal is compacted at.
