@@ -22,6 +22,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/internal/rofile"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
@@ -151,28 +152,43 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		lock.Close()
 		return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
 	}
-	for _, sd := range top {
+	// The shards in parallel: a daemon starting on a full disk tier
+	// stats every file before it mounts (50k files after a reboot: 570-680
+	// ms one shard at a time on the 2-CPU benchmark VM).
+	shards := make([][]found, len(top))
+	var g errgroup.Group
+	g.SetLimit(16)
+	for k, sd := range top {
 		if !sd.IsDir() || !isShard(sd.Name()) {
 			continue
 		}
-		files, err := os.ReadDir(filepath.Join(dir, sd.Name()))
-		if err != nil {
-			lock.Close()
-			return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
-		}
-		for _, de := range files {
-			p := filepath.Join(dir, sd.Name(), de.Name())
-			if de.IsDir() {
-				continue
+		g.Go(func() error {
+			files, err := os.ReadDir(filepath.Join(dir, sd.Name()))
+			if err != nil {
+				return err
 			}
-			id, sum, ok := parseName(de.Name())
-			info, ierr := de.Info()
-			if !ok || ierr != nil || sd.Name() != id.String()[:2] {
-				os.Remove(p)
-				continue
+			for _, de := range files {
+				p := filepath.Join(dir, sd.Name(), de.Name())
+				if de.IsDir() {
+					continue
+				}
+				id, sum, ok := parseName(de.Name())
+				info, ierr := de.Info()
+				if !ok || ierr != nil || sd.Name() != id.String()[:2] {
+					os.Remove(p)
+					continue
+				}
+				shards[k] = append(shards[k], found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
 			}
-			all = append(all, found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
-		}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("scan cache directory %s: %w", dir, err)
+	}
+	for _, sh := range shards {
+		all = append(all, sh...)
 	}
 	// Oldest first, so the newest end up at the front of the LRU.
 	sort.Slice(all, func(i, j int) bool { return all[i].atime < all[j].atime })
