@@ -105,17 +105,19 @@ type fileStamp struct {
 	ctime     int64
 }
 
+// statStamp is the identity of the file at path, stampOf of an open one.
 func statStamp(path string) (fileStamp, bool) {
 	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return fileStamp{}, false
-	}
-	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim.Nano()}, true
+	return stampFrom(&st, syscall.Stat(path, &st))
 }
 
 func stampOf(f *os.File) (fileStamp, bool) {
 	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+	return stampFrom(&st, syscall.Fstat(int(f.Fd()), &st))
+}
+
+func stampFrom(st *syscall.Stat_t, err error) (fileStamp, bool) {
+	if err != nil {
 		return fileStamp{}, false
 	}
 	return fileStamp{ino: int64(st.Ino), size: st.Size, ctime: st.Ctim.Nano()}, true

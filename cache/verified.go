@@ -244,8 +244,9 @@ func (j *journal) rewriteLocked(recs []verifiedRec) bool {
 	return true
 }
 
-// add records a verification. One write per file and daemon: opens that
-// find the file's stamp already verified do not come here. It reports
+// add records a file trusted for passthrough: one write per file the
+// cache commits or hashes back (opens that find the file's stamp already
+// trusted do not come here). It reports
 // whether the file has grown past twice the live records it could hold
 // (and at least 4096): time to compact.
 func (j *journal) add(r verifiedRec, live int) bool {
