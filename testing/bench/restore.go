@@ -22,10 +22,11 @@ func init() { sections = append(sections, section{"restore", benchRestore}) }
 // directory, with the workload's cold boot for reference.
 func benchRestore(dir string) error {
 	ctx := context.Background()
-	c, st, storeDir, want, boot, res, err := taggedSnapshot(ctx, dir, int(1024**scale), "bench")
+	c, st, storeDir, answers, boot, res, err := taggedSnapshot(ctx, dir, int(1024**scale), "bench")
 	if err != nil {
 		return err
 	}
+	want := answers["checksum"]
 	mnt := filepath.Join(dir, "mnt")
 	m, err := startMount(storeDir, mnt, filepath.Join(dir, "cache"), "--mem-cache", "4GiB")
 	if err != nil {
@@ -108,13 +109,10 @@ func benchRestore(dir string) error {
 	return nil
 }
 
-// snapshotWorkload builds the test workload, boots it cold with mb MiB of
-// state, and snapshots it into st: the checksum it answers, how long the
-// boot took, and the snapshot.
 // taggedSnapshot is how both restore sections start: CRIU, a file store in
 // dir/store, the workload (mb of memory) booted, snapshotted into it and
-// tagged.
-func taggedSnapshot(ctx context.Context, dir string, mb int, tag string) (c *restore.CRIU, st *filestore.Store, storeDir, want string, boot time.Duration, snap *restore.SnapshotResult, err error) {
+// tagged. answers maps "checksum" and each of asks to the original's reply.
+func taggedSnapshot(ctx context.Context, dir string, mb int, tag string, asks ...string) (c *restore.CRIU, st *filestore.Store, storeDir string, answers map[string]string, boot time.Duration, snap *restore.SnapshotResult, err error) {
 	if c, err = restore.FindCRIU(ctx); err != nil {
 		return
 	}
@@ -122,42 +120,53 @@ func taggedSnapshot(ctx context.Context, dir string, mb int, tag string) (c *res
 	if st, err = filestore.Open(storeDir); err != nil {
 		return
 	}
-	if want, boot, snap, err = snapshotWorkload(ctx, c, dir, st, mb); err != nil {
+	if answers, boot, snap, err = snapshotWorkload(ctx, c, dir, st, mb, asks...); err != nil {
 		return
 	}
 	err = setTag(st, tag, snap.Image)
 	return
 }
 
-func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int) (string, time.Duration, *restore.SnapshotResult, error) {
+// snapshotWorkload builds the test workload, boots it cold with mb MiB of
+// state, asks it each of asks, and snapshots it into st: its answers (and
+// "checksum": its state's), how long the boot took, and the snapshot.
+func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int, asks ...string) (map[string]string, time.Duration, *restore.SnapshotResult, error) {
 	// A machine without Go (the GPU machine) brings the workload built.
 	wl := os.Getenv("GPUWARM_WORKLOAD")
 	if wl == "" {
 		wl = filepath.Join(dir, "gpuwarm-workload")
 		if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
-			return "", 0, nil, fmt.Errorf("build workload (or set GPUWARM_WORKLOAD to a built one): %v\n%s", err, out)
+			return nil, 0, nil, fmt.Errorf("build workload (or set GPUWARM_WORKLOAD to a built one): %v\n%s", err, out)
 		}
 	}
 	p := bu.NewPipes()
 	start := time.Now()
 	cmd, err := restore.Run(restore.RunOptions{Args: []string{wl, "--mb", fmt.Sprint(mb)}, Stdin: p.CIn, Stdout: p.COut})
 	if err != nil {
-		return "", 0, nil, err
+		return nil, 0, nil, err
 	}
 	p.Child()
 	ready, err := p.ReadLine(5 * time.Minute)
 	if err != nil {
 		cmd.Process.Kill()
-		return "", 0, nil, err
+		return nil, 0, nil, err
 	}
 	boot := time.Since(start)
+	answers := map[string]string{"checksum": strings.Fields(ready)[1]}
+	for _, a := range asks {
+		if answers[a], err = p.Ask(a, time.Minute); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, 0, nil, fmt.Errorf("workload, asked %q: %w", a, err)
+		}
+	}
 	res, err := restore.Snapshot(ctx, c, restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st})
 	if err != nil {
 		cmd.Process.Kill()
 	}
 	cmd.Wait()
 	if err != nil {
-		return "", 0, nil, err
+		return nil, 0, nil, err
 	}
-	return strings.Fields(ready)[1], boot, res, nil
+	return answers, boot, res, nil
 }

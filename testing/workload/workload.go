@@ -9,6 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -62,8 +64,36 @@ func (s *State) Checksum() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// Sample hashes one block in every k (1 MiB each), visited in a scattered
+// order (block i*sampleStride mod n, i = 0, 1, ...): a request that reads a
+// fixed part of the memory spread over all of it, as a server's first
+// request reads its hot structures, not its whole heap. The order is the
+// same on every run, so a recorded profile can predict it.
+func (s *State) Sample(k int) string {
+	h := sha256.New()
+	n := len(s.blocks)
+	for i := 0; i < n; i++ {
+		j := int(uint64(i) * sampleStride % uint64(n))
+		if j%k == 0 {
+			h.Write(s.blocks[j])
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// sampleStride is a prime: i*sampleStride mod n visits every block once
+// for any n it does not divide.
+const sampleStride = 1000003
+
 // Handle answers one request line.
 func (s *State) Handle(req string) (reply string, quit bool) {
+	if arg, ok := strings.CutPrefix(req, "sample "); ok {
+		k, err := strconv.Atoi(arg)
+		if err != nil || k < 1 {
+			return fmt.Sprintf("error: sample wants a whole number of at least 1, not %q", arg), false
+		}
+		return s.Sample(k), false
+	}
 	switch req {
 	case "checksum":
 		return s.Checksum(), false

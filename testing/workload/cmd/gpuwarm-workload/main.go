@@ -4,7 +4,8 @@
 // the memory the original had.
 //
 // Protocol (one line each way): "checksum" -> hex SHA-256 of the state,
-// "ping" -> "pong", "pid" -> the pid it sees, "exit" -> exits. At start it
+// "sample K" -> hex SHA-256 of one 1 MiB block in K, read in a scattered
+// order, "ping" -> "pong", "pid" -> the pid it sees, "exit" -> exits. At start it
 // prints "ready <checksum> <build seconds>". When stdin ends it keeps
 // running until it is killed; SIGUSR1 makes it print "checksum <hex>".
 package main
