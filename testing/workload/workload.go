@@ -65,25 +65,32 @@ func (s *State) Checksum() string {
 }
 
 // Sample hashes one block in every k (1 MiB each), visited in a scattered
-// order (block i*sampleStride mod n, i = 0, 1, ...): a request that reads a
-// fixed part of the memory spread over all of it, as a server's first
-// request reads its hot structures, not its whole heap. The order is the
-// same on every run, so a recorded profile can predict it.
+// order (block i*stride mod n, i = 0, 1, ..., for a stride near 0.62 n
+// that shares no factor with n, so every block comes once): a request that
+// reads a fixed part of the memory spread over all of it, as a server's
+// first request reads its hot structures, not its whole heap. The order is
+// the same on every run, so a recorded profile can predict it.
 func (s *State) Sample(k int) string {
 	h := sha256.New()
 	n := len(s.blocks)
+	stride := n*62/100 | 1
+	for gcd(stride, n) != 1 {
+		stride += 2
+	}
 	for i := 0; i < n; i++ {
-		j := int(uint64(i) * sampleStride % uint64(n))
-		if j%k == 0 {
+		if j := i * stride % n; j%k == 0 {
 			h.Write(s.blocks[j])
 		}
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// sampleStride is a prime: i*sampleStride mod n visits every block once
-// for any n it does not divide.
-const sampleStride = 1000003
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}
 
 // Handle answers one request line.
 func (s *State) Handle(req string) (reply string, quit bool) {
