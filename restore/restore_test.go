@@ -21,6 +21,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
+	"github.com/gpuwarm/gpuwarm/testing/workload"
 )
 
 func needCRIU(t *testing.T) *CRIU {
@@ -501,6 +502,81 @@ func TestLazyRestoreRecordsAndReplaysProfile(t *testing.T) {
 	if st.Bytes == 0 || st.AheadBytes == 0 {
 		t.Fatalf("profile-order restore copied nothing ahead: %+v", st)
 	}
+}
+
+// The profile a lazy restore records follows the order in which the
+// program first uses its memory, not the address order the memory lies in
+// (nor the daemon's fill order): the workload's "sample 8" reads every
+// eighth 1 MiB block in a scattered order (0, 24, 16, 8 of 32), and the
+// profile must list the chunks holding those blocks in that order.
+func TestLazyRestoreRecordsTheProgramsOrder(t *testing.T) {
+	const mb, k = 32, 8
+	r := newRig(t)
+	r.snapshot(t, "wl", mb)
+	ix, err := ManifestOf(context.Background(), r.st, r.mnt, "wl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The state the snapshot holds (the workload's default seed), so the
+	// test knows the answer and which block each 4 KiB page belongs to.
+	state := workload.Build(workload.Config{MB: mb, Seed: 1})
+	req := "sample " + itoa(k)
+	pageOf := map[[32]byte]int{}
+	for b := 0; b < mb; b++ {
+		blk := state.Block(b)
+		for p := 0; p < len(blk); p += 4096 {
+			pageOf[[32]byte(blk[p:p+32])] = b
+		}
+	}
+	in, out, tk := newPipes(t)
+	rec := prefetch.NewRecorder(ix.ID)
+	p, err := Restore(context.Background(), r.c, Options{Mount: r.mnt, Name: "wl", Store: r.st, Lazy: true, Stdin: in, Stdout: out, Record: rec, RecordFor: 3 * time.Second})
+	in.Close()
+	out.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { p.Kill(); p.Wait() }()
+	if got, want := tk.ask(t, req), state.Sample(k); got != want {
+		t.Fatalf("%s answered %s, want %s", req, got, want)
+	}
+	if _, err := p.WaitResident(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Where in the profile each block first appears.
+	first := map[int]int{}
+	for i, e := range rec.Profile().Entries {
+		b, release, err := r.cache.View(context.Background(), e.ID, e.Size, 0, int(e.Size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off+32 <= len(b); off += 4096 {
+			if blk, ok := pageOf[[32]byte(b[off:off+32])]; ok {
+				if _, seen := first[blk]; !seen {
+					first[blk] = i
+				}
+			}
+		}
+		release()
+	}
+	order := workload.SampleOrder(mb, k)
+	last := -1
+	for n, blk := range order {
+		pos, ok := first[blk]
+		if !ok {
+			t.Fatalf("block %d, read by %s, is not in the recorded profile", blk, req)
+		}
+		if pos < last {
+			t.Fatalf("block %d (read %d. by %s, order %v) is at %d in the profile, before the block read before it (at %d)", blk, n+1, req, order, pos, last)
+		}
+		last = pos
+	}
+	// And not much else: a block read shares its chunks with at most two
+	// neighbours in memory (which blocks those are is the heap's choice).
+	if len(first) > 3*len(order)+2 {
+		t.Errorf("%d of the %d blocks are in the recorded profile; %s reads %d", len(first), mb, req, len(order))
+	}
+	t.Logf("order read %v; blocks in the profile at %v", order, first)
 }
 
 // zombieChildren lists our dead, unreaped children.

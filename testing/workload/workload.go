@@ -64,26 +64,38 @@ func (s *State) Checksum() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Sample hashes one block in every k (1 MiB each), visited in a scattered
-// order (block i*stride mod n, i = 0, 1, ..., for a stride near 0.62 n
-// that shares no factor with n, so every block comes once): a request that
-// reads a fixed part of the memory spread over all of it, as a server's
-// first request reads its hot structures, not its whole heap. The order is
-// the same on every run, so a recorded profile can predict it.
+// Sample hashes one block in every k (1 MiB each), in SampleOrder: a
+// request that reads a fixed part of the memory spread over all of it, as a
+// server's first request reads its hot structures, not its whole heap. The
+// order is the same on every run, so a recorded profile can predict it.
 func (s *State) Sample(k int) string {
 	h := sha256.New()
-	n := len(s.blocks)
+	for _, j := range SampleOrder(len(s.blocks), k) {
+		h.Write(s.blocks[j])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// SampleOrder lists the blocks Sample(k) reads, of n, in the order it reads
+// them: block i*stride mod n for i = 0, 1, ..., where the stride is near
+// 0.62 n and shares no factor with n (so every block comes once), keeping
+// those that are multiples of k.
+func SampleOrder(n, k int) []int {
 	stride := n*62/100 | 1
 	for gcd(stride, n) != 1 {
 		stride += 2
 	}
+	var out []int
 	for i := 0; i < n; i++ {
 		if j := i * stride % n; j%k == 0 {
-			h.Write(s.blocks[j])
+			out = append(out, j)
 		}
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return out
 }
+
+// Block returns block j of the state (1 MiB).
+func (s *State) Block(j int) []byte { return s.blocks[j] }
 
 func gcd(a, b int) int {
 	for b != 0 {
