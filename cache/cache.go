@@ -555,6 +555,9 @@ type TierStats struct {
 	// the kernel (disk tier only); files verified earlier in this boot
 	// (see the journal in verified.go) are not hashed again.
 	Hashed int64
+	// Full counts writes the disk tier's filesystem refused for lack of
+	// room (disk tier only); Limit then shows the room the tier keeps to.
+	Full int64
 }
 
 // Stats is a snapshot of the cache's counters.

@@ -65,14 +65,19 @@ type diskTier struct {
 	queuedMu  sync.Mutex
 	queuedIDs map[digest.ID]int
 
-	mu      sync.Mutex
-	limit   int64
-	used    int64
-	lru     *list.List // values *diskEntry
-	entries map[digest.ID]*list.Element
-	hits    int64
-	misses  int64
-	evicted int64
+	mu sync.Mutex
+	// limit is the most the tier holds: configured, or less while the
+	// filesystem under dir has less room (see fit). lastFit is when fit
+	// last looked; full counts writes the filesystem refused for room.
+	limit, configured int64
+	lastFit, warned   time.Time
+	full              int64
+	used              int64
+	lru               *list.List // values *diskEntry
+	entries           map[digest.ID]*list.Element
+	hits              int64
+	misses            int64
+	evicted           int64
 	// hashed counts files hashed by passthrough opens.
 	hashed int64
 
@@ -131,7 +136,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	if err != nil {
 		return nil, err
 	}
-	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
+	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, configured: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
 	// Writes in flight when an earlier process died are garbage: temporary
 	// files are named by a sequence number (or are the journal's).
 	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
@@ -203,6 +208,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	gone := d.evictLocked(0)
 	d.mu.Unlock()
 	removeFiles(gone)
+	d.fit()
 	var kept []verifiedRec
 	d.journal, kept = openJournal(dir, log, func(r verifiedRec) bool {
 		el, ok := d.entries[r.id]
@@ -496,7 +502,7 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 	if size == 0 || d.noDirect.Load() {
 		return d.add(id, b.b)
 	}
-	if int64(size) > d.limit || d.has(id) {
+	if int64(size) > d.limitNow() || d.has(id) {
 		return nil
 	}
 	var padded []byte
@@ -509,15 +515,30 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 		defer done()
 	}
 	sum := xxhash.Sum64(b.b)
-	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-	if err := directio.WriteNew(tmp, padded, size, 0o600, false); err != nil {
-		if errors.Is(err, syscall.EINVAL) {
+	for retried := false; ; retried = true {
+		tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
+		err := directio.WriteNew(tmp, padded, size, 0o600, false)
+		switch {
+		case err == nil:
+			return d.commit(id, tmp, int64(size), sum)
+		case errors.Is(err, syscall.EINVAL):
 			d.noDirect.Store(true)
 			return d.add(id, b.b)
+		case !retried && noRoom(err):
+			// WriteNew removed the partial file. Shrink to what the
+			// filesystem holds (evicting), then try once more.
+			if !d.outOfRoom(int64(size)) {
+				return nil
+			}
+		default:
+			return err
 		}
-		return err
 	}
-	return d.commit(id, tmp, int64(size), sum)
+}
+
+// noRoom says whether err is the filesystem (or a quota) out of room.
+func noRoom(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 func (d *diskTier) add(id digest.ID, b []byte) error {
@@ -534,31 +555,110 @@ func (d *diskTier) add(id digest.ID, b []byte) error {
 // was still reading it allocated 400 MB of cache pages under its reads,
 // which halved them on the benchmark VM.
 func (d *diskTier) addStream(id digest.ID, size int64, cached bool, write func(io.Writer) error) error {
-	if size > d.limit || d.has(id) {
+	if size > d.limitNow() || d.has(id) {
 		return nil
 	}
-	tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-	var n int64
-	var sum uint64
-	var err error
-	if !d.noDirect.Load() && !cached {
-		n, sum, err = writeDirect(tmp, write)
-		if errors.Is(err, syscall.EINVAL) {
-			os.Remove(tmp)
-			d.noDirect.Store(true)
+	for retried := false; ; retried = true {
+		tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
+		var n int64
+		var sum uint64
+		var err error
+		if !d.noDirect.Load() && !cached {
+			n, sum, err = writeDirect(tmp, write)
+			if errors.Is(err, syscall.EINVAL) {
+				os.Remove(tmp)
+				d.noDirect.Store(true)
+			}
+		}
+		if d.noDirect.Load() || cached {
+			n, sum, err = writeBuffered(tmp, write)
+		}
+		if err == nil && n != size {
+			err = fmt.Errorf("disk cache entry %s: wrote %d bytes, want %d", id.Short(), n, size)
+		}
+		if err == nil {
+			return d.commit(id, tmp, size, sum)
+		}
+		os.Remove(tmp)
+		if retried || !noRoom(err) {
+			return err
+		}
+		if !d.outOfRoom(size) {
+			return nil
 		}
 	}
-	if d.noDirect.Load() || cached {
-		n, sum, err = writeBuffered(tmp, write)
+}
+
+// limitNow is the current limit.
+func (d *diskTier) limitNow() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.limit
+}
+
+// fsReserve is the most free space the tier leaves on its filesystem for
+// the worker's other users of the disk (a twentieth of a smaller
+// filesystem): a cache that filled the disk would fail everything else on
+// the worker before itself.
+const fsReserve = 256 << 20
+
+// fitEvery is how often commits look at the filesystem's free space.
+const fitEvery = 5 * time.Second
+
+// fit sets the limit to what the filesystem under dir holds: the tier's own
+// bytes plus the free space, less the reserve, when that is less than the
+// configured limit (evicting down to it), and back up toward the configured
+// limit as room comes back. A tier over a disk that other files fill keeps
+// caching in the room left, instead of failing every write.
+func (d *diskTier) fit() {
+	var st unix.Statfs_t
+	if err := unix.Statfs(d.dir, &st); err != nil {
+		return
 	}
-	if err == nil && n != size {
-		err = fmt.Errorf("disk cache entry %s: wrote %d bytes, want %d", id.Short(), n, size)
+	bs := st.Frsize
+	if bs <= 0 {
+		bs = st.Bsize
 	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
+	avail, total := int64(st.Bavail)*bs, int64(st.Blocks)*bs
+	d.mu.Lock()
+	old := d.limit
+	d.limit = min(d.configured, max(d.used+avail-min(fsReserve, total/20), 0))
+	d.lastFit = time.Now()
+	lim, used := d.limit, d.used
+	gone := d.evictLocked(0)
+	// Said once a minute at most: at the edge of a full disk the room
+	// moves by a few blocks at every look.
+	say := lim < old && time.Since(d.warned) > time.Minute || lim == d.configured && old < d.configured
+	if say {
+		d.warned = time.Now()
 	}
-	return d.commit(id, tmp, size, sum)
+	d.mu.Unlock()
+	removeFiles(gone)
+	switch {
+	case !say:
+	case lim < old:
+		d.log.Warn("the disk cache's filesystem is short of room: the tier keeps less than its limit until room comes back",
+			"dir", d.dir, "keeps", lim, "limit", d.configured, "held", used, "free", avail)
+	default:
+		d.log.Info("the disk cache's filesystem has room for the tier's whole limit again", "dir", d.dir, "limit", d.configured)
+	}
+}
+
+// outOfRoom handles a write of size bytes the filesystem refused for room:
+// the limit shrinks to the room there is (fit) and the least recently used
+// entries go to make room for size. It reports whether the write fits now.
+func (d *diskTier) outOfRoom(size int64) bool {
+	d.fit()
+	d.mu.Lock()
+	d.full++
+	ok := size <= d.limit
+	var gone []string
+	if ok {
+		gone = d.evictLocked(size)
+	}
+	d.mu.Unlock()
+	removeFiles(gone)
+	return ok
 }
 
 func writeBuffered(name string, write func(io.Writer) error) (int64, uint64, error) {
@@ -647,6 +747,11 @@ func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) erro
 	// Make room (and reserve it) before the file becomes visible, so the
 	// limit always holds; the entry becomes visible only once the file is.
 	d.mu.Lock()
+	if time.Since(d.lastFit) > fitEvery {
+		d.mu.Unlock()
+		d.fit()
+		d.mu.Lock()
+	}
 	if _, ok := d.entries[id]; ok {
 		d.mu.Unlock()
 		os.Remove(tmp)
@@ -740,7 +845,7 @@ func (d *diskTier) stats() TierStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return TierStats{Hits: d.hits, Misses: d.misses, Bytes: d.used, Limit: d.limit,
-		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load(), Hashed: d.hashed}
+		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load(), Hashed: d.hashed, Full: d.full}
 }
 
 // close finishes queued writes and releases the directory.

@@ -327,6 +327,68 @@ func TestTinyCacheLimits(t *testing.T) {
 	}
 }
 
+// TestCacheDirOnFullDisk: a --cache-dir whose filesystem holds less than
+// the disk tier's limit, beside another user of the disk: every read is
+// right, the tier keeps to the room there is, leaving a reserve free for the
+// disk's other users, says so in its log, and leaves their files alone;
+// when the other user then takes the reserve too, reads stay right.
+func TestCacheDirOnFullDisk(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, _ := packedTree(t, 24)
+	const fsSize = 16 << 20
+	disk := t.TempDir()
+	if err := syscall.Mount("tmpfs", disk, "tmpfs", 0, "size="+strconv.Itoa(fsSize)); err != nil {
+		t.Skipf("cannot mount a small tmpfs: %v", err)
+	}
+	defer syscall.Unmount(disk, syscall.MNT_DETACH)
+	other := filepath.Join(disk, "other")
+	if err := os.WriteFile(other, bytes.Repeat([]byte{7}, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	free := func() int64 {
+		var st syscall.Statfs_t
+		syscall.Statfs(disk, &st)
+		return int64(st.Bavail) * st.Bsize
+	}
+	d := startMount(t, storeDir, mnt, filepath.Join(disk, "cache"), "--disk-cache", "1GiB", "--mem-cache", "4MiB")
+	concurrentReaders(t, src, filepath.Join(mnt, "t"))
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	for deadline := time.Now().Add(20 * time.Second); d.stats(t).Disk.Queued > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	s := d.stats(t)
+	if s.Disk.Limit > fsSize-4<<20 || s.Disk.Bytes > s.Disk.Limit || s.Disk.Entries == 0 {
+		t.Fatalf("disk tier on a %d-byte filesystem holding 4 MiB of another's: %+v", fsSize, s.Disk)
+	}
+	if f := free(); f < fsSize/40 {
+		t.Fatalf("the disk tier left %d bytes free of %d", f, fsSize)
+	}
+	if !strings.Contains(d.logs.String(), "short of room") {
+		t.Fatalf("the daemon did not say its cache directory is short of room:\n%s", d.logs.String())
+	}
+	// The other user takes what is left.
+	f, err := os.OpenFile(other, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, free()))
+	f.Close()
+	st, err := os.Stat(other)
+	if err != nil || st.Size() < 4<<20 {
+		t.Fatalf("the other file: %v, %v", st, err)
+	}
+	concurrentReaders(t, src, filepath.Join(mnt, "t"))
+	compareTrees(t, src, filepath.Join(mnt, "t"))
+	if st2, err := os.Stat(other); err != nil || st2.Size() != st.Size() {
+		t.Fatalf("the other file changed under the disk tier: %v, %v", st2, err)
+	}
+	s = d.stats(t)
+	if s.Disk.Bytes > s.Disk.Limit {
+		t.Fatalf("disk tier over its limit: %+v", s.Disk)
+	}
+	t.Logf("disk tier: %+v", s.Disk)
+}
+
 // TestUmountCommand: gpuwarm umount makes the daemon exit cleanly.
 func TestUmountCommand(t *testing.T) {
 	requireFUSE(t)
