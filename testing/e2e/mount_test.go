@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,6 +388,37 @@ func TestCacheDirOnFullDisk(t *testing.T) {
 		t.Fatalf("disk tier over its limit: %+v", s.Disk)
 	}
 	t.Logf("disk tier: %+v", s.Disk)
+}
+
+// TestFewFUSEReadersWaiting: the daemon keeps a quarter of its Ps (at least
+// 2) waiting on /dev/fuse, not one per P, even after a burst of concurrent
+// requests, so that Ps stay idle while the readers wait (see fusefs.Mount).
+func TestFewFUSEReadersWaiting(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, cacheDir := packedTree(t, 8)
+	d := startMount(t, storeDir, mnt, cacheDir)
+	concurrentReaders(t, src, filepath.Join(mnt, "t"))
+	readers := max(2, runtime.NumCPU()/4)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		waiting := 0
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", d.cmd.Process.Pid))
+		for _, task := range tasks {
+			w, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", d.cmd.Process.Pid, task.Name()))
+			if string(w) == "fuse_dev_do_read" {
+				waiting++
+			}
+		}
+		// go-fuse lets one more than its limit wait.
+		if waiting >= 1 && waiting <= readers+1 {
+			t.Logf("%d threads of %d wait on /dev/fuse (%d CPUs)", waiting, len(tasks), runtime.NumCPU())
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d threads wait on /dev/fuse; want 1 to %d (%d CPUs)", waiting, readers+1, runtime.NumCPU())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // TestUmountCommand: gpuwarm umount makes the daemon exit cleanly.
