@@ -88,8 +88,13 @@ func EncodeTo(dst, data []byte) []byte {
 
 // compressible guesses from a sample whether zstd will pay, so that large
 // incompressible chunks (model weights) skip the full compression attempt.
+// The sample is three 4 KiB pieces: zstd judges them in 9 us a 1 MiB chunk
+// against 119 us for 16 KiB pieces (18% of the chunk's SHA-256 on the 2-CPU
+// VM), and both sizes judged alike on random bytes, bf16 and fp32 weights
+// (1.00), a shared library (0.60 and 0.54 of their size) and source text
+// (0.39 and 0.34); a sample must shrink by a tenth.
 func compressible(data []byte) bool {
-	const sample = 16 << 10
+	const sample = 4 << 10
 	if len(data) <= 4*sample {
 		return true
 	}
@@ -101,7 +106,7 @@ func compressible(data []byte) bool {
 		buf = e.EncodeAll(data[off:off+sample], buf)
 		n += sample
 	}
-	return len(buf) < n-n/8
+	return len(buf) < n-n/10
 }
 
 // Decode checks blob against want and returns the chunk contents (which
