@@ -699,8 +699,8 @@ func writeDirect(name string, write func(io.Writer) error) (int64, uint64, error
 }
 
 // directWriter collects writes in an aligned buffer and writes it out in
-// whole blocks with O_DIRECT; finish pads the tail and truncates the file
-// to its length.
+// whole blocks with O_DIRECT; finish writes the tail through the page
+// cache.
 type directWriter struct {
 	fd  int
 	buf []byte
@@ -724,14 +724,11 @@ func (w *directWriter) Write(p []byte) (int, error) {
 }
 
 func (w *directWriter) finish(size int64) error {
-	if w.n > 0 {
-		padded := w.buf[:directio.Round(w.n)]
-		clear(padded[w.n:])
-		if err := directio.WriteAll(w.fd, padded); err != nil {
-			return err
-		}
+	full := w.n &^ (directio.Align - 1)
+	if err := directio.WriteAll(w.fd, w.buf[:full]); err != nil {
+		return err
 	}
-	return unix.Ftruncate(w.fd, size)
+	return directio.WriteTail(w.fd, w.buf[full:w.n], size-int64(w.n-full))
 }
 
 // commit moves a written temporary file into place as id's entry, making

@@ -5,8 +5,9 @@
 // filling the disk cache).
 //
 // O_DIRECT wants block-aligned memory, offsets and lengths: callers write
-// from an aligned buffer padded to whole blocks (Pad) and the file is
-// truncated back to its length. A filesystem that refuses O_DIRECT answers
+// from an aligned buffer padded to whole blocks (Pad); the whole blocks go
+// with O_DIRECT and the rest of the last one through the page cache
+// (WriteTail). A filesystem that refuses O_DIRECT answers
 // EINVAL (errors.Is(err, syscall.EINVAL)); callers then fall back to
 // ordinary I/O.
 package directio
@@ -62,17 +63,18 @@ var OpenNew = func(name string, perm uint32) (int, error) {
 	return unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_DIRECT|unix.O_CLOEXEC, perm)
 }
 
-// WriteNew creates name and writes padded (aligned, whole blocks) to it
-// with O_DIRECT, truncates it to size and, if sync, syncs it (its size and
-// blocks: the data is on the device already). On failure name is removed.
+// WriteNew creates name and writes the first size bytes of padded (aligned,
+// whole blocks) to it, the whole blocks with O_DIRECT and the rest with
+// WriteTail, and, if sync, syncs it. On failure name is removed.
 func WriteNew(name string, padded []byte, size int, perm uint32, sync bool) error {
 	fd, err := OpenNew(name, perm)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	err = WriteAll(fd, padded)
-	if err == nil && len(padded) != size {
-		err = unix.Ftruncate(fd, int64(size))
+	full := size &^ (Align - 1)
+	err = WriteAll(fd, padded[:full])
+	if err == nil {
+		err = WriteTail(fd, padded[full:size], int64(full))
 	}
 	if err == nil && sync {
 		err = unix.Fsync(fd)
@@ -83,6 +85,37 @@ func WriteNew(name string, padded []byte, size int, perm uint32, sync bool) erro
 	if err != nil {
 		os.Remove(name)
 		return &os.PathError{Op: "write", Path: name, Err: err}
+	}
+	return nil
+}
+
+// WriteTail writes tail, the part of a file after its last whole block,
+// at off through the page cache: O_DIRECT is turned off for fd first. An
+// O_DIRECT write is whole blocks, and writing the last block padded and
+// truncating the file back made ext4 free the padding's block again: 3% of
+// a pack's CPU, one extra system call per file.
+func WriteTail(fd int, tail []byte, off int64) error {
+	if len(tail) == 0 {
+		return nil
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	if fl&unix.O_DIRECT != 0 {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_DIRECT); err != nil {
+			return err
+		}
+	}
+	for len(tail) > 0 {
+		n, err := unix.Pwrite(fd, tail, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		tail, off = tail[n:], off+int64(n)
 	}
 	return nil
 }
