@@ -558,10 +558,20 @@ func TestAssembledFileOpenModes(t *testing.T) {
 	if s2.Opens.Passthrough != s1.Opens.Passthrough+1 || s2.Opens.Resident != s1.Opens.Resident {
 		t.Fatalf("with no copy in the page cache, the open was not a passthrough one from the disk: %+v -> %+v", s1.Opens, s2.Opens)
 	}
-	compareOne(t, want, big)
-	s3 := d.stats(t)
-	if s3.Opens.Resident != s2.Opens.Resident+1 || s3.Opens.Passthrough != s2.Opens.Passthrough+1 {
-		t.Fatalf("with the copy in the page cache: opens %+v -> %+v, want a resident passthrough one", s2.Opens, s3.Opens)
+	// The read brought the copy into the page cache: the next open finds
+	// it there. (The kernel may let a page of it go before that open: it
+	// did once in a full test run, with the machine's memory mostly free.
+	// Three tries.)
+	for try := 1; ; try++ {
+		compareOne(t, want, big)
+		s3 := d.stats(t)
+		if s3.Opens.Resident == s2.Opens.Resident+1 && s3.Opens.Passthrough == s2.Opens.Passthrough+1 {
+			break
+		}
+		if try == 3 || s3.Opens.Passthrough != s2.Opens.Passthrough+1 {
+			t.Fatalf("with the copy in the page cache: opens %+v -> %+v, want a resident passthrough one", s2.Opens, s3.Opens)
+		}
+		s2 = s3
 	}
 	d.stop(t)
 
