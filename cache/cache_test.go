@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -70,6 +71,17 @@ func fixture(t *testing.T, n, size int) (*countingStore, [][]byte, []digest.ID) 
 	return &countingStore{Store: fs}, datas, ids
 }
 
+// getAll reads every chunk through c and checks its bytes.
+func getAll(t *testing.T, c *Cache, ids []digest.ID, datas [][]byte, when string) {
+	t.Helper()
+	for i, id := range ids {
+		b, err := c.Get(context.Background(), id, uint32(len(datas[i])))
+		if err != nil || !bytes.Equal(b, datas[i]) {
+			t.Fatalf("%s: chunk %d: %v", when, i, err)
+		}
+	}
+}
+
 func TestTiers(t *testing.T) {
 	st, datas, ids := fixture(t, 4, 100_000)
 	dir := t.TempDir()
@@ -79,12 +91,7 @@ func TestTiers(t *testing.T) {
 	}
 	ctx := context.Background()
 	for round := 0; round < 2; round++ {
-		for i, id := range ids {
-			b, err := c.Get(ctx, id, uint32(len(datas[i])))
-			if err != nil || !bytes.Equal(b, datas[i]) {
-				t.Fatalf("round %d chunk %d: %v", round, i, err)
-			}
-		}
+		getAll(t, c, ids, datas, fmt.Sprintf("round %d", round))
 	}
 	if got := st.gets.Load(); got != 4 {
 		t.Fatalf("store read %d times, want 4", got)

@@ -1,8 +1,7 @@
 package cache
 
 import (
-	"bytes"
-	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -59,14 +58,8 @@ func TestDiskTierFitsAFullFilesystem(t *testing.T) {
 	// Another user of the disk takes most of what is left: the tier has
 	// not looked yet, so its writes run into a full filesystem.
 	fill(t, filepath.Join(root, "other-2"), int(freeBytes(t, root))-1536<<10)
-	ctx := context.Background()
 	for round := 0; round < 2; round++ {
-		for i, id := range ids {
-			b, err := c.Get(ctx, id, uint32(len(datas[i])))
-			if err != nil || !bytes.Equal(b, datas[i]) {
-				t.Fatalf("round %d chunk %d: %v", round, i, err)
-			}
-		}
+		getAll(t, c, ids, datas, fmt.Sprintf("round %d", round))
 		c.Flush()
 	}
 	s := c.Stats().Disk
@@ -82,11 +75,7 @@ func TestDiskTierFitsAFullFilesystem(t *testing.T) {
 	// What it kept is served from the disk, the rest from the store (and
 	// written in their place).
 	c.DropMemory()
-	for i, id := range ids {
-		if b, err := c.Get(ctx, id, 0); err != nil || !bytes.Equal(b, datas[i]) {
-			t.Fatalf("chunk %d after dropping memory: %v", i, err)
-		}
-	}
+	getAll(t, c, ids, datas, "after dropping memory")
 	if hits := c.Stats().Disk.Hits; hits == 0 {
 		t.Fatalf("no disk hits after dropping memory: %+v", c.Stats().Disk)
 	}
@@ -108,9 +97,5 @@ func TestDiskTierFitsAFullFilesystem(t *testing.T) {
 	if got := c.Stats().Disk.Entries; got != kept {
 		t.Fatalf("reopened: %d entries, want %d", got, kept)
 	}
-	for i, id := range ids {
-		if b, err := c.Get(ctx, id, 0); err != nil || !bytes.Equal(b, datas[i]) {
-			t.Fatalf("chunk %d after reopening: %v", i, err)
-		}
-	}
+	getAll(t, c, ids, datas, "after reopening")
 }
