@@ -505,19 +505,16 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 	if int64(size) > d.limitNow() || d.has(id) {
 		return nil
 	}
-	var padded []byte
-	if n := directio.Round(size); b.class >= 0 && n <= cap(b.b) && directio.IsAligned(b.b) {
-		padded = b.b[:n]
-		clear(padded[size:])
-	} else {
-		var done func()
-		padded, done = directio.Pad(b.b)
+	data := b.b
+	if !directio.IsAligned(data) {
+		padded, done := directio.Pad(data)
 		defer done()
+		data = padded[:size]
 	}
 	sum := xxhash.Sum64(b.b)
 	for retried := false; ; retried = true {
 		tmp := filepath.Join(d.dir, "tmp", strconv.FormatUint(d.seq.Add(1), 10))
-		err := directio.WriteNew(tmp, padded, size, 0o600, false)
+		err := directio.WriteNew(tmp, data, 0o600, false)
 		switch {
 		case err == nil:
 			return d.commit(id, tmp, int64(size), sum)

@@ -280,8 +280,8 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 		g.Go(func() error {
 			src := newSourceReader(p.opt.ChunkSize)
 			defer src.close()
-			// Blobs are built here: aligned, with room for the last block,
-			// so the file store writes them with O_DIRECT in place.
+			// Blobs are built here, block-aligned, so the file store
+			// writes them with O_DIRECT in place.
 			encRaw := make([]byte, directio.Round(1+p.opt.ChunkSize)+directAlign)
 			enc := directio.Aligned(encRaw, directio.Round(1+p.opt.ChunkSize))
 			for j := range ch {

@@ -5,7 +5,7 @@
 // filling the disk cache).
 //
 // O_DIRECT wants block-aligned memory, offsets and lengths: callers write
-// from an aligned buffer padded to whole blocks (Pad); the whole blocks go
+// from block-aligned memory (Pad copies into some); the whole blocks go
 // with O_DIRECT and the rest of the last one through the page cache
 // (WriteTail). A filesystem that refuses O_DIRECT answers
 // EINVAL (errors.Is(err, syscall.EINVAL)); callers then fall back to
@@ -63,18 +63,19 @@ var OpenNew = func(name string, perm uint32) (int, error) {
 	return unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_DIRECT|unix.O_CLOEXEC, perm)
 }
 
-// WriteNew creates name and writes the first size bytes of padded (aligned,
-// whole blocks) to it, the whole blocks with O_DIRECT and the rest with
-// WriteTail, and, if sync, syncs it. On failure name is removed.
-func WriteNew(name string, padded []byte, size int, perm uint32, sync bool) error {
+// WriteNew creates name and writes data to it, which must start on a block
+// boundary (IsAligned; Pad makes a copy that does): its whole blocks with
+// O_DIRECT, the rest with WriteTail. If sync, it syncs the file. On failure
+// name is removed.
+func WriteNew(name string, data []byte, perm uint32, sync bool) error {
 	fd, err := OpenNew(name, perm)
 	if err != nil {
 		return &os.PathError{Op: "open", Path: name, Err: err}
 	}
-	full := size &^ (Align - 1)
-	err = WriteAll(fd, padded[:full])
+	full := len(data) &^ (Align - 1)
+	err = WriteAll(fd, data[:full])
 	if err == nil {
-		err = WriteTail(fd, padded[full:size], int64(full))
+		err = WriteTail(fd, data[full:], int64(full))
 	}
 	if err == nil && sync {
 		err = unix.Fsync(fd)

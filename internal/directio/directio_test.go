@@ -23,7 +23,7 @@ func TestWriteNewLengths(t *testing.T) {
 		}
 		name := filepath.Join(dir, "f")
 		os.Remove(name)
-		err := WriteNew(name, padded, size, 0o600, true)
+		err := WriteNew(name, padded[:size], 0o600, true)
 		done()
 		if err != nil {
 			t.Fatalf("size %d: %v", size, err)

@@ -232,15 +232,13 @@ const directMin = 64 << 10
 func (s *Store) writeFile(name string, data []byte, sync bool) error {
 	if len(data) >= directMin && !s.noDirect.Load() {
 		var err error
-		if n := directio.Round(len(data)); directio.IsAligned(data) && cap(data) >= n {
-			// The caller built data in an aligned buffer with room for
-			// the last block (pack does): written in place, no copy.
-			padded := data[:n]
-			clear(padded[len(data):])
-			err = directio.WriteNew(name, padded, len(data), 0o644, sync)
+		if directio.IsAligned(data) {
+			// The caller built data in an aligned buffer (pack does):
+			// written in place, no copy.
+			err = directio.WriteNew(name, data, 0o644, sync)
 		} else {
 			padded, done := directio.Pad(data)
-			err = directio.WriteNew(name, padded, len(data), 0o644, sync)
+			err = directio.WriteNew(name, padded[:len(data)], 0o644, sync)
 			done()
 		}
 		if !errors.Is(err, syscall.EINVAL) {
