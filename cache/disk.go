@@ -609,8 +609,8 @@ const fitEvery = 5 * time.Second
 // caching in the room left, instead of failing every write.
 func (d *diskTier) fit() {
 	var st unix.Statfs_t
-	if err := unix.Statfs(d.dir, &st); err != nil {
-		return
+	if err := unix.Statfs(d.dir, &st); err != nil || st.Blocks == 0 {
+		return // a filesystem that does not say its size is not fitted to
 	}
 	bs := st.Frsize
 	if bs <= 0 {
