@@ -23,6 +23,15 @@ const pyProg = `import json, email.parser, http.client, asyncio, decimal, sqlite
 // and its first request comes later.
 const headStart = time.Second
 
+// The simulated remote store of the prefetch sections: issue 4's 2 ms a
+// request and 1 GB/s.
+const latency, bandwidth = 2 * time.Millisecond, 1e9
+
+// simStore is the URL of storeDir behind the simulated link.
+func simStore(storeDir string) string {
+	return fmt.Sprintf("%s?sim-latency=%s&sim-bandwidth=%.0f", storeDir, latency, bandwidth)
+}
+
 func benchPrefetch(dir string) error {
 	src := filepath.Join(dir, "src")
 	py := "/usr/bin/python3"
@@ -64,8 +73,7 @@ func benchPrefetch(dir string) error {
 	}
 	var show struct{ Bytes int64 }
 	json.Unmarshal([]byte(showOut), &show)
-	const latency, bandwidth = 2 * time.Millisecond, 1e9
-	url := fmt.Sprintf("%s?sim-latency=%s&sim-bandwidth=%.0f", storeDir, latency, bandwidth)
+	url := simStore(storeDir)
 	mnt := filepath.Join(dir, "mnt")
 	// A worker mounts at boot and its function starts later: each cold run
 	// starts a daemon on an empty cache (the page cache dropped first, so

@@ -28,8 +28,7 @@ func benchPrefetchRestore(dir string) error {
 	if err != nil {
 		return err
 	}
-	const latency, bandwidth = 2 * time.Millisecond, 1e9
-	url := fmt.Sprintf("%s?sim-latency=%s&sim-bandwidth=%.0f", storeDir, latency, bandwidth)
+	url := simStore(storeDir)
 	mnt := filepath.Join(dir, "mnt")
 	run := 0 // numbers the cache directories, one per daemon
 	for _, sc := range []struct{ req, what string }{
@@ -49,7 +48,6 @@ func benchPrefetchRestore(dir string) error {
 // prefetchRestoreScenario records a profile of restores answering req, then
 // times cold restores without and with it, and warm ones.
 func prefetchRestoreScenario(ctx context.Context, c *restore.CRIU, st store.Store, url, mnt, dir string, run *int, req, want string) ([]bu.Row, *prefetch.Profile, error) {
-	const bandwidth = 1e9
 	// One restore: from its start until the workload has answered req, as
 	// a cold worker serving its first request.
 	restoreOnce := func(opt restore.Options) (time.Duration, error) {
