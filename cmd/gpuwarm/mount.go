@@ -46,6 +46,7 @@ func init() {
 		tagTTL := fs.Duration("tag-ttl", 2*time.Second, "how long a tag's image is trusted before it is looked up again")
 		noPass := fs.Bool("no-passthrough", false, "never use FUSE passthrough")
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
+		readers := fs.Int("fuse-readers", 0, "goroutines waiting for FUSE requests (0: a quarter of GOMAXPROCS, at least 2; GOMAXPROCS is raised to this plus 2)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		warmPages := fs.Bool("warm-page-cache", true, "a replay also puts the chunks it brings in into the kernel's page cache of their files (up to half the memory tier, 1 GiB at most), so the program's reads of them need no round trip to the daemon (=false: only into the block cache)")
@@ -82,7 +83,7 @@ func init() {
 		}
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
-			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble}
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble, Readers: *readers}
 		if !*noPrefetch {
 			ps := &profiles{ctx: ctx, st: st}
 			mopt.Loading = func(id digest.ID) { ps.start(id) }
