@@ -50,41 +50,113 @@ func WriteRandomFile(p string, size int64, seed uint64) error {
 	return f.Close()
 }
 
+// The readers below use open(2), read(2) and close(2) directly, as a
+// program's loader or interpreter does: os.File registers every file it
+// opens with the runtime's poller, which succeeds for a FUSE file (the
+// kernel answers poll for it) and fails for a local one, so the two would
+// not be read the same way.
+
+func openRead(p string) (int, error) {
+	for {
+		fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != syscall.EINTR {
+			if err != nil {
+				return -1, &os.PathError{Op: "open", Path: p, Err: err}
+			}
+			return fd, nil
+		}
+	}
+}
+
+// readAll reads fd to its end in reads of len(buf) bytes.
+func readAll(fd int, p string, buf []byte) (int64, error) {
+	var total int64
+	for {
+		n, err := syscall.Read(fd, buf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return total, &os.PathError{Op: "read", Path: p, Err: err}
+		}
+		if n == 0 {
+			return total, nil
+		}
+		total += int64(n)
+	}
+}
+
 // SeqRead reads every file in 1 MiB reads and returns bytes read.
 func SeqRead(files []string) (int64, error) {
 	buf := make([]byte, 1<<20)
 	var total int64
 	for _, p := range files {
-		f, err := os.Open(p)
+		fd, err := openRead(p)
 		if err != nil {
 			return total, err
 		}
-		for {
-			n, err := f.Read(buf)
-			total += int64(n)
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				f.Close()
-				return total, err
-			}
+		n, err := readAll(fd, p, buf)
+		syscall.Close(fd)
+		total += n
+		if err != nil {
+			return total, err
 		}
-		f.Close()
 	}
 	return total, nil
 }
 
-// RandRead does n random 4 KiB preads over the files (fixed seed).
-func RandRead(files []string, sizes []int64, n int) error {
-	fds := make([]*os.File, len(files))
-	for i, p := range files {
-		f, err := os.Open(p)
+// OpenClose opens and closes every file.
+func OpenClose(files []string) error {
+	for _, p := range files {
+		fd, err := openRead(p)
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		fds[i] = f
+		syscall.Close(fd)
+	}
+	return nil
+}
+
+// ReadOpened opens every file, then times 1 MiB reads of them all, then
+// closes them: SeqRead without the opens.
+func ReadOpened(files []string) (time.Duration, error) {
+	fds := make([]int, 0, len(files))
+	defer func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}()
+	for _, p := range files {
+		fd, err := openRead(p)
+		if err != nil {
+			return 0, err
+		}
+		fds = append(fds, fd)
+	}
+	buf := make([]byte, 1<<20)
+	start := time.Now()
+	for i, fd := range fds {
+		if _, err := readAll(fd, files[i], buf); err != nil {
+			return 0, err
+		}
+	}
+	return time.Since(start), nil
+}
+
+// RandRead does n random 4 KiB preads over the files (fixed seed).
+func RandRead(files []string, sizes []int64, n int) error {
+	fds := make([]int, 0, len(files))
+	defer func() {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	}()
+	for _, p := range files {
+		fd, err := openRead(p)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
 	}
 	r := rand.New(rand.NewPCG(42, 43))
 	buf := make([]byte, 4096)
@@ -94,8 +166,18 @@ func RandRead(files []string, sizes []int64, n int) error {
 			continue
 		}
 		off := r.Int64N(sizes[k]-4096) &^ 4095
-		if _, err := fds[k].ReadAt(buf, off); err != nil {
-			return err
+		for {
+			m, err := syscall.Pread(fds[k], buf, off)
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				return &os.PathError{Op: "pread", Path: files[k], Err: err}
+			}
+			if m != len(buf) {
+				return fmt.Errorf("pread %s at %d: %d bytes of %d", files[k], off, m, len(buf))
+			}
+			break
 		}
 	}
 	return nil

@@ -1,4 +1,6 @@
-// Minimal single-threaded FUSE server: one file "f" (4 KiB) at the root.
+// Minimal FUSE server: one file "f" (4 KiB, or SIZE bytes) at the root
+// (and FILES more, "f0" to "f<FILES-1>", the same), answered at once by
+// one thread reading /dev/fuse (or N): rawfuse MOUNTPOINT [N [SIZE [FILES]]].
 // Measures the kernel + VM floor of a FUSE OPEN/RELEASE round trip.
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -10,10 +12,12 @@
 #include <errno.h>
 #include <sys/mount.h>
 #include <sys/uio.h>
+#include <pthread.h>
 #include <linux/fuse.h>
 
-static char buf[1 << 21];
-static char data[4096];
+static char *data;
+static size_t size = 4096;
+static unsigned long files;
 static int fd;
 
 static void reply(uint64_t unique, int err, const void *p, size_t n) {
@@ -26,20 +30,15 @@ static void attr(struct fuse_attr *a, uint64_t ino) {
 	memset(a, 0, sizeof *a);
 	a->ino = ino;
 	if (ino == 1) { a->mode = 040755; a->nlink = 2; }
-	else { a->mode = 0100444; a->nlink = 1; a->size = sizeof data; a->blocks = 8; }
+	else { a->mode = 0100444; a->nlink = 1; a->size = size; a->blocks = (size + 511) / 512; }
 	a->blksize = 4096;
 }
 
-int main(int argc, char **argv) {
-	memset(data, 'a', sizeof data);
-	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-	if (fd < 0) { perror("open /dev/fuse"); return 1; }
-	char opts[128];
-	snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", fd);
-	if (mount("rawfuse", argv[1], "fuse.rawfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts) < 0) { perror("mount"); return 1; }
+static void *serve(void *unused) {
+	char *buf = malloc(1 << 21);
 	for (;;) {
-		ssize_t n = read(fd, buf, sizeof buf);
-		if (n < 0) { if (errno == EINTR || errno == ENOENT) continue; if (errno == ENODEV) return 0; perror("read"); return 1; }
+		ssize_t n = read(fd, buf, 1 << 21);
+		if (n < 0) { if (errno == EINTR || errno == ENOENT) continue; if (errno == ENODEV) exit(0); perror("read"); exit(1); }
 		struct fuse_in_header *in = (void *)buf;
 		void *arg = buf + sizeof *in;
 		switch (in->opcode) {
@@ -53,9 +52,17 @@ int main(int argc, char **argv) {
 			break;
 		}
 		case FUSE_LOOKUP: {
-			if (in->nodeid != 1 || strcmp(arg, "f")) { reply(in->unique, -ENOENT, NULL, 0); break; }
+			const char *name = arg;
+			char *end;
+			uint64_t ino = 0;
+			if (in->nodeid == 1 && !strcmp(name, "f")) ino = 2;
+			else if (in->nodeid == 1 && name[0] == 'f' && name[1]) {
+				unsigned long i = strtoul(name + 1, &end, 10);
+				if (!*end && i < files) ino = 3 + i;
+			}
+			if (!ino) { reply(in->unique, -ENOENT, NULL, 0); break; }
 			struct fuse_entry_out o = {0};
-			o.nodeid = 2; o.entry_valid = 3600; o.attr_valid = 3600; attr(&o.attr, 2);
+			o.nodeid = ino; o.entry_valid = 3600; o.attr_valid = 3600; attr(&o.attr, ino);
 			reply(in->unique, 0, &o, sizeof o);
 			break;
 		}
@@ -74,7 +81,7 @@ int main(int argc, char **argv) {
 		case FUSE_READ: {
 			struct fuse_read_in *r = arg;
 			size_t off = r->offset, cnt = r->size;
-			if (off >= sizeof data) cnt = 0; else if (off + cnt > sizeof data) cnt = sizeof data - off;
+			if (off >= size) cnt = 0; else if (off + cnt > size) cnt = size - off;
 			reply(in->unique, 0, data + off, cnt);
 			break;
 		}
@@ -85,9 +92,28 @@ int main(int argc, char **argv) {
 			break;
 		case FUSE_DESTROY:
 			reply(in->unique, 0, NULL, 0);
-			return 0;
+			exit(0);
 		default:
 			reply(in->unique, -ENOSYS, NULL, 0);
 		}
 	}
+}
+
+int main(int argc, char **argv) {
+	if (argc > 3) size = strtoul(argv[3], NULL, 0);
+	if (argc > 4) files = strtoul(argv[4], NULL, 0);
+	data = malloc(size);
+	memset(data, 'a', size);
+	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (fd < 0) { perror("open /dev/fuse"); return 1; }
+	char opts[128];
+	snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", fd);
+	if (mount("rawfuse", argv[1], "fuse.rawfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts) < 0) { perror("mount"); return 1; }
+	int threads = argc > 2 ? atoi(argv[2]) : 1;
+	for (int i = 1; i < threads; i++) {
+		pthread_t t;
+		pthread_create(&t, NULL, serve, NULL);
+	}
+	serve(NULL);
+	return 0;
 }
