@@ -409,18 +409,24 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		return nil, err
 	}
 	mo := fuse.MountOptions{
-		FsName:                   "gpuwarm",
-		Name:                     "gpuwarm",
-		AllowOther:               true,
-		DirectMount:              true,
-		MaxWrite:                 1 << 20,
-		MaxReadAhead:             1 << 20,
-		MaxBackground:            64,
-		Options:                  []string{"ro", "default_permissions"},
-		Debug:                    opt.Debug,
-		DisableSplice:            true,
-		DisableXAttrs:            false,
-		ExplicitDataCacheControl: false,
+		FsName:        "gpuwarm",
+		Name:          "gpuwarm",
+		AllowOther:    true,
+		DirectMount:   true,
+		MaxWrite:      1 << 20,
+		MaxReadAhead:  1 << 20,
+		MaxBackground: 64,
+		Options:       []string{"ro", "default_permissions"},
+		Debug:         opt.Debug,
+		DisableSplice: true,
+		DisableXAttrs: false,
+		// An inode's contents never change (a tag moved to another image
+		// names other inodes), so the kernel need not check a file's
+		// attributes on every read to see whether to drop its pages, and
+		// may keep link targets in its page cache (the dynamic loader
+		// follows a library's symlinks at every start).
+		ExplicitDataCacheControl: true,
+		EnableSymlinkCaching:     true,
 	}
 	// go-fuse keeps as many goroutines waiting in read(2) on /dev/fuse as
 	// GOMAXPROCS when it makes the server (2 to 16), and offers no other

@@ -772,6 +772,7 @@ func TestManyTags(t *testing.T) {
 	for _, v := range []string{"one", "two"} {
 		os.MkdirAll(filepath.Join(tmp, v), 0o755)
 		os.WriteFile(filepath.Join(tmp, v, "f"), []byte(v), 0o644)
+		os.Symlink("target-"+v, filepath.Join(tmp, v, "l"))
 		gw(t, "pack", filepath.Join(tmp, v), "--tag", v, "--store", storeDir)
 	}
 	st, err := filestore.Open(storeDir)
@@ -810,17 +811,25 @@ func TestManyTags(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(mnt, "late/f")); err != nil || string(b) != "two" {
 		t.Fatalf("tag made after the mount: %q, %v", b, err)
 	}
+	// The kernel keeps link targets (symlink caching): a tag moved to
+	// another image must still show that image's.
+	for i := 0; i < 2; i++ {
+		if l, err := os.Readlink(filepath.Join(mnt, "t150/l")); err != nil || l != "target-one" {
+			t.Fatalf("readlink t150/l: %q, %v", l, err)
+		}
+	}
 	if err := store.SetTag(ctx, st, "t150", two); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		b, err := os.ReadFile(filepath.Join(mnt, "t150/f"))
-		if err == nil && string(b) == "two" {
+		l, _ := os.Readlink(filepath.Join(mnt, "t150/l"))
+		if err == nil && string(b) == "two" && l == "target-two" {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("t150 still reads %q (%v) after being moved to another image", b, err)
+			t.Fatalf("t150 still reads %q, links to %q (%v) after being moved to another image", b, l, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
