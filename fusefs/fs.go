@@ -427,6 +427,10 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		// follows a library's symlinks at every start).
 		ExplicitDataCacheControl: true,
 		EnableSymlinkCaching:     true,
+		// The kernel checks POSIX ACLs itself (a packed file's
+		// system.posix_acl_* xattrs) and keeps them, instead of asking
+		// for them at every listing of a directory.
+		EnableAcl: true,
 	}
 	// go-fuse keeps as many goroutines waiting in read(2) on /dev/fuse as
 	// GOMAXPROCS when it makes the server (2 to 16), and offers no other

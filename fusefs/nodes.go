@@ -171,6 +171,7 @@ type node struct {
 var (
 	_ = (fs.NodeLookuper)((*node)(nil))
 	_ = (fs.NodeReaddirer)((*node)(nil))
+	_ = (fs.NodeOpendirHandler)((*node)(nil))
 	_ = (fs.NodeGetattrer)((*node)(nil))
 	_ = (fs.NodeOpener)((*node)(nil))
 	_ = (fs.NodeReader)((*node)(nil))
@@ -255,6 +256,20 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		})
 	}
 	return fs.NewListDirStream(ents), 0
+}
+
+// OpendirHandle lets the kernel keep the directory's entries in its cache
+// (FOPEN_CACHE_DIR): an image directory never changes (its inode is the
+// image's), so every later listing of it, by any process, is answered
+// without a round trip (a Python starting up lists each directory on its
+// path). The tag root and by-id list what changes, and are not cached.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	ds, errno := n.Readdir(ctx)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	// A list stream is also the handle go-fuse reads and seeks.
+	return ds, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -71,15 +72,34 @@ func gw(t *testing.T, args ...string) string {
 type daemon struct {
 	cmd  *exec.Cmd
 	dir  string
-	logs *bytes.Buffer
+	logs *lockedBuffer
 	done chan error
+}
+
+// lockedBuffer is the daemon's output, read by the test while the daemon
+// may still be writing it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *daemon {
 	t.Helper()
 	args := append([]string{"mount", mnt, "--store", storeURL, "--cache-dir", cacheDir}, extra...)
 	cmd := exec.Command(gpuwarmBin, args...)
-	logs := &bytes.Buffer{}
+	logs := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
