@@ -618,7 +618,7 @@ func (d *diskTier) fit() {
 	}
 	avail, total := int64(st.Bavail)*bs, int64(st.Blocks)*bs
 	d.mu.Lock()
-	old := d.limit
+	old, first := d.limit, d.lastFit.IsZero()
 	d.limit = min(d.configured, max(d.used+avail-min(fsReserve, total/20), 0))
 	d.lastFit = time.Now()
 	lim, used := d.limit, d.used
@@ -633,6 +633,11 @@ func (d *diskTier) fit() {
 	removeFiles(gone)
 	switch {
 	case !say:
+	case first:
+		// A limit larger than the disk (the default's 50 GiB on a smaller
+		// one) is what the tier starts with, not news.
+		d.log.Info("the disk cache's filesystem is short of room for the tier's limit: it keeps what there is room for",
+			"dir", d.dir, "keeps", lim, "limit", d.configured, "free", avail)
 	case lim < old:
 		d.log.Warn("the disk cache's filesystem is short of room: the tier keeps less than its limit until room comes back",
 			"dir", d.dir, "keeps", lim, "limit", d.configured, "held", used, "free", avail)
