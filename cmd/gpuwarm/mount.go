@@ -46,6 +46,7 @@ func init() {
 		tagTTL := fs.Duration("tag-ttl", 2*time.Second, "how long a tag's image is trusted before it is looked up again")
 		noPass := fs.Bool("no-passthrough", false, "never use FUSE passthrough")
 		readahead := fs.Int("readahead", 2, "chunks fetched ahead of sequential reads (-1: none)")
+		acl := fs.Bool("posix-acl", false, "have the kernel enforce the POSIX ACLs packed with the files (off: served as xattrs, permission checks use the mode bits)")
 		readers := fs.Int("fuse-readers", 0, "goroutines waiting for FUSE requests (0: a quarter of GOMAXPROCS, at least 2; GOMAXPROCS is raised to this plus 2)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
@@ -83,7 +84,7 @@ func init() {
 		}
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
-			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble, Readers: *readers}
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble, Readers: *readers, POSIXACL: *acl}
 		if !*noPrefetch {
 			ps := &profiles{ctx: ctx, st: st}
 			mopt.Loading = func(id digest.ID) { ps.start(id) }

@@ -31,9 +31,9 @@ func aclXattr(uid uint32) []byte {
 }
 
 // TestPOSIXACLThroughMount: a packed file's access ACL is the source's
-// through the mount, and the kernel enforces it: a user the ACL names may
-// read a file its mode bits alone would not let it read, and others still
-// may not.
+// through the mount, and with --posix-acl the kernel enforces it: a user
+// the ACL names may read a file its mode bits alone would not let it read,
+// and others still may not.
 func TestPOSIXACLThroughMount(t *testing.T) {
 	requireFUSE(t)
 	// Readable by an unprivileged user all the way down.
@@ -55,7 +55,7 @@ func TestPOSIXACLThroughMount(t *testing.T) {
 		t.Skipf("the test filesystem takes no ACLs: %v", err)
 	}
 	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
-	startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), "--posix-acl")
 	p := filepath.Join(mnt, "t", "secret")
 
 	buf := make([]byte, 256)
