@@ -117,21 +117,32 @@ func OpenClose(files []string) error {
 	return nil
 }
 
-// ReadOpened opens every file, then times 1 MiB reads of them all, then
-// closes them: SeqRead without the opens.
-func ReadOpened(files []string) (time.Duration, error) {
+// openAll opens every file, returning those it opened before any error.
+func openAll(files []string) ([]int, error) {
 	fds := make([]int, 0, len(files))
-	defer func() {
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}()
 	for _, p := range files {
 		fd, err := openRead(p)
 		if err != nil {
-			return 0, err
+			return fds, err
 		}
 		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+}
+
+// ReadOpened opens every file, then times 1 MiB reads of them all, then
+// closes them: SeqRead without the opens.
+func ReadOpened(files []string) (time.Duration, error) {
+	fds, err := openAll(files)
+	defer closeAll(fds)
+	if err != nil {
+		return 0, err
 	}
 	buf := make([]byte, 1<<20)
 	start := time.Now()
@@ -145,18 +156,10 @@ func ReadOpened(files []string) (time.Duration, error) {
 
 // RandRead does n random 4 KiB preads over the files (fixed seed).
 func RandRead(files []string, sizes []int64, n int) error {
-	fds := make([]int, 0, len(files))
-	defer func() {
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}()
-	for _, p := range files {
-		fd, err := openRead(p)
-		if err != nil {
-			return err
-		}
-		fds = append(fds, fd)
+	fds, err := openAll(files)
+	defer closeAll(fds)
+	if err != nil {
+		return err
 	}
 	r := rand.New(rand.NewPCG(42, 43))
 	buf := make([]byte, 4096)
