@@ -264,12 +264,58 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 // without a round trip (a Python starting up lists each directory on its
 // path). The tag root and by-id list what changes, and are not cached.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	ds, errno := n.Readdir(ctx)
-	if errno != 0 {
-		return nil, 0, errno
+	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// dirHandle lists its directory when the kernel first asks for entries,
+// not at OPENDIR: the kernel still opens the directory every time, while
+// its cache answers the listing.
+type dirHandle struct {
+	n  *node
+	ds fs.DirStream // go-fuse calls a handle's methods one at a time
+}
+
+var (
+	_ = (fs.FileReaddirenter)((*dirHandle)(nil))
+	_ = (fs.FileSeekdirer)((*dirHandle)(nil))
+	_ = (fs.FileReleasedirer)((*dirHandle)(nil))
+)
+
+func (d *dirHandle) stream(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	if d.ds == nil {
+		ds, errno := d.n.Readdir(ctx)
+		if errno != 0 {
+			return nil, errno
+		}
+		d.ds = ds
 	}
-	// A list stream is also the handle go-fuse reads and seeks.
-	return ds, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return d.ds, 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	ds, errno := d.stream(ctx)
+	if errno != 0 || !ds.HasNext() {
+		return nil, errno
+	}
+	e, errno := ds.Next()
+	return &e, errno
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	ds, errno := d.stream(ctx)
+	if errno != 0 {
+		return errno
+	}
+	if sd, ok := ds.(fs.FileSeekdirer); ok {
+		return sd.Seekdir(ctx, off)
+	}
+	return syscall.ENOTSUP
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	if d.ds != nil {
+		d.ds.Close()
+	}
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
