@@ -227,13 +227,7 @@ func benchMount(dir string) error {
 	for _, s := range sizes {
 		total += s
 	}
-	abs := func(root string) []string {
-		out := make([]string, len(files))
-		for i, f := range files {
-			out[i] = filepath.Join(root, f)
-		}
-		return out
-	}
+	abs := func(root string) []string { return under(root, files) }
 	mb := float64(total) / 1e6
 	rate := func(d time.Duration) float64 { return mb / d.Seconds() }
 	const nRand = 20000
@@ -354,25 +348,29 @@ func benchMount(dir string) error {
 			name, base, goal string
 			reps             int
 			prep             func() error
+			run              func() error // instead of measure
 		}{
-			{"gpuwarm cold (file store)", "native, from disk", "", 1, bu.DropCaches},
-			{"hot", "", "", 0, nil},
-			{"gpuwarm memory tier", nativeHot, "", 1, bu.DropCaches},
+			{name: "gpuwarm cold (file store)", base: "native, from disk", reps: 1, prep: bu.DropCaches},
+			// Hot: as a program finds files it read before on a worker
+			// whose daemon has since written them to its disk tier.
+			// Page-cache reads are what vary most from moment to moment,
+			// so the native passes it is compared with alternate with its
+			// own.
+			{name: "gpuwarm hot (kernel cache)", run: func() error {
+				m.waitIdle(2 * time.Minute)
+				if err := hot(img, seq); err != nil || !seq {
+					return err
+				}
+				var err error
+				parts, err = hotParts(src, img, files, sizes)
+				return err
+			}},
+			{name: "gpuwarm memory tier", base: nativeHot, reps: 1, prep: bu.DropCaches},
 		}
 		for _, s := range steps {
 			var err error
-			if s.name == "hot" {
-				// Hot: as a program finds files it read before on a
-				// worker whose daemon has since written them to its disk
-				// tier. Page-cache reads are what vary most from moment
-				// to moment, so the native passes it is compared with
-				// alternate with its own.
-				m.waitIdle(2 * time.Minute)
-				err = hot(img, seq)
-				if err == nil && seq {
-					parts, err = hotParts(src, img, files, sizes)
-				}
-				s.name = "gpuwarm hot (kernel cache)"
+			if s.run != nil {
+				err = s.run()
 			} else {
 				err = measure(s.name, s.base, s.goal, img, seq, s.reps, s.prep)
 			}
@@ -468,13 +466,6 @@ func alternate(reps int, a, b func() (time.Duration, error)) (bestA, bestB time.
 // the small ones alone, open+close of every file, and the reads of files
 // opened beforehand. The first file is the large one.
 func hotParts(src, img string, files []string, sizes []int64) ([]bu.Row, error) {
-	under := func(root string, fs []string) []string {
-		out := make([]string, len(fs))
-		for i, f := range fs {
-			out[i] = filepath.Join(root, f)
-		}
-		return out
-	}
 	mb := func(ss []int64) float64 {
 		var t int64
 		for _, s := range ss {
@@ -521,6 +512,15 @@ func hotParts(src, img string, files []string, sizes []int64) ([]bu.Row, error) 
 		}
 	}
 	return rows, nil
+}
+
+// under is the paths of files (relative) under root.
+func under(root string, files []string) []string {
+	out := make([]string, len(files))
+	for i, f := range files {
+		out[i] = filepath.Join(root, f)
+	}
+	return out
 }
 
 func ctxBG() context.Context { return context.Background() }
