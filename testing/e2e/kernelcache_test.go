@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -118,23 +119,11 @@ func TestDirectoryListingsKept(t *testing.T) {
 	}
 	before := strings.Count(d.logs.String(), "READDIR")
 	for i := 0; i < 5; i++ {
-		if got := list(); !equalFields(got, first) {
+		if got := list(); !slices.EqualFunc(got, first, bytes.Equal) {
 			t.Fatalf("listing %d differs from the first", i+2)
 		}
 	}
 	if after := strings.Count(d.logs.String(), "READDIR"); after != before {
 		t.Fatalf("five more listings sent %d READDIR(PLUS) requests to the daemon; the kernel should have kept the entries", after-before)
 	}
-}
-
-func equalFields(a, b [][]byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i], b[i]) {
-			return false
-		}
-	}
-	return true
 }
