@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // prepareMountpoint detaches dead gpuwarm mounts at dir (their daemon was
@@ -81,9 +82,17 @@ func unescape(s string) string {
 	return b.String()
 }
 
-// Unmount unmounts dir; a running daemon sees it and exits.
+// Unmount unmounts dir; a running daemon sees it and exits. A mount busy
+// for a moment (a file being closed; go-fuse opens and closes a file of its
+// own just after mounting) is tried again for about 0.6 s before it is
+// reported busy.
 func Unmount(dir string) error {
-	if err := syscall.Unmount(dir, 0); err != nil {
+	err := syscall.Unmount(dir, 0)
+	for wait := 10 * time.Millisecond; errors.Is(err, syscall.EBUSY) && wait <= 320*time.Millisecond; wait *= 2 {
+		time.Sleep(wait)
+		err = syscall.Unmount(dir, 0)
+	}
+	if err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			return errors.New("unmount " + dir + ": busy (a process still has files open there); close them or use --lazy")
 		}
