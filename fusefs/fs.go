@@ -16,6 +16,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -73,7 +74,12 @@ type Options struct {
 	// 10% slower with it (2 CPUs, 1.85 -> 2.05 s over 26 runs, cause not
 	// found), and program and snapshot trees seldom carry ACLs.
 	POSIXACL bool
-	Debug    bool
+	// URing has the kernel send requests through io_uring queues, one per
+	// CPU, each answered by a thread pinned to its CPU (package fuseuring),
+	// where the kernel offers it (Linux 6.14 or later, with the fuse
+	// module's enable_uring parameter set); through /dev/fuse otherwise.
+	URing bool
+	Debug bool
 }
 
 // FS is the state shared by every node of a mount.
@@ -111,8 +117,10 @@ type FS struct {
 
 	// live holds the file nodes the kernel knows (liveKey: *node), mounted
 	// the mount point once the kernel serves it: a Warmer needs both.
-	live        sync.Map
-	mounted     atomic.Pointer[string]
+	live    sync.Map
+	mounted atomic.Pointer[string]
+	// ring serves the requests through io_uring queues, if it does.
+	ring        atomic.Pointer[fuseuring.Server]
 	pushedBytes atomic.Int64
 
 	assembling sync.Map
@@ -396,6 +404,11 @@ type Server struct {
 	fs     *FS
 	cancel context.CancelFunc
 	Dir    string
+	// ownMount: mounted here (not by go-fuse), for the ring queues,
+	// which need the connection's descriptor; ring, if the kernel took
+	// them.
+	ownMount bool
+	ring     *fuseuring.Server
 }
 
 // Mount serves the filesystem at dir until Unmount. A stale gpuwarm mount
@@ -453,7 +466,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		readers = max(2, n/4)
 	}
 	runtime.GOMAXPROCS(readers)
-	srv, err := fs.Mount(dir, root, &fs.Options{
+	rawFS := fs.NewNodeFS(root, &fs.Options{
 		MountOptions:      mo,
 		EntryTimeout:      &hour,
 		AttrTimeout:       &hour,
@@ -461,10 +474,16 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		NullPermissions:   true,
 		FirstAutomaticIno: 1 << 62,
 	})
+	srv, devFd, err := mountServer(dir, rawFS, &mo, opt.URing)
 	runtime.GOMAXPROCS(max(n, readers+2))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount %s: %w (is fuse3 installed and /dev/fuse present? run make setup)", dir, err)
+	}
+	s := &Server{Server: srv, fs: f, cancel: cancel, Dir: dir, ownMount: devFd >= 0}
+	if devFd >= 0 {
+		s.ring = serveRing(srv, devFd, rawFS, &mo, f.log)
+		f.ring.Store(s.ring)
 	}
 	f.mounted.Store(&dir)
 	if err := raiseReadahead(dir, opt.KernelReadahead); err != nil {
@@ -473,8 +492,8 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	for i := 0; i < 4; i++ {
 		go f.readaheadLoop(ctx)
 	}
-	go func() { srv.Wait(); cancel() }()
-	return &Server{Server: srv, fs: f, cancel: cancel, Dir: dir}, nil
+	go func() { s.Wait(); cancel() }()
+	return s, nil
 }
 
 // FS returns the mounted filesystem.

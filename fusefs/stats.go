@@ -76,6 +76,13 @@ func (s *statsNode) render() []byte {
 		// Bytes a Warmer put into files' page cache ahead of their reads.
 		"Bytes": s.fsys.pushedBytes.Load(),
 	}
+	// Requests answered through io_uring queues (--fuse-uring), and of
+	// them those handed to goroutines (queues that had a slow answer).
+	var uring, async int64
+	if r := s.fsys.ring.Load(); r != nil {
+		uring, async = r.Requests()
+	}
+	out["FUSE"] = map[string]int64{"URingRequests": uring, "URingAsync": async}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load(), "PagesDropped": s.fsys.assemblyDropped.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")

@@ -161,6 +161,7 @@ type mountStats struct {
 	Prefetch        map[string]struct{ Chunks, Fetched, Touched, Hits, Misses, Warmed int64 }
 	PageCachePushed struct{ Bytes int64 }
 	Assembly        struct{ Running, Done, Failed, PagesDropped int64 }
+	FUSE            struct{ URingRequests, URingAsync int64 }
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {

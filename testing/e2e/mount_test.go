@@ -33,6 +33,10 @@ import (
 // readers; then a remount shows the same inode numbers.
 func TestPackMountTree(t *testing.T) {
 	requireFUSE(t)
+	transports(t, packMountTree)
+}
+
+func packMountTree(t *testing.T, flags []string) {
 	tmp := t.TempDir()
 	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	makeTree(t, src, 200)
@@ -44,7 +48,7 @@ func TestPackMountTree(t *testing.T) {
 	if out := gw(t, "pack", src, "--tag", "tree2", "--store", storeDir); !strings.Contains(out, "new   0 B in 0 chunks") {
 		t.Fatalf("second pack uploaded chunks: %s", out)
 	}
-	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
 	compareTrees(t, src, filepath.Join(mnt, "tree"))
 
 	// The same image is reachable by its ID with the same inode numbers.
@@ -86,8 +90,9 @@ func TestPackMountTree(t *testing.T) {
 	})
 
 	ino1 := a.Ino
+	checkTransport(t, d, flags)
 	d.stop(t)
-	d2 := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	d2 := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
 	syscall.Stat(filepath.Join(mnt, "tree/bin/tool"), &a)
 	if a.Ino != ino1 {
 		t.Fatalf("inode changed across remount: %d -> %d", ino1, a.Ino)
@@ -132,6 +137,10 @@ func concurrentReaders(t *testing.T, src, mnt string) {
 // runs a program from the mount.
 func TestRunPythonFromMount(t *testing.T) {
 	requireFUSE(t)
+	transports(t, runPythonFromMount)
+}
+
+func runPythonFromMount(t *testing.T, flags []string) {
 	// The system's interpreter (not a pyenv shim): one binary, stdlib beside it.
 	py := "/usr/bin/python3"
 	if _, err := os.Stat(py); err != nil {
@@ -143,7 +152,7 @@ func TestRunPythonFromMount(t *testing.T) {
 	buildPythonTree(t, py, stdlib, prefix)
 	storeDir, mnt := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	gw(t, "pack", prefix, "--tag", "python", "--store", storeDir)
-	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
 	prog := `import json, hashlib, decimal, email.parser, sqlite3, sys
 print(sys.prefix, hashlib.sha256(json.dumps({"x": [1, 2, 3]}).encode()).hexdigest()[:16], decimal.Decimal(1)/7)`
 	out := run(t, filepath.Join(mnt, "python/bin/python3"), "-I", "-c", prog)
@@ -151,6 +160,7 @@ print(sys.prefix, hashlib.sha256(json.dumps({"x": [1, 2, 3]}).encode()).hexdiges
 	if !strings.HasPrefix(out, filepath.Join(mnt, "python")+" ") || out != want {
 		t.Fatalf("python from the mount printed %q, want %q", out, want)
 	}
+	checkTransport(t, d, flags)
 	if s := d.stats(t); s.Fetches == 0 {
 		t.Fatalf("no chunks fetched: %+v", s)
 	}
@@ -188,6 +198,10 @@ func buildPythonTree(t *testing.T, py, stdlib, prefix string) {
 // fail with EIO; every other read still returns correct bytes.
 func TestCorruptStoreChunk(t *testing.T) {
 	requireFUSE(t)
+	transports(t, corruptStoreChunk)
+}
+
+func corruptStoreChunk(t *testing.T, flags []string) {
 	tmp := t.TempDir()
 	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	makeTree(t, src, 8)
@@ -204,7 +218,7 @@ func TestCorruptStoreChunk(t *testing.T) {
 	blob[len(blob)/2] ^= 0xff
 	os.WriteFile(filepath.Join(storeDir, "chunks", bad.String()[:2], bad.String()), blob, 0o644)
 
-	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
 	f, err := os.Open(filepath.Join(mnt, "t/big/weights.bin"))
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +235,7 @@ func TestCorruptStoreChunk(t *testing.T) {
 	if !strings.Contains(d.logs.String(), "corrupt chunk") {
 		t.Fatalf("the daemon did not log why the read failed:\n%s", d.logs.String())
 	}
+	checkTransport(t, d, flags)
 	if s := d.stats(t); s.Corrupt == 0 {
 		t.Fatalf("corrupt counter not raised: %+v", s)
 	}
@@ -440,12 +455,20 @@ func waitingReaders(t *testing.T, d *daemon) (waiting, threads int) {
 // TestUmountCommand: gpuwarm umount makes the daemon exit cleanly.
 func TestUmountCommand(t *testing.T) {
 	requireFUSE(t)
+	transports(t, umountCommand)
+}
+
+func umountCommand(t *testing.T, flags []string) {
 	tmp := t.TempDir()
 	storeDir, mnt := filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	os.MkdirAll(filepath.Join(tmp, "src"), 0o755)
 	os.WriteFile(filepath.Join(tmp, "src/f"), []byte("x"), 0o644)
 	gw(t, "pack", filepath.Join(tmp, "src"), "--tag", "t", "--store", storeDir)
-	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
+	if b, err := os.ReadFile(filepath.Join(mnt, "t/f")); string(b) != "x" {
+		t.Fatalf("read through the mount: %q, %v", b, err)
+	}
+	checkTransport(t, d, flags)
 	gw(t, "umount", mnt)
 	if err := <-d.done; err != nil {
 		t.Fatalf("daemon exit after umount: %v\n%s", err, d.logs.String())
@@ -714,6 +737,10 @@ func packedTree(t *testing.T, bigMB int) (src, storeDir, mnt, cacheDir string) {
 // tag list and the manifest come from the store inside the first lookup.
 func TestSignalsDuringSlowReads(t *testing.T) {
 	requireFUSE(t)
+	transports(t, signalsDuringSlowReads)
+}
+
+func signalsDuringSlowReads(t *testing.T, flags []string) {
 	src, storeDir, mnt, cacheDir := packedTree(t, 2)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGWINCH)
@@ -737,7 +764,7 @@ func TestSignalsDuringSlowReads(t *testing.T) {
 		}()
 	}
 	for round := 0; round < 8; round++ {
-		d := startMount(t, storeDir+"?sim-latency=30ms&sim-bandwidth=100000000", mnt, cacheDir+strconv.Itoa(round))
+		d := startMount(t, storeDir+"?sim-latency=30ms&sim-bandwidth=100000000", mnt, cacheDir+strconv.Itoa(round), flags...)
 		var wg sync.WaitGroup
 		for _, f := range []string{"small.txt", "bin/tool", "dir/sub/deep/file", "exact-chunk.bin"} {
 			wg.Add(1)
@@ -751,6 +778,7 @@ func TestSignalsDuringSlowReads(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+		checkTransport(t, d, flags)
 		d.stop(t)
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.logs.String())

@@ -2,6 +2,9 @@
 // (and FILES more, "f0" to "f<FILES-1>", the same), answered at once by
 // one thread reading /dev/fuse (or N): rawfuse MOUNTPOINT [N [SIZE [FILES]]].
 // Measures the kernel + VM floor of a FUSE OPEN/RELEASE round trip.
+// RAWFUSE_SPIN_US=N: the threads poll /dev/fuse (non-blocking) for N µs
+// after each request before sleeping in poll(2): what a server that keeps
+// a reader hot saves (16 cores: open+close 14-18 -> 10-12 µs).
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,12 +16,17 @@
 #include <sys/mount.h>
 #include <sys/uio.h>
 #include <pthread.h>
+#include <poll.h>
+#include <time.h>
 #include <linux/fuse.h>
 
 static char *data;
 static size_t size = 4096;
 static unsigned long files;
 static int fd;
+static long spin_us; // RAWFUSE_SPIN_US: poll /dev/fuse this long after a request before sleeping
+
+static long now_us(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000L + t.tv_nsec / 1000; }
 
 static void reply(uint64_t unique, int err, const void *p, size_t n) {
 	struct fuse_out_header h = {.len = sizeof h + n, .error = err, .unique = unique};
@@ -36,8 +44,18 @@ static void attr(struct fuse_attr *a, uint64_t ino) {
 
 static void *serve(void *unused) {
 	char *buf = malloc(1 << 21);
+	long last = now_us();
 	for (;;) {
 		ssize_t n = read(fd, buf, 1 << 21);
+		if (n < 0 && errno == EAGAIN) {
+			if (now_us() - last > spin_us) {
+				struct pollfd p = {.fd = fd, .events = POLLIN};
+				poll(&p, 1, -1);
+				last = now_us();
+			}
+			continue;
+		}
+		last = now_us();
 		if (n < 0) { if (errno == EINTR || errno == ENOENT) continue; if (errno == ENODEV) exit(0); perror("read"); exit(1); }
 		struct fuse_in_header *in = (void *)buf;
 		void *arg = buf + sizeof *in;
@@ -110,6 +128,10 @@ int main(int argc, char **argv) {
 	snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0,allow_other", fd);
 	if (mount("rawfuse", argv[1], "fuse.rawfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts) < 0) { perror("mount"); return 1; }
 	int threads = argc > 2 ? atoi(argv[2]) : 1;
+	if (getenv("RAWFUSE_SPIN_US")) {
+		spin_us = atol(getenv("RAWFUSE_SPIN_US"));
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	}
 	for (int i = 1; i < threads; i++) {
 		pthread_t t;
 		pthread_create(&t, NULL, serve, NULL);

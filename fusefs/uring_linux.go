@@ -1,0 +1,129 @@
+package fusefs
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/fuseuring"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// mountServer mounts rawFS at dir and starts serving it. For io_uring it
+// mounts the filesystem itself and hands go-fuse the descriptor (go-fuse's
+// "/dev/fd/N" mount point), because the ring queues are set up on that
+// descriptor, which go-fuse does not share; it returns the descriptor then,
+// -1 otherwise.
+func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool) (*fuse.Server, int, error) {
+	if !uring {
+		srv, err := fuse.NewServer(rawFS, dir, mo)
+		if err != nil {
+			return nil, -1, err
+		}
+		go srv.Serve()
+		if err := srv.WaitMount(); err != nil {
+			return nil, -1, err
+		}
+		return srv, -1, nil
+	}
+	mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
+	mo.DirectMount = false
+	fd, err := syscall.Open("/dev/fuse", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, fmt.Errorf("open /dev/fuse: %w", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		syscall.Close(fd)
+		return nil, -1, err
+	}
+	// What go-fuse's direct mount passes (fd first; then the options).
+	data := []string{
+		fmt.Sprintf("fd=%d", fd),
+		fmt.Sprintf("rootmode=%o", st.Mode&syscall.S_IFMT),
+		fmt.Sprintf("user_id=%d", os.Geteuid()),
+		fmt.Sprintf("group_id=%d", os.Getegid()),
+		fmt.Sprintf("max_read=%d", mo.MaxWrite),
+	}
+	data = append(data, mo.Options...)
+	if mo.AllowOther {
+		data = append(data, "allow_other")
+	}
+	if err := syscall.Mount(mo.FsName, dir, "fuse."+mo.Name, syscall.MS_NOSUID|syscall.MS_NODEV, strings.Join(data, ",")); err != nil {
+		syscall.Close(fd)
+		return nil, -1, err
+	}
+	srv, err := fuse.NewServer(rawFS, fmt.Sprintf("/dev/fd/%d", fd), mo)
+	if err != nil {
+		syscall.Unmount(dir, syscall.MNT_DETACH)
+		return nil, -1, err
+	}
+	go srv.Serve()
+	if err := srv.WaitMount(); err != nil {
+		syscall.Unmount(dir, syscall.MNT_DETACH)
+		return nil, -1, err
+	}
+	return srv, fd, nil
+}
+
+// serveRing moves the connection's requests to io_uring queues if the
+// kernel offers them; nil if it does not (requests keep coming through
+// /dev/fuse).
+func serveRing(srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, log *slog.Logger) *fuseuring.Server {
+	ks := srv.KernelSettings()
+	if ks.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
+		log.Info("FUSE requests come through /dev/fuse: the kernel does not offer io_uring queues (Linux 6.14 or later, with the fuse module's enable_uring parameter set: echo 1 > /sys/module/fuse/parameters/enable_uring)")
+		return nil
+	}
+	r, err := fuseuring.Serve(fd, fuse.NewProtocolServer(rawFS, mo), ks, fuseuring.Options{MaxWrite: mo.MaxWrite, Logger: log})
+	if err != nil {
+		log.Warn("FUSE requests come through /dev/fuse: the io_uring queues could not be set up", "err", err)
+		return nil
+	}
+	log.Info("FUSE requests come through io_uring queues, one per CPU")
+	return r
+}
+
+// Unmount unmounts the filesystem and waits for its server to stop.
+func (s *Server) Unmount() error {
+	if !s.ownMount {
+		return s.Server.Unmount()
+	}
+	var err error
+	delay := time.Duration(0)
+	for try := 0; try < 5; try++ {
+		if err = syscall.Unmount(s.Dir, 0); err == nil || err == syscall.EINVAL {
+			err = nil
+			break
+		}
+		// The kernel may still count files just closed as open.
+		delay = 2*delay + 5*time.Millisecond
+		time.Sleep(delay)
+	}
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", s.Dir, err)
+	}
+	s.Wait()
+	return nil
+}
+
+// Wait waits until the filesystem is unmounted and its server stopped.
+func (s *Server) Wait() {
+	s.Server.Wait()
+	if s.ring != nil {
+		s.ring.Wait()
+	}
+}
+
+// URingRequests counts the requests answered through io_uring queues (0
+// if the kernel sends them through /dev/fuse).
+func (s *Server) URingRequests() int64 {
+	if s.ring == nil {
+		return 0
+	}
+	n, _ := s.ring.Requests()
+	return n
+}

@@ -1,0 +1,493 @@
+package fuseuring
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// The FUSE-over-io_uring ABI (include/uapi/linux/fuse.h, Linux 6.14+).
+const (
+	cmdRegister       = 1
+	cmdCommitAndFetch = 2
+
+	inOutHeaderSize = 128 // fuse_uring_req_header.in_out
+	opInOutSize     = 128 // fuse_uring_req_header.op_in
+	headerSize      = inOutHeaderSize + opInOutSize + 32
+	entInOutOffset  = inOutHeaderSize + opInOutSize
+
+	inHeaderSize  = 40
+	outHeaderSize = 16
+	minReadBuffer = 8192
+
+	opInit = 26
+)
+
+// Opcodes always answered on the queue's own thread: the filesystem
+// answers them from memory (see the package documentation). Others (READ,
+// LOOKUP, READDIR...) are too, unless one of them took longer than
+// slowAnswer on this queue in the last slowWindow: then they are answered
+// by goroutines, so that one waiting on the network does not hold up the
+// requests queued behind it on the same CPU.
+const (
+	slowAnswer = time.Millisecond
+	slowWindow = 100 * time.Millisecond
+)
+
+var inlineOps = map[uint32]bool{
+	3:  true, // GETATTR
+	5:  true, // READLINK
+	14: true, // OPEN
+	17: true, // STATFS
+	18: true, // RELEASE
+	22: true, // GETXATTR
+	23: true, // LISTXATTR
+	25: true, // FLUSH
+	27: true, // OPENDIR
+	29: true, // RELEASEDIR
+	34: true, // ACCESS
+}
+
+// Options tune Serve.
+type Options struct {
+	// MaxWrite is the connection's max_write (the mount's MaxWrite): with
+	// max_pages, it sizes the largest payload the kernel puts in a ring
+	// entry.
+	MaxWrite int
+	// EntriesPerQueue is how many requests each CPU's queue holds at once
+	// (4 if 0). Each entry has a payload buffer as large as the largest
+	// request (1 MiB for a MaxWrite of 1 MiB), touched only as far as
+	// replies fill it.
+	EntriesPerQueue int
+	Logger          *slog.Logger
+}
+
+// Server answers a FUSE connection's requests through io_uring queues,
+// one per possible CPU.
+type Server struct {
+	queues   []*queue
+	wg       sync.WaitGroup
+	log      *slog.Logger
+	requests atomic.Int64
+	async    atomic.Int64
+}
+
+// Serve sets up the queues on fd (a /dev/fuse descriptor of a connection
+// whose INIT negotiated FUSE_OVER_IO_URING; fd stays the caller's) and
+// answers through ps the requests the kernel sends through them. init is
+// what the kernel sent in its INIT request (fuse.Server.KernelSettings):
+// ps learns the connection's protocol from it. Serve returns once every
+// queue is registered: the kernel then sends requests (all but FORGET and
+// INTERRUPT, which still come through fd) through the rings. If it fails,
+// nothing stays registered and the connection goes on as before, through
+// fd alone.
+func Serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Server, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	if opt.EntriesPerQueue <= 0 {
+		opt.EntriesPerQueue = 4
+	}
+	if init.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
+		return nil, errors.New("the kernel does not offer FUSE over io_uring on this connection (Linux 6.14 or later with the fuse module's enable_uring parameter set)")
+	}
+	if err := prime(ps, init); err != nil {
+		return nil, err
+	}
+	ncpu, err := possibleCPUs()
+	if err != nil {
+		return nil, err
+	}
+	pages := (opt.MaxWrite + os.Getpagesize() - 1) / os.Getpagesize()
+	payload := max(minReadBuffer, opt.MaxWrite, pages*os.Getpagesize())
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup of the FUSE descriptor: %w", err)
+	}
+	s := &Server{log: opt.Logger}
+	var refs atomic.Int32
+	refs.Store(int32(ncpu))
+	ready := make(chan error, ncpu)
+	for q := 0; q < ncpu; q++ {
+		qu := &queue{s: s, id: q, fuseFd: dup, ps: ps, entries: opt.EntriesPerQueue, payload: payload}
+		s.queues = append(s.queues, qu)
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			qu.run(ready)
+			if refs.Add(-1) == 0 {
+				syscall.Close(dup)
+			}
+		}()
+	}
+	var first error
+	for range ncpu {
+		if err := <-ready; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		s.stop()
+		s.wg.Wait()
+		return nil, first
+	}
+	return s, nil
+}
+
+// Wait waits until every queue has stopped: the connection ended (the
+// mount went away) or Stop was called.
+func (s *Server) Wait() { s.wg.Wait() }
+
+// Stop stops the queues. Only for a connection that is ending: once the
+// kernel sends through the rings, requests of a CPU whose queue is gone
+// wait until the connection ends.
+func (s *Server) Stop() {
+	s.stop()
+	s.wg.Wait()
+}
+
+func (s *Server) stop() {
+	for _, q := range s.queues {
+		q.wake(true)
+	}
+}
+
+// Requests counts the requests answered through the rings, and of them
+// those answered by a goroutine instead of the queue's thread.
+func (s *Server) Requests() (all, async int64) { return s.requests.Load(), s.async.Load() }
+
+// prime hands ps the kernel's INIT, as if it had come to ps, so that it
+// parses requests for the protocol version and capabilities of the
+// connection (its reply is dropped: the kernel had the real one).
+func prime(ps *fuse.ProtocolServer, init *fuse.InitIn) error {
+	in := *init
+	in.Length = uint32(unsafe.Sizeof(in))
+	in.Opcode = opInit
+	in.Unique = 1
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&in)), unsafe.Sizeof(in))
+	out := make([]byte, 4096)
+	n, st := ps.HandleRequest([][]byte{b}, [][]byte{out})
+	if !st.Ok() || n < outHeaderSize || int32(binary.LittleEndian.Uint32(out[4:])) != 0 {
+		return fmt.Errorf("the protocol server refused the connection's INIT (%v)", st)
+	}
+	return nil
+}
+
+// possibleCPUs is the kernel's num_possible_cpus(): it makes one queue per
+// possible CPU and puts a request on the queue of the CPU it was made on.
+func possibleCPUs() (int, error) {
+	b, err := os.ReadFile("/sys/devices/system/cpu/possible")
+	if err != nil {
+		return 0, fmt.Errorf("counting CPUs: %w", err)
+	}
+	n := 0
+	for _, r := range strings.Split(strings.TrimSpace(string(b)), ",") {
+		lo, hi, found := strings.Cut(r, "-")
+		a, err1 := strconv.Atoi(lo)
+		z := a
+		var err2 error
+		if found {
+			z, err2 = strconv.Atoi(hi)
+		}
+		if err1 != nil || err2 != nil || z < a {
+			return 0, fmt.Errorf("counting CPUs: cannot parse %q", b)
+		}
+		n = max(n, z+1)
+	}
+	return n, nil
+}
+
+// queue serves one CPU's ring entries from a thread of its own, pinned to
+// that CPU: the request's process sleeps there while the thread answers.
+type queue struct {
+	s       *Server
+	id      int
+	fuseFd  int
+	ps      *fuse.ProtocolServer
+	entries int
+	payload int
+
+	r     *ring
+	mem   []byte
+	ents  []entry
+	evfd  int
+	evbuf []byte
+
+	slowUntil time.Time // answer what may wait in goroutines until then
+
+	mu       sync.Mutex
+	done     []int // entries answered by goroutines, to commit
+	stopping bool
+	inflight sync.WaitGroup
+	live     int // entries the kernel holds or we answer
+}
+
+type entry struct {
+	header  []byte
+	payload []byte
+	in      []byte // a copy of the request's payload (names), which
+	// the reply may overwrite in place
+	iov []byte // two struct iovec, read by the kernel at REGISTER
+}
+
+const evTag = ^uint64(0)
+
+func (q *queue) run(ready chan<- error) {
+	runtime.LockOSThread() // never unlocked: the thread, pinned, ends with it
+	var set unix.CPUSet
+	set.Set(q.id)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		q.s.log.Debug("fuse ring queue runs unpinned", "cpu", q.id, "err", err)
+	}
+	if err := q.setup(); err != nil {
+		q.teardown()
+		ready <- fmt.Errorf("FUSE ring queue %d: %w", q.id, err)
+		return
+	}
+	ready <- nil
+	q.loop()
+	q.inflight.Wait()
+	q.teardown()
+}
+
+func (q *queue) setup() error {
+	var err error
+	if q.r, err = newRing(uint32(2 * (q.entries + 1))); err != nil {
+		return err
+	}
+	if q.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	// One mapping: per entry a 512-byte slot (header, then iovecs), then
+	// the payloads, then the eventfd's 8 bytes.
+	slots := 512 * q.entries
+	slots = (slots + os.Getpagesize() - 1) / os.Getpagesize() * os.Getpagesize()
+	size := slots + q.entries*q.payload + os.Getpagesize()
+	if q.mem, err = unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+		return fmt.Errorf("mmap of %d bytes of ring buffers: %w", size, err)
+	}
+	q.evbuf = q.mem[size-os.Getpagesize() : size-os.Getpagesize()+8]
+	for i := 0; i < q.entries; i++ {
+		e := entry{
+			header:  q.mem[512*i : 512*i+headerSize],
+			iov:     q.mem[512*i+headerSize : 512*i+headerSize+32],
+			payload: q.mem[slots+i*q.payload : slots+(i+1)*q.payload],
+		}
+		putIovec(e.iov[0:16], e.header)
+		putIovec(e.iov[16:32], e.payload)
+		q.ents = append(q.ents, e)
+	}
+	for i := range q.ents {
+		q.command(i, cmdRegister, 0)
+	}
+	q.armEventfd()
+	if err := q.r.enter(false); err != nil {
+		return err
+	}
+	// A refused REGISTER completes at once; an accepted one completes
+	// when the kernel has a request for the entry.
+	var failed error
+	var pending []cqe
+	q.r.completions(func(c cqe) {
+		if c.userData != evTag && c.res < 0 && failed == nil {
+			failed = fmt.Errorf("REGISTER: %w", syscall.Errno(-c.res))
+		}
+		pending = append(pending, c)
+	})
+	if failed != nil {
+		return failed
+	}
+	q.live = q.entries
+	for _, c := range pending {
+		q.complete(c)
+	}
+	return nil
+}
+
+func putIovec(dst, b []byte) {
+	binary.LittleEndian.PutUint64(dst[0:], uint64(uintptr(unsafe.Pointer(&b[0]))))
+	binary.LittleEndian.PutUint64(dst[8:], uint64(len(b)))
+}
+
+// command queues a REGISTER or COMMIT_AND_FETCH for entry i.
+func (q *queue) command(i int, op uint32, commitID uint64) {
+	s, cmd := q.r.next()
+	for s == nil {
+		q.r.enter(false)
+		s, cmd = q.r.next()
+	}
+	s.opcode = opURingCmd
+	s.fd = int32(q.fuseFd)
+	s.off = uint64(op)
+	s.userData = uint64(i)
+	if op == cmdRegister {
+		s.addr = uint64(uintptr(unsafe.Pointer(&q.ents[i].iov[0])))
+		s.len = 2
+	}
+	binary.LittleEndian.PutUint64(cmd[0:], 0) // flags
+	binary.LittleEndian.PutUint64(cmd[8:], commitID)
+	binary.LittleEndian.PutUint16(cmd[16:], uint16(q.id))
+}
+
+func (q *queue) armEventfd() {
+	s, _ := q.r.next()
+	for s == nil {
+		q.r.enter(false)
+		s, _ = q.r.next()
+	}
+	s.opcode = opRead
+	s.fd = int32(q.evfd)
+	s.addr = uint64(uintptr(unsafe.Pointer(&q.evbuf[0])))
+	s.len = 8
+	s.off = ^uint64(0) // the current position (eventfds have none)
+	s.userData = evTag
+}
+
+// wake has the queue's thread look at answers goroutines finished, and,
+// if stop, end.
+func (q *queue) wake(stop bool) {
+	q.mu.Lock()
+	if stop {
+		q.stopping = true
+	}
+	q.mu.Unlock()
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
+	if q.evfd > 0 {
+		unix.Write(q.evfd, one[:])
+	}
+}
+
+func (q *queue) loop() {
+	for {
+		if err := q.r.enter(true); err != nil {
+			q.s.log.Error("FUSE ring queue stops", "cpu", q.id, "err", err)
+			return
+		}
+		q.r.completions(q.complete)
+		q.mu.Lock()
+		stop := q.stopping
+		q.mu.Unlock()
+		if stop || q.live == 0 {
+			return
+		}
+	}
+}
+
+func (q *queue) complete(c cqe) {
+	if c.userData == evTag {
+		q.mu.Lock()
+		done := q.done
+		q.done = nil
+		q.mu.Unlock()
+		for _, i := range done {
+			q.commit(i)
+		}
+		q.armEventfd()
+		return
+	}
+	i := int(c.userData)
+	if c.res < 0 {
+		// The connection ended (ENOTCONN), or the ring is going away.
+		q.live--
+		return
+	}
+	e := &q.ents[i]
+	op := binary.LittleEndian.Uint32(e.header[4:])
+	if inlineOps[op] {
+		q.answer(e)
+		q.commit(i)
+		return
+	}
+	if t := time.Now(); t.After(q.slowUntil) {
+		q.answer(e)
+		q.commit(i)
+		if end := time.Now(); end.Sub(t) > slowAnswer {
+			q.slowUntil = end.Add(slowWindow)
+		}
+		return
+	}
+	q.s.async.Add(1)
+	q.inflight.Add(1)
+	go func() {
+		defer q.inflight.Done()
+		q.answer(e)
+		q.mu.Lock()
+		q.done = append(q.done, i)
+		q.mu.Unlock()
+		q.wake(false)
+	}()
+}
+
+func (q *queue) commit(i int) {
+	e := &q.ents[i]
+	q.command(i, cmdCommitAndFetch, binary.LittleEndian.Uint64(e.header[entInOutOffset+8:]))
+}
+
+// answer has ps answer the request in e, and puts the reply in e: the out
+// header where the in header was, the rest in the payload buffer.
+func (q *queue) answer(e *entry) {
+	q.s.requests.Add(1)
+	h := e.header
+	length := int(binary.LittleEndian.Uint32(h[0:]))
+	unique := binary.LittleEndian.Uint64(h[8:])
+	payloadSize := int(binary.LittleEndian.Uint32(h[entInOutOffset+16:]))
+	opSize := length - inHeaderSize - payloadSize
+	if opSize < 0 || opSize > opInOutSize || payloadSize > len(e.payload) {
+		q.s.log.Error("FUSE ring request with impossible sizes; answered EIO", "len", length, "payload", payloadSize)
+		q.reply(e, unique, syscall.EIO, 0)
+		return
+	}
+	if cap(e.in) < payloadSize {
+		e.in = make([]byte, payloadSize)
+	}
+	in := e.in[:payloadSize]
+	copy(in, e.payload)
+	n, st := q.ps.HandleRequest(
+		[][]byte{h[:inHeaderSize], h[inOutHeaderSize : inOutHeaderSize+opSize], in},
+		[][]byte{h[:outHeaderSize], e.payload})
+	if !st.Ok() || n < outHeaderSize {
+		// Malformed, or a request that wants no reply: neither comes
+		// through a ring; the kernel still waits for an answer.
+		if st.Ok() {
+			st = fuse.ENOSYS
+		}
+		q.reply(e, unique, syscall.Errno(st), 0)
+		return
+	}
+	binary.LittleEndian.PutUint32(h[entInOutOffset+16:], uint32(n-outHeaderSize))
+}
+
+func (q *queue) reply(e *entry, unique uint64, errno syscall.Errno, payload int) {
+	h := e.header
+	binary.LittleEndian.PutUint32(h[0:], uint32(outHeaderSize+payload))
+	binary.LittleEndian.PutUint32(h[4:], uint32(-int32(errno)))
+	binary.LittleEndian.PutUint64(h[8:], unique)
+	binary.LittleEndian.PutUint32(h[entInOutOffset+16:], uint32(payload))
+}
+
+func (q *queue) teardown() {
+	if q.r != nil {
+		q.r.close() // cancels what the kernel still holds
+	}
+	if q.evfd > 0 {
+		syscall.Close(q.evfd)
+		q.evfd = -1
+	}
+	if q.mem != nil {
+		unix.Munmap(q.mem)
+	}
+}
