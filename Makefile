@@ -29,7 +29,7 @@ vet:
 # coordinator before Go 1.27 (golang/go#75804), which failed a run here.
 test: setup build vet
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./pageserver/... ./lazypages/...
 	$(MAKE) race-e2e
 	$(MAKE) fuzz FUZZTIME=200000x
 
@@ -45,7 +45,7 @@ test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
 
 race:
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./pageserver/... ./lazypages/...
 
 FUZZTIME ?= 30s
 fuzz:
@@ -58,6 +58,7 @@ fuzz:
 	$(GO) test ./lazypages -run='^$$' -fuzz=FuzzDecodeMM -fuzztime=$(FUZZTIME)
 	$(GO) test ./cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
 	$(GO) test ./cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
+	$(GO) test ./fuseuring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

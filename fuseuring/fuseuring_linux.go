@@ -193,8 +193,14 @@ func possibleCPUs() (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("counting CPUs: %w", err)
 	}
+	return parseCPUList(string(b))
+}
+
+// parseCPUList returns one more than the highest CPU of a kernel CPU list
+// ("0-15", "0,2-3").
+func parseCPUList(list string) (int, error) {
 	n := 0
-	for _, r := range strings.Split(strings.TrimSpace(string(b)), ",") {
+	for _, r := range strings.Split(strings.TrimSpace(list), ",") {
 		lo, hi, found := strings.Cut(r, "-")
 		a, err1 := strconv.Atoi(lo)
 		z := a
@@ -202,8 +208,8 @@ func possibleCPUs() (int, error) {
 		if found {
 			z, err2 = strconv.Atoi(hi)
 		}
-		if err1 != nil || err2 != nil || z < a {
-			return 0, fmt.Errorf("counting CPUs: cannot parse %q", b)
+		if err1 != nil || err2 != nil || a < 0 || z < a || z >= 1<<16 {
+			return 0, fmt.Errorf("counting CPUs: cannot parse the CPU list %q", list)
 		}
 		n = max(n, z+1)
 	}
@@ -268,9 +274,13 @@ func (q *queue) setup() error {
 	if q.r, err = newRing(uint32(2 * (q.entries + 1))); err != nil {
 		return err
 	}
-	if q.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC); err != nil {
+	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
 		return fmt.Errorf("eventfd: %w", err)
 	}
+	q.mu.Lock()
+	q.evfd = evfd
+	q.mu.Unlock()
 	// One mapping: per entry a 512-byte slot (header, then iovecs), then
 	// the payloads, then the eventfd's 8 bytes.
 	slots := 512 * q.entries
@@ -359,13 +369,13 @@ func (q *queue) armEventfd() {
 // wake has the queue's thread look at answers goroutines finished, and,
 // if stop, end.
 func (q *queue) wake(stop bool) {
+	var one [8]byte
+	binary.LittleEndian.PutUint64(one[:], 1)
 	q.mu.Lock()
+	defer q.mu.Unlock()
 	if stop {
 		q.stopping = true
 	}
-	q.mu.Unlock()
-	var one [8]byte
-	binary.LittleEndian.PutUint64(one[:], 1)
 	if q.evfd > 0 {
 		unix.Write(q.evfd, one[:])
 	}
@@ -483,10 +493,12 @@ func (q *queue) teardown() {
 	if q.r != nil {
 		q.r.close() // cancels what the kernel still holds
 	}
+	q.mu.Lock()
 	if q.evfd > 0 {
 		syscall.Close(q.evfd)
 		q.evfd = -1
 	}
+	q.mu.Unlock()
 	if q.mem != nil {
 		unix.Munmap(q.mem)
 	}
