@@ -430,6 +430,10 @@ func (q *queue) complete(c cqe) {
 		}
 		return
 	}
+	q.async(i, e)
+}
+
+func (q *queue) async(i int, e *entry) {
 	q.s.async.Add(1)
 	q.inflight.Add(1)
 	go func() {

@@ -412,6 +412,11 @@ func benchMount(dir string) error {
 		}
 		addRow("gpuwarm disk tier (warm)", "native, from disk", ">= 0.7x", seq, first)
 		addRow("  again, files verified before", "native, from disk", "", seq, later)
+		if seq {
+			if err := hotURing(storeDir, mnt, filepath.Join(dir, "cache-uring"), src, img, once, addRow); err != nil {
+				return err
+			}
+		}
 	}
 	bu.Table(os.Stdout, fmt.Sprintf("mount: sequential 1 MiB reads of %.0f MB in %d files (best of %d passes where a pass leaves the state as it was)", mb, len(files), reps), rows)
 	bu.Table(os.Stdout, fmt.Sprintf("mount: random 4 KiB reads (%d; best of %d likewise)", nRand, reps), rrows)
@@ -429,9 +434,57 @@ func benchMount(dir string) error {
 	return nil
 }
 
+// hotURing adds the hot and memory-tier rows of a mount whose requests
+// come through io_uring queues (--fuse-uring), where the kernel has them:
+// its fuse module's enable_uring parameter is set for it, and put back.
+func hotURing(storeDir, mnt, cacheDir, src, img string, once func(string, bool) (time.Duration, error), addRow func(name, base, goal string, seq bool, d time.Duration)) error {
+	const param = "/sys/module/fuse/parameters/enable_uring"
+	old, err := os.ReadFile(param)
+	if err != nil {
+		fmt.Printf("(no io_uring rows: this kernel has no FUSE over io_uring: %v)\n", err)
+		return nil
+	}
+	if strings.TrimSpace(string(old)) != "Y" {
+		if err := os.WriteFile(param, []byte("1"), 0); err != nil {
+			fmt.Printf("(no io_uring rows: cannot set %s: %v)\n", param, err)
+			return nil
+		}
+		defer os.WriteFile(param, []byte("0"), 0)
+	}
+	m, err := startMount(storeDir, mnt, cacheDir, "--fuse-uring")
+	if err != nil {
+		return err
+	}
+	defer m.stop()
+	if _, err := once(img, true); err != nil { // cold, into the page cache
+		return fmt.Errorf("io_uring mount: %w%s", err, mountLog(img))
+	}
+	m.waitIdle(2 * time.Minute)
+	if _, err := once(src, true); err != nil {
+		return err
+	}
+	dn, dm, err := alternate(hotReps,
+		func() (time.Duration, error) { return once(src, true) },
+		func() (time.Duration, error) { return once(img, true) })
+	if err != nil {
+		return fmt.Errorf("io_uring mount, hot: %w%s", err, mountLog(img))
+	}
+	addRow(nativeHotURing, "", "", true, dn)
+	addRow("gpuwarm hot, FUSE over io_uring (--fuse-uring)", nativeHotURing, "", true, dm)
+	bu.DropCaches()
+	d, err := once(img, true)
+	if err != nil {
+		return fmt.Errorf("io_uring mount, memory tier: %w%s", err, mountLog(img))
+	}
+	addRow("gpuwarm memory tier, FUSE over io_uring", nativeHotURing, "", true, d)
+	m.printStats("io_uring")
+	return nil
+}
+
 const (
-	nativeFirst = "native, page cache (as the files were written)"
-	nativeHot   = "native, page cache (read back), alternating with the next row"
+	nativeHotURing = "native, page cache (read back), alternating with the io_uring row"
+	nativeFirst    = "native, page cache (as the files were written)"
+	nativeHot      = "native, page cache (read back), alternating with the next row"
 )
 
 // hotReps is how many passes over hot files each side gets: they take
