@@ -16,6 +16,7 @@ package chunk
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/gpuwarm/gpuwarm/digest"
@@ -45,8 +46,13 @@ var (
 func codecs() (*zstd.Encoder, *zstd.Decoder) {
 	encOnce.Do(func() {
 		var err error
+		// EncodeAll runs on as many chunks at once as the concurrency
+		// lets (pack's and the page server's workers each encode one):
+		// at 1, every worker waited for the one encoder, and a pack of a
+		// Python venv (7.3 GB, 69k files, mostly compressible) used 1.2 of
+		// 16 cores for 44 s.
 		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithLowerEncoderMem(true))
 		if err != nil {
 			panic(err)
 		}
