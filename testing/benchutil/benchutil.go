@@ -50,6 +50,34 @@ func WriteRandomFile(p string, size int64, seed uint64) error {
 	return f.Close()
 }
 
+// WriteTextFile writes size bytes of seeded pseudo-text to p: words drawn
+// from a small vocabulary, as source files and the like are, which zstd's
+// fastest level shrinks about threefold.
+func WriteTextFile(p string, size int64, seed uint64) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	words := make([]string, 4096)
+	for i := range words {
+		w := make([]byte, 2+r.IntN(9))
+		for j := range w {
+			w[j] = byte('a' + r.IntN(26))
+		}
+		words[i] = string(w)
+	}
+	b := make([]byte, 0, size+16)
+	for int64(len(b)) < size {
+		b = append(b, words[r.IntN(len(words))]...)
+		if r.IntN(12) == 0 {
+			b = append(b, '\n')
+		} else {
+			b = append(b, ' ')
+		}
+	}
+	return os.WriteFile(p, b[:size], 0o644)
+}
+
 // The readers below use open(2), read(2) and close(2) directly, as a
 // program's loader or interpreter does: os.File registers every file it
 // opens with the runtime's poller, which succeeds for a FUSE file (the
