@@ -79,7 +79,10 @@ type Options struct {
 	// where the kernel offers it (Linux 6.14 or later, with the fuse
 	// module's enable_uring parameter set); through /dev/fuse otherwise.
 	URing bool
-	Debug bool
+	// URingEntries is how many requests each CPU's ring holds at once (4
+	// if 0); each entry has a payload buffer of MaxWrite (1 MiB).
+	URingEntries int
+	Debug        bool
 }
 
 // FS is the state shared by every node of a mount.
@@ -474,7 +477,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		NullPermissions:   true,
 		FirstAutomaticIno: 1 << 62,
 	})
-	srv, devFd, err := mountServer(dir, rawFS, &mo, opt.URing)
+	srv, devFd, err := mountServer(dir, rawFS, &mo, opt.URing, f.log)
 	runtime.GOMAXPROCS(max(n, readers+2))
 	if err != nil {
 		cancel()
@@ -482,7 +485,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	}
 	s := &Server{Server: srv, fs: f, cancel: cancel, Dir: dir, ownMount: devFd >= 0}
 	if devFd >= 0 {
-		s.ring = serveRing(srv, devFd, rawFS, &mo, f.log)
+		s.ring = serveRing(srv, devFd, rawFS, &mo, opt.URingEntries, f.log)
 		f.ring.Store(s.ring)
 	}
 	f.mounted.Store(&dir)

@@ -17,7 +17,14 @@ import (
 // "/dev/fd/N" mount point), because the ring queues are set up on that
 // descriptor, which go-fuse does not share; it returns the descriptor then,
 // -1 otherwise.
-func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool) (*fuse.Server, int, error) {
+func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool, log *slog.Logger) (*fuse.Server, int, error) {
+	if uring {
+		// Once INIT has negotiated io_uring, requests wait for the rings.
+		if err := fuseuring.Preflight(); err != nil {
+			log.Warn("FUSE requests come through /dev/fuse: this process cannot set up io_uring rings", "err", err)
+			uring = false
+		}
+	}
 	if !uring {
 		srv, err := fuse.NewServer(rawFS, dir, mo)
 		if err != nil {
@@ -72,13 +79,13 @@ func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, ur
 // serveRing moves the connection's requests to io_uring queues if the
 // kernel offers them; nil if it does not (requests keep coming through
 // /dev/fuse).
-func serveRing(srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, log *slog.Logger) *fuseuring.Server {
+func serveRing(srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, entries int, log *slog.Logger) *fuseuring.Server {
 	ks := srv.KernelSettings()
 	if ks.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
 		log.Info("FUSE requests come through /dev/fuse: the kernel does not offer io_uring queues (Linux 6.14 or later, with the fuse module's enable_uring parameter set: echo 1 > /sys/module/fuse/parameters/enable_uring)")
 		return nil
 	}
-	r, err := fuseuring.Serve(fd, fuse.NewProtocolServer(rawFS, mo), ks, fuseuring.Options{MaxWrite: mo.MaxWrite, Logger: log})
+	r, err := fuseuring.Serve(fd, fuse.NewProtocolServer(rawFS, mo), ks, fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log})
 	if err != nil {
 		log.Warn("FUSE requests come through /dev/fuse: the io_uring queues could not be set up", "err", err)
 		return nil

@@ -91,18 +91,70 @@ type Server struct {
 // what the kernel sent in its INIT request (fuse.Server.KernelSettings):
 // ps learns the connection's protocol from it. Serve returns once every
 // queue is registered: the kernel then sends requests (all but FORGET and
-// INTERRUPT, which still come through fd) through the rings. If it fails,
-// nothing stays registered and the connection goes on as before, through
-// fd alone.
+// INTERRUPT, which still come through fd) through the rings.
+//
+// Once INIT has negotiated io_uring, the kernel holds every request until
+// all the queues are registered, or until a registration fails. So if Serve
+// fails, it makes one fail on purpose: the connection then goes on through
+// fd alone, as if io_uring had not been negotiated.
 func Serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Server, error) {
+	if init.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
+		return nil, errors.New("the kernel does not offer FUSE over io_uring on this connection (Linux 6.14 or later with the fuse module's enable_uring parameter set)")
+	}
+	s, err := serve(fd, ps, init, opt)
+	if err != nil {
+		if aerr := abandon(fd); aerr != nil {
+			return nil, fmt.Errorf("%w; and the kernel could not be told to go on without the rings (%v): its requests wait for them, so unmount", err, aerr)
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+// Preflight checks that this process can set up rings (io_uring may be
+// disabled: the kernel.io_uring_disabled sysctl, seccomp) before a mount
+// negotiates io_uring.
+func Preflight() error {
+	r, err := newRing(2)
+	if err != nil {
+		return err
+	}
+	r.close()
+	_, err = possibleCPUs()
+	return err
+}
+
+// abandon has the kernel give up waiting for the queues: a REGISTER for a
+// queue that does not exist fails, and a failed REGISTER turns io_uring off
+// for the connection.
+func abandon(fd int) error {
+	r, err := newRing(2)
+	if err != nil {
+		return err
+	}
+	defer r.close()
+	s, cmd := r.next()
+	s.opcode = opURingCmd
+	s.fd = int32(fd)
+	s.off = cmdRegister
+	binary.LittleEndian.PutUint16(cmd[16:], 0xffff)
+	if err := r.enter(false); err != nil {
+		return err
+	}
+	res := int32(0)
+	r.completions(func(c cqe) { res = c.res })
+	if res >= 0 {
+		return fmt.Errorf("a REGISTER for no queue did not fail (%d)", res)
+	}
+	return nil
+}
+
+func serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Server, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
 	if opt.EntriesPerQueue <= 0 {
 		opt.EntriesPerQueue = 4
-	}
-	if init.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
-		return nil, errors.New("the kernel does not offer FUSE over io_uring on this connection (Linux 6.14 or later with the fuse module's enable_uring parameter set)")
 	}
 	if err := prime(ps, init); err != nil {
 		return nil, err

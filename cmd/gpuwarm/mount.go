@@ -49,6 +49,7 @@ func init() {
 		acl := fs.Bool("posix-acl", false, "have the kernel enforce the POSIX ACLs packed with the files (off: served as xattrs, permission checks use the mode bits)")
 		readers := fs.Int("fuse-readers", 0, "goroutines waiting for FUSE requests (0: a quarter of GOMAXPROCS, at least 2; GOMAXPROCS is raised to this plus 2)")
 		uring := fs.Bool("fuse-uring", false, "have the kernel send FUSE requests through io_uring queues, one per CPU, each answered by a thread pinned to its CPU, where it offers them (Linux 6.14+, fuse module parameter enable_uring=1); through /dev/fuse otherwise")
+		uringEntries := fs.Int("fuse-uring-entries", 4, "with --fuse-uring: requests each CPU's ring holds at once (each has a 1 MiB buffer)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		warmPages := fs.Bool("warm-page-cache", true, "a replay also puts the chunks it brings in into the kernel's page cache of their files (up to half the memory tier, 1 GiB at most), so the program's reads of them need no round trip to the daemon (=false: only into the block cache)")
@@ -85,7 +86,7 @@ func init() {
 		}
 		defer bc.Close()
 		mopt := fusefs.Options{Cache: bc, Logger: g.log, TagTTL: *tagTTL,
-			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble, Readers: *readers, POSIXACL: *acl, URing: *uring}
+			NoPassthrough: *noPass, Readahead: *readahead, Debug: *debug, AssembleFiles: *assemble, Readers: *readers, POSIXACL: *acl, URing: *uring, URingEntries: *uringEntries}
 		if !*noPrefetch {
 			ps := &profiles{ctx: ctx, st: st}
 			mopt.Loading = func(id digest.ID) { ps.start(id) }

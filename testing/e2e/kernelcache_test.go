@@ -97,6 +97,10 @@ func TestPOSIXACLThroughMount(t *testing.T) {
 // process, asks the daemon for nothing, and the listing is the same.
 func TestDirectoryListingsKept(t *testing.T) {
 	requireFUSE(t)
+	transports(t, directoryListingsKept)
+}
+
+func directoryListingsKept(t *testing.T, flags []string) {
 	tmp := t.TempDir()
 	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	os.MkdirAll(filepath.Join(src, "d"), 0o755)
@@ -104,7 +108,7 @@ func TestDirectoryListingsKept(t *testing.T) {
 		os.WriteFile(filepath.Join(src, "d", "f"+strconv.Itoa(i)), []byte{byte(i)}, 0o644)
 	}
 	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
-	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), "--debug")
+	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), append([]string{"--debug"}, flags...)...)
 	dir := filepath.Join(mnt, "t", "d")
 	list := func() [][]byte {
 		out, err := exec.Command("ls", "-f", dir).Output()

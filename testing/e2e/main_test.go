@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -74,6 +75,8 @@ type daemon struct {
 	dir  string
 	logs *lockedBuffer
 	done chan error
+	// ringless: a --fuse-uring mount expected to serve through /dev/fuse.
+	ringless bool
 }
 
 // lockedBuffer is the daemon's output, read by the test while the daemon
@@ -124,6 +127,15 @@ func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Cleanup(func() { d.stop(t) })
+	if slices.Contains(extra, "--fuse-uring") {
+		// Before it stops (cleanups run last first): a daemon still
+		// serving answered through its rings.
+		t.Cleanup(func() {
+			if d.cmd.ProcessState == nil && !d.ringless {
+				checkTransport(t, d, extra)
+			}
+		})
+	}
 	return d
 }
 

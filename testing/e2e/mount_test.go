@@ -487,8 +487,12 @@ func umountCommand(t *testing.T, flags []string) {
 // turns assembly off.
 func TestAssembledFilesPassthrough(t *testing.T) {
 	requireFUSE(t)
+	transports(t, assembledFilesPassthrough)
+}
+
+func assembledFilesPassthrough(t *testing.T, flags []string) {
 	src, storeDir, mnt, cacheDir := packedTree(t, 24)
-	d := startMount(t, storeDir, mnt, cacheDir)
+	d := startMount(t, storeDir, mnt, cacheDir, flags...)
 	big := filepath.Join(mnt, "t/big/weights.bin")
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big) // all chunks cached: assembles
@@ -501,7 +505,7 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 		t.Fatalf("file not assembled: %+v", s)
 	}
 	d.stop(t)
-	d2 := startMount(t, storeDir, mnt, cacheDir)
+	d2 := startMount(t, storeDir, mnt, cacheDir, flags...)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	if s := d2.stats(t); s.Fetches != 0 || s.Opens.Passthrough == 0 {
 		t.Fatalf("the assembled file was not served from disk by passthrough: %+v", s)
@@ -520,7 +524,7 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	b[0] ^= 0xff
 	f.WriteAt(b, size/2)
 	f.Close()
-	d3 := startMount(t, storeDir, mnt, cacheDir)
+	d3 := startMount(t, storeDir, mnt, cacheDir, flags...)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	if s := d3.stats(t); s.Corrupt == 0 || s.Opens.Passthrough != 0 {
 		t.Fatalf("the corrupted assembled file went unnoticed: %+v", s)
@@ -528,7 +532,7 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 	d3.stop(t)
 
 	cacheDir2 := filepath.Join(t.TempDir(), "cache")
-	d4 := startMount(t, storeDir, mnt, cacheDir2, "--assemble-files=false")
+	d4 := startMount(t, storeDir, mnt, cacheDir2, append([]string{"--assemble-files=false"}, flags...)...)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	time.Sleep(300 * time.Millisecond)
@@ -549,10 +553,14 @@ func TestAssembledFilesPassthrough(t *testing.T) {
 // daemon is asked for bytes it gave.
 func TestAssembledFileOpenModes(t *testing.T) {
 	requireFUSE(t)
+	transports(t, assembledFileOpenModes)
+}
+
+func assembledFileOpenModes(t *testing.T, flags []string) {
 	src, storeDir, mnt, cacheDir := packedTree(t, 24)
 	// A memory tier smaller than the file: were it all there, the daemon
 	// would serve it from memory rather than by passthrough from the disk.
-	d := startMount(t, storeDir, mnt, cacheDir, "--mem-cache", "8MiB")
+	d := startMount(t, storeDir, mnt, cacheDir, append([]string{"--mem-cache", "8MiB"}, flags...)...)
 	want := filepath.Join(src, "big/weights.bin")
 	big := filepath.Join(mnt, "t/big/weights.bin")
 	compareOne(t, want, big)
@@ -616,7 +624,7 @@ func TestAssembledFileOpenModes(t *testing.T) {
 
 	// Not assembled: the kernel's page cache serves the file while it
 	// holds it whole; the daemon notices when it is asked again.
-	d = startMount(t, storeDir, mnt, cacheDir+"-noasm", "--assemble-files=false")
+	d = startMount(t, storeDir, mnt, cacheDir+"-noasm", append([]string{"--assemble-files=false"}, flags...)...)
 	compareOne(t, want, big)
 	// The kernel may let some pages go between two reads (it did once in
 	// CI): the daemon then serves them and the next read tries again.
@@ -693,8 +701,12 @@ func dropPages(t *testing.T, p string) {
 // disk tier warm, it is served by FUSE passthrough where the kernel has it.
 func TestOpenServedFromMemoryElsePassthrough(t *testing.T) {
 	requireFUSE(t)
+	transports(t, openServedFromMemoryElsePassthrough)
+}
+
+func openServedFromMemoryElsePassthrough(t *testing.T, flags []string) {
 	src, storeDir, mnt, cacheDir := packedTree(t, 0)
-	d := startMount(t, storeDir, mnt, cacheDir)
+	d := startMount(t, storeDir, mnt, cacheDir, flags...)
 	file := filepath.Join(mnt, "t/bin/tool")
 	compareOne(t, filepath.Join(src, "bin/tool"), file)
 	before := d.stats(t).Opens
@@ -703,7 +715,7 @@ func TestOpenServedFromMemoryElsePassthrough(t *testing.T) {
 		t.Fatalf("an open of a file in the memory tier: %+v -> %+v, want one more cached open", before, o)
 	}
 	d.stop(t)
-	d2 := startMount(t, storeDir, mnt, cacheDir)
+	d2 := startMount(t, storeDir, mnt, cacheDir, flags...)
 	compareOne(t, filepath.Join(src, "bin/tool"), file)
 	o := d2.stats(t).Opens
 	if o.Passthrough+o.Cached != 1 {

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 const uringParam = "/sys/module/fuse/parameters/enable_uring"
@@ -37,4 +39,54 @@ func checkTransport(t *testing.T, d *daemon, flags []string) {
 	if uring := slices.Contains(flags, "--fuse-uring"); uring != (n > 0) {
 		t.Errorf("%d requests answered through io_uring queues (flags %v)\n%s", n, flags, d.logs.String())
 	}
+}
+
+// TestURingSetupFailsAfterInit: once INIT has negotiated io_uring the
+// kernel holds every request until the rings are registered; rings that
+// cannot be set up (here: more entries than io_uring allows) must not leave
+// a mount whose requests wait forever. The daemon says why and serves
+// through /dev/fuse.
+func TestURingSetupFailsAfterInit(t *testing.T) {
+	requireFUSE(t)
+	transports(t, func(t *testing.T, flags []string) {
+		if flags == nil {
+			t.Skip("an io_uring case")
+		}
+		tmp := t.TempDir()
+		src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+		os.MkdirAll(src, 0o755)
+		os.WriteFile(filepath.Join(src, "f"), []byte("through /dev/fuse\n"), 0o644)
+		gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+		d := startMountNoRing(t, storeDir, mnt, filepath.Join(tmp, "cache"), "--fuse-uring", "--fuse-uring-entries", "100000")
+		done := make(chan error, 1)
+		var got []byte
+		go func() {
+			var err error
+			got, err = os.ReadFile(filepath.Join(mnt, "t", "f"))
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil || string(got) != "through /dev/fuse\n" {
+				t.Fatalf("read %q, %v", got, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a read through the mount still waits after 10 s\n%s", d.logs.String())
+		}
+		if !strings.Contains(d.logs.String(), "io_uring queues could not be set up") {
+			t.Errorf("the daemon did not say why it serves through /dev/fuse:\n%s", d.logs.String())
+		}
+		if n := d.stats(t).FUSE.URingRequests; n != 0 {
+			t.Errorf("%d requests through rings that failed to set up", n)
+		}
+	})
+}
+
+// startMountNoRing is startMount for a --fuse-uring mount expected to fall
+// back to /dev/fuse (no check that its rings answered).
+func startMountNoRing(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *daemon {
+	t.Helper()
+	d := startMount(t, storeURL, mnt, cacheDir, extra...)
+	d.ringless = true
+	return d
 }
