@@ -79,8 +79,8 @@ type Options struct {
 	// where the kernel offers it (Linux 6.14 or later, with the fuse
 	// module's enable_uring parameter set); through /dev/fuse otherwise.
 	URing bool
-	// URingEntries is how many requests each CPU's ring holds at once (4
-	// if 0); each entry has a payload buffer of MaxWrite (1 MiB).
+	// URingEntries is how many requests each CPU's ring holds at once (0:
+	// fuseuring's default); each entry has a payload buffer of 1 MiB.
 	URingEntries int
 	Debug        bool
 }

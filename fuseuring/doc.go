@@ -35,5 +35,15 @@
 //
 // The kernel switches a connection to the rings once every CPU's queue has
 // an entry registered, and ends them (completions with ENOTCONN) when the
-// connection ends; the queues then stop.
+// connection ends; the queues then stop. Between INIT and that switch it
+// holds every request; if the rings cannot be set up, Serve makes one
+// registration fail on purpose, which has the kernel turn io_uring off for
+// the connection and release them through /dev/fuse.
+//
+// Each entry's payload buffer is as large as the largest request (1 MiB),
+// so a reply of a read is copied once more than through /dev/fuse (there,
+// the kernel copies from the reply's own memory): sequential reads served
+// from the daemon's memory ran 20-25% slower on a 16-core VM (and 15-30%
+// faster on a 2-CPU one, where answering on the reader's own CPU matters
+// more).
 package fuseuring

@@ -68,9 +68,9 @@ type Options struct {
 	// entry.
 	MaxWrite int
 	// EntriesPerQueue is how many requests each CPU's queue holds at once
-	// (4 if 0). Each entry has a payload buffer as large as the largest
-	// request (1 MiB for a MaxWrite of 1 MiB), touched only as far as
-	// replies fill it.
+	// (if 0: 4, fewer on machines of more than 32 CPUs, at least 2). Each
+	// entry has a payload buffer as large as the largest request (1 MiB
+	// for a MaxWrite of 1 MiB), resident only as far as replies fill it.
 	EntriesPerQueue int
 	Logger          *slog.Logger
 }
@@ -153,15 +153,17 @@ func serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Se
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	if opt.EntriesPerQueue <= 0 {
-		opt.EntriesPerQueue = 4
-	}
 	if err := prime(ps, init); err != nil {
 		return nil, err
 	}
 	ncpu, err := possibleCPUs()
 	if err != nil {
 		return nil, err
+	}
+	if opt.EntriesPerQueue <= 0 {
+		// Each entry's payload buffer becomes resident as far as replies
+		// fill it: at most 128 MiB of them in all (2 to 4 a queue).
+		opt.EntriesPerQueue = min(4, max(2, 128/ncpu))
 	}
 	pages := (opt.MaxWrite + os.Getpagesize() - 1) / os.Getpagesize()
 	payload := max(minReadBuffer, opt.MaxWrite, pages*os.Getpagesize())

@@ -49,7 +49,7 @@ func init() {
 		acl := fs.Bool("posix-acl", false, "have the kernel enforce the POSIX ACLs packed with the files (off: served as xattrs, permission checks use the mode bits)")
 		readers := fs.Int("fuse-readers", 0, "goroutines waiting for FUSE requests (0: a quarter of GOMAXPROCS, at least 2; GOMAXPROCS is raised to this plus 2)")
 		uring := fs.Bool("fuse-uring", false, "have the kernel send FUSE requests through io_uring queues, one per CPU, each answered by a thread pinned to its CPU, where it offers them (Linux 6.14+, fuse module parameter enable_uring=1); through /dev/fuse otherwise")
-		uringEntries := fs.Int("fuse-uring-entries", 4, "with --fuse-uring: requests each CPU's ring holds at once (each has a 1 MiB buffer)")
+		uringEntries := fs.Int("fuse-uring-entries", 0, "with --fuse-uring: requests each CPU's ring holds at once, each with a 1 MiB buffer (0: 4, fewer on machines of more than 32 CPUs, at least 2)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
 		warmPages := fs.Bool("warm-page-cache", true, "a replay also puts the chunks it brings in into the kernel's page cache of their files (up to half the memory tier, 1 GiB at most), so the program's reads of them need no round trip to the daemon (=false: only into the block cache)")
