@@ -90,3 +90,35 @@ func startMountNoRing(t *testing.T, storeURL, mnt, cacheDir string, extra ...str
 	d.ringless = true
 	return d
 }
+
+// TestURingOffInKernel: --fuse-uring on a kernel that does not offer it
+// (the fuse module's enable_uring off) serves through /dev/fuse and says
+// how to turn it on.
+func TestURingOffInKernel(t *testing.T) {
+	requireFUSE(t)
+	old, err := os.ReadFile(uringParam)
+	if err != nil {
+		t.Skipf("this kernel has no FUSE over io_uring: %v", err)
+	}
+	if strings.TrimSpace(string(old)) == "Y" {
+		if err := os.WriteFile(uringParam, []byte("0"), 0); err != nil {
+			t.Skipf("cannot turn FUSE over io_uring off: %v", err)
+		}
+		t.Cleanup(func() { os.WriteFile(uringParam, []byte("1"), 0) })
+	}
+	tmp := t.TempDir()
+	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644)
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	d := startMountNoRing(t, storeDir, mnt, filepath.Join(tmp, "cache"), "--fuse-uring")
+	if b, err := os.ReadFile(filepath.Join(mnt, "t", "f")); err != nil || string(b) != "x" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if !strings.Contains(d.logs.String(), "enable_uring") {
+		t.Errorf("the daemon did not say how to turn io_uring on:\n%s", d.logs.String())
+	}
+	if n := d.stats(t).FUSE.URingRequests; n != 0 {
+		t.Errorf("%d requests through rings the kernel does not offer", n)
+	}
+}
