@@ -485,7 +485,11 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	}
 	s := &Server{Server: srv, fs: f, cancel: cancel, Dir: dir, ownMount: devFd >= 0}
 	if devFd >= 0 {
-		s.ring = serveRing(srv, devFd, rawFS, &mo, opt.URingEntries, f.log)
+		if s.ring, err = serveRing(dir, srv, devFd, rawFS, &mo, opt.URingEntries, f.log); err != nil {
+			srv.Wait()
+			cancel()
+			return nil, fmt.Errorf("mount %s: %w", dir, err)
+		}
 		f.ring.Store(s.ring)
 	}
 	f.mounted.Store(&dir)

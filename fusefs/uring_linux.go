@@ -1,9 +1,12 @@
 package fusefs
 
 import (
+	"bufio"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -78,20 +81,61 @@ func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, ur
 
 // serveRing moves the connection's requests to io_uring queues if the
 // kernel offers them; nil if it does not (requests keep coming through
-// /dev/fuse).
-func serveRing(srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, entries int, log *slog.Logger) *fuseuring.Server {
+// /dev/fuse). An error means the mount cannot serve: the kernel holds its
+// requests for rings that could not be set up (it was aborted and detached).
+func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, entries int, log *slog.Logger) (*fuseuring.Server, error) {
 	ks := srv.KernelSettings()
 	if ks.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
 		log.Info("FUSE requests come through /dev/fuse: the kernel does not offer io_uring queues (Linux 6.14 or later, with the fuse module's enable_uring parameter set: echo 1 > /sys/module/fuse/parameters/enable_uring)")
-		return nil
+		return nil, nil
 	}
 	r, err := fuseuring.Serve(fd, fuse.NewProtocolServer(rawFS, mo), ks, fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log})
+	if errors.Is(err, fuseuring.ErrStuck) {
+		if aerr := abortConnection(dir); aerr != nil {
+			err = fmt.Errorf("%w; aborting it failed too (%v): echo 1 > /sys/fs/fuse/connections/*/abort for this mount", err, aerr)
+		}
+		syscall.Unmount(dir, syscall.MNT_DETACH)
+		return nil, fmt.Errorf("io_uring queues: %w; mount without --fuse-uring", err)
+	}
 	if err != nil {
 		log.Warn("FUSE requests come through /dev/fuse: the io_uring queues could not be set up", "err", err)
-		return nil
+		return nil, nil
 	}
 	log.Info("FUSE requests come through io_uring queues, one per CPU")
-	return r
+	return r, nil
+}
+
+// abortConnection aborts the FUSE connection mounted at dir (its requests
+// then fail with ENOTCONN), found through mountinfo, without a request to
+// the mount.
+func abortConnection(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// id parent major:minor root mountpoint ...
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescape(fields[4]) != abs {
+			continue
+		}
+		_, minor, ok := strings.Cut(fields[2], ":")
+		if !ok {
+			break
+		}
+		if _, err := os.Stat("/sys/fs/fuse/connections/" + minor); err != nil {
+			// fusectl may not be mounted.
+			syscall.Mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, "")
+		}
+		return os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+	}
+	return fmt.Errorf("%s is not in /proc/self/mountinfo", abs)
 }
 
 // Unmount unmounts the filesystem and waits for its server to stop.

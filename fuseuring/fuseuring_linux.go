@@ -104,12 +104,16 @@ func Serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Se
 	s, err := serve(fd, ps, init, opt)
 	if err != nil {
 		if aerr := abandon(fd); aerr != nil {
-			return nil, fmt.Errorf("%w; and the kernel could not be told to go on without the rings (%v): its requests wait for them, so unmount", err, aerr)
+			return nil, fmt.Errorf("%w; and the kernel could not be told to go on without the rings (%v): %w", err, aerr, ErrStuck)
 		}
 		return nil, err
 	}
 	return s, nil
 }
+
+// ErrStuck (wrapped) says that the kernel still holds the connection's
+// requests for rings that will not come: the connection must be aborted.
+var ErrStuck = errors.New("its requests wait for the rings until the connection is aborted")
 
 // Preflight checks that this process can set up rings (io_uring may be
 // disabled: the kernel.io_uring_disabled sysctl, seccomp) before a mount
@@ -128,6 +132,10 @@ func Preflight() error {
 // queue that does not exist fails, and a failed REGISTER turns io_uring off
 // for the connection.
 func abandon(fd int) error {
+	// The ring is single-issuer: entered only by the thread that made it
+	// (EEXIST from any other).
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	r, err := newRing(2)
 	if err != nil {
 		return err
@@ -438,7 +446,12 @@ func (q *queue) wake(stop bool) {
 func (q *queue) loop() {
 	for {
 		if err := q.r.enter(true); err != nil {
-			q.s.log.Error("FUSE ring queue stops", "cpu", q.id, "err", err)
+			if errors.Is(err, syscall.ENOMEM) {
+				time.Sleep(time.Millisecond) // the kernel is short of memory for a moment
+				continue
+			}
+			// Requests made on this CPU now wait until the mount goes.
+			q.s.log.Error("FUSE ring queue stops: requests made on its CPU will wait until the mount is unmounted", "cpu", q.id, "err", err)
 			return
 		}
 		q.r.completions(q.complete)

@@ -71,8 +71,10 @@ type cqe struct {
 	flags    uint32
 }
 
-// ring is an io_uring instance. It is used by one thread only (the ring
-// is set up single-issuer), so it needs no lock.
+// ring is an io_uring instance. It is used by one thread only, the one
+// that made it (the ring is set up single-issuer: the kernel refuses, with
+// EEXIST, an enter from another thread), so it needs no lock; its user
+// locks its goroutine to that thread.
 type ring struct {
 	fd       int
 	sqMem    []byte
