@@ -42,25 +42,32 @@ func prepareMountpoint(dir string, log *slog.Logger) error {
 
 // mountedAt reports whether a gpuwarm FUSE filesystem is mounted at dir.
 func mountedAt(dir string) bool {
+	_, ok := gpuwarmMount(dir)
+	return ok
+}
+
+// gpuwarmMount returns the mountinfo fields of the gpuwarm FUSE filesystem
+// mounted at dir (id parent major:minor root mountpoint options ... - fstype
+// source super), read without a request to the mount.
+func gpuwarmMount(dir string) ([]string, bool) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		return nil, false
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		// id parent major:minor root mountpoint options ... - fstype source super
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 || unescape(fields[4]) != dir {
 			continue
 		}
 		for i, fld := range fields {
 			if fld == "-" && i+1 < len(fields) && fields[i+1] == "fuse.gpuwarm" {
-				return true
+				return fields, true
 			}
 		}
 	}
-	return false
+	return nil, false
 }
 
 func unescape(s string) string {

@@ -1,7 +1,6 @@
 package fusefs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,29 +112,19 @@ func abortConnection(dir string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return err
+	fields, ok := gpuwarmMount(abs)
+	if !ok {
+		return fmt.Errorf("no gpuwarm mount at %s in /proc/self/mountinfo", abs)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint ...
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescape(fields[4]) != abs {
-			continue
-		}
-		_, minor, ok := strings.Cut(fields[2], ":")
-		if !ok {
-			break
-		}
-		if _, err := os.Stat("/sys/fs/fuse/connections/" + minor); err != nil {
-			// fusectl may not be mounted.
-			syscall.Mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, "")
-		}
-		return os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+	_, minor, ok := strings.Cut(fields[2], ":")
+	if !ok {
+		return fmt.Errorf("mountinfo: no device number for %s", abs)
 	}
-	return fmt.Errorf("%s is not in /proc/self/mountinfo", abs)
+	if _, err := os.Stat("/sys/fs/fuse/connections/" + minor); err != nil {
+		// fusectl may not be mounted.
+		syscall.Mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, "")
+	}
+	return os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
 }
 
 // Unmount unmounts the filesystem and waits for its server to stop.

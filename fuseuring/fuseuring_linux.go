@@ -394,13 +394,20 @@ func putIovec(dst, b []byte) {
 	binary.LittleEndian.PutUint64(dst[8:], uint64(len(b)))
 }
 
-// command queues a REGISTER or COMMIT_AND_FETCH for entry i.
-func (q *queue) command(i int, op uint32, commitID uint64) {
+// sqe returns the next submission entry, submitting what is queued first
+// if the ring is full.
+func (q *queue) sqe() (*sqe, []byte) {
 	s, cmd := q.r.next()
 	for s == nil {
 		q.r.enter(false)
 		s, cmd = q.r.next()
 	}
+	return s, cmd
+}
+
+// command queues a REGISTER or COMMIT_AND_FETCH for entry i.
+func (q *queue) command(i int, op uint32, commitID uint64) {
+	s, cmd := q.sqe()
 	s.opcode = opURingCmd
 	s.fd = int32(q.fuseFd)
 	s.off = uint64(op)
@@ -415,11 +422,7 @@ func (q *queue) command(i int, op uint32, commitID uint64) {
 }
 
 func (q *queue) armEventfd() {
-	s, _ := q.r.next()
-	for s == nil {
-		q.r.enter(false)
-		s, _ = q.r.next()
-	}
+	s, _ := q.sqe()
 	s.opcode = opRead
 	s.fd = int32(q.evfd)
 	s.addr = uint64(uintptr(unsafe.Pointer(&q.evbuf[0])))
