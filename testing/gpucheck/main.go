@@ -50,6 +50,7 @@ var (
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
 	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
+	uring   = flag.Bool("fuse-uring", false, "serve the mount's FUSE requests through io_uring queues (sets the fuse module's enable_uring for the run)")
 	t0      = time.Now()
 	// remapIdentity makes the next restore pass explicit GPU UUID pairs.
 	remapIdentity bool
@@ -76,16 +77,20 @@ func check(name string, err error) bool {
 	return true
 }
 
-func main() {
+func main() { os.Exit(run()) }
+
+// run is main, returning the exit code so that its deferred cleanups (the
+// mount, the fuse module's parameter) run before the process exits.
+func run() int {
 	flag.Parse()
 	if _, err := os.Stat("/dev/nvidiactl"); err != nil {
 		fmt.Println("gpucheck: skipping: no NVIDIA GPU on this machine (/dev/nvidiactl missing)")
-		return
+		return 0
 	}
 	inv, err := gpu.ReadInventory()
 	if err != nil {
 		fmt.Println("gpucheck: skipping:", err)
-		return
+		return 0
 	}
 	fmt.Printf("gpucheck %s: %s, driver %s, CUDA %s\n", *mode, inv.GPUs[0].Name, inv.Driver, inv.CUDAString())
 	if *mode == "driver" {
@@ -100,7 +105,7 @@ func main() {
 		if failed > 0 {
 			os.Exit(1)
 		}
-		return
+		return 0
 	}
 	if crit, err = restore.FindCRIU(ctx); err != nil {
 		fmt.Println("gpucheck:", err)
@@ -118,12 +123,25 @@ func main() {
 		fmt.Println(err)
 		os.Exit(1)
 	}
-	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log})
+	if *uring {
+		const param = "/sys/module/fuse/parameters/enable_uring"
+		if old, err := os.ReadFile(param); err == nil && strings.TrimSpace(string(old)) != "Y" {
+			if err := os.WriteFile(param, []byte("1"), 0); err != nil {
+				fmt.Println("cannot turn FUSE over io_uring on:", err)
+				os.Exit(1)
+			}
+			defer os.WriteFile(param, []byte("0"), 0)
+		}
+	}
+	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log, URing: *uring})
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
 	}
 	defer srv.Close()
+	if *uring {
+		defer func() { fmt.Printf("FUSE requests answered through io_uring queues: %d\n", srv.URingRequests()) }()
+	}
 	pyEnv = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	script, _ := filepath.Abs(*script)
 	var rows []bu.Row
@@ -136,8 +154,9 @@ func main() {
 	}
 	fmt.Printf("gpucheck: %d passed, %d failed\n", passed, failed)
 	if failed > 0 {
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 func runSize(script string, gb float64) []bu.Row {
