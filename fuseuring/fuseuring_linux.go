@@ -210,17 +210,12 @@ func serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Se
 }
 
 // Wait waits until every queue has stopped: the connection ended (the
-// mount went away) or Stop was called.
+// mount went away). There is no stopping them before: once the kernel
+// sends through the rings, requests of a CPU whose queue is gone would
+// wait until the connection ends.
 func (s *Server) Wait() { s.wg.Wait() }
 
-// Stop stops the queues. Only for a connection that is ending: once the
-// kernel sends through the rings, requests of a CPU whose queue is gone
-// wait until the connection ends.
-func (s *Server) Stop() {
-	s.stop()
-	s.wg.Wait()
-}
-
+// stop ends queues that failed to start alongside one that did not.
 func (s *Server) stop() {
 	for _, q := range s.queues {
 		q.wake(true)

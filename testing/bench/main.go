@@ -281,12 +281,7 @@ func benchMount(dir string) error {
 	// (measured first, before pack): on some machines the two read at
 	// different speeds (the 2-CPU VM: 22 against 15 GB/s).
 	hot := func(root string, seq bool) error {
-		if _, err := once(src, seq); err != nil { // its page cache back
-			return err
-		}
-		dn, dm, err := alternate(hotReps,
-			func() (time.Duration, error) { return once(src, seq) },
-			func() (time.Duration, error) { return once(root, seq) })
+		dn, dm, err := hotPasses(src, root, seq, once)
 		if err != nil {
 			return fmt.Errorf("gpuwarm hot: %w%s", err, mountLog(root))
 		}
@@ -463,23 +458,29 @@ func benchMount(dir string) error {
 	return nil
 }
 
+// hotPasses times hotReps passes over root (page cache warm), each right
+// after a pass over the native files at src, and returns the best of each
+// side; the native files are read once first, to put their page cache
+// back.
+func hotPasses(src, root string, seq bool, once func(string, bool) (time.Duration, error)) (native, mount time.Duration, err error) {
+	if _, err := once(src, seq); err != nil {
+		return 0, 0, err
+	}
+	return alternate(hotReps,
+		func() (time.Duration, error) { return once(src, seq) },
+		func() (time.Duration, error) { return once(root, seq) })
+}
+
 // hotURing adds the hot and memory-tier rows of a mount whose requests
 // come through io_uring queues (--fuse-uring), where the kernel has them:
 // its fuse module's enable_uring parameter is set for it, and put back.
 func hotURing(storeDir, mnt, cacheDir, src, img string, once func(string, bool) (time.Duration, error), addRow func(name, base, goal string, seq bool, d time.Duration)) error {
-	const param = "/sys/module/fuse/parameters/enable_uring"
-	old, err := os.ReadFile(param)
+	restore, err := bu.SetFUSEURing(true)
 	if err != nil {
-		fmt.Printf("(no io_uring rows: this kernel has no FUSE over io_uring: %v)\n", err)
+		fmt.Printf("(no io_uring rows: %v)\n", err)
 		return nil
 	}
-	if strings.TrimSpace(string(old)) != "Y" {
-		if err := os.WriteFile(param, []byte("1"), 0); err != nil {
-			fmt.Printf("(no io_uring rows: cannot set %s: %v)\n", param, err)
-			return nil
-		}
-		defer os.WriteFile(param, []byte("0"), 0)
-	}
+	defer restore()
 	m, err := startMount(storeDir, mnt, cacheDir, "--fuse-uring")
 	if err != nil {
 		return err
@@ -489,12 +490,7 @@ func hotURing(storeDir, mnt, cacheDir, src, img string, once func(string, bool) 
 		return fmt.Errorf("io_uring mount: %w%s", err, mountLog(img))
 	}
 	m.waitIdle(2 * time.Minute)
-	if _, err := once(src, true); err != nil {
-		return err
-	}
-	dn, dm, err := alternate(hotReps,
-		func() (time.Duration, error) { return once(src, true) },
-		func() (time.Duration, error) { return once(img, true) })
+	dn, dm, err := hotPasses(src, img, true, once)
 	if err != nil {
 		return fmt.Errorf("io_uring mount, hot: %w%s", err, mountLog(img))
 	}

@@ -328,3 +328,25 @@ func (p *Pipes) Ask(req string, timeout time.Duration) (string, error) {
 	}
 	return p.ReadLine(timeout)
 }
+
+// FUSEURingParam is the fuse module's switch for FUSE over io_uring.
+const FUSEURingParam = "/sys/module/fuse/parameters/enable_uring"
+
+// SetFUSEURing turns FUSE over io_uring on or off for new connections and
+// returns what puts the switch back as it was. An error says this kernel
+// has no such switch, or that it cannot be set (not root).
+func SetFUSEURing(on bool) (restore func(), err error) {
+	old, err := os.ReadFile(FUSEURingParam)
+	if err != nil {
+		return nil, fmt.Errorf("no FUSE over io_uring in this kernel (Linux 6.14+ with CONFIG_FUSE_IO_URING): %w", err)
+	}
+	was := strings.TrimSpace(string(old)) == "Y"
+	if was == on {
+		return func() {}, nil
+	}
+	val := map[bool]string{true: "1", false: "0"}
+	if err := os.WriteFile(FUSEURingParam, []byte(val[on]), 0); err != nil {
+		return nil, fmt.Errorf("cannot set %s: %w", FUSEURingParam, err)
+	}
+	return func() { os.WriteFile(FUSEURingParam, []byte(val[was]), 0) }, nil
+}

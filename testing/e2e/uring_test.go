@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-const uringParam = "/sys/module/fuse/parameters/enable_uring"
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+)
 
 // transports runs test once with requests through /dev/fuse and once
 // through io_uring queues (--fuse-uring), with the fuse module's
@@ -17,16 +17,11 @@ const uringParam = "/sys/module/fuse/parameters/enable_uring"
 func transports(t *testing.T, test func(t *testing.T, flags []string)) {
 	t.Run("dev-fuse", func(t *testing.T) { test(t, nil) })
 	t.Run("io_uring", func(t *testing.T) {
-		old, err := os.ReadFile(uringParam)
+		restore, err := bu.SetFUSEURing(true)
 		if err != nil {
-			t.Skipf("this kernel has no FUSE over io_uring (Linux 6.14+ built with CONFIG_FUSE_IO_URING): %v", err)
+			t.Skip(err)
 		}
-		if strings.TrimSpace(string(old)) != "Y" {
-			if err := os.WriteFile(uringParam, []byte("1"), 0); err != nil {
-				t.Skipf("cannot enable FUSE over io_uring: %v", err)
-			}
-			t.Cleanup(func() { os.WriteFile(uringParam, []byte("0"), 0) })
-		}
+		t.Cleanup(restore)
 		test(t, []string{"--fuse-uring"})
 	})
 }
@@ -96,16 +91,11 @@ func startMountNoRing(t *testing.T, storeURL, mnt, cacheDir string, extra ...str
 // how to turn it on.
 func TestURingOffInKernel(t *testing.T) {
 	requireFUSE(t)
-	old, err := os.ReadFile(uringParam)
+	restore, err := bu.SetFUSEURing(false)
 	if err != nil {
-		t.Skipf("this kernel has no FUSE over io_uring: %v", err)
+		t.Skip(err)
 	}
-	if strings.TrimSpace(string(old)) == "Y" {
-		if err := os.WriteFile(uringParam, []byte("0"), 0); err != nil {
-			t.Skipf("cannot turn FUSE over io_uring off: %v", err)
-		}
-		t.Cleanup(func() { os.WriteFile(uringParam, []byte("1"), 0) })
-	}
+	t.Cleanup(restore)
 	tmp := t.TempDir()
 	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
 	os.MkdirAll(src, 0o755)

@@ -124,14 +124,12 @@ func run() int {
 		os.Exit(1)
 	}
 	if *uring {
-		const param = "/sys/module/fuse/parameters/enable_uring"
-		if old, err := os.ReadFile(param); err == nil && strings.TrimSpace(string(old)) != "Y" {
-			if err := os.WriteFile(param, []byte("1"), 0); err != nil {
-				fmt.Println("cannot turn FUSE over io_uring on:", err)
-				os.Exit(1)
-			}
-			defer os.WriteFile(param, []byte("0"), 0)
+		restore, err := bu.SetFUSEURing(true)
+		if err != nil {
+			fmt.Println("gpucheck -fuse-uring:", err)
+			return 1
 		}
+		defer restore()
 	}
 	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log, URing: *uring})
 	if err != nil {
