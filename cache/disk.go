@@ -324,6 +324,17 @@ func (d *diskTier) lookup(id digest.ID, countMiss bool) (diskEntry, bool) {
 	return *el.Value.(*diskEntry), true
 }
 
+// peek returns the entry of id, without making it recently used.
+func (d *diskTier) peek(id digest.ID) (diskEntry, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	el, ok := d.entries[id]
+	if !ok {
+		return diskEntry{}, false
+	}
+	return *el.Value.(*diskEntry), true
+}
+
 // get reads and verifies an entry into a buffer from pool (one reference).
 func (d *diskTier) get(id digest.ID, size uint32, pool *bufPool) (*buf, error) {
 	e, ok := d.lookup(id, true)

@@ -168,7 +168,7 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 	if ok {
 		return ix, nil
 	}
-	v, err, _ := f.loadSF.Do(id.String(), func() (any, error) {
+	v, err := shared(ctx, &f.loadSF, id.String(), func() (any, error) {
 		// Shared by every caller waiting: one caller's interrupted
 		// request (a signal to its process) must not fail the others.
 		if f.opt.Loading != nil {
@@ -297,7 +297,7 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 	f.tagsMu.Unlock()
 	// Shared by concurrent lookups of the name: one caller's interrupt
 	// does not fail the others.
-	v, err, _ := f.tagSF.Do(name, func() (any, error) {
+	v, err := shared(ctx, &f.tagSF, name, func() (any, error) {
 		id, err := store.ReadTag(context.WithoutCancel(ctx), f.st, name)
 		if errors.Is(err, store.ErrNotFound) {
 			f.tagsMu.Lock()
@@ -313,6 +313,9 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 		f.tagsMu.Unlock()
 		return id, nil
 	})
+	if err != nil && ctx.Err() != nil {
+		return digest.Zero, false, err // interrupted: no fallback
+	}
 	if err != nil {
 		f.tagsMu.Lock()
 		e, seen := f.named[name]
@@ -325,6 +328,20 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 	}
 	id = v.(digest.ID)
 	return id, id != digest.Zero, nil
+}
+
+// shared runs fn once for every concurrent caller of key (fn must not use
+// a caller's ctx: it works for them all), and returns its result, or
+// ctx's error as soon as the caller's request is interrupted (a signal to
+// its process: the kernel waits for an answer even for a process being
+// killed) while fn goes on for the others and for the next caller.
+func shared(ctx context.Context, g *singleflight.Group, key string, fn func() (any, error)) (any, error) {
+	select {
+	case r := <-g.DoChan(key, fn):
+		return r.Val, r.Err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // readaheadLoop serves background reads: chunks a sequential reader will

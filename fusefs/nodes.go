@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -50,6 +51,9 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(time.Hour)
 		return r.NewInode(ctx, &byIDNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}), 0
 	}
+	if fuseuring.OnQueueThread() {
+		return nil, fuseuring.WouldWait // the store may have to be asked
+	}
 	id, ok, err := r.fsys.resolveTag(ctx, name, false)
 	if err != nil {
 		r.fsys.log.Error("cannot resolve a tag", "tag", name, "store", r.fsys.st.Location(), "err", err)
@@ -69,6 +73,9 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	if fuseuring.OnQueueThread() {
+		return nil, fuseuring.WouldWait
+	}
 	tags, err := r.fsys.resolveTags(ctx, false)
 	if err != nil {
 		r.fsys.log.Error("cannot list tags", "store", r.fsys.st.Location(), "err", err)
@@ -113,6 +120,9 @@ func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	id, err := digest.Parse(name)
 	if err != nil || strings.ToLower(name) != name {
 		return nil, syscall.ENOENT
+	}
+	if fuseuring.OnQueueThread() {
+		return nil, fuseuring.WouldWait // the image may have to be loaded
 	}
 	return imageRoot(ctx, &b.Inode, b.fsys, id, out)
 }

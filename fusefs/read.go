@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -73,6 +74,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case n.passthroughOpens > 0:
 		h.passthrough = true
 	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
+	case wouldHash(n.fsys, e):
+		// Opening the disk-tier copy means hashing it first.
+		return nil, 0, fuseuring.WouldWait
 	case len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles:
 		h.passthrough = n.openAssembled(e)
 	case n.inPageCache.Load():
@@ -109,6 +113,11 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	}
 	size := min(int64(len(dest)), e.Size-off)
 	first, last := n.img.ChunkSpan(n.idx, off, size)
+	if fuseuring.OnQueueThread() && !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
+		// Not from memory: a goroutine asks again (the ring's CPU has
+		// other requests to answer meanwhile).
+		return nil, fuseuring.WouldWait
+	}
 	// The reply is the chunks' own bytes in the memory tier (views), not a
 	// copy in go-fuse's reply buffer (dest stays untouched): the kernel
 	// copies them into its page cache, and the views are let go once it has.
@@ -154,6 +163,22 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		n.fsys.queueReadahead(c.ID, c.Size)
 	}
 	return res, 0
+}
+
+// wouldHash reports whether, on a ring queue's thread, an open of e may
+// have to hash its disk-tier copy (not yet verified by this daemon): that
+// takes ~0.3 s a GiB, too long to hold up the other requests of the CPU.
+func wouldHash(f *FS, e *manifest.Entry) bool {
+	if !fuseuring.OnQueueThread() || f.opt.NoPassthrough {
+		return false
+	}
+	switch {
+	case len(e.Chunks) > 1 && f.opt.AssembleFiles:
+		return f.cache.WouldHash(cache.FileID(e.Chunks))
+	case len(e.Chunks) == 1:
+		return !f.cache.InMemory(e.Chunks[0].ID) && f.cache.WouldHash(e.Chunks[0].ID)
+	}
+	return false
 }
 
 // openAssembled decides how a multi-chunk file is opened while no other

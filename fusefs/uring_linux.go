@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -88,7 +90,15 @@ func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, m
 		log.Info("FUSE requests come through /dev/fuse: the kernel does not offer io_uring queues (Linux 6.14 or later, with the fuse module's enable_uring parameter set: echo 1 > /sys/module/fuse/parameters/enable_uring)")
 		return nil, nil
 	}
-	r, err := fuseuring.Serve(fd, fuse.NewProtocolServer(rawFS, mo), ks, fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log})
+	opt := fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log}
+	ps, ok := ownProtocolServer(srv)
+	if ok {
+		opt.Primed = true
+	} else {
+		log.Warn("go-fuse's Server is not laid out as this build expects: the rings get a protocol server of their own, and a signal to a process waiting on the mount does not cancel its request")
+		ps = fuse.NewProtocolServer(rawFS, mo)
+	}
+	r, err := fuseuring.Serve(fd, ps, ks, opt)
 	if errors.Is(err, fuseuring.ErrStuck) {
 		if aerr := abortConnection(dir); aerr != nil {
 			err = fmt.Errorf("%w; aborting it failed too (%v): echo 1 > /sys/fs/fuse/connections/*/abort for this mount", err, aerr)
@@ -102,6 +112,25 @@ func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, m
 	}
 	log.Info("FUSE requests come through io_uring queues, one per CPU")
 	return r, nil
+}
+
+// ownProtocolServer returns srv's own protocol server, the one its
+// /dev/fuse readers hand requests to, as a fuse.ProtocolServer, so that
+// requests answered through the rings are among those an INTERRUPT (which
+// comes through /dev/fuse) looks for. go-fuse does not export it: a Server
+// embeds it first and a ProtocolServer is nothing else, which is checked
+// here (false if a go-fuse version changes that).
+func ownProtocolServer(srv *fuse.Server) (*fuse.ProtocolServer, bool) {
+	st, pt := reflect.TypeFor[fuse.Server](), reflect.TypeFor[fuse.ProtocolServer]()
+	if st.NumField() == 0 || pt.NumField() != 1 {
+		return nil, false
+	}
+	sf, pf := st.Field(0), pt.Field(0)
+	if !sf.Anonymous || sf.Name != "protocolServer" || sf.Offset != 0 ||
+		pf.Type != sf.Type || pf.Offset != 0 || pt.Size() != sf.Type.Size() {
+		return nil, false
+	}
+	return (*fuse.ProtocolServer)(unsafe.Pointer(srv)), true
 }
 
 // abortConnection aborts the FUSE connection mounted at dir (its requests

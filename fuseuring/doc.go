@@ -17,21 +17,26 @@
 // The protocol is go-fuse's: requests are handed, as the bytes the kernel
 // put in the ring entry, to a fuse.ProtocolServer over the same
 // RawFileSystem the /dev/fuse server uses (it still handles INIT, FORGET,
-// INTERRUPT and notifications). Interrupts for requests answered here find
-// no request on the /dev/fuse side and are answered EAGAIN, which has the
-// kernel send them again until the request is answered.
+// INTERRUPT and notifications). Best, it is the /dev/fuse server's own
+// protocol server (Options.Primed): an INTERRUPT, which comes through
+// /dev/fuse, then finds the request it is for when that request is being
+// answered here, and cancels it. With a protocol server of its own, an
+// interrupt for a request answered here finds nothing and is answered
+// EAGAIN, which has the kernel send it again until the request is answered.
 //
-// A queue's thread answers on itself the requests a filesystem answers
-// from memory (GETATTR, OPEN, RELEASE, xattrs, READLINK, STATFS, OPENDIR,
-// RELEASEDIR, ACCESS, FLUSH), and the others (READ, LOOKUP, READDIR...)
-// too, until one of them takes longer than a millisecond: for the next
-// 100 ms that queue then hands them to goroutines (a read waiting on the
-// network must not hold up the requests made on the same CPU behind it),
-// whose replies go back to the queue's thread through an eventfd the ring
-// reads. Answering on the queue's thread matters for reads too: handing a
-// read served from memory to a goroutine and back costs two more wakeups.
-// A filesystem whose OPEN may be slow delays, by as much, the other
-// requests made on the same CPU meanwhile.
+// A queue's thread answers on itself what the filesystem can answer
+// without waiting: a request answered there holds up the requests made on
+// its CPU behind it (a process exiting while its readahead waits on the
+// network: its FLUSH would wait as long). So the filesystem, asked on a
+// queue's thread (OnQueueThread), answers WouldWait instead of waiting (a
+// read of bytes not in memory, an open that must hash a file first, a
+// lookup that must ask a store); the queue then hands the request to a
+// goroutine, whose reply goes back to the queue's thread through an
+// eventfd the ring reads. As a backstop for waits the filesystem did not
+// foresee, once a READ, LOOKUP, READDIR... took longer than a millisecond
+// the queue hands those to goroutines for the next 100 ms. Answering on the
+// queue's thread matters for reads too: handing a read served from memory
+// to a goroutine and back costs two more wakeups.
 //
 // The kernel switches a connection to the rings once every CPU's queue has
 // an entry registered, and ends them (completions with ENOTCONN) when the

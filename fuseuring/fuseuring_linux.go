@@ -36,8 +36,9 @@ const (
 	opInit = 26
 )
 
-// Opcodes always answered on the queue's own thread: the filesystem
-// answers them from memory (see the package documentation). Others (READ,
+// Opcodes always answered on the queue's own thread (unless the
+// filesystem answers WouldWait): it answers them from memory (see the
+// package documentation). Others (READ,
 // LOOKUP, READDIR...) are too, unless one of them took longer than
 // slowAnswer on this queue in the last slowWindow: then they are answered
 // by goroutines, so that one waiting on the network does not hold up the
@@ -72,7 +73,13 @@ type Options struct {
 	// entry has a payload buffer as large as the largest request (1 MiB
 	// for a MaxWrite of 1 MiB), resident only as far as replies fill it.
 	EntriesPerQueue int
-	Logger          *slog.Logger
+	// Primed says that ps has already answered the connection's INIT: it
+	// is the /dev/fuse server's own (see fusefs), so that an INTERRUPT,
+	// which the kernel sends through /dev/fuse, finds the request it is
+	// for among those answered here. Otherwise Serve hands ps a copy of
+	// the kernel's INIT first.
+	Primed bool
+	Logger *slog.Logger
 }
 
 // Server answers a FUSE connection's requests through io_uring queues,
@@ -161,8 +168,10 @@ func serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Se
 	if opt.Logger == nil {
 		opt.Logger = slog.Default()
 	}
-	if err := prime(ps, init); err != nil {
-		return nil, err
+	if !opt.Primed {
+		if err := prime(ps, init); err != nil {
+			return nil, err
+		}
 	}
 	ncpu, err := possibleCPUs()
 	if err != nil {
@@ -303,13 +312,36 @@ type entry struct {
 	payload []byte
 	in      []byte // a copy of the request's payload (names), which
 	// the reply may overwrite in place
-	iov []byte // two struct iovec, read by the kernel at REGISTER
+	inHeader [inHeaderSize]byte // a copy of the request's header, likewise
+	opSize   int                // the size of its op_in part
+	iov      []byte             // two struct iovec, read by the kernel at REGISTER
+}
+
+// WouldWait is what a filesystem answers, on a queue's thread
+// (OnQueueThread), a request it cannot answer without waiting (on the
+// network, a disk, a lock held long): the queue then has a goroutine ask
+// again, and answers the requests behind it meanwhile. It never reaches
+// the kernel. (It is the kernel's ERESTARTSYS, which no FUSE reply means.)
+const WouldWait = syscall.Errno(512)
+
+// queueThreads holds the thread IDs of the queues' threads.
+var queueThreads sync.Map
+
+// OnQueueThread reports whether the caller runs on a queue's thread: a
+// request it answers holds up the requests made on that CPU until it is
+// answered. A filesystem answers WouldWait there rather than wait.
+func OnQueueThread() bool {
+	_, ok := queueThreads.Load(unix.Gettid())
+	return ok
 }
 
 const evTag = ^uint64(0)
 
 func (q *queue) run(ready chan<- error) {
 	runtime.LockOSThread() // never unlocked: the thread, pinned, ends with it
+	tid := unix.Gettid()
+	queueThreads.Store(tid, true)
+	defer queueThreads.Delete(tid)
 	var set unix.CPUSet
 	set.Set(q.id)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
@@ -481,19 +513,26 @@ func (q *queue) complete(c cqe) {
 		return
 	}
 	e := &q.ents[i]
-	op := binary.LittleEndian.Uint32(e.header[4:])
-	if inlineOps[op] {
-		q.answer(e)
+	q.s.requests.Add(1)
+	if !q.load(e) {
 		q.commit(i)
 		return
 	}
-	if t := time.Now(); t.After(q.slowUntil) {
-		q.answer(e)
-		q.commit(i)
-		if end := time.Now(); end.Sub(t) > slowAnswer {
-			q.slowUntil = end.Add(slowWindow)
+	op := binary.LittleEndian.Uint32(e.inHeader[4:])
+	switch t := time.Now(); {
+	case inlineOps[op]:
+		if q.answer(e) {
+			q.commit(i)
+			return
 		}
-		return
+	case t.After(q.slowUntil):
+		if q.answer(e) {
+			q.commit(i)
+			if end := time.Now(); end.Sub(t) > slowAnswer {
+				q.slowUntil = end.Add(slowWindow)
+			}
+			return
+		}
 	}
 	q.async(i, e)
 }
@@ -503,7 +542,9 @@ func (q *queue) async(i int, e *entry) {
 	q.inflight.Add(1)
 	go func() {
 		defer q.inflight.Done()
-		q.answer(e)
+		if !q.answer(e) {
+			q.reply(e, binary.LittleEndian.Uint64(e.inHeader[8:]), syscall.EIO, 0)
+		}
 		q.mu.Lock()
 		q.done = append(q.done, i)
 		q.mu.Unlock()
@@ -516,10 +557,10 @@ func (q *queue) commit(i int) {
 	q.command(i, cmdCommitAndFetch, binary.LittleEndian.Uint64(e.header[entInOutOffset+8:]))
 }
 
-// answer has ps answer the request in e, and puts the reply in e: the out
-// header where the in header was, the rest in the payload buffer.
-func (q *queue) answer(e *entry) {
-	q.s.requests.Add(1)
+// load copies the request in e (its header, its payload) out of the
+// places the reply is written to, and checks its sizes; false if they are
+// impossible (then it has put an EIO reply in e).
+func (q *queue) load(e *entry) bool {
 	h := e.header
 	length := int(binary.LittleEndian.Uint32(h[0:]))
 	unique := binary.LittleEndian.Uint64(h[8:])
@@ -528,15 +569,27 @@ func (q *queue) answer(e *entry) {
 	if opSize < 0 || opSize > opInOutSize || payloadSize > len(e.payload) {
 		q.s.log.Error("FUSE ring request with impossible sizes; answered EIO", "len", length, "payload", payloadSize)
 		q.reply(e, unique, syscall.EIO, 0)
-		return
+		return false
 	}
+	copy(e.inHeader[:], h[:inHeaderSize])
+	e.opSize = opSize
 	if cap(e.in) < payloadSize {
 		e.in = make([]byte, payloadSize)
 	}
-	in := e.in[:payloadSize]
-	copy(in, e.payload)
+	e.in = e.in[:payloadSize]
+	copy(e.in, e.payload)
+	return true
+}
+
+// answer has ps answer the request loaded in e, and puts the reply in e:
+// the out header where the in header was, the rest in the payload buffer.
+// It returns false, with no reply, if the filesystem answered WouldWait on
+// a queue's thread: then a goroutine must ask again.
+func (q *queue) answer(e *entry) bool {
+	h := e.header
+	unique := binary.LittleEndian.Uint64(e.inHeader[8:])
 	n, st := q.ps.HandleRequest(
-		[][]byte{h[:inHeaderSize], h[inOutHeaderSize : inOutHeaderSize+opSize], in},
+		[][]byte{e.inHeader[:], h[inOutHeaderSize : inOutHeaderSize+e.opSize], e.in},
 		[][]byte{h[:outHeaderSize], e.payload})
 	if !st.Ok() || n < outHeaderSize {
 		// Malformed, or a request that wants no reply: neither comes
@@ -545,9 +598,21 @@ func (q *queue) answer(e *entry) {
 			st = fuse.ENOSYS
 		}
 		q.reply(e, unique, syscall.Errno(st), 0)
-		return
+		return true
+	}
+	if -int32(binary.LittleEndian.Uint32(h[4:])) == int32(WouldWait) {
+		return !OnQueueThread() && q.wouldWaitOffQueue(e, unique)
 	}
 	binary.LittleEndian.PutUint32(h[entInOutOffset+16:], uint32(n-outHeaderSize))
+	return true
+}
+
+// wouldWaitOffQueue turns a WouldWait answered off the queue's threads
+// (the filesystem must not) into EIO.
+func (q *queue) wouldWaitOffQueue(e *entry, unique uint64) bool {
+	q.s.log.Error("FUSE request answered WouldWait off a ring queue's thread; answered EIO", "opcode", binary.LittleEndian.Uint32(e.inHeader[4:]))
+	q.reply(e, unique, syscall.EIO, 0)
+	return true
 }
 
 func (q *queue) reply(e *entry, unique uint64, errno syscall.Errno, payload int) {

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,4 +114,58 @@ func TestURingOffInKernel(t *testing.T) {
 	if n := d.stats(t).FUSE.URingRequests; n != 0 {
 		t.Errorf("%d requests through rings the kernel does not offer", n)
 	}
+}
+
+// TestSignalEndsWaitOnSlowStore: a process killed while it waits on the
+// store ends at once. A lookup (the tag: 4 s away) waits for its answer
+// even once the process is killed: the kernel sends the daemon an
+// INTERRUPT (through /dev/fuse, also for a request answered through an
+// io_uring queue), which must find the request and cancel it. A read
+// (10 s for the file's one chunk) is readahead the process does not wait
+// for once killed, but its exit closes the file, whose FLUSH must not queue
+// behind that read on the ring of the CPU it ran on.
+func TestSignalEndsWaitOnSlowStore(t *testing.T) {
+	requireFUSE(t)
+	transports(t, signalEndsWaitOnSlowStore)
+}
+
+func signalEndsWaitOnSlowStore(t *testing.T, flags []string) {
+	_, storeDir, mnt, cacheDir := packedTree(t, 0)
+	f := filepath.Join(mnt, "t", "exact-chunk.bin") // 1 MiB of random bytes
+	killed := func(d *daemon, what string, name string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Stdout = io.Discard
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		select {
+		case err := <-exited:
+			t.Fatalf("%s: ended before the store could have answered: %v", what, err)
+		case <-time.After(time.Second):
+		}
+		start := time.Now()
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+			t.Logf("%s: ended %v after SIGTERM", what, time.Since(start).Round(time.Millisecond))
+		case <-time.After(2 * time.Second):
+			t.Errorf("%s: still waiting on the mount 2 s after SIGTERM\n%s", what, d.logs.String())
+			<-exited
+		}
+	}
+	d := startMount(t, storeDir+"?sim-latency=4s&sim-bandwidth=1e9", mnt, cacheDir, flags...)
+	killed(d, "stat of a file under a tag", "stat", f)
+	checkTransport(t, d, flags)
+	d.stop(t)
+
+	d = startMount(t, storeDir+"?sim-latency=1ms&sim-bandwidth=100000", mnt, cacheDir+"2", flags...)
+	defer d.stop(t)
+	if _, err := os.Stat(f); err != nil {
+		t.Fatal(err)
+	}
+	killed(d, "read of a file", "cat", f)
+	checkTransport(t, d, flags)
 }
