@@ -245,10 +245,17 @@ func (n *node) noteServed(k, size int64) {
 // program's time (26 ms for a 384 MB file on the benchmark VM, a quarter
 // of a hot read of the benchmark's files). It also keeps the file from
 // being cached twice. Not while the file is open.
+//
+// openMu is not held across the notification: in it the kernel waits for
+// pages that reads in flight (readahead outlives a close) have locked, and
+// with --fuse-uring such a read may be queued for a ring whose thread is
+// itself waiting for openMu in an OPEN made on its CPU: a deadlock. An open
+// slipping in between finds its pages dropped, which only costs reads.
 func (n *node) dropPageCache() {
 	n.openMu.Lock()
-	defer n.openMu.Unlock()
-	if n.cachedOpens > 0 || n.passthroughOpens > 0 {
+	open := n.cachedOpens > 0 || n.passthroughOpens > 0
+	n.openMu.Unlock()
+	if open {
 		return
 	}
 	if errno := n.NotifyContent(0, 0); errno != 0 {

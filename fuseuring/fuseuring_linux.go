@@ -215,6 +215,9 @@ func serve(fd int, ps *fuse.ProtocolServer, init *fuse.InitIn, opt Options) (*Se
 		s.wg.Wait()
 		return nil, first
 	}
+	stop := make(chan struct{})
+	go func() { s.wg.Wait(); close(stop) }()
+	go s.watch(stop)
 	return s, nil
 }
 
@@ -300,6 +303,12 @@ type queue struct {
 
 	slowUntil time.Time // answer what may wait in goroutines until then
 
+	// busySince is when the queue's thread began answering a request
+	// (unix nanoseconds; 0 while it is not), busyOp that request's opcode:
+	// the watchdog reports a thread held up long.
+	busySince atomic.Int64
+	busyOp    atomic.Uint32
+
 	mu       sync.Mutex
 	done     []int // entries answered by goroutines, to commit
 	stopping bool
@@ -314,7 +323,10 @@ type entry struct {
 	// the reply may overwrite in place
 	inHeader [inHeaderSize]byte // a copy of the request's header, likewise
 	opSize   int                // the size of its op_in part
-	iov      []byte             // two struct iovec, read by the kernel at REGISTER
+	// The command last sent for the entry, to send again if interrupted.
+	lastCmd    uint32
+	lastCommit uint64
+	iov        []byte // two struct iovec, read by the kernel at REGISTER
 }
 
 // WouldWait is what a filesystem answers, on a queue's thread
@@ -434,6 +446,7 @@ func (q *queue) sqe() (*sqe, []byte) {
 
 // command queues a REGISTER or COMMIT_AND_FETCH for entry i.
 func (q *queue) command(i int, op uint32, commitID uint64) {
+	q.ents[i].lastCmd, q.ents[i].lastCommit = op, commitID
 	s, cmd := q.sqe()
 	s.opcode = opURingCmd
 	s.fd = int32(q.fuseFd)
@@ -507,34 +520,86 @@ func (q *queue) complete(c cqe) {
 		return
 	}
 	i := int(c.userData)
+	e := &q.ents[i]
 	if c.res < 0 {
-		// The connection ended (ENOTCONN), or the ring is going away.
-		q.live--
+		q.failed(i, e, syscall.Errno(-c.res))
 		return
 	}
-	e := &q.ents[i]
 	q.s.requests.Add(1)
 	if !q.load(e) {
 		q.commit(i)
 		return
 	}
 	op := binary.LittleEndian.Uint32(e.inHeader[4:])
-	switch t := time.Now(); {
-	case inlineOps[op]:
-		if q.answer(e) {
+	t := time.Now()
+	if inline := inlineOps[op]; inline || t.After(q.slowUntil) {
+		q.busyOp.Store(op)
+		q.busySince.Store(t.UnixNano())
+		answered := q.answer(e)
+		q.busySince.Store(0)
+		if answered {
 			q.commit(i)
-			return
-		}
-	case t.After(q.slowUntil):
-		if q.answer(e) {
-			q.commit(i)
-			if end := time.Now(); end.Sub(t) > slowAnswer {
+			if end := time.Now(); !inline && end.Sub(t) > slowAnswer {
 				q.slowUntil = end.Add(slowWindow)
 			}
 			return
 		}
 	}
 	q.async(i, e)
+}
+
+// failed handles a REGISTER or COMMIT_AND_FETCH of entry i that the
+// kernel refused. The connection ending (ENOTCONN...) retires the entry;
+// a command interrupted before the kernel acted on it (EINTR, EAGAIN) is
+// sent again. Anything else (the kernel found no request for the commit)
+// leaves the kernel's entry unusable: a new one is registered on the same
+// buffers, so that the queue keeps its depth (requests made on this CPU
+// wait for a free entry).
+func (q *queue) failed(i int, e *entry, errno syscall.Errno) {
+	switch errno {
+	case syscall.ENOTCONN, syscall.ECONNABORTED, syscall.ENODEV, syscall.ECANCELED:
+		q.live--
+	case syscall.EINTR, syscall.EAGAIN:
+		q.command(i, e.lastCmd, e.lastCommit)
+	default:
+		if e.lastCmd == cmdRegister {
+			q.s.log.Error("FUSE ring queue entry refused; the queue has one entry less (requests made on its CPU wait for the others)", "cpu", q.id, "err", errno)
+			q.live--
+			if q.live == 0 {
+				q.s.log.Error("FUSE ring queue has no entry left: requests made on its CPU wait until the mount goes; remount without --fuse-uring", "cpu", q.id)
+			}
+			return
+		}
+		q.s.log.Error("FUSE ring commit refused; registering the entry again", "cpu", q.id, "commit", e.lastCommit, "err", errno)
+		q.command(i, cmdRegister, 0)
+	}
+}
+
+// watch reports, until the server stops, a queue whose thread has been
+// answering one request for over a second: every request made on its CPU
+// meanwhile waits behind it (a filesystem that should have answered
+// WouldWait).
+func (s *Server) watch(stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	reported := make([]int64, len(s.queues))
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		for k, q := range s.queues {
+			since := q.busySince.Load()
+			if since == 0 || since == reported[k] || now-since < int64(time.Second) {
+				continue
+			}
+			reported[k] = since
+			s.log.Warn("FUSE ring queue's thread held up by one request: requests made on its CPU wait behind it",
+				"cpu", q.id, "opcode", q.busyOp.Load(), "for", time.Duration(now-since).Round(time.Millisecond))
+		}
+	}
 }
 
 func (q *queue) async(i int, e *entry) {

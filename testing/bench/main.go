@@ -203,29 +203,34 @@ func packJSON(storeDir, src, tag string) (map[string]any, error) {
 	return res, nil
 }
 
-func benchMount(dir string) error {
-	src := filepath.Join(dir, "src")
-	var files []string
-	var sizes []int64
+// mountFiles writes the mount sections' files under src: one large file
+// (first) and 200 smaller ones, random bytes (times -scale); it returns
+// their paths relative to src, their sizes and their total.
+func mountFiles(src string) (files []string, sizes []int64, total int64, err error) {
 	add := func(rel string, size int64, seed uint64) error {
-		p := filepath.Join(src, rel)
 		files = append(files, rel)
 		sizes = append(sizes, size)
-		return bu.WriteRandomFile(p, size, seed)
+		total += size
+		return bu.WriteRandomFile(filepath.Join(src, rel), size, seed)
 	}
 	big := int64(384 * float64(1<<20) * *scale)
 	if err := add("weights/model.bin", big, 1); err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	n := int(200 * *scale)
 	for i := 0; i < n; i++ {
 		if err := add(fmt.Sprintf("lib/pkg%02d/mod%03d.so", i%20, i), int64(256<<10+(i*7919)%(1<<20)), uint64(i+2)); err != nil {
-			return err
+			return nil, nil, 0, err
 		}
 	}
-	var total int64
-	for _, s := range sizes {
-		total += s
+	return files, sizes, total, nil
+}
+
+func benchMount(dir string) error {
+	src := filepath.Join(dir, "src")
+	files, sizes, total, err := mountFiles(src)
+	if err != nil {
+		return err
 	}
 	abs := func(root string) []string { return under(root, files) }
 	mb := float64(total) / 1e6

@@ -267,6 +267,9 @@ func runSize(script string, gb float64) []bu.Row {
 		got, err := pp.Ask("infer 42", 90*time.Second)
 		first := time.Since(start)
 		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
+			printStacks(pr.PID)
+			fmt.Println("     this process (the mount's server):")
+			printStacks(os.Getpid())
 			return 0, false
 		}
 		if expectGPU >= 0 {
@@ -463,4 +466,32 @@ func lastLines(s string) string {
 		l = l[len(l)-15:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// printStacks prints where each thread of process pid (and of its
+// children) waits in the kernel: what a restored process that does not
+// answer is stuck on.
+func printStacks(pid int) {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	for _, t := range tasks {
+		comm, _ := os.ReadFile(t + "/comm")
+		wchan, _ := os.ReadFile(t + "/wchan")
+		stat, _ := os.ReadFile(t + "/stat")
+		state := ""
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) {
+			state = string(stat[i+2 : i+3])
+		}
+		stack, _ := os.ReadFile(t + "/stack")
+		fmt.Printf("     thread %s (%s) %s wchan %s\n", filepath.Base(t), strings.TrimSpace(string(comm)), state, wchan)
+		if state == "D" || strings.Contains(string(stack), "fuse") {
+			for _, l := range strings.Split(strings.TrimSpace(string(stack)), "\n") {
+				fmt.Printf("         %s\n", l)
+			}
+		}
+	}
+	conns, _ := filepath.Glob("/sys/fs/fuse/connections/*/waiting")
+	for _, c := range conns {
+		b, _ := os.ReadFile(c)
+		fmt.Printf("     %s: %s", c, b)
+	}
 }
