@@ -48,7 +48,11 @@
 // Each entry's payload buffer is as large as the largest request (1 MiB),
 // so a reply of a read is copied once more than through /dev/fuse (there,
 // the kernel copies from the reply's own memory): sequential reads served
-// from the daemon's memory ran 20-25% slower on a 16-core VM (and 15-30%
+// from the daemon's memory ran 18-23% slower on a 16-core VM (and 15-30%
 // faster on a 2-CPU one, where answering on the reader's own CPU matters
-// more).
+// more). Handing reads of 256 KiB and more to goroutines, to copy beside
+// the reader's CPU, did not win it back (0.85-0.86x): the kernel's copy
+// out of the ring still runs on the ring's thread. Hot reads (the kernel's
+// page cache, one OPEN per file) came out even with /dev/fuse side by side
+// on that VM (medians 0.87-0.90x native against 0.88-0.92x).
 package fuseuring
