@@ -336,13 +336,20 @@ type entry struct {
 // the kernel. (It is the kernel's ERESTARTSYS, which no FUSE reply means.)
 const WouldWait = syscall.Errno(512)
 
-// queueThreads holds the thread IDs of the queues' threads.
-var queueThreads sync.Map
+// queueThreads holds the thread IDs of the queues' threads, nQueueThreads
+// counts them (no system call to ask while there are none).
+var (
+	queueThreads  sync.Map
+	nQueueThreads atomic.Int32
+)
 
 // OnQueueThread reports whether the caller runs on a queue's thread: a
 // request it answers holds up the requests made on that CPU until it is
 // answered. A filesystem answers WouldWait there rather than wait.
 func OnQueueThread() bool {
+	if nQueueThreads.Load() == 0 {
+		return false
+	}
 	_, ok := queueThreads.Load(unix.Gettid())
 	return ok
 }
@@ -353,7 +360,11 @@ func (q *queue) run(ready chan<- error) {
 	runtime.LockOSThread() // never unlocked: the thread, pinned, ends with it
 	tid := unix.Gettid()
 	queueThreads.Store(tid, true)
-	defer queueThreads.Delete(tid)
+	nQueueThreads.Add(1)
+	defer func() {
+		queueThreads.Delete(tid)
+		nQueueThreads.Add(-1)
+	}()
 	var set unix.CPUSet
 	set.Set(q.id)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
