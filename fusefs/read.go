@@ -68,13 +68,19 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	// passthrough handle is released, even if the cache evicts the chunk.
 	n.fsys.cache.Active()
 	h := &handle{n: n}
-	n.openMu.Lock()
+	onQueue := fuseuring.OnQueueThread()
+	if !onQueue {
+		n.openMu.Lock()
+	} else if !n.openMu.TryLock() {
+		// Another open of the file may be hashing its copy.
+		return nil, 0, fuseuring.WouldWait
+	}
 	defer n.openMu.Unlock()
 	switch {
 	case n.passthroughOpens > 0:
 		h.passthrough = true
 	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
-	case wouldHash(n.fsys, e):
+	case onQueue && n.wouldHash(e):
 		// Opening the disk-tier copy means hashing it first.
 		return nil, 0, fuseuring.WouldWait
 	case len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles:
@@ -165,18 +171,17 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	return res, 0
 }
 
-// wouldHash reports whether, on a ring queue's thread, an open of e may
-// have to hash its disk-tier copy (not yet verified by this daemon): that
-// takes ~0.3 s a GiB, too long to hold up the other requests of the CPU.
-func wouldHash(f *FS, e *manifest.Entry) bool {
-	if !fuseuring.OnQueueThread() || f.opt.NoPassthrough {
-		return false
-	}
+// wouldHash reports whether this open of e (the node's first live one)
+// may have to hash a disk-tier copy not yet verified by this daemon, as
+// Open takes it: ~0.3 s a GiB, too long to hold up, on a ring queue's
+// thread, the other requests made on its CPU.
+func (n *node) wouldHash(e *manifest.Entry) bool {
+	f := n.fsys
 	switch {
 	case len(e.Chunks) > 1 && f.opt.AssembleFiles:
 		return f.cache.WouldHash(cache.FileID(e.Chunks))
 	case len(e.Chunks) == 1:
-		return !f.cache.InMemory(e.Chunks[0].ID) && f.cache.WouldHash(e.Chunks[0].ID)
+		return !n.inPageCache.Load() && !f.cache.InMemory(e.Chunks[0].ID) && f.cache.WouldHash(e.Chunks[0].ID)
 	}
 	return false
 }

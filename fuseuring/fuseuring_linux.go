@@ -546,7 +546,7 @@ func (q *queue) complete(c cqe) {
 	if inline := inlineOps[op]; inline || t.After(q.slowUntil) {
 		q.busyOp.Store(op)
 		q.busySince.Store(t.UnixNano())
-		answered := q.answer(e)
+		answered := q.answer(e, true)
 		q.busySince.Store(0)
 		if answered {
 			q.commit(i)
@@ -618,9 +618,7 @@ func (q *queue) async(i int, e *entry) {
 	q.inflight.Add(1)
 	go func() {
 		defer q.inflight.Done()
-		if !q.answer(e) {
-			q.reply(e, binary.LittleEndian.Uint64(e.inHeader[8:]), syscall.EIO, 0)
-		}
+		q.answer(e, false)
 		q.mu.Lock()
 		q.done = append(q.done, i)
 		q.mu.Unlock()
@@ -659,9 +657,9 @@ func (q *queue) load(e *entry) bool {
 
 // answer has ps answer the request loaded in e, and puts the reply in e:
 // the out header where the in header was, the rest in the payload buffer.
-// It returns false, with no reply, if the filesystem answered WouldWait on
-// a queue's thread: then a goroutine must ask again.
-func (q *queue) answer(e *entry) bool {
+// On the queue's thread (onQueue) it returns false, with no reply, if the
+// filesystem answered WouldWait: then a goroutine must ask again.
+func (q *queue) answer(e *entry, onQueue bool) bool {
 	h := e.header
 	unique := binary.LittleEndian.Uint64(e.inHeader[8:])
 	n, st := q.ps.HandleRequest(
@@ -677,17 +675,15 @@ func (q *queue) answer(e *entry) bool {
 		return true
 	}
 	if -int32(binary.LittleEndian.Uint32(h[4:])) == int32(WouldWait) {
-		return !OnQueueThread() && q.wouldWaitOffQueue(e, unique)
+		if onQueue {
+			return false
+		}
+		// Off the queues' threads the filesystem must not: never to the kernel.
+		q.s.log.Error("FUSE request answered WouldWait off a ring queue's thread; answered EIO", "opcode", binary.LittleEndian.Uint32(e.inHeader[4:]))
+		q.reply(e, unique, syscall.EIO, 0)
+		return true
 	}
 	binary.LittleEndian.PutUint32(h[entInOutOffset+16:], uint32(n-outHeaderSize))
-	return true
-}
-
-// wouldWaitOffQueue turns a WouldWait answered off the queue's threads
-// (the filesystem must not) into EIO.
-func (q *queue) wouldWaitOffQueue(e *entry, unique uint64) bool {
-	q.s.log.Error("FUSE request answered WouldWait off a ring queue's thread; answered EIO", "opcode", binary.LittleEndian.Uint32(e.inHeader[4:]))
-	q.reply(e, unique, syscall.EIO, 0)
 	return true
 }
 
