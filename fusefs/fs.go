@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -331,17 +334,72 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 }
 
 // shared runs fn once for every concurrent caller of key (fn must not use
-// a caller's ctx: it works for them all), and returns its result, or
-// ctx's error as soon as the caller's request is interrupted (a signal to
-// its process: the kernel waits for an answer even for a process being
-// killed) while fn goes on for the others and for the next caller.
+// a caller's ctx: it works for them all) and returns its result. If the
+// caller's request is interrupted (a signal to its process) because the
+// process is being killed, it returns ctx's error at once (the kernel holds
+// a dying process until its request is answered), and fn goes on for the
+// others and for the next caller. Any other signal is not a reason to fail
+// a lookup: many programs do not retry an open or a stat that fails EINTR.
 func shared(ctx context.Context, g *singleflight.Group, key string, fn func() (any, error)) (any, error) {
+	ch := g.DoChan(key, fn)
 	select {
-	case r := <-g.DoChan(key, fn):
+	case r := <-ch:
 		return r.Val, r.Err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		if callerDying(ctx) {
+			return nil, ctx.Err()
+		}
 	}
+	r := <-ch
+	return r.Val, r.Err
+}
+
+// untilDying returns a context that ends with ctx only if ctx ends
+// because its caller is being killed (callerDying), and a function that
+// lets it go. A FUSE request's context ends at any signal to the caller
+// (FUSE_INTERRUPT); failing a read for a signal the program handles would
+// fail its read(2) with EINTR, which few programs retry on a file, or its
+// page fault on a mapped file with SIGBUS.
+func untilDying(ctx context.Context) (context.Context, func()) {
+	c, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, func() {
+		if callerDying(ctx) {
+			cancel()
+		}
+	})
+	return c, func() { stop(); cancel() }
+}
+
+// callerDying reports whether the thread that made the request behind ctx
+// is being killed: a fatal signal leaves SIGKILL pending on every thread of
+// its process (/proc/TID/status, SigPnd). A caller whose thread is gone or
+// unknown counts as dying.
+func callerDying(ctx context.Context) bool {
+	c, ok := fuse.FromContext(ctx)
+	if !ok || c.Pid == 0 {
+		return true
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(int(c.Pid)) + "/status")
+	if err != nil {
+		return true
+	}
+	return sigkillPending(string(b))
+}
+
+// sigkillPending reads a /proc/PID/status for SIGKILL pending on the thread
+// or its process.
+func sigkillPending(status string) bool {
+	for _, l := range strings.Split(status, "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+			continue
+		}
+		mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err == nil && mask&(1<<(syscall.SIGKILL-1)) != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // readaheadLoop serves background reads: chunks a sequential reader will

@@ -119,10 +119,17 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	}
 	size := min(int64(len(dest)), e.Size-off)
 	first, last := n.img.ChunkSpan(n.idx, off, size)
-	if fuseuring.OnQueueThread() && !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
-		// Not from memory: a goroutine asks again (the ring's CPU has
-		// other requests to answer meanwhile).
-		return nil, fuseuring.WouldWait
+	if !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
+		if fuseuring.OnQueueThread() {
+			// Not from memory: a goroutine asks again (the ring's CPU
+			// has other requests to answer meanwhile).
+			return nil, fuseuring.WouldWait
+		}
+		// A wait on the disk or the store ends early only for a caller
+		// being killed (see untilDying).
+		var done func()
+		ctx, done = untilDying(ctx)
+		defer done()
 	}
 	// The reply is the chunks' own bytes in the memory tier (views), not a
 	// copy in go-fuse's reply buffer (dest stays untouched): the kernel

@@ -1,17 +1,24 @@
 package e2e
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+	"golang.org/x/sys/unix"
 )
 
 // transports runs test once with requests through /dev/fuse and once
@@ -130,7 +137,7 @@ func TestSignalEndsWaitOnSlowStore(t *testing.T) {
 }
 
 func signalEndsWaitOnSlowStore(t *testing.T, flags []string) {
-	_, storeDir, mnt, cacheDir := packedTree(t, 0)
+	src, storeDir, mnt, cacheDir := packedTree(t, 0)
 	f := filepath.Join(mnt, "t", "exact-chunk.bin") // 1 MiB of random bytes
 	killed := func(d *daemon, what string, name string, args ...string) {
 		t.Helper()
@@ -162,10 +169,83 @@ func signalEndsWaitOnSlowStore(t *testing.T, flags []string) {
 	d.stop(t)
 
 	d = startMount(t, storeDir+"?sim-latency=1ms&sim-bandwidth=100000", mnt, cacheDir+"2", flags...)
-	defer d.stop(t)
 	if _, err := os.Stat(f); err != nil {
 		t.Fatal(err)
 	}
 	killed(d, "read of a file", "cat", f)
 	checkTransport(t, d, flags)
+	d.stop(t)
+
+	// A signal the process handles (this Go process: SIGWINCH, with a
+	// handler) interrupts the same wait, and must not fail the lookup: a
+	// raw getxattr, which Go does not retry on EINTR, gets its answer.
+	d = startMount(t, storeDir+"?sim-latency=1s&sim-bandwidth=1e9", mnt, cacheDir+"3", flags...)
+	defer d.stop(t)
+	// The signals go to this goroutine's thread, the one waiting.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-sigs:
+			case <-time.After(10 * time.Millisecond):
+				unix.Tgkill(os.Getpid(), tid, syscall.SIGWINCH)
+				sent.Add(1)
+			}
+		}
+	}()
+	defer close(stop)
+	buf := make([]byte, 128)
+	n, err := syscall.Getxattr(filepath.Join(mnt, "t"), "user.gpuwarm.image", buf)
+	if err != nil {
+		t.Fatalf("getxattr under a slow tag, %d signals sent meanwhile: %v\n%s", sent.Load(), err, d.logs.String())
+	}
+	t.Logf("getxattr answered (%d bytes) through %d signals", n, sent.Load())
+	// Likewise a page fault on a mapped file, which the kernel answers
+	// with a read of its own (no readahead: the mapping is read at
+	// random) that waits for its chunk (1 s away). Failing that read
+	// would be a SIGBUS for the program.
+	file, err := os.Open(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	m, err := unix.Mmap(int(file.Fd()), 0, 1<<20, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	if err := unix.Madvise(m, unix.MADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	before := sent.Load()
+	page, fault := touch(m[:4096])
+	if fault != nil {
+		t.Fatalf("a page fault waiting on the store, %d signals sent meanwhile: %v", sent.Load()-before, fault)
+	}
+	want, _ := os.ReadFile(filepath.Join(src, "exact-chunk.bin"))
+	if !bytes.Equal(page, want[:4096]) {
+		t.Fatal("the mapping holds wrong bytes")
+	}
+	t.Logf("a page fault waiting on the store answered through %d signals", sent.Load()-before)
+	checkTransport(t, d, flags)
+}
+
+// touch copies b, a mapping, turning a fault (SIGBUS) into an error.
+func touch(b []byte) (out []byte, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("fault: %v", r)
+		}
+	}()
+	return append([]byte(nil), b...), nil
 }
