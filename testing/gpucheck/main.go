@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
@@ -267,6 +268,9 @@ func runSize(script string, gb float64) []bu.Row {
 		got, err := pp.Ask("infer 42", 90*time.Second)
 		first := time.Since(start)
 		if !check(tag+": "+name+" answers bit-identically", errorIfDiff(got, want, err)) {
+			if fi, err := pp.In.Stat(); err == nil {
+				fmt.Printf("     the restored copy's stdin should be pipe:[%d] (written here)\n", fi.Sys().(*syscall.Stat_t).Ino)
+			}
 			printStacks(pr.PID)
 			fmt.Println("     this process (the mount's server):")
 			printStacks(os.Getpid())
@@ -472,6 +476,13 @@ func lastLines(s string) string {
 // children) waits in the kernel: what a restored process that does not
 // answer is stuck on.
 func printStacks(pid int) {
+	for fd := 0; fd < 3; fd++ {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
+		if err != nil {
+			l = err.Error()
+		}
+		fmt.Printf("     fd %d: %s\n", fd, l)
+	}
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
 	for _, t := range tasks {
 		comm, _ := os.ReadFile(t + "/comm")
