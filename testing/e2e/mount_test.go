@@ -748,9 +748,10 @@ func packedTree(t *testing.T, bigMB int) (src, storeDir, mnt, cacheDir string) {
 // TestSignalsDuringSlowReads: a reader that keeps receiving signals (as
 // every Go program does: the runtime preempts goroutines with SIGURG) while
 // its lookups and reads wait on a slow store. The kernel tells the daemon
-// of each signal (FUSE_INTERRUPT), which cancels the request's context; the
-// daemon must answer EINTR, which the reader retries, and never EIO, which
-// it would report as an I/O error. Each round is a fresh daemon, so the
+// of a signal (FUSE_INTERRUPT), which ends the request's context; the
+// daemon goes on waiting for a caller that is not being killed (see
+// TestSignalEndsWaitOnSlowStore), and must never answer EIO, which the
+// reader would report as an I/O error. Each round is a fresh daemon, so the
 // tag list and the manifest come from the store inside the first lookup.
 func TestSignalsDuringSlowReads(t *testing.T) {
 	requireFUSE(t)
