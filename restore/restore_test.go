@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/pageserver"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
@@ -605,7 +607,7 @@ func TestPrefillRestore(t *testing.T) {
 	defer func() { p.Kill(); p.Wait() }()
 	st := p.LazyStats()
 	if st.Bytes < 64<<20 || st.Faults != 0 {
-		t.Fatalf("prefill: %+v; want all 64 MB copied before the process ran (no faults)", st)
+		t.Fatalf("prefill: %+v; want all 64 MB copied before the process ran (no faults)\n%s", st, pagemapSummary(filepath.Join(r.mnt, "wl")))
 	}
 	if p.Timing.Resident != p.Timing.Running {
 		t.Fatalf("prefilled restore returned before its memory was in place: %+v", p.Timing)
@@ -614,4 +616,35 @@ func TestPrefillRestore(t *testing.T) {
 		t.Fatalf("checksum %s, want %s", got, want)
 	}
 	t.Logf("prefill: running (= resident) after %v; %+v", p.Timing.Running, st)
+}
+
+// pagemapSummary says, for each task's pagemap in the snapshot at dir, how
+// many pages its entries hold and how many are flagged lazy (what a lazy
+// restore serves): for a failure that finds no lazy units.
+func pagemapSummary(dir string) string {
+	files, _ := filepath.Glob(filepath.Join(dir, "pagemap-*.img"))
+	var b strings.Builder
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", filepath.Base(f), err)
+			continue
+		}
+		pm, err := pageserver.DecodePagemap(raw)
+		if err != nil {
+			fmt.Fprintf(&b, "%s (%d bytes): %v\n", filepath.Base(f), len(raw), err)
+			continue
+		}
+		var present, lazy uint64
+		for _, e := range pm.Entries {
+			if e.Flags&pageserver.PEPresent != 0 {
+				present += e.NrPages
+			}
+			if e.Flags&pageserver.PELazy != 0 {
+				lazy += e.NrPages
+			}
+		}
+		fmt.Fprintf(&b, "%s (%d bytes): %d entries, %d pages present, %d lazy\n", filepath.Base(f), len(raw), len(pm.Entries), present, lazy)
+	}
+	return b.String()
 }
