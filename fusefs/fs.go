@@ -316,8 +316,8 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 		f.tagsMu.Unlock()
 		return id, nil
 	})
-	if err != nil && ctx.Err() != nil {
-		return digest.Zero, false, err // interrupted: no fallback
+	if errors.Is(err, context.Canceled) {
+		return digest.Zero, false, err // the caller is being killed: no fallback
 	}
 	if err != nil {
 		f.tagsMu.Lock()
@@ -341,17 +341,14 @@ func (f *FS) resolveTag(ctx context.Context, name string, fresh bool) (id digest
 // others and for the next caller. Any other signal is not a reason to fail
 // a lookup: many programs do not retry an open or a stat that fails EINTR.
 func shared(ctx context.Context, g *singleflight.Group, key string, fn func() (any, error)) (any, error) {
-	ch := g.DoChan(key, fn)
+	dying, done := untilDying(ctx)
+	defer done()
 	select {
-	case r := <-ch:
+	case r := <-g.DoChan(key, fn):
 		return r.Val, r.Err
-	case <-ctx.Done():
-		if callerDying(ctx) {
-			return nil, ctx.Err()
-		}
+	case <-dying.Done():
+		return nil, dying.Err()
 	}
-	r := <-ch
-	return r.Val, r.Err
 }
 
 // untilDying returns a context that ends with ctx only if ctx ends
