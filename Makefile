@@ -29,7 +29,7 @@ vet:
 # coordinator before Go 1.27 (golang/go#75804), which failed a run here.
 test: setup build vet
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./fusepoll/... ./pageserver/... ./lazypages/...
 	$(MAKE) race-e2e
 	$(MAKE) fuzz FUZZTIME=200000x
 
@@ -45,7 +45,7 @@ test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
 
 race:
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./fusepoll/... ./pageserver/... ./lazypages/...
 
 FUZZTIME ?= 30s
 fuzz:

@@ -19,6 +19,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fusepoll"
 	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
@@ -85,7 +86,12 @@ type Options struct {
 	// URingEntries is how many requests each CPU's ring holds at once (0:
 	// fuseuring's default); each entry has a payload buffer of 1 MiB.
 	URingEntries int
-	Debug        bool
+	// Spin, if positive, has one thread answer /dev/fuse's requests and
+	// read on without sleeping for up to this long after each (package
+	// fusepoll); go-fuse's readers, which sleep in read(2), otherwise.
+	// Not with URing where the kernel offers the rings.
+	Spin  time.Duration
+	Debug bool
 }
 
 // FS is the state shared by every node of a mount.
@@ -127,6 +133,7 @@ type FS struct {
 	mounted atomic.Pointer[string]
 	// ring serves the requests through io_uring queues, if it does.
 	ring        atomic.Pointer[fuseuring.Server]
+	poller      atomic.Pointer[fusepoll.Server]
 	pushedBytes atomic.Int64
 
 	assembling sync.Map
@@ -549,14 +556,15 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		NullPermissions:   true,
 		FirstAutomaticIno: 1 << 62,
 	})
-	srv, devFd, err := mountServer(dir, rawFS, &mo, opt.URing, f.log)
+	srv, devFd, poller, err := mountServer(dir, rawFS, &mo, opt.URing, opt.Spin, f.log)
 	runtime.GOMAXPROCS(max(n, readers+2))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("mount %s: %w (is fuse3 installed and /dev/fuse present? run make setup)", dir, err)
 	}
 	s := &Server{Server: srv, fs: f, cancel: cancel, Dir: dir, ownMount: devFd >= 0}
-	if devFd >= 0 {
+	f.poller.Store(poller)
+	if devFd >= 0 && opt.URing {
 		if s.ring, err = serveRing(dir, srv, devFd, rawFS, &mo, opt.URingEntries, f.log); err != nil {
 			srv.Wait()
 			cancel()

@@ -82,7 +82,14 @@ func (s *statsNode) render() []byte {
 	if r := s.fsys.ring.Load(); r != nil {
 		uring, async = r.Requests()
 	}
-	out["FUSE"] = map[string]int64{"URingRequests": uring, "URingAsync": async}
+	// Requests answered by the polling thread (--fuse-spin), those of them
+	// handed to goroutines, and those it read while polling.
+	var polled, pAsync, caught int64
+	if p := s.fsys.poller.Load(); p != nil {
+		polled, pAsync, caught = p.Requests()
+	}
+	out["FUSE"] = map[string]int64{"URingRequests": uring, "URingAsync": async,
+		"PolledRequests": polled, "PolledAsync": pAsync, "PolledCaught": caught}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load(), "PagesDropped": s.fsys.assemblyDropped.Load()}
 	b, _ := json.MarshalIndent(out, "", "  ")

@@ -6,22 +6,22 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"syscall"
 	"time"
-	"unsafe"
 
+	"github.com/gpuwarm/gpuwarm/fusepoll"
 	"github.com/gpuwarm/gpuwarm/fuseuring"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-// mountServer mounts rawFS at dir and starts serving it. For io_uring it
-// mounts the filesystem itself and hands go-fuse the descriptor (go-fuse's
-// "/dev/fd/N" mount point), because the ring queues are set up on that
-// descriptor, which go-fuse does not share; it returns the descriptor then,
-// -1 otherwise.
-func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool, log *slog.Logger) (*fuse.Server, int, error) {
+// mountServer mounts rawFS at dir and starts serving it: through go-fuse's
+// /dev/fuse readers; or (spin > 0) through a polling thread (package
+// fusepoll), which it returns; or, for io_uring, through go-fuse's readers
+// until serveRing moves the requests to rings. For the last two it mounts
+// the filesystem itself (fusepoll.Mount) and returns the connection's
+// descriptor, -1 otherwise.
+func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool, spin time.Duration, log *slog.Logger) (*fuse.Server, int, *fusepoll.Server, error) {
 	if uring {
 		// Once INIT has negotiated io_uring, requests wait for the rings.
 		if err := fuseuring.Preflight(); err != nil {
@@ -29,55 +29,46 @@ func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, ur
 			uring = false
 		}
 	}
-	if !uring {
-		srv, err := fuse.NewServer(rawFS, dir, mo)
-		if err != nil {
-			return nil, -1, err
+	var (
+		srv *fuse.Server
+		fd  = -1
+		err error
+	)
+	if !uring && spin <= 0 {
+		srv, err = fuse.NewServer(rawFS, dir, mo)
+	} else {
+		if uring {
+			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		}
+		srv, fd, err = fusepoll.Mount(dir, rawFS, mo)
+	}
+	if err != nil {
+		return nil, -1, nil, err
+	}
+	var poller *fusepoll.Server
+	if !uring && fd >= 0 {
+		ps, ok := fusepoll.OwnProtocolServer(srv)
+		if !ok {
+			log.Warn("go-fuse's Server is not laid out as this build expects: FUSE requests come through go-fuse's /dev/fuse readers, which sleep between requests (--fuse-spin has no effect)")
+		} else if poller, err = fusepoll.Serve(fd, ps, fusepoll.Options{MaxWrite: mo.MaxWrite, Spin: spin, Logger: log}); err != nil {
+			log.Warn("FUSE requests come through go-fuse's /dev/fuse readers", "err", err)
+			poller = nil
+		}
+	}
+	if poller != nil {
+		// go-fuse's Serve then sees the connection's end, cancels what is
+		// left and runs the filesystem's OnUnmount.
+		go func() { <-poller.Stopped(); srv.Serve() }()
+	} else {
 		go srv.Serve()
-		if err := srv.WaitMount(); err != nil {
-			return nil, -1, err
-		}
-		return srv, -1, nil
 	}
-	mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
-	mo.DirectMount = false
-	fd, err := syscall.Open("/dev/fuse", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, -1, fmt.Errorf("open /dev/fuse: %w", err)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
-		syscall.Close(fd)
-		return nil, -1, err
-	}
-	// What go-fuse's direct mount passes (fd first; then the options).
-	data := []string{
-		fmt.Sprintf("fd=%d", fd),
-		fmt.Sprintf("rootmode=%o", st.Mode&syscall.S_IFMT),
-		fmt.Sprintf("user_id=%d", os.Geteuid()),
-		fmt.Sprintf("group_id=%d", os.Getegid()),
-		fmt.Sprintf("max_read=%d", mo.MaxWrite),
-	}
-	data = append(data, mo.Options...)
-	if mo.AllowOther {
-		data = append(data, "allow_other")
-	}
-	if err := syscall.Mount(mo.FsName, dir, "fuse."+mo.Name, syscall.MS_NOSUID|syscall.MS_NODEV, strings.Join(data, ",")); err != nil {
-		syscall.Close(fd)
-		return nil, -1, err
-	}
-	srv, err := fuse.NewServer(rawFS, fmt.Sprintf("/dev/fd/%d", fd), mo)
-	if err != nil {
-		syscall.Unmount(dir, syscall.MNT_DETACH)
-		return nil, -1, err
-	}
-	go srv.Serve()
 	if err := srv.WaitMount(); err != nil {
-		syscall.Unmount(dir, syscall.MNT_DETACH)
-		return nil, -1, err
+		if fd >= 0 {
+			syscall.Unmount(dir, syscall.MNT_DETACH)
+		}
+		return nil, -1, nil, err
 	}
-	return srv, fd, nil
+	return srv, fd, poller, nil
 }
 
 // serveRing moves the connection's requests to io_uring queues if the
@@ -91,7 +82,7 @@ func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, m
 		return nil, nil
 	}
 	opt := fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log}
-	ps, ok := ownProtocolServer(srv)
+	ps, ok := fusepoll.OwnProtocolServer(srv)
 	if ok {
 		opt.Primed = true
 	} else {
@@ -112,25 +103,6 @@ func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, m
 	}
 	log.Info("FUSE requests come through io_uring queues, one per CPU")
 	return r, nil
-}
-
-// ownProtocolServer returns srv's own protocol server, the one its
-// /dev/fuse readers hand requests to, as a fuse.ProtocolServer, so that
-// requests answered through the rings are among those an INTERRUPT (which
-// comes through /dev/fuse) looks for. go-fuse does not export it: a Server
-// embeds it first and a ProtocolServer is nothing else, which is checked
-// here (false if a go-fuse version changes that).
-func ownProtocolServer(srv *fuse.Server) (*fuse.ProtocolServer, bool) {
-	st, pt := reflect.TypeFor[fuse.Server](), reflect.TypeFor[fuse.ProtocolServer]()
-	if st.NumField() == 0 || pt.NumField() != 1 {
-		return nil, false
-	}
-	sf, pf := st.Field(0), pt.Field(0)
-	if !sf.Anonymous || sf.Name != "protocolServer" || sf.Offset != 0 ||
-		pf.Type != sf.Type || pf.Offset != 0 || pt.Size() != sf.Type.Size() {
-		return nil, false
-	}
-	return (*fuse.ProtocolServer)(unsafe.Pointer(srv)), true
 }
 
 // abortConnection aborts the FUSE connection mounted at dir (its requests
@@ -184,6 +156,9 @@ func (s *Server) Wait() {
 	s.Server.Wait()
 	if s.ring != nil {
 		s.ring.Wait()
+	}
+	if p := s.fs.poller.Load(); p != nil {
+		p.Wait()
 	}
 }
 

@@ -62,6 +62,13 @@ var inlineOps = map[uint32]bool{
 	34: true, // ACCESS
 }
 
+// AnswersFromMemory reports whether the filesystem answers requests of
+// this FUSE opcode from memory, or else WouldWait (GETATTR, OPEN,
+// RELEASE...): a thread answering requests in turn may always answer them
+// itself; others (READ, LOOKUP, READDIR...) it hands to goroutines for a
+// while after one was slow.
+func AnswersFromMemory(opcode uint32) bool { return inlineOps[opcode] }
+
 // Options tune Serve.
 type Options struct {
 	// MaxWrite is the connection's max_write (the mount's MaxWrite): with
@@ -356,15 +363,24 @@ func OnQueueThread() bool {
 
 const evTag = ^uint64(0)
 
-func (q *queue) run(ready chan<- error) {
-	runtime.LockOSThread() // never unlocked: the thread, pinned, ends with it
+// EnterQueueThread marks the calling goroutine's OS thread, which it must
+// have locked (runtime.LockOSThread), as a queue's thread until the
+// returned function is called: OnQueueThread reports true on it. For
+// another transport whose thread answers requests in turn (a /dev/fuse
+// poller), so that the filesystem answers WouldWait there too.
+func EnterQueueThread() (leave func()) {
 	tid := unix.Gettid()
 	queueThreads.Store(tid, true)
 	nQueueThreads.Add(1)
-	defer func() {
+	return func() {
 		queueThreads.Delete(tid)
 		nQueueThreads.Add(-1)
-	}()
+	}
+}
+
+func (q *queue) run(ready chan<- error) {
+	runtime.LockOSThread() // never unlocked: the thread, pinned, ends with it
+	defer EnterQueueThread()()
 	var set unix.CPUSet
 	set.Set(q.id)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {

@@ -1,16 +1,20 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
 func init() { sections = append(sections, section{"transports", benchTransports}) }
+
+var spins = flag.String("transport-spins", "200us", "transports: a /dev/fuse mount polling for each of these windows (--fuse-spin) beside the others")
 
 // benchTransports reads the mount section's files through one mount per
 // FUSE transport (/dev/fuse, io_uring queues), all up at once, by turns:
@@ -38,6 +42,9 @@ func benchTransports(dir string) error {
 		rand  []time.Duration
 	}
 	vs := []*variant{{name: "/dev/fuse"}}
+	for _, spin := range strings.Fields(*spins) {
+		vs = append(vs, &variant{name: "/dev/fuse, polling " + spin + " (--fuse-spin)", flags: []string{"--fuse-spin", spin}})
+	}
 	if restore, err := bu.SetFUSEURing(true); err != nil {
 		fmt.Printf("(no io_uring mounts: %v)\n", err)
 	} else {

@@ -127,9 +127,9 @@ func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Cleanup(func() { d.stop(t) })
-	if slices.Contains(extra, "--fuse-uring") {
+	if slices.Contains(extra, "--fuse-uring") || slices.Contains(extra, "--fuse-spin=1ms") {
 		// Before it stops (cleanups run last first): a daemon still
-		// serving answered through its rings.
+		// serving answered through its rings, or its polling thread.
 		t.Cleanup(func() {
 			if d.cmd.ProcessState == nil && !d.ringless {
 				checkTransport(t, d, extra)
@@ -173,7 +173,7 @@ type mountStats struct {
 	Prefetch        map[string]struct{ Chunks, Fetched, Touched, Hits, Misses, Warmed int64 }
 	PageCachePushed struct{ Bytes int64 }
 	Assembly        struct{ Running, Done, Failed, PagesDropped int64 }
-	FUSE            struct{ URingRequests, URingAsync int64 }
+	FUSE            struct{ URingRequests, URingAsync, PolledRequests, PolledAsync, PolledCaught int64 }
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {

@@ -21,28 +21,36 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// transports runs test once with requests through /dev/fuse and once
-// through io_uring queues (--fuse-uring), with the fuse module's
-// enable_uring parameter set for it (and put back after).
+// transports runs test once with requests through /dev/fuse read by
+// go-fuse's sleeping readers, once read by a polling thread (--fuse-spin,
+// package fusepoll) and once through io_uring queues (--fuse-uring), with
+// the fuse module's enable_uring parameter set for it (and put back after).
 func transports(t *testing.T, test func(t *testing.T, flags []string)) {
-	t.Run("dev-fuse", func(t *testing.T) { test(t, nil) })
+	t.Run("dev-fuse", func(t *testing.T) { test(t, []string{"--fuse-spin=0"}) })
+	t.Run("dev-fuse-polling", func(t *testing.T) { test(t, []string{"--fuse-spin=1ms"}) })
 	t.Run("io_uring", func(t *testing.T) {
 		restore, err := bu.SetFUSEURing(true)
 		if err != nil {
 			t.Skip(err)
 		}
 		t.Cleanup(restore)
-		test(t, []string{"--fuse-uring"})
+		test(t, []string{"--fuse-uring", "--fuse-spin=0"})
 	})
 }
 
-// checkTransport fails the test if a --fuse-uring mount answered nothing
-// through its rings (or a /dev/fuse one did).
+// checkTransport fails the test if a mount did not answer through the
+// transport its flags name: a --fuse-uring one through its rings, a
+// polling one (--fuse-spin > 0) by its polling thread, and a /dev/fuse one
+// through neither.
 func checkTransport(t *testing.T, d *daemon, flags []string) {
 	t.Helper()
-	n := d.stats(t).FUSE.URingRequests
-	if uring := slices.Contains(flags, "--fuse-uring"); uring != (n > 0) {
-		t.Errorf("%d requests answered through io_uring queues (flags %v)\n%s", n, flags, d.logs.String())
+	st := d.stats(t).FUSE
+	uring := slices.Contains(flags, "--fuse-uring")
+	polling := !uring && slices.ContainsFunc(flags, func(f string) bool {
+		return strings.HasPrefix(f, "--fuse-spin=") && f != "--fuse-spin=0"
+	})
+	if uring != (st.URingRequests > 0) || polling != (st.PolledRequests > 0) {
+		t.Errorf("%d requests answered through io_uring queues, %d by the polling thread (flags %v)\n%s", st.URingRequests, st.PolledRequests, flags, d.logs.String())
 	}
 }
 
@@ -54,7 +62,7 @@ func checkTransport(t *testing.T, d *daemon, flags []string) {
 func TestURingSetupFailsAfterInit(t *testing.T) {
 	requireFUSE(t)
 	transports(t, func(t *testing.T, flags []string) {
-		if flags == nil {
+		if !slices.Contains(flags, "--fuse-uring") {
 			t.Skip("an io_uring case")
 		}
 		tmp := t.TempDir()
