@@ -171,3 +171,14 @@ func (s *Server) URingRequests() int64 {
 	n, _ := s.ring.Requests()
 	return n
 }
+
+// PolledRequests counts the requests answered by the polling thread
+// (Options.Spin; 0 if go-fuse's readers or io_uring queues serve).
+func (s *Server) PolledRequests() int64 {
+	p := s.fs.poller.Load()
+	if p == nil {
+		return 0
+	}
+	n, _, _ := p.Requests()
+	return n
+}

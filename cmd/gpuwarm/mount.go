@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/pprof"
 	"time"
 
@@ -50,7 +49,7 @@ func init() {
 		acl := fs.Bool("posix-acl", false, "have the kernel enforce the POSIX ACLs packed with the files (off: served as xattrs, permission checks use the mode bits)")
 		readers := fs.Int("fuse-readers", 0, "goroutines waiting for FUSE requests (0: a quarter of GOMAXPROCS, at least 2; GOMAXPROCS is raised to this plus 2)")
 		uring := fs.Bool("fuse-uring", false, "have the kernel send FUSE requests through io_uring queues, one per CPU, each answered by a thread pinned to its CPU, where it offers them (Linux 6.14+, fuse module parameter enable_uring=1); through /dev/fuse otherwise")
-		spin := fs.Duration("fuse-spin", defaultSpin(), "one thread answers /dev/fuse's requests and reads on without sleeping for up to this long after each, as long as they come close together (0: go-fuse's readers, which sleep in read(2)); default on machines of 8 CPUs or more, where it costs one core during bursts and saves a wakeup per request")
+		spin := fs.Duration("fuse-spin", fusefs.DefaultSpin(), "one thread answers /dev/fuse's requests and reads on without sleeping for up to this long after each, as long as they come close together (0: go-fuse's readers, which sleep in read(2)); default on machines of 8 CPUs or more, where it costs one core during bursts and saves a wakeup per request")
 		uringEntries := fs.Int("fuse-uring-entries", 0, "with --fuse-uring: requests each CPU's ring holds at once, each with a 1 MiB buffer (0: 4, fewer on machines of more than 32 CPUs, at least 2)")
 		debug := fs.Bool("debug", false, "log every FUSE request")
 		noPrefetch := fs.Bool("no-prefetch", false, "do not replay images' prefetch profiles")
@@ -164,15 +163,4 @@ func init() {
 		return fusefs.Unmount(fs.Arg(0))
 	}
 	register(u)
-}
-
-// defaultSpin is --fuse-spin's default: polling pays where a core can be
-// spared (16-core VM: an open+close of a cached file 21-24 -> 14-16 us, hot
-// reads of 200 small files 0.68-0.82 -> 0.83x native); on 2 CPUs the
-// polling thread takes the core the program needs (hot reads 0.46 -> 0.41x).
-func defaultSpin() time.Duration {
-	if runtime.NumCPU() >= 8 {
-		return 200 * time.Microsecond
-	}
-	return 0
 }

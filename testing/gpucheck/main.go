@@ -51,6 +51,7 @@ var (
 	diskGB  = flag.Int64("disk-cache-gb", 200, "disk tier of the block cache, GB")
 	memGB   = flag.Int64("mem-cache-gb", 8, "memory tier of the block cache, GB")
 	workers = flag.Int("lazy-workers", 16, "parallel copies of gpuwarm's lazy daemon")
+	spin    = flag.Duration("fuse-spin", fusefs.DefaultSpin(), "how long the mount's polling thread reads /dev/fuse on after a request (0: go-fuse's sleeping readers; gpuwarm mount's default here)")
 	uring   = flag.Bool("fuse-uring", false, "serve the mount's FUSE requests through io_uring queues (sets the fuse module's enable_uring for the run)")
 	t0      = time.Now()
 	// remapIdentity makes the next restore pass explicit GPU UUID pairs.
@@ -132,15 +133,15 @@ func run() int {
 		}
 		defer restore()
 	}
-	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log, URing: *uring})
+	srv, err := fusefs.Mount(mnt, fusefs.Options{Cache: bc, TagTTL: time.Millisecond, Logger: log, URing: *uring, Spin: *spin})
 	if err != nil {
 		fmt.Println(err)
 		os.Exit(1)
 	}
 	defer srv.Close()
-	if *uring {
-		defer func() { fmt.Printf("FUSE requests answered through io_uring queues: %d\n", srv.URingRequests()) }()
-	}
+	defer func() {
+		fmt.Printf("FUSE requests answered through io_uring queues: %d, by the polling thread (-fuse-spin %v): %d\n", srv.URingRequests(), *spin, srv.PolledRequests())
+	}()
 	pyEnv = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	script, _ := filepath.Abs(*script)
 	var rows []bu.Row
