@@ -584,6 +584,13 @@ func (f *FS) Mount(dir string) (*Server, error) {
 		}
 		f.ring.Store(s.ring)
 	}
+	if devFd >= 0 {
+		// go-fuse's WaitMount does not for a "/dev/fd/N" mount; not before
+		// the rings are up either (the kernel holds requests for them).
+		if err := fusepoll.PollHack(dir); err != nil {
+			f.log.Warn("the kernel may ask the filesystem for POLL: this process must not open files on its own mount", "err", err)
+		}
+	}
 	f.mounted.Store(&dir)
 	if err := raiseReadahead(dir, opt.KernelReadahead); err != nil {
 		f.log.Warn("cannot raise the kernel's readahead for the mount; sequential reads will be slower", "err", err)

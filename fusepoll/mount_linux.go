@@ -9,12 +9,14 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // Mount mounts rawFS at dir on a /dev/fuse descriptor opened here and
 // makes go-fuse's Server for it (INIT answered), without serving: the
 // caller serves the connection (Serve, or io_uring queues) and runs the
-// Server's Serve when that ends, or at once for go-fuse's own readers.
+// Server's Serve when that ends, or at once for go-fuse's own readers;
+// then PollHack.
 // go-fuse does not share the descriptor of a mount it makes; given
 // "/dev/fd/N" as the mount point, it uses N. mo.DirectMount is cleared.
 func Mount(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions) (srv *fuse.Server, fd int, err error) {
@@ -71,4 +73,25 @@ func OwnProtocolServer(srv *fuse.Server) (*fuse.ProtocolServer, bool) {
 		return nil, false
 	}
 	return (*fuse.ProtocolServer)(unsafe.Pointer(srv)), true
+}
+
+// PollHack has the kernel send the filesystem at dir, served by go-fuse's
+// protocol server, one POLL, which go-fuse answers ENOSYS: the kernel then
+// sends no more. Go's runtime adds every file it opens to its epoll set in
+// a system call that keeps its P (epoll_ctl), and for a FUSE file the
+// kernel asks the server for POLL inside it; a process that opens files on
+// the mount it serves could then stall its own server, waiting for a P the
+// call holds (the Go garbage collector stopping the world made it a
+// deadlock in this package's test). go-fuse's WaitMount does this for its
+// own mounts, not for a "/dev/fd/N" one (Mount): call it once the
+// connection is served.
+func PollHack(dir string) error {
+	// The name go-fuse's protocol server answers for itself (poll.go).
+	fd, err := syscall.Open(dir+"/.go-fuse-epoll-hack", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("poll hack on %s: %w", dir, err)
+	}
+	defer syscall.Close(fd)
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	return nil
 }

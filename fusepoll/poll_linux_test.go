@@ -58,6 +58,46 @@ func TestAdapt(t *testing.T) {
 	}
 }
 
+// TestPollingCost plays request arrivals through the loop's policy
+// (poll for the window after an answer, adapt the window on each wakeup):
+// a burst is read while polling; clusters of requests (LOOKUP, OPEN,
+// FLUSH, RELEASE 5 us apart) every 2 ms cost a few percent of a core;
+// requests 5 ms apart end up costing none.
+func TestPollingCost(t *testing.T) {
+	const max = 200 * time.Microsecond
+	play := func(arrivals []time.Duration) (spun time.Duration, caught int) {
+		window := max
+		for i := 1; i < len(arrivals); i++ {
+			gap := arrivals[i] - arrivals[i-1]
+			if gap < window {
+				spun += gap
+				caught++
+				continue
+			}
+			spun += window
+			window = adapt(window, max, gap)
+		}
+		return spun, caught
+	}
+	var burst, clusters, sparse []time.Duration
+	for i := 0; i < 1000; i++ {
+		burst = append(burst, time.Duration(i)*50*time.Microsecond)
+		sparse = append(sparse, time.Duration(i)*5*time.Millisecond)
+		for j := 0; j < 4; j++ {
+			clusters = append(clusters, time.Duration(i)*2*time.Millisecond+time.Duration(j)*5*time.Microsecond)
+		}
+	}
+	if _, caught := play(burst); caught < 990 {
+		t.Errorf("a burst of 1000 requests 50 us apart: %d read while polling", caught)
+	}
+	if spun, caught := play(clusters); spun > 2*time.Second/20 || caught < 2000 {
+		t.Errorf("clusters every 2 ms for 2 s: polled %v (over 5%% of a core), %d of 4000 requests read while polling", spun, caught)
+	}
+	if spun, _ := play(sparse); spun > 10*max {
+		t.Errorf("requests 5 ms apart: polled %v in all", spun)
+	}
+}
+
 // testFile is a file of the test mount: slowOpen, its Open waits (so on
 // the polling thread it answers WouldWait); direct, reads reach the
 // filesystem as the caller made them (FOPEN_DIRECT_IO), 1 MiB at a time.
@@ -166,6 +206,10 @@ func TestServeRealMount(t *testing.T) {
 	if err := srv.WaitMount(); err != nil {
 		t.Fatal(err)
 	}
+	// This process reads the mount it serves (see PollHack).
+	if err := PollHack(dir); err != nil {
+		t.Fatal(err)
+	}
 
 	check := func(name string) error {
 		f, err := os.Open(filepath.Join(dir, name))
@@ -232,6 +276,13 @@ func TestServeRealMount(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Idle: no CPU to speak of (the window has passed: the thread sleeps).
+	cpu0, wall0 := cpuTime(t), time.Now()
+	time.Sleep(300 * time.Millisecond)
+	if cpu, wall := cpuTime(t)-cpu0, time.Since(wall0); cpu > wall/10 {
+		t.Errorf("idle: the process used %v of CPU in %v", cpu, wall)
+	}
+
 	if err := syscall.Unmount(dir, 0); err != nil {
 		t.Fatalf("unmount: %v", err)
 	}
@@ -267,4 +318,13 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// cpuTime is the CPU time the process has used.
+func cpuTime(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
