@@ -105,6 +105,17 @@ type testFile struct {
 	fs.Inode
 	data             []byte
 	slowOpen, direct bool
+	opens, releases  atomic.Int64
+}
+
+// testHandle is an open testFile; its release is counted.
+type testHandle struct{ f *testFile }
+
+var _ = (fs.FileReleaser)((*testHandle)(nil))
+
+func (h *testHandle) Release(ctx context.Context) syscall.Errno {
+	h.f.releases.Add(1)
+	return 0
 }
 
 var (
@@ -120,10 +131,11 @@ func (f *testFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	f.opens.Add(1)
 	if f.direct {
-		return nil, fuse.FOPEN_DIRECT_IO, 0
+		return &testHandle{f}, fuse.FOPEN_DIRECT_IO, 0
 	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return &testHandle{f}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (f *testFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -252,6 +264,14 @@ func TestServeRealMount(t *testing.T) {
 	}
 	if _, _, caught := p.Requests(); caught-caught0 < 100 {
 		t.Errorf("of 200 opens and releases back to back, %d read while polling; want most", caught-caught0)
+	}
+	// Their RELEASEs, put off while the opens came, are all answered.
+	small := files["small"]
+	for deadline := time.Now().Add(5 * time.Second); small.releases.Load() != small.opens.Load() && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if o, r := small.opens.Load(), small.releases.Load(); o != r {
+		t.Errorf("%d opens, %d releases", o, r)
 	}
 
 	// Many readers at once, of every kind of answer.
