@@ -160,7 +160,7 @@ func (s *Server) loop() {
 				continue
 			}
 			if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
-				s.log.Error("poll /dev/fuse: the mount stops answering", "err", err)
+				s.log.Error("poll /dev/fuse: the polling thread stops (go-fuse's readers take over)", "err", err)
 				return
 			}
 			slept = true
@@ -170,7 +170,7 @@ func (s *Server) loop() {
 		case unix.ENODEV, unix.ECONNABORTED: // unmounted, aborted
 			return
 		default:
-			s.log.Error("read /dev/fuse: the mount stops answering", "err", err)
+			s.log.Error("read /dev/fuse: the polling thread stops (go-fuse's readers take over)", "err", err)
 			return
 		}
 		now := time.Now()
