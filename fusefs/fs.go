@@ -482,9 +482,9 @@ func sortedNames(m map[string]digest.ID) []string {
 
 // DefaultSpin is the Options.Spin gpuwarm mount uses unless told: polling
 // pays where a core can be spared (16-core VM: an open+close of a cached
-// file 20-22 -> 12-15 us, hot reads of the benchmark's files 0.86-0.90 ->
-// 0.93-0.96x native); on 2 CPUs the polling thread takes the core the
-// program needs (hot reads 0.46 -> 0.41x), so none there.
+// file 16.9-23.4 -> 10.5-15.4 us, hot reads of the benchmark's files
+// 0.84-0.94 -> 0.90-0.97x native); on 2 CPUs the polling thread takes the
+// core the program needs (hot reads 0.46 -> 0.41x), so none there.
 func DefaultSpin() time.Duration {
 	if runtime.NumCPU() >= 8 {
 		return 200 * time.Microsecond
