@@ -30,11 +30,6 @@ const (
 const (
 	// asyncReadSize: reads of this much or more are answered by goroutines.
 	asyncReadSize = 256 << 10
-	// After an answer on the thread took over slowAnswer, requests the
-	// filesystem does not promise to answer from memory go to goroutines
-	// for slowWindow (fuseuring's queues use the same figures).
-	slowAnswer = time.Millisecond
-	slowWindow = 100 * time.Millisecond
 	// stuckAfter: the watchdog reports a request held this long on the thread.
 	stuckAfter = time.Second
 )
@@ -214,6 +209,9 @@ func (s *Server) handle(req, out []byte, now time.Time) {
 	if !inline {
 		big := op == opRead && len(req) >= inHeaderSize+readInSize &&
 			binary.LittleEndian.Uint32(req[inHeaderSize+16:]) >= asyncReadSize
+		// After an answer on the thread took over fuseuring.SlowAnswer,
+		// such requests go to goroutines for fuseuring.SlowWindow, as on
+		// the rings' queues.
 		inline = !big && !now.Before(s.slowUntil)
 	}
 	if inline {
@@ -223,8 +221,8 @@ func (s *Server) handle(req, out []byte, now time.Time) {
 		s.busySince.Store(0)
 		if !(st.Ok() && n >= outHeaderSize && wouldWait(out)) {
 			s.reply(op, req, out, n, st)
-			if end := time.Now(); !fromMemory && end.Sub(now) > slowAnswer {
-				s.slowUntil = end.Add(slowWindow)
+			if end := time.Now(); !fromMemory && end.Sub(now) > fuseuring.SlowAnswer {
+				s.slowUntil = end.Add(fuseuring.SlowWindow)
 			}
 			return
 		}

@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/gpuwarm/gpuwarm/fuseuring"
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -201,7 +202,7 @@ func TestServeRealMount(t *testing.T) {
 		syscall.Unmount(dir, syscall.MNT_DETACH)
 		t.Fatal("OwnProtocolServer")
 	}
-	var logs syncBuffer
+	var logs bu.LockedBuffer
 	p, err := Serve(fd, ps, Options{MaxWrite: mo.MaxWrite, Spin: time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		syscall.Unmount(dir, syscall.MNT_DETACH)
@@ -315,29 +316,6 @@ func TestServeRealMount(t *testing.T) {
 	if logs.Len() != 0 {
 		t.Errorf("logged:\n%s", logs.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // cpuTime is the CPU time the process has used.

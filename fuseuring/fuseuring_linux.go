@@ -40,12 +40,12 @@ const (
 // filesystem answers WouldWait): it answers them from memory (see the
 // package documentation). Others (READ,
 // LOOKUP, READDIR...) are too, unless one of them took longer than
-// slowAnswer on this queue in the last slowWindow: then they are answered
+// SlowAnswer on this queue in the last SlowWindow: then they are answered
 // by goroutines, so that one waiting on the network does not hold up the
 // requests queued behind it on the same CPU.
 const (
-	slowAnswer = time.Millisecond
-	slowWindow = 100 * time.Millisecond
+	SlowAnswer = time.Millisecond
+	SlowWindow = 100 * time.Millisecond
 )
 
 var inlineOps = map[uint32]bool{
@@ -566,8 +566,8 @@ func (q *queue) complete(c cqe) {
 		q.busySince.Store(0)
 		if answered {
 			q.commit(i)
-			if end := time.Now(); !inline && end.Sub(t) > slowAnswer {
-				q.slowUntil = end.Add(slowWindow)
+			if end := time.Now(); !inline && end.Sub(t) > SlowAnswer {
+				q.slowUntil = end.Add(SlowWindow)
 			}
 			return
 		}

@@ -1,36 +1,19 @@
 package fuseuring
 
 import (
-	"bytes"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
 
 // TestWatchReportsHeldQueue: a queue thread held up by one request for
 // over a second is reported once, with its CPU and opcode; an idle one is
 // not.
 func TestWatchReportsHeldQueue(t *testing.T) {
-	var logs syncBuffer
+	var logs bu.LockedBuffer
 	s := &Server{log: slog.New(slog.NewTextHandler(&logs, nil))}
 	held, idle := &queue{s: s, id: 3}, &queue{s: s, id: 4}
 	s.queues = []*queue{held, idle}

@@ -4,6 +4,7 @@ package benchutil
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -349,4 +351,29 @@ func SetFUSEURing(on bool) (restore func(), err error) {
 		return nil, fmt.Errorf("cannot set %s: %w", FUSEURingParam, err)
 	}
 	return func() { os.WriteFile(FUSEURingParam, []byte(val[was]), 0) }, nil
+}
+
+// LockedBuffer is a bytes.Buffer safe to write from one goroutine (a
+// daemon's output, a logger) while a test reads it from another.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *LockedBuffer) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Len()
 }

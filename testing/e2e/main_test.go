@@ -15,12 +15,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
 var gpuwarmBin string
@@ -73,36 +73,17 @@ func gw(t *testing.T, args ...string) string {
 type daemon struct {
 	cmd  *exec.Cmd
 	dir  string
-	logs *lockedBuffer
+	logs *bu.LockedBuffer
 	done chan error
 	// ringless: a --fuse-uring mount expected to serve through /dev/fuse.
 	ringless bool
-}
-
-// lockedBuffer is the daemon's output, read by the test while the daemon
-// may still be writing it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *daemon {
 	t.Helper()
 	args := append([]string{"mount", mnt, "--store", storeURL, "--cache-dir", cacheDir}, extra...)
 	cmd := exec.Command(gpuwarmBin, args...)
-	logs := &lockedBuffer{}
+	logs := &bu.LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
