@@ -31,7 +31,6 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"golang.org/x/sys/unix"
 )
@@ -482,7 +481,7 @@ func (c *Cache) WouldHash(id digest.ID) bool {
 const MaxAssemble = 1 << 30
 
 // FileID names the assembled copy of a whole file made of chunks.
-func FileID(chunks []manifest.Chunk) digest.ID {
+func FileID(chunks []chunk.Ref) digest.ID {
 	b := []byte("gpuwarm-file\x00")
 	for _, c := range chunks {
 		b = append(b, c.ID[:]...)
@@ -503,7 +502,7 @@ func FileID(chunks []manifest.Chunk) digest.ID {
 // pages, which makes it copy at half the speed). Without, it is written
 // with O_DIRECT and leaves the page cache alone. Either way it is trusted
 // for passthrough as written (see verified.go).
-func (c *Cache) Assemble(ctx context.Context, chunks []manifest.Chunk, cached bool) error {
+func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) error {
 	var size int64
 	for _, ch := range chunks {
 		size += int64(ch.Size)

@@ -20,7 +20,6 @@ import (
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/internal/directio/directiotest"
-	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
 )
@@ -1030,12 +1029,12 @@ func TestAssembleCached(t *testing.T) {
 
 // fileFixture is a store holding a file of three chunks: the chunks, and
 // the file's bytes.
-func fileFixture(t *testing.T) (*countingStore, []manifest.Chunk, []byte) {
+func fileFixture(t *testing.T) (*countingStore, []chunk.Ref, []byte) {
 	st, datas, ids := fixture(t, 3, 150_001)
-	var chunks []manifest.Chunk
+	var chunks []chunk.Ref
 	var whole []byte
 	for i, id := range ids {
-		chunks = append(chunks, manifest.Chunk{ID: id, Size: uint32(len(datas[i]))})
+		chunks = append(chunks, chunk.Ref{ID: id, Size: uint32(len(datas[i]))})
 		whole = append(whole, datas[i]...)
 	}
 	return st, chunks, whole

@@ -23,6 +23,12 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
+// Ref names one chunk of a file: its ID and uncompressed size.
+type Ref struct {
+	ID   digest.ID
+	Size uint32 // uncompressed bytes
+}
+
 // Codec bytes.
 const (
 	CodecRaw  byte = 0

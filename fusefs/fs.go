@@ -29,11 +29,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Observer is told of every chunk a read touches, in order (profiles).
-type Observer interface {
-	Touch(img digest.ID, entry, chunk int, id digest.ID, size uint32)
-}
-
 // Options configure a mount.
 type Options struct {
 	Cache  *cache.Cache
@@ -41,11 +36,11 @@ type Options struct {
 	// TagTTL is how long a tag's resolution is trusted (default 2s).
 	TagTTL time.Duration
 	// Observer, if set, sees every chunk touched by reads.
-	Observer Observer
+	Observer manifest.Observer
 	// OnImage, if set, is called once when an image is first loaded, with
 	// the filesystem that loaded it; the Observer it returns (a prefetch
 	// replay, say) sees that image's reads.
-	OnImage func(f *FS, ix *manifest.Index) Observer
+	OnImage func(f *FS, ix *manifest.Index) manifest.Observer
 	// Loading, if set, is called as an image's manifest starts loading
 	// (once per image), so that work needing only the image's ID — fetching
 	// its prefetch profile — overlaps the manifest's fetch.
@@ -103,7 +98,7 @@ type FS struct {
 
 	mu        sync.Mutex
 	images    map[digest.ID]*manifest.Index
-	observers map[digest.ID]Observer
+	observers map[digest.ID]manifest.Observer
 	warmers   map[digest.ID]*Warmer
 	loadSF    singleflight.Group
 
@@ -165,7 +160,7 @@ func New(opt Options) *FS {
 		opt.Readahead = 2
 	}
 	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
-		images: make(map[digest.ID]*manifest.Index), named: make(map[string]namedTag), observers: make(map[digest.ID]Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
+		images: make(map[digest.ID]*manifest.Index), named: make(map[string]namedTag), observers: make(map[digest.ID]manifest.Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
 		assembleSlot: make(chan struct{}, 1)}
 	return f
 }
@@ -184,11 +179,11 @@ func (f *FS) Image(ctx context.Context, id digest.ID) (*manifest.Index, error) {
 		if f.opt.Loading != nil {
 			f.opt.Loading(id)
 		}
-		ix, err := LoadImage(context.WithoutCancel(ctx), f.st, id)
+		ix, err := manifest.Load(context.WithoutCancel(ctx), f.st, id)
 		if err != nil {
 			return nil, err
 		}
-		var o Observer
+		var o manifest.Observer
 		if f.opt.OnImage != nil {
 			o = f.opt.OnImage(f, ix)
 		}
@@ -246,22 +241,6 @@ func (f *FS) Preload(ctx context.Context, names []string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// LoadImage reads, verifies and indexes one manifest from a store.
-func LoadImage(ctx context.Context, st store.Store, id digest.ID) (*manifest.Index, error) {
-	b, err := st.Get(ctx, store.H(store.Manifest, id), 0, -1)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
-	}
-	if got := digest.Of(b); got != id {
-		return nil, fmt.Errorf("image %s: manifest in %s is corrupt (hashes to %s)", id.Short(), st.Location(), got.Short())
-	}
-	m, err := manifest.Decode(b)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
-	}
-	return manifest.NewIndex(id, m), nil
 }
 
 func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID, error) {
@@ -635,10 +614,10 @@ func (f *FS) observe(img digest.ID, entry, idx int, id digest.ID, size uint32) {
 }
 
 // Observers returns the per-image observers (replays), by image.
-func (f *FS) Observers() map[digest.ID]Observer {
+func (f *FS) Observers() map[digest.ID]manifest.Observer {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[digest.ID]Observer, len(f.observers))
+	out := make(map[digest.ID]manifest.Observer, len(f.observers))
 	for k, v := range f.observers {
 		out[k] = v
 	}

@@ -336,12 +336,8 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	return []byte(e.Target), 0
 }
 
-// ImageXattr, read on an image's root directory, gives the image ID (it is
-// not listed, so the tree's own xattrs stay exactly the packed ones).
-const ImageXattr = "user.gpuwarm.image"
-
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if n.idx == 0 && attr == ImageXattr {
+	if n.idx == 0 && attr == manifest.ImageXattr {
 		v := n.img.ID.String()
 		if len(dest) == 0 {
 			return uint32(len(v)), 0

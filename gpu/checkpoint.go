@@ -10,14 +10,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
 )
 
 // MetaAnnotation holds a snapshot's Meta as JSON.
 const MetaAnnotation = "gpuwarm.gpu"
 
 // Tree returns root and its descendants.
-func Tree(root int) []int { return restore.Tree(root) }
+func Tree(root int) []int { return proctree.Tree(root) }
 
 // mapsGPU reports whether pid has an NVIDIA device open or mapped.
 func mapsGPU(pid int) bool {

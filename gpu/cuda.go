@@ -156,6 +156,10 @@ func load() error {
 	return loadErr
 }
 
+// InitCUDA loads libcuda and runs cuInit once per process. It takes a few
+// hundred milliseconds in a fresh process, so a restore starts it early.
+func InitCUDA() error { return cudaInit() }
+
 func cudaInit() error {
 	if err := load(); err != nil {
 		return err

@@ -71,11 +71,9 @@ func (t Type) String() string {
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// Chunk is one piece of a file.
-type Chunk struct {
-	ID   digest.ID
-	Size uint32 // uncompressed bytes
-}
+// Chunk is one piece of a file: the chunk layer's reference, so that the
+// block cache can assemble files without depending on the image format.
+type Chunk = chunk.Ref
 
 // Xattr is an extended attribute.
 type Xattr struct {

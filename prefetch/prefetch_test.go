@@ -15,6 +15,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/chunk"
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pack"
 	"github.com/gpuwarm/gpuwarm/store"
 	"github.com/gpuwarm/gpuwarm/store/filestore"
@@ -114,7 +115,7 @@ func TestRecordedOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	ix, _ := fusefs.LoadImage(context.Background(), st, res.ID)
+	ix, _ := manifest.Load(context.Background(), st, res.ID)
 	var want [][]digest.ID
 	buf := make([]byte, 1<<20)
 	for _, n := range names {

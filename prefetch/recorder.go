@@ -8,7 +8,7 @@ import (
 )
 
 // Recorder notes the first touch of every chunk of one image. It is a
-// fusefs.Observer (and is fed by the restore agent's page server).
+// manifest.Observer (and is fed by the restore agent's page server).
 type Recorder struct {
 	image digest.ID
 	start time.Time

@@ -163,7 +163,7 @@ func (r *Replayer) advance(id digest.ID) {
 	r.mu.Unlock()
 }
 
-// Touch tells the replayer a reader touched a chunk (fusefs.Observer).
+// Touch tells the replayer a reader touched a chunk (manifest.Observer).
 func (r *Replayer) Touch(img digest.ID, entry, idx int, id digest.ID, size uint32) {
 	if img != r.p.Image {
 		return

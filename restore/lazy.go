@@ -12,7 +12,6 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/lazypages"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
@@ -96,7 +95,7 @@ func pagesFiles(ix *manifest.Index) map[uint32]int {
 // CRIU's reads queued behind it: restoring a 514 MiB snapshot while the
 // mount replayed a profile of its memory alone spent 540 ms in CRIU
 // instead of 95 ms on the 16-core benchmark host.
-func recordImageFiles(rec fusefs.Observer, ix *manifest.Index, pages map[uint32]int) {
+func recordImageFiles(rec manifest.Observer, ix *manifest.Index, pages map[uint32]int) {
 	isPages := make(map[int]bool, len(pages))
 	for _, e := range pages {
 		isPages[e] = true

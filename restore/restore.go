@@ -19,7 +19,8 @@ import (
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
-	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
 	"github.com/gpuwarm/gpuwarm/lazypages"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pageserver"
@@ -81,7 +82,7 @@ type Options struct {
 	// Record, if set, sees the first touch of every chunk of lazy memory
 	// as a chunk of the snapshot image (a prefetch.Recorder records a
 	// profile).
-	Record fusefs.Observer
+	Record manifest.Observer
 	// RecordFor is how long after the restore only the program's own page
 	// faults bring memory in while recording (default 3s); then the rest is
 	// filled ahead of demand.
@@ -138,15 +139,14 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		// Plain CRIU images in a local directory (the benchmark baseline).
 		dir, ann = opt.Dir, opt.DirAnnotations
 	} else {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(opt.Mount, &st); err != nil || st.Type != 0x65735546 {
+		if !fusemagic.IsFUSE(opt.Mount) {
 			return nil, fmt.Errorf("restore: no gpuwarm mount at %s: start `gpuwarm mount %s` first", opt.Mount, opt.Mount)
 		}
 		id, err := imageIDAt(dir)
 		if err != nil {
 			return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
 		}
-		if ix, err = fusefs.LoadImage(ctx, opt.Store, id); err != nil {
+		if ix, err = manifest.Load(ctx, opt.Store, id); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
 		ann, imageName = ix.Annotations, id.String()
@@ -290,7 +290,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if daemonErr != nil {
 			return nil, fmt.Errorf("restore: filling memory: %w", daemonErr)
 		}
-		for _, pid := range Tree(p.PID) {
+		for _, pid := range proctree.Tree(p.PID) {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}
@@ -420,12 +420,11 @@ func reapRoot(pid int, limit time.Duration) {
 // reapZombies waits for our dead children that started after since: what a
 // failed restore left behind.
 func reapZombies(since uint64) {
-	self := strconv.Itoa(os.Getpid())
-	for _, p := range processes() {
-		start, _ := strconv.ParseUint(p.f[19], 10, 64)
-		if p.f[0] == "Z" && p.f[1] == self && start >= since {
+	self := os.Getpid()
+	for _, p := range proctree.List() {
+		if p.State == "Z" && p.PPID == self && p.Start >= since {
 			var ws syscall.WaitStatus
-			syscall.Wait4(p.pid, &ws, syscall.WNOHANG, nil)
+			syscall.Wait4(p.PID, &ws, syscall.WNOHANG, nil)
 		}
 	}
 }
@@ -433,7 +432,7 @@ func reapZombies(since uint64) {
 // killTree kills a restored tree: its root (which takes a PID namespace
 // down with it) and, for trees restored with host PIDs, every descendant.
 func killTree(pid int) {
-	for _, p := range Tree(pid) {
+	for _, p := range proctree.Tree(pid) {
 		syscall.Kill(p, syscall.SIGKILL)
 	}
 }
@@ -688,5 +687,5 @@ func ManifestOf(ctx context.Context, st store.Store, mount, name string) (*manif
 	if err != nil {
 		return nil, err
 	}
-	return fusefs.LoadImage(ctx, st, id)
+	return manifest.Load(ctx, st, id)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pageserver"
 	"github.com/gpuwarm/gpuwarm/prefetch"
@@ -584,9 +585,9 @@ func TestLazyRestoreRecordsTheProgramsOrder(t *testing.T) {
 // zombieChildren lists our dead, unreaped children.
 func zombieChildren() []int {
 	var out []int
-	for _, p := range processes() {
-		if p.f[0] == "Z" && p.f[1] == strconv.Itoa(os.Getpid()) {
-			out = append(out, p.pid)
+	for _, p := range proctree.List() {
+		if p.State == "Z" && p.PPID == os.Getpid() {
+			out = append(out, p.PID)
 		}
 	}
 	return out

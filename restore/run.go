@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"sort"
 	"strconv"
-	"strings"
 	"syscall"
 )
 
@@ -78,52 +76,4 @@ func closeOnExecAll() {
 			syscall.CloseOnExec(fd)
 		}
 	}
-}
-
-// procStat is one process's /proc/PID/stat, split after the command name
-// (which may hold spaces and parentheses): f[0] is the state, f[1] the
-// parent, f[19] the start time in clock ticks.
-type procStat struct {
-	pid int
-	f   []string
-}
-
-// processes lists every process's stat fields.
-func processes() []procStat {
-	var out []procStat
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(s[i+1:]); len(f) >= 20 {
-			out = append(out, procStat{pid, f})
-		}
-	}
-	return out
-}
-
-// Tree returns root and its descendants.
-func Tree(root int) []int {
-	children := map[int][]int{}
-	for _, p := range processes() {
-		ppid, _ := strconv.Atoi(p.f[1])
-		children[ppid] = append(children[ppid], p.pid)
-	}
-	out := []int{root}
-	for i := 0; i < len(out); i++ {
-		out = append(out, children[out[i]]...)
-	}
-	sort.Ints(out[1:])
-	return out
 }

@@ -341,7 +341,7 @@ func gpuwarmMounts() []string {
 // imageIDAt reads the image ID of MOUNTPOINT/<tag> from its xattr.
 func imageIDAt(dir string) (digest.ID, error) {
 	buf := make([]byte, 128)
-	n, err := syscall.Getxattr(dir, "user.gpuwarm.image", buf)
+	n, err := syscall.Getxattr(dir, manifest.ImageXattr, buf)
 	if err != nil {
 		return digest.Zero, err
 	}

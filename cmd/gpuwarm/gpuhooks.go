@@ -16,12 +16,12 @@ import (
 )
 
 func gpuSnapshotHooks(ctx context.Context, g *globals, opt *restore.SnapshotOptions) error {
-	gpu.SnapshotHooks(opt, 30*time.Second, g.log)
+	restore.GPUSnapshotHooks(opt, 30*time.Second, g.log)
 	return nil
 }
 
 func gpuRestoreHooks(ctx context.Context, g *globals, opt *restore.Options, gpus []string) {
-	gpu.RestoreHooksOn(opt, g.log, gpus)
+	restore.GPURestoreHooksOn(opt, g.log, gpus)
 }
 
 // splitList splits "a, b,c" into its non-empty items.

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
 )
 
 // A lazily restored tree depends on `gpuwarm restore` until all of its
@@ -39,7 +39,7 @@ func init() {
 		if strings.TrimSpace(string(b)) == "done" {
 			return nil
 		}
-		for _, p := range restore.Tree(pid) {
+		for _, p := range proctree.Tree(pid) {
 			syscall.Kill(p, syscall.SIGKILL)
 		}
 		fmt.Fprintf(os.Stderr, "gpuwarm: the lazy restore of pid %d ended before its memory was in place; killed the restored tree\n", pid)

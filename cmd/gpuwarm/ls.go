@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/pack"
 	"github.com/gpuwarm/gpuwarm/store"
@@ -48,7 +47,7 @@ func summarize(ctx context.Context, st store.Store, tag string) imageSummary {
 	} else {
 		s.Tag = ""
 	}
-	ix, err := fusefs.LoadImage(ctx, st, id)
+	ix, err := manifest.Load(ctx, st, id)
 	if err != nil {
 		s.Error = err.Error()
 		return s
@@ -135,7 +134,7 @@ func init() {
 		var entries []map[string]any
 		if *files {
 			id, _ := store.ResolveTag(ctx, st, fs.Arg(0))
-			ix, err := fusefs.LoadImage(ctx, st, id)
+			ix, err := manifest.Load(ctx, st, id)
 			if err != nil {
 				return err
 			}

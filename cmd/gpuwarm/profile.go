@@ -79,8 +79,8 @@ func (ps *profiles) take(id digest.ID) (*prefetch.Profile, error) {
 // With warm set, the replay also puts the chunks it brings in into the
 // kernel's page cache of their files (fusefs.Warmer), up to the same bound
 // as the replay runs ahead of the reader.
-func prefetchOnImage(ctx context.Context, g *globals, ps *profiles, bc *cache.Cache, memBytes int64, cacheDir string, warm bool) func(*fusefs.FS, *manifest.Index) fusefs.Observer {
-	return func(fsys *fusefs.FS, ix *manifest.Index) fusefs.Observer {
+func prefetchOnImage(ctx context.Context, g *globals, ps *profiles, bc *cache.Cache, memBytes int64, cacheDir string, warm bool) func(*fusefs.FS, *manifest.Index) manifest.Observer {
+	return func(fsys *fusefs.FS, ix *manifest.Index) manifest.Observer {
 		p, err := ps.take(ix.ID)
 		if err != nil {
 			g.log.Warn("ignoring the image's prefetch profile; booting without it", "image", ix.ID.Short(), "err", err)

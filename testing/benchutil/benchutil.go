@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 )
 
 // DropCaches empties the kernel page cache (root only), so that reads come
@@ -279,8 +281,7 @@ func Run(name string, args ...string) (string, error) {
 func WaitMount(dir string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(dir, &st); err == nil && st.Type == 0x65735546 {
+		if fusemagic.IsFUSE(dir) {
 			return nil
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
@@ -92,8 +93,7 @@ func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *
 	go func() { d.done <- cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(mnt, &st); err == nil && st.Type == 0x65735546 {
+		if fusemagic.IsFUSE(mnt) {
 			break
 		}
 		select {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/manifest"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 	"golang.org/x/sys/unix"
 )
@@ -212,7 +213,7 @@ func signalEndsWaitOnSlowStore(t *testing.T, flags []string) {
 	}()
 	defer close(stop)
 	buf := make([]byte, 128)
-	n, err := syscall.Getxattr(filepath.Join(mnt, "t"), "user.gpuwarm.image", buf)
+	n, err := syscall.Getxattr(filepath.Join(mnt, "t"), manifest.ImageXattr, buf)
 	if err != nil {
 		t.Fatalf("getxattr under a slow tag, %d signals sent meanwhile: %v\n%s", sent.Load(), err, d.logs.String())
 	}

@@ -197,7 +197,7 @@ func runSize(script string, gb float64) []bu.Row {
 	// Snapshot with its GPU state.
 	phase("%s: snapshot", tag)
 	sopt := restore.SnapshotOptions{PID: cmd.Process.Pid, Store: st, Logger: log}
-	cp := gpu.SnapshotHooks(&sopt, 60*time.Second, log)
+	cp := restore.GPUSnapshotHooks(&sopt, 60*time.Second, log)
 	t := time.Now()
 	snap, err := restore.Snapshot(ctx, crit, sopt)
 	if err != nil {
@@ -232,7 +232,7 @@ func runSize(script string, gb float64) []bu.Row {
 		if moveTo >= 0 {
 			targets = []string{strconv.Itoa(moveTo)}
 		}
-		rep := gpu.RestoreHooksOn(&opt, log, targets)
+		rep := restore.GPURestoreHooksOn(&opt, log, targets)
 		expectGPU := moveTo
 		moveTo = -1
 		if remapIdentity {
@@ -375,7 +375,7 @@ func runSize(script string, gb float64) []bu.Row {
 	}
 	ann[gpu.MetaAnnotation] = bad.Annotation()
 	opt := restore.Options{Dir: filepath.Join(mnt, tag+"-snap"), DirAnnotations: ann, Store: st, Logger: log}
-	gpu.RestoreHooks(&opt, log)
+	restore.GPURestoreHooks(&opt, log)
 	_, err = restore.Restore(ctx, crit, opt)
 	check(tag+": incompatible snapshot refused", errorUnless(errors.Is(err, gpu.ErrIncompatible), err))
 	return rows

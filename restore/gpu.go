@@ -1,4 +1,4 @@
-package gpu
+package restore
 
 import (
 	"context"
@@ -6,16 +6,16 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/gpu"
 )
 
-// SnapshotHooks makes a snapshot lock and checkpoint the tree's CUDA
+// GPUSnapshotHooks makes a snapshot lock and checkpoint the tree's CUDA
 // processes before CRIU dumps it, and records what it checkpointed.
-func SnapshotHooks(opt *restore.SnapshotOptions, lockTimeout time.Duration, log *slog.Logger) *Checkpointer {
+func GPUSnapshotHooks(opt *SnapshotOptions, lockTimeout time.Duration, log *slog.Logger) *gpu.Checkpointer {
 	if log == nil {
 		log = slog.Default()
 	}
-	cp := &Checkpointer{LockTimeout: lockTimeout}
+	cp := &gpu.Checkpointer{LockTimeout: lockTimeout}
 	pid, leave := opt.PID, opt.LeaveRunning
 	// Snapshot takes its options by value: share the map, not the field.
 	if opt.Annotations == nil {
@@ -27,7 +27,7 @@ func SnapshotHooks(opt *restore.SnapshotOptions, lockTimeout time.Duration, log 
 			return err
 		}
 		if m := cp.Meta(); m != nil {
-			ann[MetaAnnotation] = m.Annotation()
+			ann[gpu.MetaAnnotation] = m.Annotation()
 			log.Info("GPU state checkpointed into host memory", "processes", m.Processes,
 				"gpu_bytes", m.MemoryBytes, "lock", cp.LockTime, "checkpoint", cp.CheckpointTime)
 		}
@@ -37,50 +37,50 @@ func SnapshotHooks(opt *restore.SnapshotOptions, lockTimeout time.Duration, log 
 	return cp
 }
 
-// RestoreReport says what the GPU phase of a restore did.
-type RestoreReport struct {
-	Meta      *Meta
-	Placement *Placement // where the state went; Placement.Pairs nil when nothing moved
+// GPURestoreReport says what the GPU phase of a restore did.
+type GPURestoreReport struct {
+	Meta      *gpu.Meta
+	Placement *gpu.Placement // where the state went; Placement.Pairs nil when nothing moved
 	Processes []int
 	Duration  time.Duration
 }
 
 // GBps is the GPU restore's throughput.
-func (r *RestoreReport) GBps() float64 {
+func (r *GPURestoreReport) GBps() float64 {
 	if r.Meta == nil || r.Duration == 0 {
 		return 0
 	}
 	return float64(r.Meta.MemoryBytes) / 1e9 / r.Duration.Seconds()
 }
 
-// RestoreHooks refuse an incompatible worker before anything starts and put
+// GPURestoreHooks refuse an incompatible worker before anything starts and put
 // the GPU state back after CRIU (a failure there kills the restored tree),
-// onto the default GPUs (see Place).
-func RestoreHooks(opt *restore.Options, log *slog.Logger) *RestoreReport {
-	return RestoreHooksOn(opt, log, nil)
+// onto the default GPUs (see gpu.Place).
+func GPURestoreHooks(opt *Options, log *slog.Logger) *GPURestoreReport {
+	return GPURestoreHooksOn(opt, log, nil)
 }
 
-// RestoreHooksOn is RestoreHooks onto the GPUs named in want (indices or
+// GPURestoreHooksOn is GPURestoreHooks onto the GPUs named in want (indices or
 // UUIDs, one per GPU the snapshot held state on); empty means the default.
-func RestoreHooksOn(opt *restore.Options, log *slog.Logger, want []string) *RestoreReport {
+func GPURestoreHooksOn(opt *Options, log *slog.Logger, want []string) *GPURestoreReport {
 	if log == nil {
 		log = slog.Default()
 	}
-	rep := &RestoreReport{}
+	rep := &GPURestoreReport{}
 	opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
-		m, err := ParseMeta(ann[MetaAnnotation])
+		m, err := gpu.ParseMeta(ann[gpu.MetaAnnotation])
 		if err != nil || m == nil {
 			return err
 		}
-		inv, invErr := ReadInventory()
-		p, err := Place(m, inv, invErr, want)
+		inv, invErr := gpu.ReadInventory()
+		p, err := gpu.Place(m, inv, invErr, want)
 		if err != nil {
 			return err
 		}
 		rep.Meta, rep.Placement = m, p
 		// cuInit takes a few hundred milliseconds in a fresh process: let it
 		// run while CRIU restores, not in front of the CUDA restore.
-		go cudaInit()
+		go gpu.InitCUDA()
 		if len(p.Pairs) > 0 {
 			log.Info("restoring the GPU state onto other GPUs", "placement", p.String())
 		}
@@ -90,7 +90,7 @@ func RestoreHooksOn(opt *restore.Options, log *slog.Logger, want []string) *Rest
 		if rep.Meta == nil {
 			return nil
 		}
-		pids, d, err := RestoreTree(ctx, pid, rep.Placement.Candidates())
+		pids, d, err := gpu.RestoreTree(ctx, pid, rep.Placement.Candidates())
 		rep.Processes, rep.Duration = pids, d
 		if err != nil {
 			return fmt.Errorf("CUDA restore: %w", err)

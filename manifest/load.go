@@ -1,0 +1,38 @@
+package manifest
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/store"
+)
+
+// ImageXattr, read on an image's root directory in a mount, gives the image
+// ID. The mount does not list it, so the tree's own xattrs stay exactly the
+// packed ones.
+const ImageXattr = "user.gpuwarm.image"
+
+// Observer is told of every chunk a read of an image touches, in the order
+// they are touched: prefetch's recorder and replayer, and the restore's own
+// recorder, see the mount's and the lazy-pages daemon's reads through it.
+type Observer interface {
+	Touch(img digest.ID, entry, chunk int, id digest.ID, size uint32)
+}
+
+// Load reads, verifies and indexes the manifest id from a store. A manifest
+// whose bytes do not hash to id is refused: nothing unverified is served.
+func Load(ctx context.Context, st store.Store, id digest.ID) (*Index, error) {
+	b, err := st.Get(ctx, store.H(store.Manifest, id), 0, -1)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
+	}
+	if got := digest.Of(b); got != id {
+		return nil, fmt.Errorf("image %s: manifest in %s is corrupt (hashes to %s)", id.Short(), st.Location(), got.Short())
+	}
+	m, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
+	}
+	return NewIndex(id, m), nil
+}
