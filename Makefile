@@ -8,6 +8,10 @@ export GPUWARM_VERSITYGW ?= $(VERSITYGW)
 # go-nvml's header marks functions deprecated that it still wraps.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
+# The concurrent packages: the mount (block cache, transports), the store
+# clients, prefetch, and the restore's page server and lazy-pages daemon.
+RACEPKGS := ./fusefs/... ./manifest/store/... ./prefetch/... ./restore/pageserver/... ./restore/lazypages/...
+
 .PHONY: all build setup test test-unit test-e2e race race-e2e fuzz vet demo bench bench-gpu bench-gpu-driver test-gpu clean
 
 all: build
@@ -29,7 +33,7 @@ vet:
 # coordinator before Go 1.27 (golang/go#75804), which failed a run here.
 test: setup build vet
 	$(GO) test -count=1 ./...
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./fusepoll/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race $(RACEPKGS)
 	$(MAKE) race-e2e
 	$(MAKE) fuzz FUZZTIME=200000x
 
@@ -45,20 +49,20 @@ test-unit:
 	$(GO) test -count=1 $$(go list ./... | grep -v /testing/e2e)
 
 race:
-	$(GO) test -count=1 -race ./cache/... ./store/... ./prefetch/... ./fusefs/... ./fuseuring/... ./fusepoll/... ./pageserver/... ./lazypages/...
+	$(GO) test -count=1 -race $(RACEPKGS)
 
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./manifest -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
-	$(GO) test ./chunk -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
-	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzReceiver -fuzztime=$(FUZZTIME)
-	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzSender -fuzztime=$(FUZZTIME)
-	$(GO) test ./pageserver -run='^$$' -fuzz=FuzzDecodePagemap -fuzztime=$(FUZZTIME)
+	$(GO) test ./manifest/chunk -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/pageserver -run='^$$' -fuzz=FuzzReceiver -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/pageserver -run='^$$' -fuzz=FuzzSender -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/pageserver -run='^$$' -fuzz=FuzzDecodePagemap -fuzztime=$(FUZZTIME)
 	$(GO) test ./prefetch -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME)
-	$(GO) test ./lazypages -run='^$$' -fuzz=FuzzDecodeMM -fuzztime=$(FUZZTIME)
-	$(GO) test ./cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
-	$(GO) test ./cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
-	$(GO) test ./fuseuring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/lazypages -run='^$$' -fuzz=FuzzDecodeMM -fuzztime=$(FUZZTIME)
+	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
+	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
+	$(GO) test ./fusefs/transport/uring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

@@ -17,12 +17,12 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/fusepoll"
-	"github.com/gpuwarm/gpuwarm/fuseuring"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/poll"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sync/singleflight"
@@ -74,16 +74,16 @@ type Options struct {
 	// found), and program and snapshot trees seldom carry ACLs.
 	POSIXACL bool
 	// URing has the kernel send requests through io_uring queues, one per
-	// CPU, each answered by a thread pinned to its CPU (package fuseuring),
+	// CPU, each answered by a thread pinned to its CPU (package transport/uring),
 	// where the kernel offers it (Linux 6.14 or later, with the fuse
 	// module's enable_uring parameter set); through /dev/fuse otherwise.
 	URing bool
 	// URingEntries is how many requests each CPU's ring holds at once (0:
-	// fuseuring's default); each entry has a payload buffer of 1 MiB.
+	// transport/uring's default); each entry has a payload buffer of 1 MiB.
 	URingEntries int
 	// Spin, if positive, has one thread answer /dev/fuse's requests and
 	// read on without sleeping for up to this long after each (package
-	// fusepoll); go-fuse's readers, which sleep in read(2), otherwise.
+	// transport/poll); go-fuse's readers, which sleep in read(2), otherwise.
 	// Not with URing where the kernel offers the rings.
 	Spin  time.Duration
 	Debug bool
@@ -127,8 +127,8 @@ type FS struct {
 	live    sync.Map
 	mounted atomic.Pointer[string]
 	// ring serves the requests through io_uring queues, if it does.
-	ring        atomic.Pointer[fuseuring.Server]
-	poller      atomic.Pointer[fusepoll.Server]
+	ring        atomic.Pointer[uring.Server]
+	poller      atomic.Pointer[poll.Server]
 	pushedBytes atomic.Int64
 
 	assembling sync.Map
@@ -481,7 +481,7 @@ type Server struct {
 	// which need the connection's descriptor; ring, if the kernel took
 	// them.
 	ownMount bool
-	ring     *fuseuring.Server
+	ring     *uring.Server
 }
 
 // Mount serves the filesystem at dir until Unmount. A stale gpuwarm mount
@@ -566,7 +566,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	if devFd >= 0 {
 		// go-fuse's WaitMount does not for a "/dev/fd/N" mount; not before
 		// the rings are up either (the kernel holds requests for them).
-		if err := fusepoll.PollHack(dir); err != nil {
+		if err := poll.PollHack(dir); err != nil {
 			f.log.Warn("the kernel may ask the filesystem for POLL: this process must not open files on its own mount", "err", err)
 		}
 	}

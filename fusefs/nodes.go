@@ -9,9 +9,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/fuseuring"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -51,8 +51,8 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(time.Hour)
 		return r.NewInode(ctx, &byIDNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}), 0
 	}
-	if fuseuring.OnQueueThread() {
-		return nil, fuseuring.WouldWait // the store may have to be asked
+	if uring.OnQueueThread() {
+		return nil, uring.WouldWait // the store may have to be asked
 	}
 	id, ok, err := r.fsys.resolveTag(ctx, name, false)
 	if err != nil {
@@ -73,8 +73,8 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	if fuseuring.OnQueueThread() {
-		return nil, fuseuring.WouldWait
+	if uring.OnQueueThread() {
+		return nil, uring.WouldWait
 	}
 	tags, err := r.fsys.resolveTags(ctx, false)
 	if err != nil {
@@ -121,8 +121,8 @@ func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if err != nil || strings.ToLower(name) != name {
 		return nil, syscall.ENOENT
 	}
-	if fuseuring.OnQueueThread() {
-		return nil, fuseuring.WouldWait // the image may have to be loaded
+	if uring.OnQueueThread() {
+		return nil, uring.WouldWait // the image may have to be loaded
 	}
 	return imageRoot(ctx, &b.Inode, b.fsys, id, out)
 }

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"syscall"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/fuseuring"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -68,12 +68,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	// passthrough handle is released, even if the cache evicts the chunk.
 	n.fsys.cache.Active()
 	h := &handle{n: n}
-	onQueue := fuseuring.OnQueueThread()
+	onQueue := uring.OnQueueThread()
 	if !onQueue {
 		n.openMu.Lock()
 	} else if !n.openMu.TryLock() {
 		// Another open of the file may be hashing its copy.
-		return nil, 0, fuseuring.WouldWait
+		return nil, 0, uring.WouldWait
 	}
 	defer n.openMu.Unlock()
 	switch {
@@ -82,7 +82,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
 	case onQueue && n.wouldHash(e):
 		// Opening the disk-tier copy means hashing it first.
-		return nil, 0, fuseuring.WouldWait
+		return nil, 0, uring.WouldWait
 	case len(e.Chunks) > 1 && n.fsys.opt.AssembleFiles:
 		h.passthrough = n.openAssembled(e)
 	case n.inPageCache.Load():
@@ -120,10 +120,10 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	size := min(int64(len(dest)), e.Size-off)
 	first, last := n.img.ChunkSpan(n.idx, off, size)
 	if !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
-		if fuseuring.OnQueueThread() {
+		if uring.OnQueueThread() {
 			// Not from memory: a goroutine asks again (the ring's CPU
 			// has other requests to answer meanwhile).
-			return nil, fuseuring.WouldWait
+			return nil, uring.WouldWait
 		}
 		// A wait on the disk or the store ends early only for a caller
 		// being killed (see untilDying).

@@ -78,9 +78,9 @@ func (s *statsNode) render() []byte {
 	}
 	// Requests answered through io_uring queues (--fuse-uring), and of
 	// them those handed to goroutines (queues that had a slow answer).
-	var uring, async int64
+	var ringed, async int64
 	if r := s.fsys.ring.Load(); r != nil {
-		uring, async = r.Requests()
+		ringed, async = r.Requests()
 	}
 	// Requests answered by the polling thread (--fuse-spin), those of them
 	// handed to goroutines, and those it read while polling.
@@ -88,7 +88,7 @@ func (s *statsNode) render() []byte {
 	if p := s.fsys.poller.Load(); p != nil {
 		polled, pAsync, caught = p.Requests()
 	}
-	out["FUSE"] = map[string]int64{"URingRequests": uring, "URingAsync": async,
+	out["FUSE"] = map[string]int64{"URingRequests": ringed, "URingAsync": async,
 		"PolledRequests": polled, "PolledAsync": pAsync, "PolledCaught": caught}
 	// Multi-chunk files copied whole into the disk tier for passthrough.
 	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load(), "PagesDropped": s.fsys.assemblyDropped.Load()}

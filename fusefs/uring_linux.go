@@ -10,23 +10,23 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/fusepoll"
-	"github.com/gpuwarm/gpuwarm/fuseuring"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/poll"
+	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // mountServer mounts rawFS at dir and starts serving it: through go-fuse's
 // /dev/fuse readers; or (spin > 0) through a polling thread (package
-// fusepoll), which it returns; or, for io_uring, through go-fuse's readers
+// transport/poll), which it returns; or, for io_uring, through go-fuse's readers
 // until serveRing moves the requests to rings. For the last two it mounts
-// the filesystem itself (fusepoll.Mount) and returns the connection's
+// the filesystem itself (poll.Mount) and returns the connection's
 // descriptor, -1 otherwise.
-func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, uring bool, spin time.Duration, log *slog.Logger) (*fuse.Server, int, *fusepoll.Server, error) {
-	if uring {
+func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, useURing bool, spin time.Duration, log *slog.Logger) (*fuse.Server, int, *poll.Server, error) {
+	if useURing {
 		// Once INIT has negotiated io_uring, requests wait for the rings.
-		if err := fuseuring.Preflight(); err != nil {
+		if err := uring.Preflight(); err != nil {
 			log.Warn("FUSE requests come through /dev/fuse: this process cannot set up io_uring rings", "err", err)
-			uring = false
+			useURing = false
 		}
 	}
 	var (
@@ -34,23 +34,23 @@ func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, ur
 		fd  = -1
 		err error
 	)
-	if !uring && spin <= 0 {
+	if !useURing && spin <= 0 {
 		srv, err = fuse.NewServer(rawFS, dir, mo)
 	} else {
-		if uring {
+		if useURing {
 			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		}
-		srv, fd, err = fusepoll.Mount(dir, rawFS, mo)
+		srv, fd, err = poll.Mount(dir, rawFS, mo)
 	}
 	if err != nil {
 		return nil, -1, nil, err
 	}
-	var poller *fusepoll.Server
-	if !uring && fd >= 0 {
-		ps, ok := fusepoll.OwnProtocolServer(srv)
+	var poller *poll.Server
+	if !useURing && fd >= 0 {
+		ps, ok := poll.OwnProtocolServer(srv)
 		if !ok {
 			log.Warn("go-fuse's Server is not laid out as this build expects: FUSE requests come through go-fuse's /dev/fuse readers, which sleep between requests (--fuse-spin has no effect)")
-		} else if poller, err = fusepoll.Serve(fd, ps, fusepoll.Options{MaxWrite: mo.MaxWrite, Spin: spin, Logger: log}); err != nil {
+		} else if poller, err = poll.Serve(fd, ps, poll.Options{MaxWrite: mo.MaxWrite, Spin: spin, Logger: log}); err != nil {
 			log.Warn("FUSE requests come through go-fuse's /dev/fuse readers", "err", err)
 			poller = nil
 		}
@@ -75,22 +75,22 @@ func mountServer(dir string, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, ur
 // kernel offers them; nil if it does not (requests keep coming through
 // /dev/fuse). An error means the mount cannot serve: the kernel holds its
 // requests for rings that could not be set up (it was aborted and detached).
-func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, entries int, log *slog.Logger) (*fuseuring.Server, error) {
+func serveRing(dir string, srv *fuse.Server, fd int, rawFS fuse.RawFileSystem, mo *fuse.MountOptions, entries int, log *slog.Logger) (*uring.Server, error) {
 	ks := srv.KernelSettings()
 	if ks.Flags64()&fuse.CAP_OVER_IO_URING == 0 {
 		log.Info("FUSE requests come through /dev/fuse: the kernel does not offer io_uring queues (Linux 6.14 or later, with the fuse module's enable_uring parameter set: echo 1 > /sys/module/fuse/parameters/enable_uring)")
 		return nil, nil
 	}
-	opt := fuseuring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log}
-	ps, ok := fusepoll.OwnProtocolServer(srv)
+	opt := uring.Options{MaxWrite: mo.MaxWrite, EntriesPerQueue: entries, Logger: log}
+	ps, ok := poll.OwnProtocolServer(srv)
 	if ok {
 		opt.Primed = true
 	} else {
 		log.Warn("go-fuse's Server is not laid out as this build expects: the rings get a protocol server of their own, and a signal to a process waiting on the mount does not cancel its request")
 		ps = fuse.NewProtocolServer(rawFS, mo)
 	}
-	r, err := fuseuring.Serve(fd, ps, ks, opt)
-	if errors.Is(err, fuseuring.ErrStuck) {
+	r, err := uring.Serve(fd, ps, ks, opt)
+	if errors.Is(err, uring.ErrStuck) {
 		if aerr := abortConnection(dir); aerr != nil {
 			err = fmt.Errorf("%w; aborting it failed too (%v): echo 1 > /sys/fs/fuse/connections/*/abort for this mount", err, aerr)
 		}

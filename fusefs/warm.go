@@ -8,8 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"golang.org/x/sync/errgroup"
 )
 

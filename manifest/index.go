@@ -3,7 +3,7 @@ package manifest
 import (
 	"sort"
 
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 // Index is a decoded manifest with the lookups a filesystem needs.

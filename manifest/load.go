@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 // ImageXattr, read on an image's root directory in a mount, gives the image

@@ -28,8 +28,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/gpuwarm/gpuwarm/chunk"
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 // Version is the encoding version written by this package.

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 func sample() *Manifest {

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 // LastReplay is how the last replay of an image's profile on this worker

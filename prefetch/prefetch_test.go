@@ -11,15 +11,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/chunk"
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pack"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
-	"github.com/gpuwarm/gpuwarm/store/simstore"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
+	"github.com/gpuwarm/gpuwarm/manifest/store/simstore"
 )
 
 func chunks(t *testing.T, st store.Store, n, size int) []Entry {

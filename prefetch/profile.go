@@ -20,9 +20,9 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/gpuwarm/gpuwarm/chunk"
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 // Entry is one chunk of a profile.

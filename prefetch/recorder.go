@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 // Recorder notes the first touch of every chunk of one image. It is a

@@ -7,8 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 )
 
 // ReplayOptions bound a replay.

@@ -10,11 +10,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/lazypages"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
+	"github.com/gpuwarm/gpuwarm/restore/lazypages"
 )
 
 // startDaemon starts gpuwarm's lazy-pages daemon on the socket CRIU's

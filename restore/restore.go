@@ -21,11 +21,11 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 	"github.com/gpuwarm/gpuwarm/internal/proctree"
-	"github.com/gpuwarm/gpuwarm/lazypages"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pageserver"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/prefetch"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/restore/lazypages"
+	"github.com/gpuwarm/gpuwarm/restore/pageserver"
 	"google.golang.org/protobuf/proto"
 )
 

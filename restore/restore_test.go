@@ -15,15 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/internal/proctree"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pageserver"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
 	"github.com/gpuwarm/gpuwarm/prefetch"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
+	"github.com/gpuwarm/gpuwarm/restore/pageserver"
 	"github.com/gpuwarm/gpuwarm/testing/workload"
 )
 

@@ -19,12 +19,12 @@ import (
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
-	"github.com/gpuwarm/gpuwarm/digest"
-	"github.com/gpuwarm/gpuwarm/gc"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pack"
-	"github.com/gpuwarm/gpuwarm/pageserver"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/gc"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/restore/pageserver"
 	"google.golang.org/protobuf/proto"
 )
 

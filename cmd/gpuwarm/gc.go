@@ -9,9 +9,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/gc"
-	"github.com/gpuwarm/gpuwarm/pack"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/gc"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 func init() {

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pack"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 type imageSummary struct {

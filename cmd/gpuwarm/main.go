@@ -17,8 +17,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/storeopen"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/storeopen"
 )
 
 type command struct {

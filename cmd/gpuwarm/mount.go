@@ -9,10 +9,10 @@ import (
 	"runtime/pprof"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/internal/sdnotify"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 )
 

@@ -12,13 +12,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/prefetch"
-	"github.com/gpuwarm/gpuwarm/store"
 )
 
 // profiles fetches images' prefetch profiles as soon as their IDs are

@@ -6,10 +6,10 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/gpuwarm/gpuwarm/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
 	"github.com/gpuwarm/gpuwarm/prefetch"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
 )
 
 // failFirst fails its first Get.

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
-	"github.com/gpuwarm/gpuwarm/store"
 )
 
 const runDir = "/run/gpuwarm"

@@ -18,9 +18,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/internal/directio"
-	"github.com/gpuwarm/gpuwarm/store"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 	"golang.org/x/sys/unix"
 )

@@ -7,9 +7,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
-	"github.com/gpuwarm/gpuwarm/store"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 

@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
 	"github.com/gpuwarm/gpuwarm/restore"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 

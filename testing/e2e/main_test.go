@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )

@@ -23,10 +23,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gpuwarm/gpuwarm/digest"
 	"github.com/gpuwarm/gpuwarm/fusefs"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
 )
 
 // TestPackMountTree packs a tree with every kind of entry (and a 200 MB

@@ -24,7 +24,7 @@ import (
 
 // transports runs test once with requests through /dev/fuse read by
 // go-fuse's sleeping readers, once read by a polling thread (--fuse-spin,
-// package fusepoll) and once through io_uring queues (--fuse-uring), with
+// package fusefs/transport/poll) and once through io_uring queues (--fuse-uring), with
 // the fuse module's enable_uring parameter set for it (and put back after).
 func transports(t *testing.T, test func(t *testing.T, flags []string)) {
 	t.Run("dev-fuse", func(t *testing.T) { test(t, []string{"--fuse-spin=0"}) })

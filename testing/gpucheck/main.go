@@ -21,14 +21,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/cache"
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/gpu"
-	"github.com/gpuwarm/gpuwarm/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
-	"github.com/gpuwarm/gpuwarm/store"
-	"github.com/gpuwarm/gpuwarm/store/filestore"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 

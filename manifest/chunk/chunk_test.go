@@ -1,0 +1,130 @@
+package chunk
+
+import (
+	"bytes"
+	"errors"
+	"math/rand"
+	"testing"
+
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+)
+
+func TestRoundTrip(t *testing.T) {
+	rnd := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(rnd)
+	cases := map[string][]byte{
+		"empty":  {},
+		"small":  []byte("hello"),
+		"zeros":  make([]byte, 1<<20),
+		"random": rnd,
+		"text":   bytes.Repeat([]byte("import torch\n"), 10000),
+	}
+	for name, data := range cases {
+		blob := Encode(data)
+		got, err := Decode(blob, digest.Of(data))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("%s: round trip differs", name)
+		}
+		if name == "zeros" && blob[0] != CodecZstd {
+			t.Errorf("zeros not compressed")
+		}
+		if name == "random" && blob[0] != CodecRaw {
+			t.Errorf("random data stored compressed")
+		}
+	}
+}
+
+func TestDecodeRejectsWrongContent(t *testing.T) {
+	data := bytes.Repeat([]byte("abc"), 1000)
+	blob := Encode(data)
+	blob[len(blob)-1] ^= 1
+	if _, err := Decode(blob, digest.Of(data)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("want ErrCorrupt, got %v", err)
+	}
+	if _, err := Decode([]byte{9, 1, 2}, digest.Of(data)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unknown codec: want ErrCorrupt, got %v", err)
+	}
+}
+
+func TestDecodeTo(t *testing.T) {
+	for _, data := range [][]byte{bytes.Repeat([]byte("compressible "), 10000), randomBytes(70000)} {
+		blob, id := Encode(data), digest.Of(data)
+		dst := make([]byte, 0, len(data))
+		got, err := DecodeTo(dst, blob, id)
+		if err != nil || !bytes.Equal(got, data) || &got[0] != &dst[:1][0] {
+			t.Fatalf("codec %d: decoded into its own memory or wrongly: %v", blob[0], err)
+		}
+		small := make([]byte, 0, 10)
+		if got, err := DecodeTo(small, blob, id); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("codec %d: a buffer too small: %v", blob[0], err)
+		}
+		if _, err := DecodeTo(dst, blob, digest.Of([]byte("other"))); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("codec %d: wrong digest accepted: %v", blob[0], err)
+		}
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	x := uint64(88172645463325252)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(Encode([]byte("hello world hello world hello world")))
+	f.Add(Encode(make([]byte, 4096)))
+	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd})
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		data, err := decode(nil, blob)
+		if err != nil {
+			return
+		}
+		// Decoding into a buffer gives the same bytes, in the buffer when
+		// they fit.
+		dst := make([]byte, 0, len(data)+3)
+		into, err := decode(dst, blob)
+		if err != nil || !bytes.Equal(into, data) || (len(into) > 0 && &into[0] != &dst[:1][0]) {
+			t.Fatalf("decode into a buffer: %v", err)
+		}
+		// Whatever decodes must re-encode to something that decodes to it.
+		back, err := Decode(Encode(data), digest.Of(data))
+		if err != nil || !bytes.Equal(back, data) {
+			t.Fatalf("re-encode failed: %v", err)
+		}
+	})
+}
+
+// EncodeTo builds blobs in the caller's buffer when it has the room, and
+// they decode like Encode's.
+func TestEncodeTo(t *testing.T) {
+	buf := make([]byte, 0, 1<<20+1)
+	for _, data := range [][]byte{
+		bytes.Repeat([]byte("compressible "), 50000), // zstd
+		randomBytes(1 << 20),                         // raw
+		[]byte("tiny"),                               // raw, too small to try
+	} {
+		blob := EncodeTo(buf, data)
+		if !bytes.Equal(blob, Encode(data)) {
+			t.Fatalf("%d bytes: EncodeTo and Encode differ", len(data))
+		}
+		if &blob[0] != &buf[:1][0] {
+			t.Fatalf("%d bytes: blob not built in the buffer", len(data))
+		}
+		got, err := Decode(blob, digest.Of(data))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: round trip: %v", len(data), err)
+		}
+	}
+	if blob := EncodeTo(make([]byte, 0, 10), randomBytes(4096)); len(blob) != 4097 {
+		t.Fatalf("a buffer too small: %d-byte blob", len(blob))
+	}
+}

@@ -1,0 +1,546 @@
+// Package pack turns a directory tree into an image in a store: it walks the
+// tree, cuts regular files into fixed-size chunks, uploads the chunks the
+// store lacks (in parallel, bounded), then publishes the manifest and, last,
+// the tag. A crash before the tag is written leaves only unreferenced chunks,
+// which gc removes; readers never see a tag whose image is incomplete.
+package pack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultChunkSize is the chunk size of packed files: large enough to keep
+// object-store requests few, small enough that a lazy read fetches little
+// it does not need.
+const DefaultChunkSize = 1 << 20
+
+// Options configure a pack.
+type Options struct {
+	ChunkSize   int
+	Workers     int // default GOMAXPROCS+2
+	Annotations map[string]string
+	// Extra entries join the walked tree: regular files whose chunks are
+	// already in the store (a snapshot's pages), hard links, symlinks.
+	// Their parents must exist in the tree and their paths must be new.
+	Extra []manifest.Entry
+	// Progress receives a one-line progress display; nil for none.
+	Progress io.Writer
+	Logger   *slog.Logger
+}
+
+// Result summarizes a pack.
+type Result struct {
+	ID          digest.ID
+	Stats       manifest.Stats
+	NewChunks   int
+	NewBytes    int64 // stored (possibly compressed) bytes uploaded
+	ReadBytes   int64
+	Duration    time.Duration
+	ManifestLen int
+}
+
+// DedupRatio is logical bytes over uploaded bytes.
+func (r *Result) DedupRatio() float64 {
+	if r.NewBytes == 0 {
+		return 0
+	}
+	return float64(r.Stats.Bytes) / float64(r.NewBytes)
+}
+
+// MBps is the read throughput of the pack.
+func (r *Result) MBps() float64 {
+	return float64(r.ReadBytes) / 1e6 / r.Duration.Seconds()
+}
+
+type job struct {
+	path  string
+	entry int
+	index int
+	off   int64
+	size  int
+}
+
+type packer struct {
+	st   store.Store
+	opt  Options
+	log  *slog.Logger
+	seen sync.Map // digest.ID -> struct{}: known present or uploaded in this run
+
+	newChunks, newBytes, readBytes atomic.Int64
+
+	// Chunks go into the store in batches (one sync per batch where the
+	// store can, store.Batcher), committed every commitBytes or
+	// commitObjects and before the manifest.
+	batchMu      sync.RWMutex
+	batch        store.Batch
+	batchBytes   atomic.Int64
+	batchObjects atomic.Int64
+}
+
+const (
+	commitBytes   = 1 << 30
+	commitObjects = 16384
+)
+
+// commit makes the chunks put so far durable and visible. Puts that race
+// with it go into the next batch.
+func (p *packer) commit(ctx context.Context) error {
+	p.batchMu.Lock()
+	b := p.batch
+	p.batch = store.NewBatch(p.st)
+	p.batchBytes.Store(0)
+	p.batchObjects.Store(0)
+	p.batchMu.Unlock()
+	if err := b.Commit(ctx); err != nil {
+		return fmt.Errorf("pack: %w", err)
+	}
+	return nil
+}
+
+// Dir packs the tree at root into st and returns the image. It does not tag.
+func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result, error) {
+	start := time.Now()
+	if opt.ChunkSize <= 0 {
+		opt.ChunkSize = DefaultChunkSize
+	}
+	if opt.ChunkSize > chunk.MaxSize {
+		return nil, fmt.Errorf("chunk size %d exceeds %d", opt.ChunkSize, chunk.MaxSize)
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = runtime.GOMAXPROCS(0) + 2
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	st0, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("pack: %w", err)
+	}
+	if !st0.IsDir() {
+		return nil, fmt.Errorf("pack: %s is not a directory", root)
+	}
+	p := &packer{st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
+	m := &manifest.Manifest{Annotations: opt.Annotations}
+	var jobs []job
+	var total int64
+	if err := p.walk(root, m, &jobs, &total); err != nil {
+		return nil, err
+	}
+
+	stopProgress := p.progress(total, start)
+	err = p.upload(ctx, m, jobs)
+	stopProgress()
+	if err == nil {
+		err = p.commit(ctx)
+	}
+	if err != nil {
+		p.batchMu.Lock()
+		p.batch.Abort()
+		p.batchMu.Unlock()
+		return nil, err
+	}
+	if len(opt.Extra) > 0 {
+		seen := make(map[string]bool, len(m.Entries))
+		for _, e := range m.Entries {
+			seen[e.Path] = true
+		}
+		for _, e := range opt.Extra {
+			if seen[e.Path] {
+				return nil, fmt.Errorf("pack: extra entry %q is already in %s", e.Path, root)
+			}
+			seen[e.Path] = true
+			m.Entries = append(m.Entries, e)
+		}
+		sort.SliceStable(m.Entries, func(i, j int) bool { return m.Entries[i].Path < m.Entries[j].Path })
+		canonicalHardlinks(m)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("pack: internal error, built an invalid manifest: %w", err)
+	}
+	enc := m.Encode()
+	id := digest.Of(enc)
+	if err := st.Put(ctx, store.H(store.Manifest, id), enc); err != nil {
+		return nil, fmt.Errorf("pack: store manifest: %w", err)
+	}
+	return &Result{
+		ID: id, Stats: m.Stats(), NewChunks: int(p.newChunks.Load()), NewBytes: p.newBytes.Load(),
+		ReadBytes: p.readBytes.Load(), Duration: time.Since(start), ManifestLen: len(enc),
+	}, nil
+}
+
+func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int64) error {
+	type devIno struct{ dev, ino uint64 }
+	links := make(map[devIno]string)
+	return filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("pack: %w", err)
+		}
+		rel, _ := filepath.Rel(root, full)
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			rel = ""
+		}
+		var sys unix.Stat_t
+		if err := unix.Lstat(full, &sys); err != nil {
+			return fmt.Errorf("pack: %w", &os.PathError{Op: "lstat", Path: full, Err: err})
+		}
+		e := manifest.Entry{
+			Path:  rel,
+			Mode:  sys.Mode & 0o7777,
+			UID:   sys.Uid,
+			GID:   sys.Gid,
+			Mtime: sys.Mtim.Nano(),
+		}
+		switch sys.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			e.Type = manifest.Dir
+		case unix.S_IFLNK:
+			t, err := os.Readlink(full)
+			if err != nil {
+				return fmt.Errorf("pack: %w", err)
+			}
+			e.Type, e.Target, e.Size = manifest.Symlink, t, int64(len(t))
+		case unix.S_IFREG:
+			key := devIno{uint64(sys.Dev), sys.Ino}
+			if sys.Nlink > 1 {
+				if first, ok := links[key]; ok {
+					m.Entries = append(m.Entries, manifest.Entry{Path: rel, Type: manifest.Hardlink, Target: first})
+					return nil
+				}
+				links[key] = rel
+			}
+			e.Type, e.Size = manifest.Regular, sys.Size
+			idx := len(m.Entries)
+			n := int((sys.Size + int64(p.opt.ChunkSize) - 1) / int64(p.opt.ChunkSize))
+			if n > 0 {
+				e.Chunks = make([]manifest.Chunk, n)
+			}
+			for i := 0; i < n; i++ {
+				off := int64(i) * int64(p.opt.ChunkSize)
+				size := min(int64(p.opt.ChunkSize), sys.Size-off)
+				*jobs = append(*jobs, job{path: full, entry: idx, index: i, off: off, size: int(size)})
+			}
+			*total += sys.Size
+		default:
+			p.log.Warn("skipping special file (devices, sockets and fifos are not packed)", "path", full)
+			return nil
+		}
+		if rel != "" {
+			if err := manifest.ValidPath(rel); err != nil {
+				return fmt.Errorf("pack: %s: %w", full, err)
+			}
+		}
+		xs, err := xattrs(full)
+		if err != nil {
+			return fmt.Errorf("pack: %w", err)
+		}
+		e.Xattrs = xs
+		m.Entries = append(m.Entries, e)
+		return nil
+	})
+}
+
+func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) error {
+	g, ctx := errgroup.WithContext(ctx)
+	ch := make(chan job)
+	g.Go(func() error {
+		defer close(ch)
+		for _, j := range jobs {
+			select {
+			case ch <- j:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	for w := 0; w < p.opt.Workers; w++ {
+		g.Go(func() error {
+			src := newSourceReader(p.opt.ChunkSize)
+			defer src.close()
+			// Blobs are built here, block-aligned, so the file store
+			// writes them with O_DIRECT in place.
+			encRaw := make([]byte, directio.Round(1+p.opt.ChunkSize)+directAlign)
+			enc := directio.Aligned(encRaw, directio.Round(1+p.opt.ChunkSize))
+			for j := range ch {
+				b, err := src.read(j.path, j.off, int64(j.size))
+				if err != nil {
+					return fmt.Errorf("pack: %w", err)
+				}
+				p.readBytes.Add(int64(len(b)))
+				id := digest.Of(b)
+				m.Entries[j.entry].Chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b))}
+				if err := p.putChunk(ctx, id, b, enc); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	sort.SliceStable(m.Entries, func(i, j int) bool { return m.Entries[i].Path < m.Entries[j].Path })
+	canonicalHardlinks(m)
+	return nil
+}
+
+// canonicalHardlinks makes the first name of each hard-linked file, in
+// manifest order, the one that carries its contents: the walk met names in
+// per-directory order, which can differ from the manifest's whole-path order.
+func canonicalHardlinks(m *manifest.Manifest) {
+	byPath := make(map[string]int, len(m.Entries))
+	for i := range m.Entries {
+		byPath[m.Entries[i].Path] = i
+	}
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		if e.Type != manifest.Hardlink {
+			continue
+		}
+		t := byPath[e.Target]
+		if t < i {
+			continue
+		}
+		// This link precedes its target: it becomes the file, and every link
+		// to the old target (the target too) points here.
+		old := e.Target
+		path := e.Path
+		*e = m.Entries[t]
+		e.Path = path
+		for k := range m.Entries {
+			if k != i && (k == t || m.Entries[k].Type == manifest.Hardlink && m.Entries[k].Target == old) {
+				m.Entries[k] = manifest.Entry{Path: m.Entries[k].Path, Type: manifest.Hardlink, Target: path}
+			}
+		}
+	}
+}
+
+// putChunk stores chunk b (named id) unless the store has it, encoding it
+// in enc's memory.
+func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) error {
+	if _, dup := p.seen.LoadOrStore(id, struct{}{}); dup {
+		return nil
+	}
+	h := store.H(store.Chunk, id)
+	ok, err := store.Has(ctx, p.st, h)
+	if err != nil {
+		return fmt.Errorf("pack: %w", err)
+	}
+	if ok {
+		return nil
+	}
+	blob := chunk.EncodeTo(enc[:0], b)
+	p.batchMu.RLock()
+	err = p.batch.Put(ctx, h, blob)
+	p.batchMu.RUnlock()
+	if err != nil {
+		return fmt.Errorf("pack: upload chunk: %w", err)
+	}
+	p.newChunks.Add(1)
+	p.newBytes.Add(int64(len(blob)))
+	if p.batchBytes.Add(int64(len(blob))) >= commitBytes || p.batchObjects.Add(1) >= commitObjects {
+		return p.commit(ctx)
+	}
+	return nil
+}
+
+func (p *packer) progress(total int64, start time.Time) func() {
+	if p.opt.Progress == nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	draw := func(final bool) {
+		n := p.readBytes.Load()
+		pct := 100.0
+		if total > 0 {
+			pct = 100 * float64(n) / float64(total)
+		}
+		const width = 30
+		bar := strings.Repeat("#", int(pct/100*width)) + strings.Repeat(".", width-int(pct/100*width))
+		rate := float64(n) / 1e6 / max(time.Since(start).Seconds(), 1e-3)
+		end := ""
+		if final {
+			end = "\n"
+		}
+		fmt.Fprintf(p.opt.Progress, "\rpacking [%s] %5.1f%% %s/%s %6.0f MB/s  new %s%s",
+			bar, pct, HumanBytes(n), HumanBytes(total), rate, HumanBytes(p.newBytes.Load()), end)
+	}
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				draw(true)
+				return
+			case <-t.C:
+				draw(false)
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+func xattrs(path string) ([]manifest.Xattr, error) {
+	size, err := unix.Llistxattr(path, nil)
+	if err != nil {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
+	}
+	if size == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, size)
+	size, err = unix.Llistxattr(path, buf)
+	if err != nil {
+		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
+	}
+	var out []manifest.Xattr
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		vsize, err := unix.Lgetxattr(path, name, nil)
+		if err != nil {
+			if errors.Is(err, syscall.ENODATA) {
+				continue
+			}
+			return nil, &os.PathError{Op: "getxattr " + name, Path: path, Err: err}
+		}
+		val := make([]byte, vsize)
+		if vsize > 0 {
+			if vsize, err = unix.Lgetxattr(path, name, val); err != nil {
+				return nil, &os.PathError{Op: "getxattr " + name, Path: path, Err: err}
+			}
+		}
+		out = append(out, manifest.Xattr{Name: name, Value: val[:vsize]})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// HumanBytes formats n as a decimal size.
+func HumanBytes(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %cB", float64(n)/float64(div), "kMGTPE"[exp])
+}
+
+// sourceReader reads a worker's chunks from the files being packed. Files
+// of at least directMin bytes are read with O_DIRECT into an aligned
+// buffer when the chunk size allows: a pack reads each byte once, and
+// filling the page cache costs the allocation of every page (the largest
+// system cost of a pack on the benchmark VM) for pages nobody reads again.
+type sourceReader struct {
+	buf    []byte // block-aligned, chunk size plus a block
+	path   string
+	fd     int
+	direct bool
+}
+
+const (
+	directMin   = 1 << 20
+	directAlign = directio.Align
+)
+
+func newSourceReader(chunkSize int) *sourceReader {
+	raw := make([]byte, chunkSize+2*directAlign)
+	return &sourceReader{buf: directio.Aligned(raw, chunkSize+directAlign), fd: -1}
+}
+
+func (r *sourceReader) close() {
+	if r.fd >= 0 {
+		unix.Close(r.fd)
+		r.fd = -1
+	}
+}
+
+// read returns size bytes of path at off (valid until the next read).
+func (r *sourceReader) read(path string, off, size int64) ([]byte, error) {
+	if path != r.path || r.fd < 0 {
+		r.close()
+		r.path = path
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		r.fd, r.direct = fd, false
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Size >= directMin && (len(r.buf)-directAlign)%directAlign == 0 {
+			if dfd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECT, 0); err == nil {
+				unix.Close(fd)
+				r.fd, r.direct = dfd, true
+			}
+		}
+	}
+	want := int(size)
+	if r.direct {
+		// Whole blocks; the file's end makes the last read short.
+		want = (want + directAlign - 1) &^ (directAlign - 1)
+	}
+	b := r.buf[:want]
+	n := 0
+	for n < int(size) {
+		k, err := unix.Pread(r.fd, b[n:], off+int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EINVAL && r.direct && n == 0 {
+			// This filesystem refuses O_DIRECT reads after all.
+			r.close()
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, &os.PathError{Op: "open", Path: path, Err: err}
+			}
+			r.fd, r.direct, r.path = fd, false, path
+			b = r.buf[:size]
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if k == 0 {
+			return nil, fmt.Errorf("%s shrank while being packed", path)
+		}
+		n += k
+		if r.direct && n%directAlign != 0 && n < int(size) {
+			return nil, fmt.Errorf("%s shrank while being packed", path)
+		}
+	}
+	return b[:size], nil
+}
