@@ -16,8 +16,10 @@ RACEPKGS := ./fusefs/... ./manifest/store/... ./prefetch/... ./restore/pageserve
 
 all: build
 
+# The binary records its VCS revision (gpuwarm --version) and git describe.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 build:
-	$(GO) build -o $(BIN) ./cmd/gpuwarm
+	$(GO) build -buildvcs=auto -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/gpuwarm
 
 setup:
 	bash scripts/setup.sh
@@ -25,6 +27,7 @@ setup:
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
 
 # Unit tests, race detector on the concurrent packages, short fuzz runs of
 # every decoder, then the end-to-end tests with real FUSE, CRIU and S3.

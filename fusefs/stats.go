@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"syscall"
 
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -46,52 +47,82 @@ func (h *statsHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Re
 	return fuse.ReadResultData(h.b[off:min(int64(len(h.b)), off+int64(len(dest)))]), 0
 }
 
-func (s *statsNode) render() []byte {
-	out := map[string]any{}
-	cs, _ := json.Marshal(s.fsys.cache.Stats())
-	json.Unmarshal(cs, &out)
-	replays := map[string]any{}
-	for id, o := range s.fsys.Observers() {
+// Stats is what MOUNTPOINT/.stats holds: the block cache's counters and
+// the mount's own.
+type Stats struct {
+	cache.Stats
+	// Prefetch holds each replaying image's counters, by image ID.
+	Prefetch map[string]any `json:"prefetch,omitempty"`
+	Opens    OpenStats      `json:"opens"`
+	// PageCachePushed is the bytes replays put into files' page cache
+	// ahead of their reads.
+	PageCachePushed int64          `json:"page_cache_pushed"`
+	FUSE            TransportStats `json:"fuse"`
+	Assembly        AssemblyStats  `json:"assembly"`
+}
+
+// OpenStats counts opens by how they were served.
+type OpenStats struct {
+	Passthrough int64 `json:"passthrough"` // by FUSE passthrough from a disk-tier file
+	Cached      int64 `json:"cached"`      // through the daemon (memory tier, page cache)
+	// Of the cached opens, those of files wholly in the kernel's page
+	// cache, and how often such a file was found dropped afterwards.
+	PageCache     int64 `json:"page_cache"`
+	PageCacheLost int64 `json:"page_cache_lost"`
+	// Of the passthrough opens, those of assembled files the kernel's page
+	// cache held.
+	Resident int64 `json:"resident"`
+}
+
+// TransportStats counts the FUSE requests answered off go-fuse's readers.
+type TransportStats struct {
+	URingRequests  int64 `json:"uring_requests"`  // through io_uring queues (--fuse-uring)
+	URingAsync     int64 `json:"uring_async"`     // of them, handed to goroutines
+	PolledRequests int64 `json:"polled_requests"` // by the polling thread (--fuse-spin)
+	PolledAsync    int64 `json:"polled_async"`    // of them, handed to goroutines
+	PolledCaught   int64 `json:"polled_caught"`   // read while polling, without a wakeup
+}
+
+// AssemblyStats counts multi-chunk files copied whole into the disk tier
+// for passthrough.
+type AssemblyStats struct {
+	Running      int64 `json:"running"`
+	Done         int64 `json:"done"`
+	Failed       int64 `json:"failed"`
+	PagesDropped int64 `json:"pages_dropped"`
+}
+
+// Stats returns the mount's counters as .stats shows them.
+func (f *FS) Stats() Stats {
+	out := Stats{Stats: f.cache.Stats()}
+	for id, o := range f.Observers() {
 		if st, ok := o.(interface{ ReplayStats() any }); ok {
-			replays[id.String()] = st.ReplayStats()
+			if out.Prefetch == nil {
+				out.Prefetch = map[string]any{}
+			}
+			out.Prefetch[id.String()] = st.ReplayStats()
 		}
 	}
-	if len(replays) > 0 {
-		out["Prefetch"] = replays
+	out.Opens = OpenStats{
+		Passthrough:   f.passthroughOpens.Load(),
+		Cached:        f.cachedOpens.Load(),
+		PageCache:     f.pageCacheOpens.Load(),
+		PageCacheLost: f.pageCacheLost.Load(),
+		Resident:      f.residentOpens.Load(),
 	}
-	// Opens served by FUSE passthrough from a disk-tier file, and opens
-	// served through the daemon (memory tier, kernel page cache).
-	out["Opens"] = map[string]int64{
-		"Passthrough": s.fsys.passthroughOpens.Load(),
-		"Cached":      s.fsys.cachedOpens.Load(),
-		// Of the cached opens, those of files wholly in the kernel's page
-		// cache; and how often such a file was found dropped afterwards.
-		"PageCache":     s.fsys.pageCacheOpens.Load(),
-		"PageCacheLost": s.fsys.pageCacheLost.Load(),
-		// Of the passthrough opens, those of assembled files the kernel's
-		// page cache held.
-		"Resident": s.fsys.residentOpens.Load(),
+	out.PageCachePushed = f.pushedBytes.Load()
+	if r := f.ring.Load(); r != nil {
+		out.FUSE.URingRequests, out.FUSE.URingAsync = r.Requests()
 	}
-	out["PageCachePushed"] = map[string]int64{
-		// Bytes a Warmer put into files' page cache ahead of their reads.
-		"Bytes": s.fsys.pushedBytes.Load(),
+	if p := f.poller.Load(); p != nil {
+		out.FUSE.PolledRequests, out.FUSE.PolledAsync, out.FUSE.PolledCaught = p.Requests()
 	}
-	// Requests answered through io_uring queues (--fuse-uring), and of
-	// them those handed to goroutines (queues that had a slow answer).
-	var ringed, async int64
-	if r := s.fsys.ring.Load(); r != nil {
-		ringed, async = r.Requests()
-	}
-	// Requests answered by the polling thread (--fuse-spin), those of them
-	// handed to goroutines, and those it read while polling.
-	var polled, pAsync, caught int64
-	if p := s.fsys.poller.Load(); p != nil {
-		polled, pAsync, caught = p.Requests()
-	}
-	out["FUSE"] = map[string]int64{"URingRequests": ringed, "URingAsync": async,
-		"PolledRequests": polled, "PolledAsync": pAsync, "PolledCaught": caught}
-	// Multi-chunk files copied whole into the disk tier for passthrough.
-	out["Assembly"] = map[string]int64{"Running": s.fsys.assemblyRunning.Load(), "Done": s.fsys.assemblyDone.Load(), "Failed": s.fsys.assemblyFailed.Load(), "PagesDropped": s.fsys.assemblyDropped.Load()}
-	b, _ := json.MarshalIndent(out, "", "  ")
+	out.Assembly = AssemblyStats{Running: f.assemblyRunning.Load(), Done: f.assemblyDone.Load(),
+		Failed: f.assemblyFailed.Load(), PagesDropped: f.assemblyDropped.Load()}
+	return out
+}
+
+func (s *statsNode) render() []byte {
+	b, _ := json.MarshalIndent(s.fsys.Stats(), "", "  ")
 	return append(b, '\n')
 }

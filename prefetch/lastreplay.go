@@ -77,3 +77,11 @@ func (r *Replayer) Last() LastReplay {
 	s := r.Stats()
 	return LastReplay{Kind: "mount", Chunks: s.Chunks, Fetched: s.Fetched, Touched: s.Touched, Hits: s.Hits, Misses: s.Misses, Warmed: s.Warmed}
 }
+
+// RestoreReplay is the record of a lazy restore that filled units memory
+// units in a profile of chunks entries, faults of them (copies a fault
+// asked for) after the program had touched them: every other unit was in
+// place, or on its way, when the program reached it.
+func RestoreReplay(chunks, units, faults int64) LastReplay {
+	return LastReplay{Kind: "restore", Chunks: chunks, Fetched: units - faults, Touched: units, Hits: units - faults, Misses: faults}
+}

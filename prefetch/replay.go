@@ -185,8 +185,13 @@ func (r *Replayer) MaxAhead() int64 { return r.maxAhead.Load() }
 
 // Stats summarizes the replay.
 type Stats struct {
-	Chunks, Fetched, Touched, Hits, Misses, Warmed int64
-	HitRate                                        float64
+	Chunks  int64   `json:"chunks"`  // in the profile
+	Fetched int64   `json:"fetched"` // brought in ahead of demand
+	Touched int64   `json:"touched"` // read by the program
+	Hits    int64   `json:"hits"`    // read after the replay brought them in
+	Misses  int64   `json:"misses"`  // read before: the program waited
+	Warmed  int64   `json:"warmed"`  // put into the kernel's page cache ahead of the program
+	HitRate float64 `json:"hit_rate"`
 }
 
 // Stats returns the replay's counters.

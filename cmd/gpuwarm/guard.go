@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,27 +24,32 @@ import (
 const guardCmd = "_lazy-guard"
 
 func init() {
-	g := &command{name: guardCmd, args: "PID", help: "(internal) kill a lazily restored tree if gpuwarm restore dies before its memory is in place"}
-	g.run = func(ctx context.Context, _ *globals, args []string) error {
-		if len(args) != 1 {
-			return errors.New("want the restored root's pid")
-		}
-		pid, err := strconv.Atoi(args[0])
-		if err != nil || pid <= 1 {
-			return fmt.Errorf("bad pid %q", args[0])
-		}
-		signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-		b, _ := io.ReadAll(os.Stdin)
-		if strings.TrimSpace(string(b)) == "done" {
-			return nil
-		}
-		for _, p := range proctree.Tree(pid) {
-			syscall.Kill(p, syscall.SIGKILL)
-		}
-		fmt.Fprintf(os.Stderr, "gpuwarm: the lazy restore of pid %d ended before its memory was in place; killed the restored tree\n", pid)
+	register(spec{name: guardCmd, args: "PID", help: "(internal) kill a lazily restored tree if gpuwarm restore dies before its memory is in place",
+		hidden: true, new: func() command { return &guardOptions{} }})
+}
+
+type guardOptions struct{ cli }
+
+func (o *guardOptions) flags(fs *flagSet) {}
+
+func (o *guardOptions) run(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("want the restored root's pid")
+	}
+	pid, err := strconv.Atoi(args[0])
+	if err != nil || pid <= 1 {
+		return usagef("bad pid %q", args[0])
+	}
+	signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	b, _ := io.ReadAll(os.Stdin)
+	if strings.TrimSpace(string(b)) == "done" {
 		return nil
 	}
-	register(g)
+	for _, p := range proctree.Tree(pid) {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	fmt.Fprintf(os.Stderr, "gpuwarm: the lazy restore of pid %d ended before its memory was in place; killed the restored tree\n", pid)
+	return nil
 }
 
 // startGuard starts the guard for a restored tree; done tells it all is in

@@ -1,6 +1,13 @@
 // Command gpuwarm makes GPU workloads start in about a second: it packs
 // program trees and process snapshots into a content-addressed store, mounts
 // them lazily on workers, and restores snapshots from the mount.
+//
+// Each command lives in its own file: an options struct, the flags that
+// fill it, and a run method that tests call directly. Flags shared by
+// several commands (the store, the block cache, the mount point) are
+// defined once, in flags.go, and every flag that an environment variable
+// can set says so in its help; a bad value, from a flag or the
+// environment, is a usage error (exit 2) that names where it came from.
 package main
 
 import (
@@ -8,185 +15,135 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/pprof"
 	"sort"
-	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/gpuwarm/gpuwarm/manifest/store"
-	"github.com/gpuwarm/gpuwarm/manifest/store/storeopen"
 )
 
-type command struct {
-	name, args, help string
-	run              func(ctx context.Context, g *globals, args []string) error
+// A command is one gpuwarm subcommand's options: it registers its flags and
+// runs with the positional arguments left after them.
+type command interface {
+	flags(fs *flagSet)
+	run(ctx context.Context, args []string) error
+	base() *cli
 }
 
-var commands []*command
-
-func register(c *command) { commands = append(commands, c) }
-
-// globals are the settings every command shares; each has an environment
-// variable so a worker's boot script can set them once.
-type globals struct {
-	storeURL string
-	logLevel string
+// cli is what every command shares: where it writes and its logger.
+// Commands embed it.
+type cli struct {
+	out      io.Writer // results: tables, JSON
 	log      *slog.Logger
+	logLevel string
 }
 
-func (g *globals) flags(fs *flag.FlagSet) {
-	fs.StringVar(&g.storeURL, "store", envOr("GPUWARM_STORE", storeopen.Default), "store `URL`: a directory, file://DIR or s3://BUCKET/PREFIX (env GPUWARM_STORE)")
-	fs.StringVar(&g.logLevel, "log-level", envOr("GPUWARM_LOG", "info"), "log level: debug, info, warn, error (env GPUWARM_LOG)")
+func (c *cli) base() *cli { return c }
+
+// spec describes a command for the usage text and the dispatcher.
+type spec struct {
+	name, args, help string
+	hidden           bool // internal; not listed
+	new              func() command
 }
 
-func (g *globals) openStore(ctx context.Context) (store.Store, error) {
-	return storeopen.Open(ctx, g.storeURL)
-}
+var commands = map[string]spec{}
 
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
-}
+func register(s spec) { commands[s.name] = s }
 
-func usage() {
-	fmt.Fprintf(os.Stderr, "gpuwarm: start GPU workloads from lazily mounted images and snapshots\n\nUsage: gpuwarm COMMAND [flags]\n\nCommands:\n")
-	sort.Slice(commands, func(i, j int) bool { return commands[i].name < commands[j].name })
-	for _, c := range commands {
-		if strings.HasPrefix(c.name, "_") {
-			continue // internal
+// usageError is a mistake in how gpuwarm was called: exit status 2.
+type usageError struct{ err error }
+
+func (u usageError) Error() string { return u.err.Error() }
+func (u usageError) Unwrap() error { return u.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+func topUsage(w io.Writer) {
+	fmt.Fprintf(w, "gpuwarm: start GPU workloads from lazily mounted images and snapshots\n\nUsage: gpuwarm COMMAND [flags] [args]\n\nCommands:\n")
+	names := make([]string, 0, len(commands))
+	for n, s := range commands {
+		if !s.hidden {
+			names = append(names, n)
 		}
-		fmt.Fprintf(os.Stderr, "  %-10s %s\n", c.name, c.help)
 	}
-	fmt.Fprintf(os.Stderr, "\nRun 'gpuwarm COMMAND -h' for a command's flags.\n")
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-9s %s\n", n, commands[n].help)
+	}
+	fmt.Fprintf(w, "\nRun 'gpuwarm COMMAND -h' for a command's flags, 'gpuwarm --version' for the build.\n")
 }
 
-func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage()
-		if len(os.Args) < 2 {
-			os.Exit(2)
-		}
-		return
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run runs one gpuwarm invocation and returns its exit status: 0 done,
+// 1 failed, 2 called wrongly.
+func run(argv []string, stdout, stderr io.Writer) int {
+	if len(argv) == 0 {
+		topUsage(stderr)
+		return 2
 	}
-	name := os.Args[1]
-	for _, c := range commands {
-		if c.name != name {
-			continue
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		g := &globals{}
-		if p := os.Getenv("GPUWARM_CPUPROFILE"); p != "" {
-			// Any command's CPU profile, for whoever tunes it.
-			if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
-				defer pprof.StopCPUProfile()
+	switch argv[0] {
+	case "-h", "-help", "--help", "help":
+		if len(argv) > 1 {
+			if s, ok := commands[argv[1]]; ok {
+				newFlagSet(s, s.new()).usage(stdout)
+				return 0
 			}
 		}
-		if err := c.run(ctx, g, os.Args[2:]); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return
-			}
-			fmt.Fprintf(os.Stderr, "gpuwarm %s: %v\n", name, err)
-			stop()
-			pprof.StopCPUProfile()
-			os.Exit(1)
-		}
-		return
+		topUsage(stdout)
+		return 0
+	case "-version", "--version":
+		argv = []string{"version"}
 	}
-	fmt.Fprintf(os.Stderr, "gpuwarm: unknown command %q\n\n", name)
-	usage()
-	os.Exit(2)
-}
-
-// parse parses a command's flags (globals included) and sets up logging.
-func (g *globals) parse(c *command, fs *flag.FlagSet, args []string) error {
-	g.flags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: gpuwarm %s %s\n\n%s\n\nFlags:\n", c.name, c.args, c.help)
-		fs.PrintDefaults()
+	name := argv[0]
+	s, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "gpuwarm: unknown command %q\nRun 'gpuwarm --help' for the list.\n", name)
+		return 2
 	}
-	if err := fs.Parse(interleave(fs, args)); err != nil {
-		return err
-	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
-	}
-	g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-	slog.SetDefault(g.log)
-	return nil
-}
-
-// interleave moves flags after positional arguments to the front, so that
-// "gpuwarm pack DIR --tag x" works; everything after "--" stays in place.
-func interleave(fs *flag.FlagSet, args []string) []string {
-	var flags, pos []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			pos = append(pos, args[i:]...)
-			break
-		}
-		if strings.HasPrefix(a, "-") && a != "-" {
-			flags = append(flags, a)
-			name := strings.TrimLeft(a, "-")
-			if strings.Contains(name, "=") {
-				continue
-			}
-			if f := fs.Lookup(name); f != nil {
-				if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
-					continue
-				}
-				if i+1 < len(args) {
-					flags = append(flags, args[i+1])
-					i++
-				}
-			}
-			continue
-		}
-		pos = append(pos, a)
-	}
-	return append(flags, pos...)
-}
-
-// byteSize is a flag value such as 512MiB, 2G or 1048576.
-type byteSize int64
-
-func (b *byteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
-
-func (b *byteSize) Set(s string) error {
-	n, err := parseSize(s)
-	if err != nil {
-		return err
-	}
-	*b = byteSize(n)
-	return nil
-}
-
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	units := []struct {
-		suf string
-		m   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1}}
-	for _, u := range units {
-		if strings.HasSuffix(t, u.suf) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suf)), u.m
-			break
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if p := os.Getenv("GPUWARM_CPUPROFILE"); p != "" {
+		// Any command's CPU profile, for whoever tunes it.
+		if f, err := os.Create(p); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer pprof.StopCPUProfile()
 		}
 	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 {
-		return 0, fmt.Errorf("size %q: use a number with an optional unit (e.g. 512MiB, 2GiB)", s)
+	cmd := s.new()
+	fs := newFlagSet(s, cmd)
+	args, err := fs.parse(argv[1:], stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.usage(stdout)
+		return 0
 	}
-	return int64(f * float64(mult)), nil
+	if err == nil {
+		b := cmd.base()
+		b.out, b.log = stdout, slog.Default()
+		err = cmd.run(ctx, args)
+	}
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "gpuwarm %s: %v\n", name, err)
+	var u usageError
+	if errors.As(err, &u) {
+		fmt.Fprintf(stderr, "Run 'gpuwarm %s -h' for usage.\n", name)
+		return 2
+	}
+	return 1
+}
+
+// splitList splits "a, b,c" into its non-empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

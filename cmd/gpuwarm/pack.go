@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,88 +9,122 @@ import (
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 func init() {
-	c := &command{name: "pack", args: "DIR --tag NAME", help: "pack a directory tree into an image in the store and tag it"}
-	c.run = func(ctx context.Context, g *globals, args []string) error {
-		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-		tag := fs.String("tag", "", "tag `NAME` for the image (required)")
-		chunkSize := byteSize(pack.DefaultChunkSize)
-		fs.Var(&chunkSize, "chunk-size", "chunk `SIZE` of files")
-		var annots multiFlag
-		fs.Var(&annots, "annotation", "`KEY=VALUE` recorded in the image (repeatable)")
-		jsonOut := fs.Bool("json", false, "print the summary as JSON")
-		quiet := fs.Bool("quiet", false, "no progress bar")
-		if err := g.parse(c, fs, args); err != nil {
-			return err
-		}
-		if fs.NArg() != 1 {
-			fs.Usage()
-			return fmt.Errorf("want exactly one directory, got %d arguments", fs.NArg())
-		}
-		if err := manifest.ValidTag(*tag); err != nil {
-			return fmt.Errorf("--tag: %w", err)
-		}
-		st, err := g.openStore(ctx)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		dir, _ := filepath.Abs(fs.Arg(0))
-		a := map[string]string{"gpuwarm.kind": "files"}
-		for _, kv := range annots {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok || k == "" {
-				return fmt.Errorf("--annotation %q: want KEY=VALUE", kv)
-			}
-			a[k] = v
-		}
-		lock, err := store.AcquireLock(ctx, st, store.WriteLock, 5*time.Minute)
-		if err != nil {
-			return err
-		}
-		defer lock.Release(context.WithoutCancel(ctx))
-		opt := pack.Options{ChunkSize: int(chunkSize), Annotations: a, Logger: g.log}
-		if !*quiet && !*jsonOut && isTerminal(os.Stderr) {
-			opt.Progress = os.Stderr
-		}
-		res, err := pack.Dir(ctx, st, dir, opt)
-		if err != nil {
-			return err
-		}
-		if err := store.SetTag(ctx, st, *tag, res.ID); err != nil {
-			return fmt.Errorf("tag %q: %w", *tag, err)
-		}
-		if *jsonOut {
-			return json.NewEncoder(os.Stdout).Encode(map[string]any{
-				"tag": *tag, "image": res.ID.String(), "files": res.Stats.Files, "dirs": res.Stats.Dirs,
-				"symlinks": res.Stats.Symlinks, "hardlinks": res.Stats.Hardlinks, "bytes": res.Stats.Bytes,
-				"chunks": res.Stats.Chunks, "unique_chunks": res.Stats.UniqueChunks, "new_chunks": res.NewChunks,
-				"new_bytes": res.NewBytes, "dedup_ratio": res.DedupRatio(), "seconds": res.Duration.Seconds(),
-				"mb_per_s": res.MBps(),
-			})
-		}
-		ratio := "-"
-		if res.NewBytes > 0 {
-			ratio = fmt.Sprintf("%.2fx", res.DedupRatio())
-		}
-		fmt.Printf("packed %s as %s (image %s)\n", dir, *tag, res.ID)
-		fmt.Printf("  files %d, dirs %d, symlinks %d, hard links %d\n", res.Stats.Files, res.Stats.Dirs, res.Stats.Symlinks, res.Stats.Hardlinks)
-		fmt.Printf("  bytes %s in %d chunks (%d distinct)\n", pack.HumanBytes(res.Stats.Bytes), res.Stats.Chunks, res.Stats.UniqueChunks)
-		fmt.Printf("  new   %s in %d chunks uploaded; logical/uploaded %s\n", pack.HumanBytes(res.NewBytes), res.NewChunks, ratio)
-		fmt.Printf("  time  %.2fs, %.0f MB/s\n", res.Duration.Seconds(), res.MBps())
-		return nil
-	}
-	register(c)
+	register(spec{name: "pack", args: "DIR --tag NAME", help: "pack a directory tree into an image in the store and tag it",
+		new: func() command { return &packOptions{} }})
 }
 
-type multiFlag []string
+type packOptions struct {
+	cli
+	store       storeFlags
+	tag         string
+	chunkSize   int64
+	annotations multiFlag
+	json, quiet bool
+}
 
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+func (o *packOptions) flags(fs *flagSet) {
+	o.store.register(fs)
+	fs.StringVar(&o.tag, "tag", "", "tag `NAME` for the image (required)")
+	fs.size(&o.chunkSize, "chunk-size", pack.DefaultChunkSize, 64<<10, chunk.MaxSize, "chunk `SIZE` of files")
+	fs.Var(&o.annotations, "annotation", "`KEY=VALUE` recorded in the image (repeatable)")
+	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+}
+
+// packResult is what pack --json prints.
+type packResult struct {
+	Tag          string `json:"tag"`
+	Image        string `json:"image"`
+	Files        int    `json:"files"`
+	Dirs         int    `json:"dirs"`
+	Symlinks     int    `json:"symlinks"`
+	Hardlinks    int    `json:"hardlinks"`
+	Bytes        int64  `json:"bytes"`
+	Chunks       int    `json:"chunks"`
+	UniqueChunks int    `json:"unique_chunks"`
+	NewChunks    int    `json:"new_chunks"`
+	NewBytes     int64  `json:"new_bytes"`
+	// DedupRatio is the image's bytes over the bytes uploaded; null when
+	// nothing new was uploaded (everything was in the store already).
+	DedupRatio *float64 `json:"dedup_ratio"`
+	Seconds    float64  `json:"seconds"`
+	MBPerS     float64  `json:"mb_per_s"`
+}
+
+func (o *packOptions) run(ctx context.Context, args []string) error {
+	if err := wantArgs(args, 1, 1, "one directory"); err != nil {
+		return err
+	}
+	if err := manifest.ValidTag(o.tag); err != nil {
+		return usagef("--tag: %w", err)
+	}
+	a := map[string]string{"gpuwarm.kind": "files"}
+	for _, kv := range o.annotations {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return usagef("--annotation %q: want KEY=VALUE", kv)
+		}
+		a[k] = v
+	}
+	dir, err := filepath.Abs(args[0])
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("cannot pack %s: %w", args[0], err)
+	} else if !fi.IsDir() {
+		return usagef("%s is not a directory", args[0])
+	}
+	st, err := o.store.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	lock, err := store.AcquireLock(ctx, st, store.WriteLock, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	defer lock.Release(context.WithoutCancel(ctx))
+	opt := pack.Options{ChunkSize: int(o.chunkSize), Annotations: a, Logger: o.log}
+	if !o.quiet && !o.json && isTerminal(os.Stderr) {
+		opt.Progress = os.Stderr
+	}
+	res, err := pack.Dir(ctx, st, dir, opt)
+	if err != nil {
+		return err
+	}
+	if err := store.SetTag(ctx, st, o.tag, res.ID); err != nil {
+		return fmt.Errorf("tag %q: %w", o.tag, err)
+	}
+	r := packResult{Tag: o.tag, Image: res.ID.String(), Files: res.Stats.Files, Dirs: res.Stats.Dirs,
+		Symlinks: res.Stats.Symlinks, Hardlinks: res.Stats.Hardlinks, Bytes: res.Stats.Bytes,
+		Chunks: res.Stats.Chunks, UniqueChunks: res.Stats.UniqueChunks, NewChunks: res.NewChunks,
+		NewBytes: res.NewBytes, Seconds: res.Duration.Seconds(), MBPerS: res.MBps()}
+	if res.NewBytes > 0 {
+		d := res.DedupRatio()
+		r.DedupRatio = &d
+	}
+	if o.json {
+		return printJSON(o.out, r)
+	}
+	ratio := "- (nothing new)"
+	if r.DedupRatio != nil {
+		ratio = fmt.Sprintf("%.2fx", *r.DedupRatio)
+	}
+	w := o.out
+	fmt.Fprintf(w, "packed %s as %s (image %s)\n", dir, o.tag, res.ID)
+	fmt.Fprintf(w, "  files %d, dirs %d, symlinks %d, hard links %d\n", r.Files, r.Dirs, r.Symlinks, r.Hardlinks)
+	fmt.Fprintf(w, "  bytes %s in %d chunks (%d distinct)\n", pack.HumanBytes(r.Bytes), r.Chunks, r.UniqueChunks)
+	fmt.Fprintf(w, "  new   %s in %d chunks uploaded; logical/uploaded %s\n", pack.HumanBytes(r.NewBytes), r.NewChunks, ratio)
+	fmt.Fprintf(w, "  time  %.2fs, %.0f MB/s\n", r.Seconds, r.MBPerS)
+	return nil
+}
 
 func isTerminal(f *os.File) bool {
 	st, err := f.Stat()

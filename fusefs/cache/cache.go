@@ -559,22 +559,31 @@ func Resident(f *os.File, size int64) bool {
 
 // TierStats counts one tier's activity.
 type TierStats struct {
-	Hits, Misses, Bytes, Limit, Entries, Evictions int64
+	Hits      int64 `json:"hits"`
+	Misses    int64 `json:"misses"`
+	Bytes     int64 `json:"bytes"`
+	Limit     int64 `json:"limit"`
+	Entries   int64 `json:"entries"`
+	Evictions int64 `json:"evictions"`
 	// Queued is the bytes fetched but not yet written (disk tier only).
-	Queued int64
+	Queued int64 `json:"queued"`
 	// Hashed is the files passthrough opens hashed before handing them to
 	// the kernel (disk tier only); files verified earlier in this boot
 	// (see the journal in verified.go) are not hashed again.
-	Hashed int64
+	Hashed int64 `json:"hashed"`
 	// Full counts writes the disk tier's filesystem refused for lack of
 	// room (disk tier only); Limit then shows the room the tier keeps to.
-	Full int64
+	Full int64 `json:"full"`
 }
 
 // Stats is a snapshot of the cache's counters.
 type Stats struct {
-	Memory, Disk                              TierStats
-	Fetches, FetchBytes, FetchErrors, Corrupt int64
+	Memory      TierStats `json:"memory"`
+	Disk        TierStats `json:"disk"`
+	Fetches     int64     `json:"fetches"`      // store reads
+	FetchBytes  int64     `json:"fetch_bytes"`  // bytes they brought
+	FetchErrors int64     `json:"fetch_errors"` // store reads that failed
+	Corrupt     int64     `json:"corrupt"`      // chunks refused: their bytes did not hash to their ID
 }
 
 // Stats returns the current counters.

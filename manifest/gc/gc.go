@@ -40,12 +40,16 @@ type Options struct {
 
 // Report says what a collection found and did.
 type Report struct {
-	LiveImages, LiveChunks, LiveProfiles int
-	DeletedManifests, DeletedChunks      int
-	DeletedProfiles, DeletedProfileRefs  int
-	DeletedBytes                         int64
-	KeptYoung                            int
-	DanglingTags                         []string
+	LiveImages         int      `json:"live_images"`
+	LiveChunks         int      `json:"live_chunks"`
+	LiveProfiles       int      `json:"live_profiles"`
+	DeletedManifests   int      `json:"deleted_manifests"`
+	DeletedChunks      int      `json:"deleted_chunks"`
+	DeletedProfiles    int      `json:"deleted_profiles"`
+	DeletedProfileRefs int      `json:"deleted_profile_refs"`
+	DeletedBytes       int64    `json:"deleted_bytes"`
+	KeptYoung          int      `json:"kept_young"` // unreferenced, but younger than the grace period
+	DanglingTags       []string `json:"dangling_tags,omitempty"`
 }
 
 // Run collects garbage in s.

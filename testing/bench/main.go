@@ -164,7 +164,7 @@ func (m *mountProc) printStats(step string) {
 		Memory, Disk    map[string]int64
 		Fetches         int64
 		Assembly        map[string]int64
-		PageCachePushed map[string]int64
+		PageCachePushed int64 `json:"page_cache_pushed"`
 	}
 	if b, err := os.ReadFile(filepath.Join(m.dir, ".stats")); err == nil && json.Unmarshal(b, &s) == nil {
 		fmt.Printf("after %s: opens %v, memory %v, disk %v, fetches %d, assembly %v, pushed %v\n", step, s.Opens, s.Memory, s.Disk, s.Fetches, s.Assembly, s.PageCachePushed)

@@ -19,8 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
+	"github.com/gpuwarm/gpuwarm/prefetch"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
 
@@ -149,12 +150,8 @@ func (d *daemon) kill9(t *testing.T) {
 }
 
 type mountStats struct {
-	cache.Stats
-	Opens           struct{ Passthrough, Cached, PageCache, PageCacheLost, Resident int64 }
-	Prefetch        map[string]struct{ Chunks, Fetched, Touched, Hits, Misses, Warmed int64 }
-	PageCachePushed struct{ Bytes int64 }
-	Assembly        struct{ Running, Done, Failed, PagesDropped int64 }
-	FUSE            struct{ URingRequests, URingAsync, PolledRequests, PolledAsync, PolledCaught int64 }
+	fusefs.Stats
+	Prefetch map[string]prefetch.Stats `json:"prefetch"`
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {

@@ -36,7 +36,7 @@ func TestRecordReplay(t *testing.T) {
 	os.Stat(filepath.Join(mnt, "app")) // loads the image: the replay starts
 	compareOne(t, filepath.Join(src, "big/weights.bin"), filepath.Join(mnt, "app/big/weights.bin"))
 	stats, _ := os.ReadFile(filepath.Join(mnt, ".stats"))
-	if !strings.Contains(string(stats), "Prefetch") || !strings.Contains(string(stats), "HitRate") {
+	if !strings.Contains(string(stats), "\"prefetch\"") || !strings.Contains(string(stats), "\"hit_rate\"") {
 		t.Fatalf("no replay in the mount's stats:\n%s", stats)
 	}
 	d.stop(t)
@@ -80,11 +80,11 @@ func TestRecordReplay(t *testing.T) {
 		if after.Fetches != before.Fetches {
 			t.Errorf("a file of the replayed profile needed %d more store reads", after.Fetches-before.Fetches)
 		}
-		if warm && (after.Memory.Hits != before.Memory.Hits || after.PageCachePushed.Bytes < 16<<20) {
+		if warm && (after.Memory.Hits != before.Memory.Hits || after.PageCachePushed < 16<<20) {
 			t.Errorf("reads of a file put into the page cache reached the daemon: %+v -> %+v", before.Stats, after.Stats)
 		}
-		if !warm && (after.Memory.Hits == before.Memory.Hits || after.PageCachePushed.Bytes != 0) {
-			t.Errorf("--warm-page-cache=false: pushed %d bytes, memory hits %d -> %d", after.PageCachePushed.Bytes, before.Memory.Hits, after.Memory.Hits)
+		if !warm && (after.Memory.Hits == before.Memory.Hits || after.PageCachePushed != 0) {
+			t.Errorf("--warm-page-cache=false: pushed %d bytes, memory hits %d -> %d", after.PageCachePushed, before.Memory.Hits, after.Memory.Hits)
 		}
 		if !strings.Contains(d3.logs.String(), `no tag \"nosuchtag\"`) {
 			t.Errorf("no warning about the unknown --preload name:\n%s", d3.logs.String())

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/prefetch"
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/lazypages"
+)
+
+func init() {
+	register(spec{name: "restore", args: "NAME [--lazy [--record-profile] | --prefill]", help: "restore a snapshot from the mount; prints the new PID and a timing breakdown",
+		new: func() command { return &restoreOptions{} }})
+}
+
+type restoreOptions struct {
+	cli
+	store              storeFlags
+	cacheDir           cacheFlags // only its directory: where the last replay is recorded
+	mount              string
+	lazy, prefill      bool
+	stdout             string
+	wait, json         bool
+	record, noPrefetch bool
+	criuLazy           bool
+	gpus               string
+	workers            int
+}
+
+func (o *restoreOptions) flags(fs *flagSet) {
+	o.store.register(fs)
+	o.cacheDir.registerDir(fs)
+	mountFlag(fs, &o.mount, "gpuwarm mount `DIR` that presents the snapshot")
+	fs.BoolVar(&o.lazy, "lazy", false, "run before memory is loaded; pages follow from the cache")
+	fs.BoolVar(&o.prefill, "prefill", false, "keep the tree stopped while gpuwarm fills all of its memory in parallel, then run")
+	fs.StringVar(&o.stdout, "stdout", "", "connect the workload's stdout and stderr to `FILE` (default /dev/null)")
+	fs.BoolVar(&o.wait, "wait", false, "wait for the restored workload to exit")
+	fs.BoolVar(&o.json, "json", false, "print the timing as JSON")
+	fs.BoolVar(&o.record, "record-profile", false, "with --lazy: record the program's memory order into the snapshot's profile")
+	fs.BoolVar(&o.noPrefetch, "no-prefetch", false, "with --lazy: ignore the snapshot's prefetch profile")
+	fs.BoolVar(&o.criuLazy, "criu-lazy-pages", false, "with --lazy: use CRIU's own lazy-pages daemon instead of gpuwarm's")
+	fs.StringVar(&o.gpus, "gpus", "", "put the GPU state on these GPUs: `LIST` of indices or UUIDs (default: the same GPUs)")
+	fs.env("gpus", "GPUWARM_GPUS")
+	fs.intRange(&o.workers, "lazy-workers", 8, 1, 256, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
+}
+
+// restoreResult is what restore --json prints.
+type restoreResult struct {
+	PID       int     `json:"pid"`
+	Lazy      bool    `json:"lazy"`
+	Prepare   float64 `json:"prepare_s"`
+	CRIU      float64 `json:"criu_s"`
+	GPU       float64 `json:"gpu_s"`
+	Running   float64 `json:"running_s"`
+	Resident  float64 `json:"resident_s"`
+	LazyBytes int64   `json:"lazy_bytes,omitempty"`
+	LazyUnits int     `json:"lazy_units,omitempty"`
+	Faults    int64   `json:"lazy_faults,omitempty"`
+	Ahead     int64   `json:"lazy_ahead_bytes,omitempty"`
+	Profile   int     `json:"profile_chunks,omitempty"` // chunks of the profile the restore followed
+	Recorded  int     `json:"recorded_chunks,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
+func (o *restoreOptions) run(ctx context.Context, args []string) error {
+	if err := wantArgs(args, 1, 1, "one snapshot name"); err != nil {
+		return err
+	}
+	name := args[0]
+	if o.record && !o.lazy {
+		return usagef("--record-profile needs --lazy: an eager restore reads memory in CRIU's order, not the program's")
+	}
+	if o.lazy && o.prefill {
+		return usagef("--lazy and --prefill: choose one (--prefill waits for all memory before the program runs)")
+	}
+	c, err := restore.FindCRIU(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := o.store.open(ctx)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	opt := restore.Options{Mount: o.mount, Name: name, Store: st, Lazy: o.lazy, Prefill: o.prefill, Logger: o.log,
+		CRIULazyPages: o.criuLazy, LazyWorkers: o.workers}
+	var rec *prefetch.Recorder
+	var ix *manifest.Index
+	if (o.lazy || o.prefill) && !o.criuLazy {
+		if ix, err = restore.ManifestOf(ctx, st, o.mount, name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if o.record {
+			rec = prefetch.NewRecorder(ix.ID)
+			opt.Record = rec
+		}
+		if !o.noPrefetch {
+			prof, err := prefetch.Load(ctx, st, ix.ID)
+			if err != nil {
+				o.log.Warn("ignoring the snapshot's prefetch profile", "err", err)
+			}
+			opt.Profile = prof
+		}
+	}
+	if o.stdout != "" {
+		f, err := os.OpenFile(o.stdout, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		opt.Stdout, opt.Stderr = f, f
+	}
+	restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
+	p, err := restore.Restore(ctx, c, opt)
+	if err != nil {
+		return err
+	}
+	var guardDone func()
+	if o.lazy {
+		if guardDone, err = startGuard(p.PID); err != nil {
+			p.Kill()
+			return fmt.Errorf("cannot start the guard of the lazy restore: %w", err)
+		}
+	}
+	if !o.json {
+		fmt.Fprintf(o.out, "restored %s as pid %d (running after %s)\n", name, p.PID, ms(p.Timing.Running))
+	}
+	resident, rerr := p.WaitResident(ctx)
+	if rerr == nil && guardDone != nil {
+		guardDone()
+	}
+	if rerr != nil && o.lazy {
+		// Interrupted (or failed) before every lazy page was in place: once
+		// this process is gone nobody fills the rest, and the program would
+		// read zeros there. Take it down instead.
+		p.Kill()
+		rerr = fmt.Errorf("lazy memory not all in place, the restored tree was killed: %w", rerr)
+	}
+	t := p.Timing
+	res := restoreResult{PID: p.PID, Lazy: o.lazy, Prepare: t.Prepare.Seconds(), CRIU: t.CRIU.Seconds(),
+		GPU: t.After.Seconds(), Running: t.Running.Seconds(), Resident: resident.Seconds()}
+	ls := p.LazyStats()
+	if ls.Tasks > 0 {
+		res.LazyBytes, res.LazyUnits, res.Faults, res.Ahead = ls.Bytes, ls.Units, ls.Faults, ls.AheadBytes
+	}
+	if opt.Profile != nil {
+		res.Profile = len(opt.Profile.Entries)
+	}
+	if rerr == nil && opt.Profile != nil && ls.Units > 0 {
+		last := prefetch.RestoreReplay(int64(len(opt.Profile.Entries)), int64(ls.Units), ls.FaultCopies)
+		if err := prefetch.SaveLastReplay(o.cacheDir.dir, ix.ID, last); err != nil {
+			o.log.Warn("cannot record the replay's hit rate", "err", err)
+		}
+	}
+	var merged *prefetch.Profile
+	if rerr == nil && rec != nil {
+		run := rec.Profile()
+		var replaced error
+		merged, _, replaced, err = prefetch.AddRun(ctx, st, run)
+		if replaced != nil {
+			o.log.Warn("replacing an unreadable profile", "err", replaced)
+		}
+		if err != nil {
+			rerr = fmt.Errorf("saving the profile: %w", err)
+		}
+		res.Recorded = len(run.Entries)
+	}
+	if rerr != nil {
+		res.Error = rerr.Error()
+	}
+	if o.json {
+		printJSON(o.out, res)
+	} else {
+		o.printTiming(t, resident, ls, opt.Profile, rec, merged)
+	}
+	if rerr != nil {
+		return rerr
+	}
+	if o.wait {
+		return p.Wait()
+	}
+	return nil
+}
+
+func (o *restoreOptions) printTiming(t restore.Timing, resident time.Duration, ls lazypages.Stats, prof *prefetch.Profile, rec *prefetch.Recorder, merged *prefetch.Profile) {
+	w := o.out
+	fmt.Fprintf(w, "  prepare        %s\n  criu restore   %s\n", ms(t.Prepare), ms(t.CRIU))
+	if t.After > 0 {
+		fmt.Fprintf(w, "  gpu restore    %s\n", ms(t.After))
+	}
+	fmt.Fprintf(w, "  running        %s\n  resident       %s\n", ms(t.Running), ms(resident))
+	if ls.Tasks > 0 {
+		order := "address order"
+		if prof != nil {
+			order = fmt.Sprintf("profile order (%d chunks first)", len(prof.Entries))
+		}
+		fmt.Fprintf(w, "  lazy pages     %s in %d units, %d faults, %s copied ahead of demand, %s\n",
+			pack.HumanBytes(ls.Bytes), ls.Units, ls.Faults, pack.HumanBytes(ls.AheadBytes), order)
+	}
+	if merged != nil {
+		run := rec.Profile()
+		fmt.Fprintf(w, "  profile        %d chunks (%s) touched first, merged over %d runs\n", len(run.Entries), pack.HumanBytes(run.Bytes()), merged.Runs)
+	}
+}
