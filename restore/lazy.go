@@ -161,6 +161,15 @@ func (cp *CachePages) ReadPages(ctx context.Context, id uint32, off int64, dst [
 	return nil
 }
 
+// EndRecording ends a recording lazy restore's window (Options.RecordFor)
+// now: the daemon stops waiting for the program's own faults and fills the
+// rest of memory. A no-op for other restores.
+func (p *Process) EndRecording() {
+	if p.daemon != nil {
+		p.daemon.FillNow()
+	}
+}
+
 // LazyStats returns gpuwarm's lazy-pages daemon's counters (zero for an
 // eager restore or CRIU's daemon).
 func (p *Process) LazyStats() lazypages.Stats {

@@ -27,6 +27,7 @@ type restoreOptions struct {
 	stdout             string
 	wait, json         bool
 	record, noPrefetch bool
+	recordFor          time.Duration
 	criuLazy           bool
 	gpus               string
 	workers            int
@@ -42,6 +43,7 @@ func (o *restoreOptions) flags(fs *flagSet) {
 	fs.BoolVar(&o.wait, "wait", false, "wait for the restored workload to exit")
 	fs.BoolVar(&o.json, "json", false, "print the timing as JSON")
 	fs.BoolVar(&o.record, "record-profile", false, "with --lazy: record the program's memory order into the snapshot's profile")
+	fs.duration(&o.recordFor, "record-for", 3*time.Second, false, "with --record-profile: how long only the program's own faults bring memory in")
 	fs.BoolVar(&o.noPrefetch, "no-prefetch", false, "with --lazy: ignore the snapshot's prefetch profile")
 	fs.BoolVar(&o.criuLazy, "criu-lazy-pages", false, "with --lazy: use CRIU's own lazy-pages daemon instead of gpuwarm's")
 	fs.StringVar(&o.gpus, "gpus", "", "put the GPU state on these GPUs: `LIST` of indices or UUIDs (default: the same GPUs)")
@@ -97,7 +99,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 		}
 		if o.record {
 			rec = prefetch.NewRecorder(ix.ID)
-			opt.Record = rec
+			opt.Record, opt.RecordFor = rec, o.recordFor
 		}
 		if !o.noPrefetch {
 			prof, err := prefetch.Load(ctx, st, ix.ID)

@@ -392,3 +392,25 @@ func waitDaemon(t *testing.T, errc <-chan error) {
 		t.Fatal("daemon did not finish")
 	}
 }
+
+// FillNow ends a long FillDelay at once: the recording window of a restore
+// ends when its caller says so, not only on a clock.
+func TestFillNowEndsTheDelay(t *testing.T) {
+	const pages = 64
+	fr := newFakeRestore(t, pages, pages)
+	opt := fr.options()
+	opt.FillDelay = time.Hour
+	srv, sock, errc := startServer(t, opt)
+	c := fr.handOver(t, sock)
+	finish(t, c)
+	time.Sleep(50 * time.Millisecond)
+	if st := srv.Stats(); st.AheadBytes != 0 {
+		t.Fatalf("filled %d bytes ahead of demand during the delay", st.AheadBytes)
+	}
+	srv.FillNow()
+	srv.FillNow() // twice is fine
+	waitDaemon(t, errc)
+	if !bytes.Equal(fr.mem[:pages*pageSize], fr.data[:pages*pageSize]) {
+		t.Fatal("memory not filled after FillNow")
+	}
+}

@@ -91,6 +91,8 @@ type Server struct {
 	copies, readers                         sync.WaitGroup
 	bufs                                    sync.Pool
 	finishedAt                              time.Duration
+	fillNow                                 chan struct{} // closed by FillNow
+	fillOnce                                sync.Once
 }
 
 // Listen creates the socket CRIU's restore connects to.
@@ -110,10 +112,14 @@ func Listen(sock string, opt Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lazy pages: %w", err)
 	}
-	s := &Server{opt: opt, log: opt.Logger, l: l, start: time.Now()}
+	s := &Server{opt: opt, log: opt.Logger, l: l, start: time.Now(), fillNow: make(chan struct{})}
 	s.bufs.New = func() any { b := make([]byte, opt.UnitSize); return &b }
 	return s, nil
 }
+
+// FillNow ends a FillDelay early: the fill ahead of demand starts now (at
+// once if the restore is done, else when it is). Recording ends with it.
+func (s *Server) FillNow() { s.fillOnce.Do(func() { close(s.fillNow) }) }
 
 // unit states
 const (
@@ -227,11 +233,15 @@ func (s *Server) Serve(ctx context.Context) (err error) {
 	}
 	s.restoreDone.Store(int64(time.Since(s.start)))
 	if s.opt.FillDelay > 0 {
+		t := time.NewTimer(s.opt.FillDelay)
 		select {
-		case <-time.After(s.opt.FillDelay):
+		case <-t.C:
+		case <-s.fillNow:
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		}
+		t.Stop()
 	}
 	// Fill everything else in parallel, then sweep for units that moved or
 	// were cut while copying, until none is left.

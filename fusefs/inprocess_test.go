@@ -1,0 +1,347 @@
+package fusefs
+
+// In-process tests of the mount's decisions: nodes are driven through
+// go-fuse's node API over a store, with no kernel mount and no root, as
+// stargz-snapshotter's layer tests drive their nodes over a fake blob. The
+// end-to-end tests in testing/e2e cover the same paths through the kernel.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
+	"github.com/gpuwarm/gpuwarm/manifest/store/simstore"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// countingStore counts reads of tags and can be made to fail.
+type countingStore struct {
+	store.Store
+	tagReads atomic.Int64
+	fail     atomic.Bool
+}
+
+func (c *countingStore) Get(ctx context.Context, h store.Handle, off, n int64) ([]byte, error) {
+	if c.fail.Load() {
+		return nil, errors.New("store unreachable")
+	}
+	if h.Kind == store.Tag {
+		c.tagReads.Add(1)
+	}
+	return c.Store.Get(ctx, h, off, n)
+}
+
+type rig struct {
+	st    *countingStore
+	cache *cache.Cache
+	fsys  *FS
+	root  *rootNode
+	ids   map[string]digest.ID
+}
+
+// newRig packs trees into a store behind simstore and builds the
+// filesystem's root in-process. trees maps a tag to its files.
+func newRig(t *testing.T, opt Options, trees map[string]map[string][]byte) *rig {
+	t.Helper()
+	ctx := context.Background()
+	fst, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{st: &countingStore{Store: simstore.New(fst, 0, 0)}, ids: map[string]digest.ID{}}
+	for tag, files := range trees {
+		r.ids[tag] = r.pack(t, tag, files)
+	}
+	r.cache, err = cache.Open(r.st, cache.Config{Dir: t.TempDir(), MemBytes: 64 << 20, DiskBytes: 256 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.cache.Close() })
+	opt.Cache = r.cache
+	r.fsys = New(opt)
+	r.root = &rootNode{fsys: r.fsys}
+	fs.NewNodeFS(r.root, &fs.Options{}) // attaches the root inode; nothing is mounted
+	_ = ctx
+	return r
+}
+
+func (r *rig) pack(t *testing.T, tag string, files map[string][]byte) digest.ID {
+	t.Helper()
+	dir := t.TempDir()
+	for name, b := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := pack.Dir(context.Background(), r.st, dir, pack.Options{ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.SetTag(context.Background(), r.st, tag, res.ID); err != nil {
+		t.Fatal(err)
+	}
+	return res.ID
+}
+
+// lookup walks a path from the root through the nodes' Lookup methods.
+func (r *rig) lookup(t *testing.T, path ...string) (*fs.Inode, syscall.Errno) {
+	t.Helper()
+	var out fuse.EntryOut
+	ctx := context.Background()
+	in, errno := r.root.Lookup(ctx, path[0], &out)
+	for _, name := range path[1:] {
+		if errno != 0 {
+			return nil, errno
+		}
+		in, errno = in.Operations().(*node).Lookup(ctx, name, &out)
+	}
+	return in, errno
+}
+
+func (r *rig) node(t *testing.T, path ...string) *node {
+	t.Helper()
+	in, errno := r.lookup(t, path...)
+	if errno != 0 {
+		t.Fatalf("lookup %v: %v", path, errno)
+	}
+	return in.Operations().(*node)
+}
+
+func open(t *testing.T, n *node, flags uint32) *handle {
+	t.Helper()
+	fh, _, errno := n.Open(context.Background(), flags)
+	if errno != 0 {
+		t.Fatalf("open: %v", errno)
+	}
+	return fh.(*handle)
+}
+
+func read(t *testing.T, n *node, fh *handle) []byte {
+	t.Helper()
+	dest := make([]byte, n.entry().Size+10)
+	res, errno := n.Read(context.Background(), fh, dest, 0)
+	if errno != 0 {
+		t.Fatalf("read: %v", errno)
+	}
+	b, _ := res.Bytes(dest)
+	out := append([]byte(nil), b...)
+	res.Done()
+	return out
+}
+
+var small = []byte("a small file, one chunk\n")
+
+func TestOpenModes(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 3<<16) // 3 MiB: three chunks
+	r := newRig(t, Options{}, map[string]map[string][]byte{"app": {"small.txt": small, "small2.txt": []byte("another small file\n"), "big.bin": big}})
+	n := r.node(t, "app", "small.txt")
+	ctx := context.Background()
+
+	for _, fl := range []uint32{syscall.O_WRONLY, syscall.O_RDWR, syscall.O_RDONLY | syscall.O_TRUNC, syscall.O_WRONLY | syscall.O_APPEND} {
+		if _, _, errno := n.Open(ctx, fl); errno != syscall.EROFS {
+			t.Errorf("open with flags %#x: %v, want EROFS", fl, errno)
+		}
+	}
+	dir := r.node(t, "app")
+	if _, _, errno := dir.Open(ctx, syscall.O_RDONLY); errno != syscall.EINVAL {
+		t.Errorf("open of a directory: %v, want EINVAL", errno)
+	}
+
+	// Cold: the chunk is nowhere local, so the daemon serves the open.
+	h1 := open(t, n, syscall.O_RDONLY)
+	if h1.passthrough {
+		t.Fatal("a cold file was opened for passthrough")
+	}
+	if got := read(t, n, h1); !bytes.Equal(got, small) {
+		t.Fatalf("read %q", got)
+	}
+	// While a cached open is live, new opens are cached too (the kernel
+	// refuses to mix modes on one inode), even with the chunk on disk.
+	r.cache.Flush()
+	r.cache.DropMemory()
+	if h := open(t, n, syscall.O_RDONLY); h.passthrough {
+		t.Fatal("passthrough open beside a cached one")
+	} else {
+		h.Release(ctx)
+	}
+	h1.Release(ctx)
+	// Every byte was handed to the kernel's page cache: later opens stay
+	// cached, served by the kernel, not by the cold disk-tier file.
+	if h := open(t, n, syscall.O_RDONLY); h.passthrough {
+		t.Fatal("a file the kernel holds whole was opened for passthrough")
+	} else {
+		h.Release(ctx)
+	}
+
+	// In the disk tier only, never read through the mount: passthrough of
+	// the verified disk-tier file.
+	n2 := r.node(t, "app", "small2.txt")
+	c := n2.entry().Chunks[0]
+	if _, err := r.cache.Get(ctx, c.ID, c.Size); err != nil {
+		t.Fatal(err)
+	}
+	r.cache.Flush()
+	r.cache.DropMemory()
+	h2 := open(t, n2, syscall.O_RDONLY)
+	if !h2.passthrough {
+		t.Fatal("a file whose chunk sits in the disk tier was not opened for passthrough")
+	}
+	if fd, ok := h2.PassthroughFd(); !ok || fd <= 0 {
+		t.Fatalf("passthrough fd %d, %v", fd, ok)
+	}
+	h3 := open(t, n2, syscall.O_RDONLY)
+	if !h3.passthrough {
+		t.Fatal("a second open beside a passthrough one was not passthrough")
+	}
+	h2.Release(ctx)
+	if n2.backing == nil {
+		t.Fatal("the backing file was closed while a passthrough handle is open")
+	}
+	h3.Release(ctx)
+	if n2.backing != nil {
+		t.Fatal("the backing file stays open after the last passthrough handle")
+	}
+
+	// In memory: served from there, not from the disk-tier file.
+	if _, err := r.cache.Get(ctx, c.ID, c.Size); err != nil {
+		t.Fatal(err)
+	}
+	if h := open(t, n2, syscall.O_RDONLY); h.passthrough {
+		t.Fatal("a file whose chunk is in the memory tier was opened for passthrough")
+	} else {
+		h.Release(ctx)
+	}
+
+	// A multi-chunk file without assembly: always through the daemon.
+	bn := r.node(t, "app", "big.bin")
+	hb := open(t, bn, syscall.O_RDONLY)
+	if hb.passthrough {
+		t.Fatal("a multi-chunk file was opened for passthrough without --assemble-files")
+	}
+	if got := read(t, bn, hb); !bytes.Equal(got[:1<<20], big[:1<<20]) {
+		t.Fatal("wrong bytes from the multi-chunk file")
+	}
+	hb.Release(ctx)
+	st := r.fsys.Stats()
+	if st.Opens.Passthrough != 2 || st.Opens.Cached != 5 || st.Opens.PageCache != 1 {
+		t.Errorf("open counters %+v, want 2 passthrough, 5 cached (1 from the page cache)", st.Opens)
+	}
+}
+
+func TestNoPassthroughOption(t *testing.T) {
+	r := newRig(t, Options{NoPassthrough: true}, map[string]map[string][]byte{"app": {"small.txt": small}})
+	n := r.node(t, "app", "small.txt")
+	h := open(t, n, syscall.O_RDONLY)
+	read(t, n, h)
+	h.Release(context.Background())
+	r.cache.Flush()
+	r.cache.DropMemory()
+	if h := open(t, n, syscall.O_RDONLY); h.passthrough {
+		t.Fatal("--no-passthrough mount opened a file for passthrough")
+	}
+}
+
+func TestTagTTL(t *testing.T) {
+	const ttl = 2 * time.Second // long enough that a loaded machine stays within it
+	r := newRig(t, Options{TagTTL: ttl}, map[string]map[string][]byte{
+		"app": {"v.txt": []byte("one\n")}, "other": {"v.txt": []byte("two\n")}})
+	ctx := context.Background()
+	first := r.node(t, "app")
+	if first.img.ID != r.ids["app"] {
+		t.Fatal("tag resolved to the wrong image")
+	}
+	reads := r.st.tagReads.Load()
+	// Within the TTL the tag is not read again, even after it moved.
+	if err := store.SetTag(ctx, r.st, "app", r.ids["other"]); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.node(t, "app"); n.img.ID != r.ids["app"] {
+		t.Fatal("a tag moved within its TTL was followed at once")
+	}
+	if got := r.st.tagReads.Load(); got != reads {
+		t.Fatalf("%d tag reads within the TTL", got-reads)
+	}
+	// After the TTL the new image is served.
+	time.Sleep(ttl + 50*time.Millisecond)
+	if n := r.node(t, "app"); n.img.ID != r.ids["other"] {
+		t.Fatal("a moved tag was not followed after its TTL")
+	}
+	// When the store cannot be read, the last answer stands.
+	time.Sleep(ttl + 50*time.Millisecond)
+	r.st.fail.Store(true)
+	if n := r.node(t, "app"); n.img.ID != r.ids["other"] {
+		t.Fatal("an unreachable store lost a known tag")
+	}
+	// A tag never seen cannot be answered from memory: EIO, not ENOENT.
+	if _, errno := r.lookup(t, "never-seen"); errno != syscall.EIO {
+		t.Fatalf("lookup of an unseen tag with the store down: %v, want EIO", errno)
+	}
+	r.st.fail.Store(false)
+	// A missing tag is ENOENT, and not cached by the kernel.
+	var out fuse.EntryOut
+	if _, errno := r.root.Lookup(ctx, "missing", &out); errno != syscall.ENOENT || out.EntryTimeout() > time.Millisecond {
+		t.Fatalf("missing tag: %v, entry timeout %v", errno, out.EntryTimeout())
+	}
+	// Names no tag may have are refused without a store read.
+	reads = r.st.tagReads.Load()
+	if _, errno := r.lookup(t, "a b"); errno != syscall.ENOENT || r.st.tagReads.Load() != reads {
+		t.Fatalf("invalid tag name: %v, %d store reads", errno, r.st.tagReads.Load()-reads)
+	}
+}
+
+func TestPreload(t *testing.T) {
+	var mu sync.Mutex
+	loaded := map[digest.ID]int{}
+	opt := Options{OnImage: func(f *FS, ix *manifest.Index) manifest.Observer {
+		mu.Lock()
+		loaded[ix.ID]++
+		mu.Unlock()
+		return nil
+	}}
+	r := newRig(t, opt, map[string]map[string][]byte{
+		"a": {"f": []byte("a")}, "b": {"f": []byte("b")}, "c": {"f": []byte("c")}})
+	ctx := context.Background()
+	// A tag, an image ID and a name that matches nothing: the error names
+	// the missing one, and the others are loaded anyway.
+	err := r.fsys.Preload(ctx, []string{"a", r.ids["b"].String(), "nope"})
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(`"nope"`)) {
+		t.Fatalf("preload error %v, want one naming \"nope\"", err)
+	}
+	if loaded[r.ids["a"]] != 1 || loaded[r.ids["b"]] != 1 || loaded[r.ids["c"]] != 0 {
+		t.Fatalf("loaded %v", loaded)
+	}
+	// "*" loads every tagged image; each image loads once per mount.
+	if err := r.fsys.Preload(ctx, []string{"*"}); err != nil {
+		t.Fatal(err)
+	}
+	var counts []int
+	for _, n := range loaded {
+		counts = append(counts, n)
+	}
+	sort.Ints(counts)
+	if len(counts) != 3 || counts[2] != 1 {
+		t.Fatalf("after preloading *: %v", loaded)
+	}
+	// A lookup after a preload needs no manifest fetch.
+	r.node(t, "c", "f")
+	if loaded[r.ids["c"]] != 1 {
+		t.Fatal("a preloaded image was loaded again on lookup")
+	}
+}
