@@ -50,7 +50,7 @@ func (o *mountOptions) flags(fs *flagSet) {
 	fs.BoolVar(&o.posixACL, "posix-acl", false, "have the kernel enforce the POSIX ACLs packed with the files")
 	fs.intRange(&o.readers, "fuse-readers", 0, 0, 1024, "goroutines reading /dev/fuse (0: a quarter of GOMAXPROCS, at least 2)")
 	fs.BoolVar(&o.uring, "fuse-uring", false, "take FUSE requests through io_uring queues where the kernel offers them (Linux 6.14+)")
-	fs.intRange(&o.uringEntries, "fuse-uring-entries", 0, 0, 64, "with --fuse-uring: requests each CPU's ring holds (0: automatic)")
+	fs.intRange(&o.uringEntries, "fuse-uring-entries", 0, 0, 1<<17, "with --fuse-uring: requests each CPU's ring holds (0: automatic; too many: /dev/fuse)")
 	fs.duration(&o.spin, "fuse-spin", fusefs.DefaultSpin(), true, "one thread polls /dev/fuse for up to this long after each request (0: sleeping readers)")
 	fs.BoolVar(&o.debug, "debug", false, "log every FUSE request")
 	fs.BoolVar(&o.noPrefetch, "no-prefetch", false, "do not replay images' prefetch profiles")

@@ -73,10 +73,11 @@ func gw(t *testing.T, args ...string) string {
 
 // daemon is a running `gpuwarm mount`.
 type daemon struct {
-	cmd  *exec.Cmd
-	dir  string
-	logs *bu.LockedBuffer
-	done chan error
+	cmd   *exec.Cmd
+	dir   string
+	logs  *bu.LockedBuffer
+	syncs int
+	done  chan error
 	// ringless: a --fuse-uring mount expected to serve through /dev/fuse.
 	ringless bool
 }
@@ -152,6 +153,24 @@ func (d *daemon) kill9(t *testing.T) {
 type mountStats struct {
 	fusefs.Stats
 	Prefetch map[string]prefetch.Stats `json:"prefetch"`
+}
+
+// syncLog waits until the daemon's log (with --debug) holds every request
+// line it wrote before now: it looks up a name nobody else uses and waits
+// for that request's line. go-fuse logs a request before it answers it, and
+// the log reaches the test through a pipe, so a count taken right after a
+// request returned can miss that request's line.
+func (d *daemon) syncLog(t *testing.T) {
+	t.Helper()
+	d.syncs++
+	name := fmt.Sprintf("gpuwarm-log-sync-%d-%d", os.Getpid(), d.syncs)
+	os.Stat(filepath.Join(d.dir, name))
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(d.logs.String(), name); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the daemon's log never showed the lookup of %s (is --debug on?)", name)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (d *daemon) stats(t *testing.T) mountStats {
