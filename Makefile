@@ -76,16 +76,20 @@ bench: setup build
 	$(GO) run ./testing/bench
 
 # On a machine with an NVIDIA GPU (skips, saying why, elsewhere).
+# GPUCHECK: a prebuilt gpucheck binary for a GPU machine without Go
+# (go build -o gpucheck ./testing/gpucheck here, then make -o build test-gpu
+# GPUCHECK=./gpucheck there).
+GPUCHECK ?= $(GO) run ./testing/gpucheck
 test-gpu: build
-	$(GO) run ./testing/gpucheck -mode test -gb 1 -disk-cache-gb 8
+	$(GPUCHECK) -mode test -gb 1 -disk-cache-gb 8
 
 bench-gpu: build
-	$(GO) run ./testing/gpucheck -mode bench -gb 2.2,16 -mem-cache-gb 24 -disk-cache-gb 8
+	$(GPUCHECK) -mode bench -gb 2.2,16 -mem-cache-gb 24 -disk-cache-gb 8
 
 # The CUDA driver's own checkpoint/restore in place (no CRIU): the floor
 # under any GPU restore, with the host copy in 4 KiB and in 2 MiB pages.
 bench-gpu-driver: build
-	$(GO) run ./testing/gpucheck -mode driver -gb 16,3
+	$(GPUCHECK) -mode driver -gb 16,3
 
 clean:
 	rm -rf bin

@@ -49,10 +49,8 @@ type Options struct {
 	NoPassthrough bool
 	// AssembleFiles assembles multi-chunk files whose chunks are all cached
 	// into one disk-tier entry (in the background, one file at a time, up
-	// to cache.MaxAssemble), so later opens use passthrough too: a
-	// warm 400 MB file read at 0.93x the disk's native speed instead of
-	// 0.39x through the daemon. (An EIO once seen with it in a benchmark
-	// was the interrupted-request bug, fixed since.)
+	// to cache.MaxAssemble), so later opens use passthrough too, at the
+	// disk's speed instead of through the daemon.
 	AssembleFiles bool
 	// Readahead is how many chunks after the one being read are fetched in
 	// the background on sequential reads (default 2; negative disables).
@@ -69,9 +67,9 @@ type Options struct {
 	// (their system.posix_acl_* xattrs) and keep them. Off, the xattrs are
 	// still served as packed, but permission checks use the mode bits only,
 	// whose group class is an ACL's mask: a file's owning group may then
-	// read what its ACL denies it. Off by default: cold lazy restores ran
-	// 10% slower with it (2 CPUs, 1.85 -> 2.05 s over 26 runs, cause not
-	// found), and program and snapshot trees seldom carry ACLs.
+	// read what its ACL denies it. Off by default: it slows cold lazy
+	// restores (docs/design.md), and program and snapshot trees seldom
+	// carry ACLs.
 	POSIXACL bool
 	// URing has the kernel send requests through io_uring queues, one per
 	// CPU, each answered by a thread pinned to its CPU (package transport/uring),
@@ -460,10 +458,9 @@ func sortedNames(m map[string]digest.ID) []string {
 }
 
 // DefaultSpin is the Options.Spin gpuwarm mount uses unless told: polling
-// pays where a core can be spared (16-core VM: an open+close of a cached
-// file 16.9-23.4 -> 10.5-15.4 us, hot reads of the benchmark's files
-// 0.84-0.94 -> 0.90-0.97x native); on 2 CPUs the polling thread takes the
-// core the program needs (hot reads 0.46 -> 0.41x), so none there.
+// pays where a core can be spared (8 CPUs or more); on fewer the polling
+// thread takes the core the program needs, so none there (figures in
+// docs/design.md).
 func DefaultSpin() time.Duration {
 	if runtime.NumCPU() >= 8 {
 		return 200 * time.Microsecond
@@ -531,8 +528,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	// waiting reader, the runtime's monitor takes them back and starts
 	// threads to look for work, and each request's reader must find a P
 	// again: futex wakeups and sleeps that cost more than the request on a
-	// paravirtualized VM (2 CPUs: an open+close 62-63 -> 49-50 us; python at
-	// mount 405-479 -> 359-410 ms; 16 cores: 18.6-21.4 -> 17.9-18.3 us).
+	// paravirtualized VM.
 	n := runtime.GOMAXPROCS(0)
 	readers := opt.Readers
 	if readers <= 0 {

@@ -91,8 +91,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case len(e.Chunks) == 1 && !n.fsys.cache.InMemory(e.Chunks[0].ID):
 		// A chunk in the memory tier is served from there: passthrough
 		// would read the disk-tier file, from the disk once the kernel
-		// has dropped its pages (python importing its standard library
-		// from a warm memory tier after drop_caches: 637 -> 455 ms).
+		// has dropped its pages.
 		if f, ok := n.fsys.cache.DiskFile(e.Chunks[0].ID, int64(e.Chunks[0].Size)); ok {
 			n.backing = f
 			h.passthrough = true

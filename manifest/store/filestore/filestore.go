@@ -224,12 +224,9 @@ func (s *Store) syncFS() error {
 
 // directMin is the smallest object written with O_DIRECT: a chunk written
 // through the page cache costs a copy into freshly allocated cache pages,
-// which the pack benchmark measured as its largest cost, and a pack has no
-// use for those pages. Below it, a write through the page cache costs less
-// than O_DIRECT's wait for the disk: a pack of 900 text files (118 MB; their
-// chunks 3-90 KB compressed) took 345-456 ms with it at 1 MiB against
-// 493-629 ms at 64 KiB (2-CPU VM), and 518 MB of random files 1.11-1.33 s
-// against 1.30-1.45.
+// the largest cost of a pack, which has no use for those pages. Below it,
+// a write through the page cache costs less than O_DIRECT's wait for the
+// disk (small compressed chunks of text files: see docs/design.md).
 const directMin = 1 << 20
 
 // writeFile writes data to a new file at name, and syncs it if asked.
