@@ -248,7 +248,10 @@ func (f *FS) resolveTags(ctx context.Context, fresh bool) (map[string]digest.ID,
 		return f.tags, nil
 	}
 	// The list is shared: an interrupted caller does not cancel it.
-	tags, err := store.Tags(context.WithoutCancel(ctx), f.st)
+	tags, bad, err := store.ListTags(context.WithoutCancel(ctx), f.st)
+	for name, e := range bad {
+		f.log.Warn("a tag cannot be read; it is left out of the listing", "tag", name, "err", e)
+	}
 	if err != nil {
 		if f.tags != nil {
 			f.log.Warn("listing tags failed; using the last list", "store", f.st.Location(), "err", err)
@@ -433,15 +436,17 @@ func tagIno(name string) uint64 {
 	return v
 }
 
-// errno maps an error to what the kernel gets. A canceled context means
-// the kernel interrupted the request because the caller got a signal:
-// EINTR, which the caller retries, never EIO.
+// errno maps an error from the store or the cache to what the kernel gets.
+// A canceled context means the kernel interrupted the request because the
+// caller is being killed: EINTR. Anything else is EIO, a missing object
+// included: a chunk or manifest the store lacks is a broken store, not a
+// missing name, and ENOENT on read(2) or open(2) would tell a program that
+// a file it found does not exist. ENOENT comes only from lookups of names
+// that are in no image (or, under by-id, of images the store does not have).
 func errno(err error) syscall.Errno {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, store.ErrNotFound):
-		return syscall.ENOENT
 	case errors.Is(err, context.Canceled):
 		return syscall.EINTR
 	}

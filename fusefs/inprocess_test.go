@@ -345,3 +345,35 @@ func TestPreload(t *testing.T) {
 		t.Fatal("a preloaded image was loaded again on lookup")
 	}
 }
+
+// A read the store cannot satisfy is EIO, never ENOENT (which a program
+// takes for "no such file" on a file it found); ENOENT is for names that
+// are in no image.
+func TestMissingObjectsAreEIO(t *testing.T) {
+	r := newRig(t, Options{}, map[string]map[string][]byte{
+		"app": {"f.txt": []byte("its chunk will vanish\n")}, "gone": {"g.txt": []byte("its manifest will vanish\n")}})
+	ctx := context.Background()
+	n := r.node(t, "app", "f.txt")
+	if err := r.st.Delete(ctx, store.H(store.Chunk, n.entry().Chunks[0].ID)); err != nil {
+		t.Fatal(err)
+	}
+	h := open(t, n, syscall.O_RDONLY)
+	if _, errno := n.Read(ctx, h, make([]byte, 64), 0); errno != syscall.EIO {
+		t.Fatalf("read of a chunk the store lacks: %v, want EIO", errno)
+	}
+	if _, errno := r.lookup(t, "app", "no-such-file"); errno != syscall.ENOENT {
+		t.Fatalf("lookup of a name not in the image: %v, want ENOENT", errno)
+	}
+	if err := r.st.Delete(ctx, store.H(store.Manifest, r.ids["gone"])); err != nil {
+		t.Fatal(err)
+	}
+	if _, errno := r.lookup(t, "gone"); errno != syscall.EIO {
+		t.Fatalf("lookup of a tag whose manifest the store lacks: %v, want EIO", errno)
+	}
+	var out fuse.EntryOut
+	byID := &byIDNode{fsys: r.fsys}
+	r.root.NewPersistentInode(ctx, byID, fs.StableAttr{Mode: syscall.S_IFDIR})
+	if _, errno := byID.Lookup(ctx, r.ids["gone"].String(), &out); errno != syscall.ENOENT {
+		t.Fatalf("by-id lookup of an image the store lacks: %v, want ENOENT", errno)
+	}
+}

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -124,6 +126,10 @@ func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if uring.OnQueueThread() {
 		return nil, uring.WouldWait // the image may have to be loaded
 	}
+	if _, err := b.fsys.Image(ctx, id); errors.Is(err, store.ErrNotFound) {
+		out.SetEntryTimeout(time.Nanosecond)
+		return nil, syscall.ENOENT // no such image: a name not in by-id
+	}
 	return imageRoot(ctx, &b.Inode, b.fsys, id, out)
 }
 
@@ -143,9 +149,6 @@ func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, out *
 		e := errno(err)
 		if e != syscall.EINTR {
 			f.log.Error("cannot load image", "image", id.Short(), "err", err)
-		}
-		if e == syscall.ENOENT {
-			out.SetEntryTimeout(time.Nanosecond)
 		}
 		return nil, e
 	}

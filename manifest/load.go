@@ -23,7 +23,7 @@ type Observer interface {
 // Load reads, verifies and indexes the manifest id from a store. A manifest
 // whose bytes do not hash to id is refused: nothing unverified is served.
 func Load(ctx context.Context, st store.Store, id digest.ID) (*Index, error) {
-	b, err := st.Get(ctx, store.H(store.Manifest, id), 0, -1)
+	b, err := store.ReadAll(ctx, st, store.H(store.Manifest, id))
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", id.Short(), err)
 	}

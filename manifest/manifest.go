@@ -30,6 +30,7 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/manifest/chunk"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
 // Version is the encoding version written by this package.
@@ -44,7 +45,13 @@ const (
 	MaxXattrName   = 255
 	MaxXattrValue  = 64 << 10
 	MaxAnnotation  = 64 << 10
-	MaxEncodedSize = 1 << 30
+	MaxEncodedSize = store.MaxManifestObject
+	// MaxEntries and MaxChunkRefs bound what a loaded image costs in memory
+	// (an index of 1M entries and 4M chunk references takes a few hundred
+	// MB): 4 TiB of files at the default chunk size. A larger tree is
+	// refused by pack and by every reader; split it into several images.
+	MaxEntries   = 1 << 20
+	MaxChunkRefs = 1 << 22
 )
 
 // Type is the kind of an entry.
@@ -179,8 +186,9 @@ func Decode(data []byte) (*Manifest, error) {
 }
 
 type decoder struct {
-	b   []byte
-	off int
+	b      []byte
+	off    int
+	chunks int // chunk references so far
 }
 
 func (d *decoder) uvarint(what string, max uint64) (uint64, error) {
@@ -267,6 +275,9 @@ func (d *decoder) manifest() (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	if ne > MaxEntries {
+		return nil, invalid("%d entries exceeds the limit of %d (split the tree into several images)", ne, MaxEntries)
+	}
 	m.Entries = make([]Entry, ne)
 	for i := range m.Entries {
 		if err := d.entry(&m.Entries[i]); err != nil {
@@ -333,6 +344,9 @@ func (d *decoder) entry(e *Entry) error {
 	if err != nil {
 		return err
 	}
+	if d.chunks += nc; d.chunks > MaxChunkRefs {
+		return invalid("more than %d chunk references (split the tree into several images)", MaxChunkRefs)
+	}
 	if nc > 0 {
 		e.Chunks = make([]Chunk, nc)
 	}
@@ -362,6 +376,16 @@ func (m *Manifest) Validate() error {
 		if k == "" || len(k) > MaxAnnotation || len(v) > MaxAnnotation {
 			return invalid("annotation %q: empty key or over %d bytes", k, MaxAnnotation)
 		}
+	}
+	if len(m.Entries) > MaxEntries {
+		return invalid("%d entries exceeds the limit of %d (split the tree into several images)", len(m.Entries), MaxEntries)
+	}
+	refs := 0
+	for i := range m.Entries {
+		refs += len(m.Entries[i].Chunks)
+	}
+	if refs > MaxChunkRefs {
+		return invalid("%d chunk references exceed the limit of %d (split the tree into several images)", refs, MaxChunkRefs)
 	}
 	kinds := make(map[string]Type, len(m.Entries))
 	for i := range m.Entries {

@@ -1,7 +1,9 @@
 package manifest
 
 import (
+	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
@@ -136,4 +138,21 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A manifest claiming more entries than MaxEntries is refused before its
+// entries are allocated, and pack's own check (Validate) refuses to build one.
+func TestEntryLimit(t *testing.T) {
+	b := append([]byte(nil), magic...)
+	b = append(b, Version, 0) // no annotations
+	b = binary.AppendUvarint(b, MaxEntries+1)
+	b = append(b, make([]byte, 13*(MaxEntries+1))...)
+	if _, err := Decode(b); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("decode of %d entries: %v", MaxEntries+1, err)
+	}
+	m := &Manifest{Entries: make([]Entry, MaxEntries+1)}
+	m.Entries[0].Type = Dir
+	if err := m.Validate(); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("validate of %d entries: %v", MaxEntries+1, err)
+	}
 }

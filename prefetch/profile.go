@@ -192,7 +192,7 @@ func Save(ctx context.Context, st store.Store, p *Profile) (digest.ID, error) {
 // corrupt or belongs to another image is an error the caller should log
 // and then boot without it.
 func Load(ctx context.Context, st store.Store, image digest.ID) (*Profile, error) {
-	ref, err := st.Get(ctx, store.Handle{Kind: store.ProfileRef, Name: image.String()}, 0, -1)
+	ref, err := store.ReadAll(ctx, st, store.Handle{Kind: store.ProfileRef, Name: image.String()})
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
@@ -207,7 +207,7 @@ func Load(ctx context.Context, st store.Store, image digest.ID) (*Profile, error
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadProfile, err)
 	}
-	b, err := st.Get(ctx, store.H(store.Profile, id), 0, -1)
+	b, err := store.ReadAll(ctx, st, store.H(store.Profile, id))
 	if err != nil {
 		return nil, err
 	}

@@ -87,17 +87,24 @@ func (o *lsOptions) run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
-	tags, err := store.Tags(ctx, st)
+	tags, bad, err := store.ListTags(ctx, st)
 	if err != nil {
 		return fmt.Errorf("list tags in %s: %w", st.Location(), err)
 	}
-	names := make([]string, 0, len(tags))
+	names := make([]string, 0, len(tags)+len(bad))
 	for n := range tags {
+		names = append(names, n)
+	}
+	for n := range bad {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	out := make([]imageSummary, 0, len(names))
 	for _, n := range names {
+		if e, ok := bad[n]; ok {
+			out = append(out, imageSummary{Tag: n, Error: e.Error()})
+			continue
+		}
 		s, _ := summarize(ctx, st, n)
 		out = append(out, s)
 	}

@@ -311,7 +311,7 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		}
 		return b, nil
 	}
-	blob, err := c.st.Get(ctx, store.H(store.Chunk, id), 0, -1)
+	blob, err := store.ReadAll(ctx, c.st, store.H(store.Chunk, id))
 	release()
 	if err != nil {
 		c.fetchErrors.Add(1)

@@ -91,7 +91,7 @@ func Run(ctx context.Context, s store.Store, opt Options) (*Report, error) {
 		if liveImages[id] {
 			continue
 		}
-		b, err := s.Get(ctx, store.H(store.Manifest, id), 0, -1)
+		b, err := store.ReadAll(ctx, s, store.H(store.Manifest, id))
 		if err != nil {
 			return nil, fmt.Errorf("gc: read image %s: %w", id.Short(), err)
 		}
@@ -127,7 +127,7 @@ func Run(ctx context.Context, s store.Store, opt Options) (*Report, error) {
 			deadRefs = append(deadRefs, in.Name)
 			return nil
 		}
-		b, err := s.Get(ctx, store.Handle{Kind: store.ProfileRef, Name: in.Name}, 0, -1)
+		b, err := store.ReadAll(ctx, s, store.Handle{Kind: store.ProfileRef, Name: in.Name})
 		if err != nil {
 			return err
 		}

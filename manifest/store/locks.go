@@ -147,7 +147,7 @@ func conflicting(ctx context.Context, s Store, k LockKind, self string) (string,
 		if in.Name == self {
 			return nil
 		}
-		b, err := s.Get(ctx, Handle{Kind: Lock, Name: in.Name}, 0, -1)
+		b, err := ReadAll(ctx, s, Handle{Kind: Lock, Name: in.Name})
 		if err != nil {
 			return nil // gone meanwhile
 		}

@@ -153,7 +153,11 @@ func GetInto(ctx context.Context, s Store, h Handle, bufs ...[]byte) (int, error
 	if g, ok := s.(GetIntoer); ok {
 		return g.GetInto(ctx, h, bufs...)
 	}
-	b, err := s.Get(ctx, h, 0, -1)
+	total := 0
+	for _, d := range bufs {
+		total += len(d)
+	}
+	b, err := s.Get(ctx, h, 0, int64(total)+1) // never more than fits, and one byte to tell
 	if err != nil {
 		return 0, err
 	}

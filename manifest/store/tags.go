@@ -35,7 +35,7 @@ func ResolveTag(ctx context.Context, s Store, name string) (digest.ID, error) {
 
 // ReadTag reads and decodes one tag object; a missing tag is ErrNotFound.
 func ReadTag(ctx context.Context, s Store, name string) (digest.ID, error) {
-	b, err := s.Get(ctx, Handle{Kind: Tag, Name: name}, 0, -1)
+	b, err := ReadAll(ctx, s, Handle{Kind: Tag, Name: name})
 	if errors.Is(err, ErrNotFound) {
 		return digest.Zero, err
 	}
@@ -62,37 +62,56 @@ func ParseTag(b []byte) (digest.ID, error) {
 // tagReads bounds the tag objects Tags reads at once.
 const tagReads = 16
 
-// Tags lists every tag with its image. The tag objects are read
-// concurrently: one at a time, a store of 300 tags 5 ms away took 1.5 s.
+// Tags lists every tag with its image, and fails if any tag cannot be read
+// or parsed: gc, which must not sweep what such a tag may need, uses it.
 func Tags(ctx context.Context, s Store) (map[string]digest.ID, error) {
+	tags, bad, err := ListTags(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range bad {
+		return nil, e
+	}
+	return tags, nil
+}
+
+// ListTags lists every tag with its image; tags whose objects cannot be read
+// or parsed come back in bad with the reason, for callers that go on
+// without them (a mount's listing, gpuwarm ls). err is a failure to list.
+// The tag objects are read concurrently: one at a time, a store of 300 tags
+// 5 ms away took 1.5 s.
+func ListTags(ctx context.Context, s Store) (tags map[string]digest.ID, bad map[string]error, err error) {
 	var names []string
 	if err := s.List(ctx, Tag, func(in Info) error {
 		names = append(names, in.Name)
 		return nil
 	}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make(map[string]digest.ID, len(names))
+	tags = make(map[string]digest.ID, len(names))
+	bad = map[string]error{}
 	var mu sync.Mutex
-	g, gctx := errgroup.WithContext(ctx)
+	var g errgroup.Group
 	g.SetLimit(tagReads)
 	for _, name := range names {
 		g.Go(func() error {
-			id, err := ReadTag(gctx, s, name)
+			id, err := ReadTag(ctx, s, name)
 			if errors.Is(err, ErrNotFound) {
 				return nil // deleted meanwhile
 			}
-			if err != nil {
-				return err
-			}
 			mu.Lock()
-			out[name] = id
-			mu.Unlock()
+			defer mu.Unlock()
+			if err != nil {
+				bad[name] = err
+			} else {
+				tags[name] = id
+			}
 			return nil
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
+	g.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
 	}
-	return out, nil
+	return tags, bad, nil
 }
