@@ -45,6 +45,9 @@ type Options struct {
 	// (once per image), so that work needing only the image's ID — fetching
 	// its prefetch profile — overlaps the manifest's fetch.
 	Loading func(id digest.ID)
+	// NonEmpty mounts over a directory that holds files, hiding them;
+	// without it such a mount point is refused.
+	NonEmpty bool
 	// NoPassthrough disables FUSE passthrough.
 	NoPassthrough bool
 	// AssembleFiles assembles multi-chunk files whose chunks are all cached
@@ -500,7 +503,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	hour := time.Hour
 	ctx, cancel := context.WithCancel(context.Background())
 	root := &rootNode{fsys: f}
-	if err := prepareMountpoint(dir, f.log); err != nil {
+	if err := prepareMountpoint(dir, opt.NonEmpty, f.log); err != nil {
 		cancel()
 		return nil, err
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-const byIDName = "by-id"
+const byIDName = manifest.ByIDDir
 
 // rootNode lists the tags, resolved afresh every TagTTL.
 type rootNode struct {

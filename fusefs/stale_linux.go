@@ -15,17 +15,60 @@ import (
 // prepareMountpoint detaches dead gpuwarm mounts at dir (their daemon was
 // killed, so every request fails with ENOTCONN) and refuses to stack on a
 // live one.
-func prepareMountpoint(dir string, log *slog.Logger) error {
+func prepareMountpoint(dir string, nonEmpty bool, log *slog.Logger) error {
+	if dir == "" {
+		return errors.New("the mount point is empty: name a directory")
+	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
 	}
+	if err := detachStale(abs, log); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(abs)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w (create the directory first)", abs, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("mount point %s is not a directory (it is a %s): mount on an empty directory", abs, fi.Mode().Type())
+	}
+	if !nonEmpty {
+		f, err := os.Open(abs)
+		if err != nil {
+			return fmt.Errorf("mount point %s: %w", abs, err)
+		}
+		names, _ := f.Readdirnames(1)
+		f.Close()
+		if len(names) > 0 {
+			return fmt.Errorf("mount point %s is not empty (it holds %s): a mount would hide its contents; use an empty directory, or --nonempty to mount over them", abs, names[0])
+		}
+	}
+	return nil
+}
+
+// statfsAnswer bounds how long a mount that is already there may take to
+// answer: a stopped or hung daemon never does.
+const statfsAnswer = 5 * time.Second
+
+// detachStale detaches a gpuwarm mount at abs whose daemon is gone, and
+// refuses one that is alive or does not answer.
+func detachStale(abs string, log *slog.Logger) error {
 	for i := 0; i < 16; i++ {
 		if !mountedAt(abs) {
 			return nil
 		}
-		var st syscall.Statfs_t
-		err := syscall.Statfs(abs, &st)
+		errc := make(chan error, 1)
+		go func() {
+			var st syscall.Statfs_t
+			errc <- syscall.Statfs(abs, &st)
+		}()
+		var err error
+		select {
+		case err = <-errc:
+		case <-time.After(statfsAnswer):
+			return fmt.Errorf("the gpuwarm mount at %s does not answer (its daemon is stopped or hung): send it SIGCONT, or detach it with gpuwarm umount --lazy %s", abs, abs)
+		}
 		if err == nil {
 			return fmt.Errorf("a gpuwarm mount is already serving %s; run gpuwarm umount %s first", abs, abs)
 		}

@@ -480,6 +480,10 @@ func Base(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
 
 // ValidTag reports whether name can be a tag: it is also a directory name at
 // the mount point, so it is short, printable and not hidden.
+// ByIDDir is the directory at a mount's root that holds every image by its
+// ID; no tag may have its name.
+const ByIDDir = "by-id"
+
 func ValidTag(name string) error {
 	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' || !utf8.ValidString(name) {
 		return fmt.Errorf("tag %q: use 1-128 characters from A-Z a-z 0-9 . _ - and do not start with '.' or '-'", name)
@@ -488,6 +492,9 @@ func ValidTag(name string) error {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
 			return fmt.Errorf("tag %q: character %q not allowed; use A-Z a-z 0-9 . _ -", name, r)
 		}
+	}
+	if name == ByIDDir {
+		return fmt.Errorf("tag %q is reserved: the mount lists every image by ID there; choose another name", name)
 	}
 	if len(name) == 2*digest.Size {
 		if _, err := digest.Parse(name); err == nil {

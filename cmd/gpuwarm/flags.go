@@ -280,11 +280,29 @@ func (s *storeFlags) register(fs *flagSet) {
 	fs.env("store", "GPUWARM_STORE")
 }
 
+// open opens an existing store: commands that only read it (and rm, gc)
+// never create one where --store points by mistake.
 func (s *storeFlags) open(ctx context.Context) (store.Store, error) {
-	if strings.TrimSpace(s.url) == "" {
-		return nil, usagef("--store is empty: give a directory, file://DIR or s3://BUCKET/PREFIX")
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	return storeopen.OpenExisting(ctx, s.url)
+}
+
+// create opens the store, creating a file store that does not exist yet:
+// for the commands that write images (pack, snapshot, record).
+func (s *storeFlags) create(ctx context.Context) (store.Store, error) {
+	if err := s.check(); err != nil {
+		return nil, err
 	}
 	return storeopen.Open(ctx, s.url)
+}
+
+func (s *storeFlags) check() error {
+	if u := strings.TrimSpace(s.url); u == "" || u == "file://" {
+		return usagef("--store %q names no store: give a directory, file://DIR or s3://BUCKET/PREFIX", s.url)
+	}
+	return nil
 }
 
 // cacheFlags are the block cache's settings.

@@ -36,6 +36,10 @@ func TestUsageErrorsExit2AndSayItOnce(t *testing.T) {
 		{[]string{"mount", "--readahead", "many"}, "not a whole number"},
 		{[]string{"ls", "--log-level", "loud"}, "--log-level"},
 		{[]string{"ls", "extra"}, "no arguments"},
+		{[]string{"mount", ""}, "mount point is empty"},
+		{[]string{"ls", "--store", "file://"}, "names no store"},
+		{[]string{"ls", "--store", ""}, "names no store"},
+		{[]string{"pack", "/tmp", "--tag", "by-id"}, "reserved"},
 	} {
 		code, _, stderr := gw(t, tc.args...)
 		if code != 2 {
@@ -180,5 +184,28 @@ func TestJSONOutputs(t *testing.T) {
 	}
 	if code, _, stderr := gw(t, "rm", "nope", "--store", storeDir); code != 1 || !strings.Contains(stderr, `no tag "nope"`) {
 		t.Errorf("rm of a missing tag: exit %d, %q", code, stderr)
+	}
+}
+
+// Commands that only read a store never create one: a mistyped path is an
+// error naming it; pack creates the store it writes to.
+func TestReadOnlyCommandsDoNotCreateStores(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-store-here")
+	for _, args := range [][]string{{"ls"}, {"inspect", "x"}, {"gc"}, {"rm", "x"}, {"profile", "show", "x"}} {
+		code, _, stderr := gw(t, append(args, "--store", missing)...)
+		if code != 1 || !strings.Contains(stderr, "no store at") {
+			t.Errorf("%q on a missing store: exit %d, %q", args, code, stderr)
+		}
+		if _, err := os.Stat(missing); err == nil {
+			t.Fatalf("%q created the store %s", args, missing)
+		}
+	}
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o644)
+	if code, _, stderr := gw(t, "pack", src, "--tag", "t", "--store", missing); code != 0 {
+		t.Fatalf("pack into a new store: exit %d: %s", code, stderr)
+	}
+	if code, out, _ := gw(t, "ls", "--store", missing); code != 0 || !strings.Contains(out, "t ") {
+		t.Fatalf("ls after pack: exit %d, %q", code, out)
 	}
 }

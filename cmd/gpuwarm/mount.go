@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime/pprof"
 	"time"
@@ -39,6 +41,7 @@ type mountOptions struct {
 	assemble     bool
 	preload      string
 	cpuProfile   string
+	nonEmpty     bool
 }
 
 func (o *mountOptions) flags(fs *flagSet) {
@@ -59,6 +62,7 @@ func (o *mountOptions) flags(fs *flagSet) {
 	fs.StringVar(&o.preload, "preload", "", "comma-separated `TAGS` (image IDs, * for all) loaded and replayed at start")
 	fs.env("preload", "GPUWARM_PRELOAD")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the daemon to `FILE`")
+	fs.BoolVar(&o.nonEmpty, "nonempty", false, "mount over a directory that holds files (they are hidden while mounted)")
 }
 
 func (o *mountOptions) run(ctx context.Context, args []string) error {
@@ -76,8 +80,10 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil && !os.IsExist(err) {
-		o.log.Warn("cannot create mount point", "dir", dir, "err", err)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("cannot create the mount point: %w", err)
+		}
 	}
 	st, err := o.store.open(ctx)
 	if err != nil {
@@ -91,7 +97,7 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 	defer bc.Close()
 	mopt := fusefs.Options{Cache: bc, Logger: o.log, TagTTL: o.tagTTL, NoPassthrough: o.noPass, Readahead: o.readahead,
 		Debug: o.debug, AssembleFiles: o.assemble, Readers: o.readers, POSIXACL: o.posixACL, URing: o.uring,
-		URingEntries: o.uringEntries, Spin: o.spin}
+		URingEntries: o.uringEntries, Spin: o.spin, NonEmpty: o.nonEmpty}
 	if !o.noPrefetch {
 		fetch := prefetch.NewFetcher(ctx, st)
 		mopt.Loading = func(id digest.ID) { fetch.Start(id) }

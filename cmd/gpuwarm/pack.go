@@ -81,7 +81,7 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 	} else if !fi.IsDir() {
 		return usagef("%s is not a directory", args[0])
 	}
-	st, err := o.store.open(ctx)
+	st, err := o.store.create(ctx)
 	if err != nil {
 		return err
 	}

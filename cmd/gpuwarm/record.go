@@ -53,7 +53,7 @@ func (o *recordOptions) run(ctx context.Context, args []string) error {
 	if len(args) == 0 {
 		return usagef("want a command after --")
 	}
-	st, err := o.store.open(ctx)
+	st, err := o.store.create(ctx)
 	if err != nil {
 		return err
 	}

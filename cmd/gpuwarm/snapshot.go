@@ -78,7 +78,7 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := o.store.open(ctx)
+	st, err := o.store.create(ctx)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // vmHWM is a process's peak resident memory in bytes.
@@ -70,4 +72,79 @@ func TestHugeStoreObjectsRefused(t *testing.T) {
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru.Maxrss > 128<<10 {
 		t.Fatalf("gpuwarm ls peaked at %d MB on a 2 GB tag", ru.Maxrss>>10)
 	}
+}
+
+// gwFail runs gpuwarm expecting it to fail, within limit, and returns its
+// output.
+func gwFail(t *testing.T, limit time.Duration, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gpuwarmBin, args...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("gpuwarm %s did not end within %v:\n%s", strings.Join(args, " "), limit, out)
+	}
+	if err == nil {
+		t.Fatalf("gpuwarm %s succeeded:\n%s", strings.Join(args, " "), out)
+	}
+	return string(out)
+}
+
+func mountedHere(dir string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// TestBadMountPoints: an empty name, a regular file and a directory with
+// files in it are refused before anything is mounted, saying why; a mount
+// point whose daemon is stopped is reported, not waited on forever.
+func TestBadMountPoints(t *testing.T) {
+	requireFUSE(t)
+	_, storeDir, mnt, cacheDir := packedTree(t, 0)
+	tmp := t.TempDir()
+	if out := gwFail(t, 10*time.Second, "mount", "", "--store", storeDir, "--cache-dir", cacheDir); !strings.Contains(out, "empty") {
+		t.Errorf("empty mount point: %s", out)
+	}
+	file := filepath.Join(tmp, "file")
+	os.WriteFile(file, []byte("x"), 0o644)
+	if out := gwFail(t, 10*time.Second, "mount", file, "--store", storeDir, "--cache-dir", cacheDir); !strings.Contains(out, "not a directory") {
+		t.Errorf("regular file: %s", out)
+	}
+	if mountedHere(file) {
+		syscall.Unmount(file, syscall.MNT_DETACH)
+		t.Fatal("a failed mount on a regular file left a mount behind")
+	}
+	full := filepath.Join(tmp, "full")
+	os.MkdirAll(full, 0o755)
+	os.WriteFile(filepath.Join(full, "precious"), []byte("x"), 0o644)
+	if out := gwFail(t, 10*time.Second, "mount", full, "--store", storeDir, "--cache-dir", cacheDir); !strings.Contains(out, "not empty") || !strings.Contains(out, "--nonempty") {
+		t.Errorf("non-empty directory: %s", out)
+	}
+	if mountedHere(full) {
+		t.Fatal("a refused mount left a mount behind")
+	}
+	d := startMount(t, storeDir, full, cacheDir, "--nonempty")
+	if _, err := os.Stat(filepath.Join(full, "t")); err != nil {
+		t.Fatalf("--nonempty mount: %v", err)
+	}
+	d.stop(t)
+
+	// A stopped daemon: a second mount on its mount point says so.
+	d2 := startMount(t, storeDir, mnt, cacheDir)
+	d2.cmd.Process.Signal(syscall.SIGSTOP)
+	defer d2.cmd.Process.Signal(syscall.SIGCONT)
+	start := time.Now()
+	out := gwFail(t, 30*time.Second, "mount", mnt, "--store", storeDir, "--cache-dir", filepath.Join(tmp, "cache2"))
+	if !strings.Contains(out, "does not answer") {
+		t.Errorf("mount over a stopped daemon's mount: %s", out)
+	}
+	t.Logf("refused after %v", time.Since(start))
+	d2.cmd.Process.Signal(syscall.SIGCONT)
+	d2.stop(t)
 }

@@ -40,6 +40,9 @@ var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the store rooted at dir.
 func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("file store: empty path: name a directory (file:///var/lib/gpuwarm/store)")
+	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err
@@ -53,6 +56,27 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("file store %s: %w", abs, err)
 	}
 	removeDeadWriters(filepath.Join(abs, "tmp"))
+	return &Store{root: abs}, nil
+}
+
+// OpenExisting opens the store at dir for reading only: it creates nothing,
+// and a directory that does not exist is an error (a read-only command
+// pointed at a mistyped path must say so, not report an empty store).
+func OpenExisting(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("file store: empty path: name a directory (file:///var/lib/gpuwarm/store)")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("no store at %s: %w (pack something into it first, or fix --store)", abs, err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("no store at %s: not a directory (fix --store)", abs)
+	}
 	return &Store{root: abs}, nil
 }
 
@@ -382,6 +406,9 @@ func (s *Store) List(ctx context.Context, k store.Kind, fn func(store.Info) erro
 	var names []string
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
+			if p == dir && errors.Is(err, fs.ErrNotExist) {
+				return fs.SkipAll // a store that never held this kind
+			}
 			return err
 		}
 		if !d.IsDir() {

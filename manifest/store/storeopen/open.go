@@ -23,6 +23,23 @@ const Default = "file:///var/lib/gpuwarm/store"
 // store for tests and benchmarks: file:///dir?sim-latency=2ms&sim-bandwidth=1e9
 // (bytes per second).
 func Open(ctx context.Context, url string) (store.Store, error) {
+	return open(ctx, url, true)
+}
+
+// OpenExisting opens the store at url for commands that only read it: a
+// file store that does not exist is an error, and nothing is created.
+func OpenExisting(ctx context.Context, url string) (store.Store, error) {
+	return open(ctx, url, false)
+}
+
+func open(ctx context.Context, url string, create bool) (store.Store, error) {
+	fileStore := filestore.Open
+	if !create {
+		fileStore = filestore.OpenExisting
+	}
+	if strings.TrimSpace(url) == "" {
+		return nil, fmt.Errorf("empty store URL: use a directory (file:///var/lib/gpuwarm/store) or s3://bucket/prefix")
+	}
 	if base, q, ok := strings.Cut(url, "?"); ok && !strings.HasPrefix(url, "s3://") {
 		v, err := neturl.ParseQuery(q)
 		if err != nil {
@@ -36,7 +53,7 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("store %q: sim-bandwidth must be bytes per second such as 1e9", url)
 		}
-		s, err := Open(ctx, base)
+		s, err := open(ctx, base, create)
 		if err != nil {
 			return nil, err
 		}
@@ -44,9 +61,9 @@ func Open(ctx context.Context, url string) (store.Store, error) {
 	}
 	switch {
 	case strings.HasPrefix(url, "file://"):
-		return filestore.Open(strings.TrimPrefix(url, "file://"))
+		return fileStore(strings.TrimPrefix(url, "file://"))
 	case strings.HasPrefix(url, "/") || strings.HasPrefix(url, "."):
-		return filestore.Open(url)
+		return fileStore(url)
 	case strings.HasPrefix(url, "s3://"):
 		return openS3(ctx, url)
 	}
