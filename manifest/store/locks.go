@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,7 +30,9 @@ import (
 //
 // Both put their own lock before looking for the other's, so at least one of
 // them sees the other. A lock not refreshed for StaleAfter is ignored, so a
-// crashed process cannot block gc forever.
+// crashed process cannot block gc forever; a lock whose holder provably died
+// (same machine, boot and PID namespace; its PID gone or reused) is deleted
+// at once, saying so.
 
 // StaleAfter is the age at which a lock is ignored.
 const StaleAfter = 10 * time.Minute
@@ -55,6 +59,60 @@ type lockBody struct {
 	Host string    `json:"host"`
 	PID  int       `json:"pid"`
 	Time time.Time `json:"time"`
+	// Where the PID means something: the boot, the PID namespace, and the
+	// process's start time (so that a reused PID is not taken for it).
+	Boot  string `json:"boot,omitempty"`
+	PIDNS string `json:"pid_ns,omitempty"`
+	Start uint64 `json:"start,omitempty"`
+}
+
+// self describes this process for its locks.
+func selfBody(k LockKind) lockBody {
+	host, _ := os.Hostname()
+	return lockBody{Kind: k, Host: host, PID: os.Getpid(), Time: time.Now().UTC(),
+		Boot: bootID(), PIDNS: pidNS(), Start: startTime(os.Getpid())}
+}
+
+func bootID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+func pidNS() string {
+	s, _ := os.Readlink("/proc/self/ns/pid")
+	return s
+}
+
+// startTime is a process's start time in clock ticks after boot, 0 if it
+// does not exist.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[19], 10, 64)
+	return n
+}
+
+// deadHolder reports whether the lock's holder provably no longer runs: it
+// ran on this machine, in this boot and PID namespace, and its PID is gone
+// or now names a process started at another time. A lock from anywhere
+// else is left to StaleAfter.
+func (b lockBody) deadHolder() bool {
+	host, _ := os.Hostname()
+	if b.Host != host || b.Boot == "" || b.Boot != bootID() || b.PIDNS != pidNS() || b.PID <= 0 {
+		return false
+	}
+	return startTime(b.PID) != b.Start
 }
 
 // ErrLocked is returned when the other kind of lock is held.
@@ -108,8 +166,7 @@ func AcquireLock(ctx context.Context, s Store, k LockKind, wait time.Duration) (
 }
 
 func (l *LockHandle) put(ctx context.Context, k LockKind) error {
-	host, _ := os.Hostname()
-	b, _ := json.Marshal(lockBody{Kind: k, Host: host, PID: os.Getpid(), Time: time.Now().UTC()})
+	b, _ := json.Marshal(selfBody(k))
 	return l.s.Put(ctx, l.h, b)
 }
 
@@ -153,6 +210,11 @@ func conflicting(ctx context.Context, s Store, k LockKind, self string) (string,
 		}
 		var body lockBody
 		if json.Unmarshal(b, &body) != nil || time.Since(body.Time) > StaleAfter {
+			return nil
+		}
+		if body.deadHolder() {
+			slog.Warn("taking over a lock whose holder is dead", "lock", in.Name, "pid", body.PID, "host", body.Host, "store", s.Location())
+			s.Delete(ctx, Handle{Kind: Lock, Name: in.Name})
 			return nil
 		}
 		if k == GCLock || body.Kind == GCLock {
