@@ -175,7 +175,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	work := opt.WorkDir
 	ownWork := work == ""
 	if ownWork {
-		if work, err = os.MkdirTemp("", "gpuwarm-restore-"); err != nil {
+		if work, err = makeWorkDir("restore", log); err != nil {
 			return nil, err
 		}
 	}

@@ -102,7 +102,7 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	}
 	work := opt.WorkDir
 	if work == "" {
-		if work, err = os.MkdirTemp("", "gpuwarm-dump-"); err != nil {
+		if work, err = makeWorkDir("dump", log); err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(work)
