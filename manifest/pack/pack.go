@@ -74,8 +74,11 @@ func (r *Result) MBps() float64 {
 	return float64(r.ReadBytes) / 1e6 / r.Duration.Seconds()
 }
 
+// afterWalk, set by tests, runs between the walk and the reads.
+var afterWalk func()
+
 type job struct {
-	path  string
+	src   *srcFile
 	entry int
 	index int
 	off   int64
@@ -83,6 +86,7 @@ type job struct {
 }
 
 type packer struct {
+	root int // the packed tree's root directory, which sources are opened below
 	st   store.Store
 	opt  Options
 	log  *slog.Logger
@@ -141,12 +145,20 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	if !st0.IsDir() {
 		return nil, fmt.Errorf("pack: %s is not a directory", root)
 	}
-	p := &packer{st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
+	rootFd, err := openRoot(root)
+	if err != nil {
+		return nil, fmt.Errorf("pack: %w", err)
+	}
+	defer unix.Close(rootFd)
+	p := &packer{root: rootFd, st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
 	m := &manifest.Manifest{Annotations: opt.Annotations}
 	var jobs []job
 	var total int64
 	if err := p.walk(root, m, &jobs, &total); err != nil {
 		return nil, err
+	}
+	if afterWalk != nil {
+		afterWalk()
 	}
 
 	stopProgress := p.progress(total, start)
@@ -237,10 +249,11 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 			if n > 0 {
 				e.Chunks = make([]manifest.Chunk, n)
 			}
+			src := &srcFile{rel: rel, full: full, st: sys}
 			for i := 0; i < n; i++ {
 				off := int64(i) * int64(p.opt.ChunkSize)
 				size := min(int64(p.opt.ChunkSize), sys.Size-off)
-				*jobs = append(*jobs, job{path: full, entry: idx, index: i, off: off, size: int(size)})
+				*jobs = append(*jobs, job{src: src, entry: idx, index: i, off: off, size: int(size)})
 			}
 			*total += sys.Size
 		default:
@@ -278,14 +291,14 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 	})
 	for w := 0; w < p.opt.Workers; w++ {
 		g.Go(func() error {
-			src := newSourceReader(p.opt.ChunkSize)
+			src := newSourceReader(p.root, p.opt.ChunkSize)
 			defer src.close()
 			// Blobs are built here, block-aligned, so the file store
 			// writes them with O_DIRECT in place.
 			encRaw := make([]byte, directio.Round(1+p.opt.ChunkSize)+directAlign)
 			enc := directio.Aligned(encRaw, directio.Round(1+p.opt.ChunkSize))
 			for j := range ch {
-				b, err := src.read(j.path, j.off, int64(j.size))
+				b, err := src.read(j.src, j.off, int64(j.size))
 				if err != nil {
 					return fmt.Errorf("pack: %w", err)
 				}
@@ -467,8 +480,9 @@ func HumanBytes(n int64) string {
 // filling the page cache costs the allocation of every page (the largest
 // system cost of a pack on the benchmark VM) for pages nobody reads again.
 type sourceReader struct {
+	root   int
 	buf    []byte // block-aligned, chunk size plus a block
-	path   string
+	src    *srcFile
 	fd     int
 	direct bool
 }
@@ -478,9 +492,9 @@ const (
 	directAlign = directio.Align
 )
 
-func newSourceReader(chunkSize int) *sourceReader {
+func newSourceReader(root, chunkSize int) *sourceReader {
 	raw := make([]byte, chunkSize+2*directAlign)
-	return &sourceReader{buf: directio.Aligned(raw, chunkSize+directAlign), fd: -1}
+	return &sourceReader{root: root, buf: directio.Aligned(raw, chunkSize+directAlign), fd: -1}
 }
 
 func (r *sourceReader) close() {
@@ -488,23 +502,28 @@ func (r *sourceReader) close() {
 		unix.Close(r.fd)
 		r.fd = -1
 	}
+	r.src = nil
 }
 
-// read returns size bytes of path at off (valid until the next read).
-func (r *sourceReader) read(path string, off, size int64) ([]byte, error) {
-	if path != r.path || r.fd < 0 {
+// read returns size bytes of f at off (valid until the next read). The
+// file must still be the one the walk saw, after the read too: a file
+// rewritten while it is packed fails the pack, naming it, rather than be
+// packed half old, half new.
+func (r *sourceReader) read(f *srcFile, off, size int64) ([]byte, error) {
+	if f != r.src || r.fd < 0 {
 		r.close()
-		r.path = path
-		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		r.src = f
+		fd, err := openSource(r.root, f, false)
 		if err != nil {
-			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+			return nil, err
 		}
 		r.fd, r.direct = fd, false
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) == nil && st.Size >= directMin && (len(r.buf)-directAlign)%directAlign == 0 {
-			if dfd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECT, 0); err == nil {
+		if f.st.Size >= directMin && (len(r.buf)-directAlign)%directAlign == 0 {
+			if dfd, err := openSource(r.root, f, true); err == nil {
 				unix.Close(fd)
 				r.fd, r.direct = dfd, true
+			} else if errors.Is(err, errChanged) {
+				return nil, err
 			}
 		}
 	}
@@ -523,24 +542,30 @@ func (r *sourceReader) read(path string, off, size int64) ([]byte, error) {
 		if err == unix.EINVAL && r.direct && n == 0 {
 			// This filesystem refuses O_DIRECT reads after all.
 			r.close()
-			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			fd, err := openSource(r.root, f, false)
 			if err != nil {
-				return nil, &os.PathError{Op: "open", Path: path, Err: err}
+				return nil, err
 			}
-			r.fd, r.direct, r.path = fd, false, path
+			r.fd, r.direct, r.src = fd, false, f
 			b = r.buf[:size]
 			continue
 		}
 		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+			return nil, &os.PathError{Op: "read", Path: f.full, Err: err}
 		}
 		if k == 0 {
-			return nil, fmt.Errorf("%s shrank while being packed", path)
+			return nil, fmt.Errorf("%s: %w (it shrank)", f.full, errChanged)
 		}
 		n += k
 		if r.direct && n%directAlign != 0 && n < int(size) {
-			return nil, fmt.Errorf("%s shrank while being packed", path)
+			return nil, fmt.Errorf("%s: %w (it shrank)", f.full, errChanged)
 		}
+	}
+	if how, err := f.changed(r.fd); err != nil || how != "" {
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w (%s); pack again once the tree is not being written", f.full, errChanged, how)
 	}
 	return b[:size], nil
 }
