@@ -1161,3 +1161,28 @@ func TestJournalNumbers(t *testing.T) {
 		t.Errorf("upper-case hex: %x %v", v, ok)
 	}
 }
+
+// Files in the disk tier's shards that are no cache entries are removed
+// when the cache opens, and the log says so.
+func TestDebrisRemovedWithALogLine(t *testing.T) {
+	fst, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "ab"), 0o755)
+	junk := filepath.Join(dir, "ab", "not-a-chunk")
+	os.WriteFile(junk, []byte("x"), 0o644)
+	var logs bytes.Buffer
+	c, err := Open(fst, Config{Dir: dir, MemBytes: 1 << 20, DiskBytes: 1 << 30, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := os.Stat(junk); err == nil {
+		t.Fatal("debris left in the disk tier")
+	}
+	if !strings.Contains(logs.String(), "no cache entries") {
+		t.Fatalf("no log line for the removed debris:\n%s", logs.String())
+	}
+}

@@ -163,6 +163,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	// stats every file before it mounts (50k files after a reboot: 570-680
 	// ms one shard at a time on the 2-CPU benchmark VM).
 	shards := make([][]found, len(top))
+	var debris atomic.Int64
 	var g errgroup.Group
 	g.SetLimit(16)
 	for k, sd := range top {
@@ -183,6 +184,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 				info, ierr := de.Info()
 				if !ok || ierr != nil || sd.Name() != id.String()[:2] {
 					os.Remove(p)
+					debris.Add(1)
 					continue
 				}
 				shards[k] = append(shards[k], found{diskEntry{id: id, sum: sum, size: info.Size()}, info.ModTime().UnixNano()})
@@ -196,6 +198,9 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	}
 	for _, sh := range shards {
 		all = append(all, sh...)
+	}
+	if n := debris.Load(); n > 0 {
+		log.Warn("removed files from the disk tier that are no cache entries (bad names, wrong shard, unreadable)", "dir", dir, "files", n)
 	}
 	// Oldest first, so the newest end up at the front of the LRU.
 	sort.Slice(all, func(i, j int) bool { return all[i].atime < all[j].atime })
