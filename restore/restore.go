@@ -595,27 +595,21 @@ func inheritStdio(cr *criu.Criu, recorded string, files [3]*os.File, cleanups *[
 	return nil
 }
 
-// explainRestoreFailure quotes CRIU's log and names the likely cause.
+// explainRestoreFailure leads with CRIU's cause, names the likely reason,
+// and points at a copy of CRIU's log that outlives the work directory.
 func explainRestoreFailure(err error, logPath string, ann map[string]string) error {
 	b, _ := os.ReadFile(logPath)
 	log := string(b)
-	hint := ""
-	switch {
-	case strings.Contains(log, "Can't fork for") || strings.Contains(log, "File exists") && strings.Contains(log, "fork"):
-		hint = "a PID the snapshot needs is taken on this worker (a process outside `gpuwarm run` is restored with its original PIDs, and a dumped PID stays taken ~1.5s): wait for it to exit, or take snapshots under `gpuwarm run`, which restores into a fresh PID namespace"
-	case strings.Contains(log, "Input/output error") || strings.Contains(log, "(-5)"):
-		hint = "reading the snapshot's images failed (a chunk missing from the store or corrupt: the mount's log names it)"
-	case strings.Contains(log, "No such file or directory"):
-		hint = "a file the snapshot refers to is missing: are its program files mounted at the same paths (" + ann[AnnMounts] + ")?"
-	}
 	msg := "criu restore failed"
-	if m := strings.TrimSpace(err.Error()); !strings.Contains(m, "RLIMIT") {
+	if cause := firstError(log); cause != "" {
+		msg += ": " + cause
+	} else if m := strings.TrimSpace(err.Error()); !noise(m) {
 		msg += ": " + m
 	}
-	if hint != "" {
+	if hint := restoreCause(log, ann); hint != "" {
 		msg += "\n  likely cause: " + hint
 	}
-	return fmt.Errorf("%s\n%s", msg, criuLogTail(logPath))
+	return fmt.Errorf("%s\n%s", msg, criuLogTail(keepLog(logPath, "restore")))
 }
 
 // instructionFlags are the CPU flags that change which instructions a

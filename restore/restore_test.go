@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -383,7 +385,62 @@ func TestPIDTaken(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "PID") {
 		t.Fatalf("restore over a live PID: %v", err)
 	}
+	checkLogKept(t, err)
 	t.Logf("%v", strings.SplitN(err.Error(), "\n", 3)[:2])
+}
+
+// checkLogKept: the CRIU log a failure names still exists after the
+// failed command cleaned its work directory up.
+func checkLogKept(t *testing.T, err error) {
+	t.Helper()
+	m := regexp.MustCompile(`CRIU log (\S+):`).FindStringSubmatch(err.Error())
+	if m == nil {
+		t.Fatalf("the error names no CRIU log: %v", err)
+	}
+	if _, serr := os.Stat(m[1]); serr != nil {
+		t.Fatalf("the CRIU log the error names is gone: %v", serr)
+	}
+	os.Remove(m[1])
+}
+
+// TestSnapshotOfOpenTCPConnection: CRIU cannot dump an established TCP
+// connection; the error leads with that and what to do, not with the
+// rlimit line CRIU logs first.
+func TestSnapshotOfOpenTCPConnection(t *testing.T) {
+	r := newRig(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := l.Addr().(*net.TCPAddr).Port
+	prog := fmt.Sprintf("import socket,time\ns=socket.create_connection(('127.0.0.1',%d))\nprint('connected',flush=True)\ntime.sleep(120)\n", port)
+	in, out, tk := newPipes(t)
+	cmd, err := Run(RunOptions{Args: []string{"python3", "-c", prog}, Stdin: in, Stdout: out, Stderr: os.Stderr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
+	out.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	conn, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if line, _ := tk.out.ReadString('\n'); !strings.HasPrefix(line, "connected") {
+		t.Fatalf("workload said %q", line)
+	}
+	_, err = Snapshot(context.Background(), r.c, SnapshotOptions{PID: cmd.Process.Pid, Store: r.st, LeaveRunning: true})
+	if err == nil {
+		t.Fatal("a workload with an open TCP connection was snapshotted")
+	}
+	first := strings.SplitN(err.Error(), "\n", 2)[0]
+	if strings.Contains(first, "RLIMIT") || !strings.Contains(err.Error(), "open TCP connection") {
+		t.Fatalf("the error does not lead with the cause:\n%v", err)
+	}
+	checkLogKept(t, err)
+	t.Logf("%s", strings.SplitN(err.Error(), "\n", 3)[:2])
 }
 
 func TestKerndatCacheWarmed(t *testing.T) {

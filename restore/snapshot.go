@@ -179,7 +179,7 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	}, nil)
 	dumpSecs := time.Since(dumpStart).Seconds()
 	if dumpErr != nil {
-		dumpErr = fmt.Errorf("criu dump of pid %d failed: %w\n%s", opt.PID, dumpErr, criuLogTail(filepath.Join(imgDir, "dump.log")))
+		dumpErr = explainDumpFailure(opt.PID, dumpErr, filepath.Join(imgDir, "dump.log"))
 	}
 	phase.set("after dump")
 	if opt.AfterDump != nil {
@@ -348,6 +348,24 @@ func imageIDAt(dir string) (digest.ID, error) {
 	return digest.Parse(string(buf[:n]))
 }
 
+// explainDumpFailure leads with CRIU's cause (not the rlimit line CRIU logs
+// first in containers), says what to do where the cause is known, and
+// points at a copy of the log that outlives the work directory.
+func explainDumpFailure(pid int, err error, logPath string) error {
+	b, _ := os.ReadFile(logPath)
+	log := string(b)
+	msg := fmt.Sprintf("criu dump of pid %d failed", pid)
+	if cause := firstError(log); cause != "" {
+		msg += ": " + cause
+	} else if m := strings.TrimSpace(err.Error()); !noise(m) {
+		msg += ": " + m
+	}
+	if hint := dumpCause(log); hint != "" {
+		msg += "\n  likely cause: " + hint
+	}
+	return fmt.Errorf("%s\n%s", msg, criuLogTail(keepLog(logPath, "dump")))
+}
+
 func criuLogTail(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -356,7 +374,7 @@ func criuLogTail(path string) string {
 	var errs []string
 	for _, line := range strings.Split(string(b), "\n") {
 		// CAP_SYS_RESOURCE-less containers always log the rlimit one.
-		if (strings.Contains(line, "Error") || strings.Contains(line, "error")) && !strings.Contains(line, "RLIMIT_NOFILE") {
+		if (strings.Contains(line, "Error") || strings.Contains(line, "error")) && !noise(line) {
 			errs = append(errs, line)
 		}
 	}
