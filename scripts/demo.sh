@@ -39,7 +39,7 @@ startmount() {
   for _ in $(seq 100); do mountpoint -q "$MNT" && return; sleep 0.05; done
   echo "demo: mount did not come up"; exit 1
 }
-stopmount() { "$GW" umount "$MNT"; wait "$MPID" || true; }
+stopmount() { "$GW" umount "$MNT" >/dev/null; wait "$MPID" || true; }
 trap '"$GW" umount --lazy "$MNT" 2>/dev/null || true' EXIT
 
 runpy "$WORK/src/bin/python3" >/dev/null
