@@ -45,6 +45,15 @@ type Options struct {
 	// (once per image), so that work needing only the image's ID — fetching
 	// its prefetch profile — overlaps the manifest's fetch.
 	Loading func(id digest.ID)
+	// Group, if above 0, restricts the mount to root and the members of
+	// that group: the root directory is mode 0550, group Group, so no one
+	// else can list tags, enter images or make the daemon load one. 0:
+	// every local user may (mode 0555), as programs and containers running
+	// from the mount as other users need by default.
+	Group int
+	// PublicStats lets every user read MOUNTPOINT/.stats; by default only
+	// root may (it names every image the mount has loaded).
+	PublicStats bool
 	// NonEmpty mounts over a directory that holds files, hiding them;
 	// without it such a mount point is refused.
 	NonEmpty bool

@@ -35,6 +35,9 @@ var (
 
 func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFDIR | 0o555
+	if g := r.fsys.opt.Group; g > 0 {
+		out.Mode, out.Gid = syscall.S_IFDIR|0o550, uint32(g)
+	}
 	out.Nlink = 2
 	out.SetTimeout(r.fsys.opt.TagTTL)
 	return 0
@@ -43,7 +46,7 @@ func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	ttl := r.fsys.opt.TagTTL
 	if name == StatsName {
-		out.Mode = syscall.S_IFREG | 0o444
+		out.Mode = r.fsys.statsMode()
 		out.SetEntryTimeout(time.Hour)
 		out.SetAttrTimeout(time.Nanosecond)
 		return r.NewInode(ctx, &statsNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tagIno(StatsName)}), 0

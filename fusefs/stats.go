@@ -14,6 +14,14 @@ import (
 // JSON. It starts with a dot, which no tag may.
 const StatsName = ".stats"
 
+// statsMode is .stats's mode: root's alone unless Options.PublicStats.
+func (f *FS) statsMode() uint32 {
+	if f.opt.PublicStats {
+		return syscall.S_IFREG | 0o444
+	}
+	return syscall.S_IFREG | 0o400
+}
+
 type statsNode struct {
 	fs.Inode
 	fsys *FS
@@ -30,7 +38,7 @@ var (
 type statsHandle struct{ b []byte }
 
 func (s *statsNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFREG | 0o444
+	out.Mode = s.fsys.statsMode()
 	out.Size = 0
 	out.SetTimeout(0)
 	return 0

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/user"
 	"runtime/pprof"
+	"strconv"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/fusefs"
@@ -42,6 +44,8 @@ type mountOptions struct {
 	preload      string
 	cpuProfile   string
 	nonEmpty     bool
+	group        string
+	publicStats  bool
 }
 
 func (o *mountOptions) flags(fs *flagSet) {
@@ -62,6 +66,9 @@ func (o *mountOptions) flags(fs *flagSet) {
 	fs.StringVar(&o.preload, "preload", "", "comma-separated `TAGS` (image IDs, * for all) loaded and replayed at start")
 	fs.env("preload", "GPUWARM_PRELOAD")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the daemon to `FILE`")
+	fs.StringVar(&o.group, "group", "", "only root and this `GROUP` (name or GID) may list and enter the mount")
+	fs.env("group", "GPUWARM_MOUNT_GROUP")
+	fs.BoolVar(&o.publicStats, "public-stats", false, "let every user read MOUNTPOINT/.stats (default: root only)")
 	fs.BoolVar(&o.nonEmpty, "nonempty", false, "mount over a directory that holds files (they are hidden while mounted)")
 }
 
@@ -85,6 +92,10 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 			return fmt.Errorf("cannot create the mount point: %w", err)
 		}
 	}
+	gid, err := lookupGroup(o.group)
+	if err != nil {
+		return err
+	}
 	st, err := o.store.open(ctx)
 	if err != nil {
 		return err
@@ -97,7 +108,8 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 	defer bc.Close()
 	mopt := fusefs.Options{Cache: bc, Logger: o.log, TagTTL: o.tagTTL, NoPassthrough: o.noPass, Readahead: o.readahead,
 		Debug: o.debug, AssembleFiles: o.assemble, Readers: o.readers, POSIXACL: o.posixACL, URing: o.uring,
-		URingEntries: o.uringEntries, Spin: o.spin, NonEmpty: o.nonEmpty}
+		URingEntries: o.uringEntries, Spin: o.spin, NonEmpty: o.nonEmpty,
+		Group: gid, PublicStats: o.publicStats}
 	if !o.noPrefetch {
 		fetch := prefetch.NewFetcher(ctx, st)
 		mopt.Loading = func(id digest.ID) { fetch.Start(id) }
@@ -230,4 +242,26 @@ func (o *umountOptions) run(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(o.out, "unmounted %s\n", dir)
 	return nil
+}
+
+// lookupGroup resolves --group: "" is none (0), else a group name or GID.
+func lookupGroup(g string) (int, error) {
+	if g == "" {
+		return 0, nil
+	}
+	if n, err := strconv.Atoi(g); err == nil {
+		if n <= 0 {
+			return 0, usagef("--group %q: name a group other than root's", g)
+		}
+		return n, nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, usagef("--group %q: %v", g, err)
+	}
+	n, err := strconv.Atoi(grp.Gid)
+	if err != nil || n <= 0 {
+		return 0, usagef("--group %q: name a group other than root's", g)
+	}
+	return n, nil
 }

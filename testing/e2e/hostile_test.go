@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,4 +148,59 @@ func TestBadMountPoints(t *testing.T) {
 	t.Logf("refused after %v", time.Since(start))
 	d2.cmd.Process.Signal(syscall.SIGCONT)
 	d2.stop(t)
+}
+
+// asUser runs cmd as uid 65534 (nobody) with the given supplementary
+// groups and returns its error.
+func asUser(groups []uint32, name string, args ...string) error {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: groups}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return nil
+}
+
+// TestAccessModel: by default every local user may read the images (as
+// programs run from the mount as other users must) but only root may read
+// .stats; with --group only root and that group's members may list or
+// enter the mount, so nobody else can make the daemon load a manifest.
+func TestAccessModel(t *testing.T) {
+	requireFUSE(t)
+	_, storeDir, mnt, cacheDir := packedTree(t, 0)
+	// Let others reach the mount point (test directories are 0700).
+	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		os.Chmod(d, 0o755)
+	}
+	d := startMount(t, storeDir, mnt, cacheDir)
+	if err := asUser(nil, "cat", filepath.Join(mnt, "t", "small.txt")); err != nil {
+		t.Fatalf("an unprivileged user cannot read an image: %v", err)
+	}
+	if err := asUser(nil, "cat", filepath.Join(mnt, ".stats")); err == nil {
+		t.Fatal("an unprivileged user read .stats")
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, ".stats")); err != nil {
+		t.Fatalf("root cannot read .stats: %v", err)
+	}
+	d.stop(t)
+
+	const gid = 54321
+	d = startMount(t, storeDir, mnt, cacheDir, "--group", strconv.Itoa(gid), "--public-stats")
+	if err := asUser(nil, "ls", mnt); err == nil {
+		t.Fatal("a user outside --group listed the mount")
+	}
+	if err := asUser(nil, "cat", filepath.Join(mnt, "t", "small.txt")); err == nil {
+		t.Fatal("a user outside --group read an image")
+	}
+	if err := asUser([]uint32{gid}, "cat", filepath.Join(mnt, "t", "small.txt")); err != nil {
+		t.Fatalf("a member of --group cannot read an image: %v", err)
+	}
+	if err := asUser([]uint32{gid}, "cat", filepath.Join(mnt, ".stats")); err != nil {
+		t.Fatalf("--public-stats: a member cannot read .stats: %v", err)
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, "t", "small.txt")); err != nil {
+		t.Fatalf("root cannot read through a --group mount: %v", err)
+	}
+	d.stop(t)
 }
