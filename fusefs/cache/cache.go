@@ -235,6 +235,25 @@ type flight struct {
 
 // get returns the chunk with a reference the caller releases.
 func (c *Cache) get(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
+	b, err := c.getAny(ctx, id, size, p)
+	if err == nil && size != 0 && len(b.b) != int(size) {
+		// (Size 0: the caller does not know the length; manifests give
+		// every chunk one.) The chunk is what its ID says, but the caller's
+		// image gives it another length: whichever length came first (the
+		// memory tier, or a flight another image started) must not decide
+		// what this caller gets. Always an error, as a cold read of it is.
+		n := len(b.b)
+		b.release()
+		return nil, fmt.Errorf("%w: chunk %s is %d bytes, the image says %d", ErrSizeMismatch, id.Short(), n, size)
+	}
+	return b, err
+}
+
+// ErrSizeMismatch is returned (wrapped) for a chunk whose length is not the
+// one the caller's image gives it: the image is inconsistent.
+var ErrSizeMismatch = errors.New("chunk size does not match the image")
+
+func (c *Cache) getAny(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
 	c.Active()
 	if b, ok := c.mem.get(id); ok {
 		return b, nil

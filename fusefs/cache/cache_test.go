@@ -1186,3 +1186,39 @@ func TestDebrisRemovedWithALogLine(t *testing.T) {
 		t.Fatalf("no log line for the removed debris:\n%s", logs.String())
 	}
 }
+
+// A chunk asked for with a length other than its own is an error whether
+// it is cold, in memory, or in flight for another caller: a crafted image
+// cannot get another length served once a good image brought the chunk in.
+func TestSizeMismatchAlwaysAnError(t *testing.T) {
+	ctx := context.Background()
+	fst, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("gpuwarm "), 512)
+	id := digest.Of(data)
+	enc := chunk.Encode(data)
+	if err := fst.Put(ctx, store.H(store.Chunk, id), enc); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(fst, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Get(ctx, id, uint32(len(data)+10)); err == nil {
+		t.Fatal("cold read with the wrong size succeeded")
+	}
+	if b, err := c.Get(ctx, id, uint32(len(data))); err != nil || !bytes.Equal(b, data) {
+		t.Fatalf("good read: %v", err)
+	}
+	if !c.InMemory(id) {
+		t.Fatal("the chunk is not in memory after a read")
+	}
+	for _, size := range []int{len(data) - 1, len(data) + 10} {
+		if _, err := c.Get(ctx, id, uint32(size)); !errors.Is(err, ErrSizeMismatch) {
+			t.Fatalf("in-memory read with size %d: %v", size, err)
+		}
+	}
+}
