@@ -628,7 +628,7 @@ func TestLazyRestoreRecordsTheProgramsOrder(t *testing.T) {
 	for n, blk := range order {
 		pos, ok := first[blk]
 		if !ok {
-			t.Fatalf("block %d, read by %s, is not in the recorded profile", blk, req)
+			t.Fatalf("block %d, read by %s, is not in the recorded profile (profile at %v; lazy daemon %+v)\n%s", blk, req, first, p.LazyStats(), pagemapSummary(filepath.Join(r.mnt, "wl")))
 		}
 		if pos < last {
 			t.Fatalf("block %d (read %d. by %s, order %v) is at %d in the profile, before the block read before it (at %d)", blk, n+1, req, order, pos, last)

@@ -58,7 +58,7 @@ func TestHugeStoreObjectsRefused(t *testing.T) {
 	if after := vmHWM(t, d.cmd.Process.Pid); after-before > 64<<20 {
 		t.Fatalf("the daemon's peak memory grew by %d MB on a 2 GB tag", (after-before)>>20)
 	}
-	if !strings.Contains(d.logs.String(), "limit") {
+	if !d.logHas("limit") {
 		t.Fatalf("the daemon did not say why:\n%s", d.logs.String())
 	}
 	var out bytes.Buffer

@@ -155,6 +155,20 @@ type mountStats struct {
 	Prefetch map[string]prefetch.Stats `json:"prefetch"`
 }
 
+// logHas waits (up to 10 s) for the daemon's log to show substr. The log
+// reaches the test through a pipe: a line the daemon wrote before the
+// request the test just made may not be in the buffer yet.
+func (d *daemon) logHas(substr string) bool {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(d.logs.String(), substr) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 // syncLog waits until the daemon's log (with --debug) holds every request
 // line it wrote before now: it looks up a name nobody else uses and waits
 // for that request's line. go-fuse logs a request before it answers it, and

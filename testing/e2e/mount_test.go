@@ -233,7 +233,7 @@ func corruptStoreChunk(t *testing.T, flags []string) {
 		t.Fatalf("read of a good chunk of the same file: %v", err)
 	}
 	compareOne(t, filepath.Join(src, "bin/tool"), filepath.Join(mnt, "t/bin/tool"))
-	if !strings.Contains(d.logs.String(), "corrupt chunk") {
+	if !d.logHas("corrupt chunk") {
 		t.Fatalf("the daemon did not log why the read failed:\n%s", d.logs.String())
 	}
 	checkTransport(t, d, flags)
@@ -380,7 +380,7 @@ func TestCacheDirOnFullDisk(t *testing.T) {
 	if f := free(); f < fsSize/40 {
 		t.Fatalf("the disk tier left %d bytes free of %d", f, fsSize)
 	}
-	if !strings.Contains(d.logs.String(), "short of room") {
+	if !d.logHas("short of room") {
 		t.Fatalf("the daemon did not say its cache directory is short of room:\n%s", d.logs.String())
 	}
 	// The other user takes what is left.

@@ -86,7 +86,7 @@ func TestRecordReplay(t *testing.T) {
 		if !warm && (after.Memory.Hits == before.Memory.Hits || after.PageCachePushed != 0) {
 			t.Errorf("--warm-page-cache=false: pushed %d bytes, memory hits %d -> %d", after.PageCachePushed, before.Memory.Hits, after.Memory.Hits)
 		}
-		if !strings.Contains(d3.logs.String(), `no tag \"nosuchtag\"`) {
+		if !d3.logHas(`no tag \"nosuchtag\"`) {
 			t.Errorf("no warning about the unknown --preload name:\n%s", d3.logs.String())
 		}
 		d3.stop(t)
@@ -99,7 +99,7 @@ func TestRecordReplay(t *testing.T) {
 	}
 	d2 := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache2"))
 	compareTrees(t, src, filepath.Join(mnt, "app"))
-	if !strings.Contains(d2.logs.String(), "ignoring the image's prefetch profile") {
+	if !d2.logHas("ignoring the image's prefetch profile") {
 		t.Fatalf("no warning about the corrupt profile:\n%s", d2.logs.String())
 	}
 }

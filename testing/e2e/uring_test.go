@@ -87,7 +87,7 @@ func TestURingSetupFailsAfterInit(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatalf("a read through the mount still waits after 10 s\n%s", d.logs.String())
 		}
-		if !strings.Contains(d.logs.String(), "io_uring queues could not be set up") {
+		if !d.logHas("io_uring queues could not be set up") {
 			t.Errorf("the daemon did not say why it serves through /dev/fuse:\n%s", d.logs.String())
 		}
 		if n := d.stats(t).FUSE.URingRequests; n != 0 {
@@ -124,7 +124,7 @@ func TestURingOffInKernel(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(mnt, "t", "f")); err != nil || string(b) != "x" {
 		t.Fatalf("read %q, %v", b, err)
 	}
-	if !strings.Contains(d.logs.String(), "enable_uring") {
+	if !d.logHas("enable_uring") {
 		t.Errorf("the daemon did not say how to turn io_uring on:\n%s", d.logs.String())
 	}
 	if n := d.stats(t).FUSE.URingRequests; n != 0 {
