@@ -97,6 +97,8 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 		if !strings.Contains(res, "restored wl as pid") || !strings.Contains(res, "resident") {
 			t.Fatalf("restore output: %s", res)
 		}
+		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(res, "pid ", 2)[1])[0])
+		t.Cleanup(func() { syscall.Kill(rpid, syscall.SIGKILL) }) // also when a check below fails
 		switch i {
 		case 1:
 			if !strings.Contains(res, "touched first, merged over 1 runs") {
@@ -115,7 +117,6 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 				t.Fatalf("prefill restore did not fill memory before the program ran: %s", res)
 			}
 		}
-		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(res, "pid ", 2)[1])[0])
 		syscall.Kill(rpid, syscall.SIGUSR1)
 		got := strings.Fields(waitLine(t, outFile, "checksum"))[1]
 		syscall.Kill(rpid, syscall.SIGKILL)
