@@ -708,5 +708,24 @@ func pagemapSummary(dir string) string {
 		}
 		fmt.Fprintf(&b, "%s (%d bytes): %d entries, %d pages present, %d lazy\n", filepath.Base(f), len(raw), len(pm.Entries), present, lazy)
 	}
+	b.WriteString(dumpLogLazyLines(dir))
+	return b.String()
+}
+
+// dumpLogLazyLines quotes what CRIU's dump log (packed with the snapshot)
+// says of lazy pages and VMAs: whether CRIU flagged pages lazy at all.
+func dumpLogLazyLines(dir string) string {
+	raw, err := os.ReadFile(filepath.Join(dir, "dump.log"))
+	if err != nil {
+		return "dump.log: " + err.Error() + "\n"
+	}
+	var b strings.Builder
+	n := 0
+	for _, l := range strings.Split(string(raw), "\n") {
+		if (strings.Contains(l, "Pagemap generated") || strings.Contains(l, "lazy")) && n < 40 {
+			b.WriteString("  dump.log: " + l + "\n")
+			n++
+		}
+	}
 	return b.String()
 }
