@@ -9,10 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
 )
 
 // Locks keep gc from deleting chunks that a concurrent pack or snapshot has
@@ -90,17 +91,11 @@ func startTime(pid int) uint64 {
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
+	st, ok := proctree.Parse(pid, string(b))
+	if !ok {
 		return 0
 	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0
-	}
-	n, _ := strconv.ParseUint(f[19], 10, 64)
-	return n
+	return st.Start
 }
 
 // deadHolder reports whether the lock's holder provably no longer runs: it
