@@ -206,7 +206,7 @@ func formatSize(n int64) string {
 	return fmt.Sprintf("%.1f %s", f, units[i])
 }
 
-// positiveDuration is a duration flag that must be > 0 (or >= 0 with zeroOK).
+// durationValue is a duration flag that must be > 0 (or >= 0 with zeroOK).
 type durationValue struct {
 	p      *time.Duration
 	zeroOK bool
