@@ -110,6 +110,7 @@ type Process struct {
 	start    time.Time
 	proc     *os.Process
 	resident chan struct{}
+	anchor   *anchor // lazy restores in a PID namespace: ties the tree to this process until resident
 	resErr   error
 	servedMu sync.Mutex
 	sender   *pageserver.Sender
@@ -273,6 +274,14 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return nil, errors.New("restore: CRIU reported success but no pid")
 	}
 	p.proc, _ = os.FindProcess(p.PID)
+	if opt.Lazy && nsInit(p.PID) {
+		// Until every page is in place, this process's death kills the
+		// tree (see anchor_linux.go).
+		if p.anchor, err = anchorTree(p.PID); err != nil {
+			log.Warn("cannot tie the restored tree to this process; if it and the guard die together, the tree runs on", "pid", p.PID, "err", err)
+			p.anchor, err = nil, nil
+		}
+	}
 	if ownWork && lazyDaemon == nil {
 		// CRIU is done with its work directory (its log is quoted only on
 		// failure, and every restored task has handed gpuwarm's daemon its
@@ -337,6 +346,9 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			killTree(p.PID)
 		}
 		p.servedMu.Unlock()
+		if p.anchor != nil {
+			p.anchor.Release() // all in place (or the tree killed): it runs on its own
+		}
 		// Clean up before saying the memory is all in place: a caller that
 		// exits once it is (gpuwarm restore) would otherwise leave the work
 		// directory behind.

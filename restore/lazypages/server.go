@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -108,7 +109,7 @@ func Listen(sock string, opt Options) (*Server, error) {
 		opt.Logger = slog.Default()
 	}
 	os.Remove(sock)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	l, err := listenUnix(sock)
 	if err != nil {
 		return nil, fmt.Errorf("lazy pages: %w", err)
 	}
@@ -657,4 +658,26 @@ func (s *Server) Stats() Stats {
 		st.Units += len(p.us)
 	}
 	return st
+}
+
+// listenUnix listens on the socket path sock, which may be longer than a
+// socket address holds (108 bytes: a deep TMPDIR): then it binds through
+// /proc/self/fd/N/NAME, N its directory, which names the same file.
+func listenUnix(sock string) (*net.UnixListener, error) {
+	if len(sock) < 100 {
+		return net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	}
+	dir, err := os.Open(filepath.Dir(sock))
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), filepath.Base(sock)), Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	// Unlink by the short name when closed would miss; the caller's work
+	// directory is removed whole anyway.
+	l.SetUnlinkOnClose(false)
+	return l, nil
 }

@@ -140,7 +140,15 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 // TestLazyRestoreKilledMidFill: when `gpuwarm restore --lazy` dies (even by
 // SIGKILL) before the restored memory is all in place, the restored tree is
 // killed rather than left to read zeros where its pages never arrived.
-func TestLazyRestoreKilledMidFill(t *testing.T) {
+func TestLazyRestoreKilledMidFill(t *testing.T) { lazyRestoreKilledMidFill(t, false) }
+
+// TestLazyRestoreAndGuardKilledTogether: the guard dies with `gpuwarm
+// restore` (a broad kill of gpuwarm processes): the restored tree, in its
+// own PID namespace, dies with them (the restore's ptrace anchor), before
+// it can read a page that never arrived.
+func TestLazyRestoreAndGuardKilledTogether(t *testing.T) { lazyRestoreKilledMidFill(t, true) }
+
+func lazyRestoreKilledMidFill(t *testing.T, withGuard bool) {
 	requireCRIU(t)
 	wl := buildWorkload(t)
 	tmp := t.TempDir()
@@ -166,6 +174,10 @@ func TestLazyRestoreKilledMidFill(t *testing.T) {
 		t.Fatalf("restore said %q (%v)", line, err)
 	}
 	rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, "pid ", 2)[1])[0])
+	if withGuard {
+		guard := guardOf(t, rpid)
+		syscall.Kill(guard, syscall.SIGKILL)
+	}
 	cmd.Process.Kill() // mid-fill, uncatchable
 	cmd.Wait()
 	deadline := time.Now().Add(10 * time.Second)
@@ -185,4 +197,22 @@ func TestLazyRestoreKilledMidFill(t *testing.T) {
 	if left, _ := os.ReadDir(tmpDir); len(left) > 0 {
 		t.Fatalf("the killed restore left %s in its temporary directory", left[0].Name())
 	}
+}
+
+// guardOf finds the _lazy-guard process watching the restored root rpid.
+func guardOf(t *testing.T, rpid int) int {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if f := strings.Split(string(b), "\x00"); len(f) >= 3 && f[1] == "_lazy-guard" && f[2] == strconv.Itoa(rpid) {
+			return pid
+		}
+	}
+	t.Fatalf("no _lazy-guard process for restored pid %d", rpid)
+	return 0
 }
