@@ -298,6 +298,24 @@ func (s *storeFlags) create(ctx context.Context) (store.Store, error) {
 	return storeopen.Open(ctx, s.url)
 }
 
+// createLocked is create plus the store's write lock (waiting up to 5
+// minutes for a gc to finish), for commands that add images; done releases
+// both.
+func (s *storeFlags) createLocked(ctx context.Context) (st store.Store, done func(), err error) {
+	if st, err = s.create(ctx); err != nil {
+		return nil, nil, err
+	}
+	lock, err := store.AcquireLock(ctx, st, store.WriteLock, 5*time.Minute)
+	if err != nil {
+		st.Close()
+		return nil, nil, err
+	}
+	return st, func() {
+		lock.Release(context.WithoutCancel(ctx))
+		st.Close()
+	}, nil
+}
+
 func (s *storeFlags) check() error {
 	if u := strings.TrimSpace(s.url); u == "" || u == "file://" {
 		return usagef("--store %q names no store: give a directory, file://DIR or s3://BUCKET/PREFIX", s.url)

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/chunk"
@@ -81,16 +80,11 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 	} else if !fi.IsDir() {
 		return usagef("%s is not a directory", args[0])
 	}
-	st, err := o.store.create(ctx)
+	st, done, err := o.store.createLocked(ctx)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	lock, err := store.AcquireLock(ctx, st, store.WriteLock, 5*time.Minute)
-	if err != nil {
-		return err
-	}
-	defer lock.Release(context.WithoutCancel(ctx))
+	defer done()
 	opt := pack.Options{ChunkSize: int(o.chunkSize), Annotations: a, Logger: o.log}
 	if !o.quiet && !o.json && isTerminal(os.Stderr) {
 		opt.Progress = os.Stderr

@@ -159,9 +159,9 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 			o.log.Warn("cannot record the replay's hit rate", "err", err)
 		}
 	}
-	var merged *prefetch.Profile
+	var run, merged *prefetch.Profile
 	if rerr == nil && rec != nil {
-		run := rec.Profile()
+		run = rec.Profile()
 		var replaced error
 		merged, _, replaced, err = prefetch.AddRun(ctx, st, run)
 		if replaced != nil {
@@ -178,7 +178,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 	if o.json {
 		printJSON(o.out, res)
 	} else {
-		o.printTiming(t, resident, ls, opt.Profile, rec, merged)
+		o.printTiming(t, resident, ls, opt.Profile, run, merged)
 	}
 	if rerr != nil {
 		return rerr
@@ -189,7 +189,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 	return nil
 }
 
-func (o *restoreOptions) printTiming(t restore.Timing, resident time.Duration, ls lazypages.Stats, prof *prefetch.Profile, rec *prefetch.Recorder, merged *prefetch.Profile) {
+func (o *restoreOptions) printTiming(t restore.Timing, resident time.Duration, ls lazypages.Stats, prof, run, merged *prefetch.Profile) {
 	w := o.out
 	fmt.Fprintf(w, "  prepare        %s\n  criu restore   %s\n", ms(t.Prepare), ms(t.CRIU))
 	if t.After > 0 {
@@ -205,7 +205,6 @@ func (o *restoreOptions) printTiming(t restore.Timing, resident time.Duration, l
 			pack.HumanBytes(ls.Bytes), ls.Units, ls.Faults, pack.HumanBytes(ls.AheadBytes), order)
 	}
 	if merged != nil {
-		run := rec.Profile()
 		fmt.Fprintf(w, "  profile        %d chunks (%s) touched first, merged over %d runs\n", len(run.Entries), pack.HumanBytes(run.Bytes()), merged.Runs)
 	}
 }

@@ -78,16 +78,11 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	st, err := o.store.create(ctx)
+	st, done, err := o.store.createLocked(ctx)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
-	lock, err := store.AcquireLock(ctx, st, store.WriteLock, 5*time.Minute)
-	if err != nil {
-		return err
-	}
-	defer lock.Release(context.WithoutCancel(ctx))
+	defer done()
 	opt := restore.SnapshotOptions{PID: pid, LeaveRunning: o.leave, Store: st, Logger: o.log}
 	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
 	res, err := restore.Snapshot(ctx, c, opt)
