@@ -260,7 +260,9 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		ExtUnixSk:         proto.Bool(true),
 		FileLocks:         proto.Bool(true),
 		LazyPages:         proto.Bool(lazyPages),
-		LeaveStopped:      proto.Bool(opt.Prefill),
+		// Prefill resumes the tree once its memory is in place; a lazy
+		// restore once the tree is anchored (anchor_linux.go).
+		LeaveStopped: proto.Bool(opt.Prefill || opt.Lazy),
 	}, nfy)
 	p.Timing.CRIU = time.Since(criuStart)
 	p.PID = int(nfy.pid)
@@ -274,12 +276,16 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		return nil, errors.New("restore: CRIU reported success but no pid")
 	}
 	p.proc, _ = os.FindProcess(p.PID)
-	if opt.Lazy && nsInit(p.PID) {
+	if opt.Lazy {
 		// Until every page is in place, this process's death kills the
-		// tree (see anchor_linux.go).
+		// tree (see anchor_linux.go). CRIU left the tree stopped, so it
+		// runs no instruction unanchored.
 		if p.anchor, err = anchorTree(p.PID); err != nil {
-			log.Warn("cannot tie the restored tree to this process; if it and the guard die together, the tree runs on", "pid", p.PID, "err", err)
-			p.anchor, err = nil, nil
+			killTree(p.PID)
+			return nil, fmt.Errorf("restore: cannot tie the lazily restored tree to this process (%w); it was killed rather than left to run without its memory: restore with --prefill instead", err)
+		}
+		for _, pid := range proctree.Tree(p.PID) {
+			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}
 	if ownWork && lazyDaemon == nil {

@@ -23,9 +23,14 @@ type Config struct {
 // Parse reads --mb and --seed.
 func (c *Config) Parse(args []string) error {
 	fs := flag.NewFlagSet("gpuwarm-workload", flag.ContinueOnError)
+	c.Flags(fs)
+	return fs.Parse(args)
+}
+
+// Flags defines --mb and --seed on fs.
+func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MB, "mb", c.MB, "MB of state to build")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the state")
-	return fs.Parse(args)
 }
 
 // State is the built state.

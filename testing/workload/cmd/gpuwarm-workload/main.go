@@ -8,26 +8,41 @@
 // order, "ping" -> "pong", "pid" -> the pid it sees, "exit" -> exits. At start it
 // prints "ready <checksum> <build seconds>". When stdin ends it keeps
 // running until it is killed; SIGUSR1 makes it print "checksum <hex>".
+// With --spawn CMD it keeps starting CMD (space-separated words) every
+// --spawn-every, keeping the 3 newest running: a tree whose processes come
+// and go, before a snapshot and after a restore.
 package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/testing/workload"
 )
 
 func main() {
 	cfg := workload.Config{MB: 256, Seed: 1}
-	if err := cfg.Parse(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, err)
+	var spawn string
+	var every time.Duration
+	fs := flag.NewFlagSet("gpuwarm-workload", flag.ContinueOnError)
+	cfg.Flags(fs)
+	fs.StringVar(&spawn, "spawn", "", "keep starting this `COMMAND` (space-separated words)")
+	fs.DurationVar(&every, "spawn-every", 100*time.Millisecond, "how often --spawn starts its command")
+	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
 	st := workload.Build(cfg)
+	if spawn != "" {
+		go spawner(strings.Fields(spawn), every)
+	}
 	in := bufio.NewScanner(os.Stdin)
 	out := bufio.NewWriter(os.Stdout)
 	var mu sync.Mutex
@@ -59,4 +74,22 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
+}
+
+// spawner starts args every interval and keeps the 3 newest running.
+func spawner(args []string, every time.Duration) {
+	var live []*exec.Cmd
+	for range time.Tick(every) {
+		c := exec.Command(args[0], args[1:]...)
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "spawn:", err)
+			continue
+		}
+		live = append(live, c)
+		if len(live) > 3 {
+			live[0].Process.Kill()
+			live[0].Wait()
+			live = live[1:]
+		}
+	}
 }
