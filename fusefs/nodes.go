@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
@@ -171,6 +172,7 @@ type node struct {
 	cachedOpens      int
 	passthroughOpens int
 	backing          *os.File
+	backingID        cache.Identity // backing's when the first passthrough open took it
 
 	// pageCache tracks whether the kernel's page cache of this inode holds
 	// the whole file: served counts the bytes cached-mode reads returned,

@@ -78,6 +78,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	defer n.openMu.Unlock()
 	switch {
 	case n.passthroughOpens > 0:
+		// The backing file was verified when the first of them took it:
+		// a write to it since (same file, as the kernel requires; its
+		// identity moved) fails the new open rather than serve it. The
+		// first open after the last of them closes hashes it again.
+		if id, ok := cache.IdentityOf(n.backing); !ok || !n.backingID.Unchanged(id) {
+			n.fsys.log.Error("a disk-tier file served by passthrough was written since it was verified; refusing new opens until the open ones close", "image", n.img.ID.Short(), "path", e.Path, "file", n.backing.Name())
+			return nil, 0, syscall.EIO
+		}
 		h.passthrough = true
 	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
 	case onQueue && n.wouldHash(e):
@@ -96,6 +104,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			n.backing = f
 			h.passthrough = true
 		}
+	}
+	if h.passthrough && n.passthroughOpens == 0 {
+		n.backingID, _ = cache.IdentityOf(n.backing)
 	}
 	if h.passthrough {
 		// The kernel does not keep (or use) the FUSE file's own pages

@@ -483,6 +483,48 @@ func (c *Cache) DiskFile(id digest.ID, size int64) (*os.File, bool) {
 	return f, true
 }
 
+// Identity is what an open disk-tier file's stat says of its contents.
+type Identity struct {
+	stamp fileStamp
+	mtime int64
+	nlink uint64
+}
+
+// IdentityOf returns f's identity; ok is false if f cannot be stat'ed.
+func IdentityOf(f *os.File) (Identity, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return Identity{}, false
+	}
+	s, _ := stampFrom(&st, nil)
+	return Identity{stamp: s, mtime: st.Mtim.Nano(), nlink: uint64(st.Nlink)}, true
+}
+
+// Unchanged reports whether the file whose identity was a still holds the
+// same bytes by its identity now, b: the same inode, size and ctime (a
+// write moves ctime), or unlinked since (the tier's eviction: ctime moves
+// with the link count) with size and mtime as they were.
+func (a Identity) Unchanged(b Identity) bool {
+	if a.stamp == b.stamp {
+		return true
+	}
+	return b.nlink == 0 && a.stamp.ino == b.stamp.ino && a.stamp.size == b.stamp.size && a.mtime == b.mtime
+}
+
+// WaitRechecked waits until the disk tier has re-hashed every file an
+// earlier daemon's journal trusted (see recheck.go).
+func (c *Cache) WaitRechecked(ctx context.Context) error {
+	if c.disk == nil {
+		return nil
+	}
+	select {
+	case <-c.disk.rechecked:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // WouldHash reports whether DiskFile(id) would hash the file before
 // handing it out (it is in the disk tier, not verified since this cache
 // or its journal last hashed it): ~0.3 s a GiB. A file changed since it
@@ -492,7 +534,7 @@ func (c *Cache) WouldHash(id digest.ID) bool {
 		return false
 	}
 	e, ok := c.disk.peek(id)
-	return ok && e.verified == (fileStamp{})
+	return ok && e.verified == (fileStamp{}) && !e.recheck
 }
 
 // MaxAssemble is the largest file Assemble copies: hashing it at its first
@@ -593,6 +635,11 @@ type TierStats struct {
 	// Full counts writes the disk tier's filesystem refused for lack of
 	// room (disk tier only); Limit then shows the room the tier keeps to.
 	Full int64 `json:"full"`
+	// Unchecked is the files an earlier daemon handed to the kernel that
+	// this one has not re-hashed yet (served through it until then);
+	// Rechecked those it has, and found good (disk tier only).
+	Unchecked int64 `json:"unchecked"`
+	Rechecked int64 `json:"rechecked"`
 }
 
 // Stats is a snapshot of the cache's counters.
@@ -616,6 +663,7 @@ func (c *Cache) Stats() Stats {
 	}
 	if c.disk != nil {
 		s.Disk = c.disk.stats()
+		s.Corrupt += c.disk.corruptFound.Load()
 	}
 	return s
 }

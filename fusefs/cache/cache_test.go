@@ -403,16 +403,21 @@ func openFilled(t *testing.T, st store.Store, dir string, ids []digest.ID, mem, 
 	return c
 }
 
-// A file the cache wrote, or hashed back, is trusted for passthrough for
-// the rest of the boot, by later daemons too: a new cache on the same
-// directory hands it out without hashing it, still catches a file written
-// since, and hashes again in a new boot or when the journal is not one.
+// A file the cache wrote, or hashed back, is trusted for passthrough while
+// it runs. A later daemon of the same boot trusts none of them until it has
+// hashed them again itself (in the background, an open's file first): a
+// block changed beneath the filesystem without moving the file's ctime is
+// caught then. A new boot, or a journal that is not one, leaves them to be
+// hashed as they are opened.
 func TestVerificationJournal(t *testing.T) {
 	st, datas, ids := fixture(t, 3, 200_000)
 	dir := t.TempDir()
 	boot := "boot-a"
 	defer func(old func() string) { bootID = old }(bootID)
 	bootID = func() string { return boot }
+	gate := make(chan struct{})
+	defer func(old func()) { recheckGate = old }(recheckGate)
+	recheckGate = func() { <-gate }
 	open := func() *Cache {
 		t.Helper()
 		c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 4 << 20})
@@ -421,6 +426,7 @@ func TestVerificationJournal(t *testing.T) {
 		}
 		return c
 	}
+	rechecked := func(c *Cache) { t.Helper(); waitRechecked(t, c) }
 	// pass opens chunk i by passthrough and says whether it was handed out
 	// and how many files this cache has hashed so far.
 	pass := func(c *Cache, i int) (bool, int64) {
@@ -441,13 +447,61 @@ func TestVerificationJournal(t *testing.T) {
 	if ok, h := pass(c, 0); !ok || h != 0 {
 		t.Fatalf("first open of a file the cache wrote: served %v, hashed %d, want 0", ok, h)
 	}
+	for i := 1; i < len(ids); i++ {
+		pass(c, i)
+	}
 	c.Close()
 
 	c = open() // a restarted daemon, same boot
+	if s := c.Stats().Disk; s.Unchecked != int64(len(ids)) {
+		t.Fatalf("after a restart: %d files wait to be re-hashed, want %d", s.Unchecked, len(ids))
+	}
+	if ok, _ := pass(c, 0); ok {
+		t.Fatal("after a restart, a journaled file was handed out before this daemon hashed it")
+	}
+	if c.WouldHash(ids[0]) {
+		t.Fatal("WouldHash: an open of a file waiting to be re-hashed does not hash it")
+	}
+	close(gate)
+	rechecked(c)
 	for i := range ids {
 		if ok, h := pass(c, i); !ok || h != 0 {
-			t.Fatalf("chunk %d after a restart: served %v, hashed %d, want 0", i, ok, h)
+			t.Fatalf("chunk %d once re-hashed: served %v, hashed %d at open, want 0", i, ok, h)
 		}
+	}
+	if s := c.Stats().Disk; s.Rechecked != int64(len(ids)) || s.Unchecked != 0 {
+		t.Fatalf("rechecked %d, unchecked %d; want %d, 0", s.Rechecked, s.Unchecked, len(ids))
+	}
+	c.Close()
+
+	// A block changed beneath the filesystem: the bytes change, the
+	// identity the journal holds does not (forged here by journaling the
+	// file's new identity). The next daemon's re-hash finds it.
+	corruptDiskFiles(t, dir, func(p string) {
+		if strings.HasPrefix(filepath.Base(p), ids[2].String()) {
+			f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+			f.WriteAt([]byte{0xff, 0xee}, 100)
+			f.Close()
+			recs := parseJournal(must(os.ReadFile(filepath.Join(dir, journalName))), boot)
+			for k := range recs {
+				if recs[k].id == ids[2] {
+					recs[k].stamp, _ = statStamp(p)
+				}
+			}
+			j := &journal{dir: dir, boot: boot, log: slog.New(slog.DiscardHandler)}
+			j.mu.Lock()
+			j.rewriteLocked(recs)
+			j.mu.Unlock()
+			j.close()
+		}
+	})
+	c = open()
+	rechecked(c)
+	if ok, _ := pass(c, 2); ok {
+		t.Fatal("a disk file changed beneath the filesystem was served by passthrough after a restart")
+	}
+	if c.Stats().Corrupt == 0 {
+		t.Fatal("the changed file was not counted as corrupt")
 	}
 	c.Close()
 
@@ -463,6 +517,7 @@ func TestVerificationJournal(t *testing.T) {
 		t.Fatal("no disk files")
 	}
 	c = open()
+	rechecked(c)
 	if ok, _ := pass(c, 1); ok {
 		t.Fatal("a disk file written after its verification was served")
 	}
@@ -499,7 +554,7 @@ func TestVerificationJournal(t *testing.T) {
 
 // A journal that grows (files verified again and again, as after every
 // write to them) is compacted to the live verifications, which a restarted
-// cache still trusts.
+// cache still re-hashes ahead of demand.
 func TestVerificationJournalCompacts(t *testing.T) {
 	st, datas, ids := fixture(t, 3, 50_000)
 	dir := t.TempDir()
@@ -535,6 +590,11 @@ func TestVerificationJournalCompacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitRechecked(ctx); err != nil || c.Stats().Disk.Rechecked == 0 {
+		t.Fatalf("after compaction and a restart: %v, %d files re-hashed ahead of demand", err, c.Stats().Disk.Rechecked)
+	}
 	if f, ok := c.DiskFile(ids[0], int64(len(datas[0]))); !ok || c.Stats().Disk.Hashed != 0 {
 		t.Fatalf("after compaction and a restart: served %v, hashed %d, want 0", ok, c.Stats().Disk.Hashed)
 	} else {
@@ -642,6 +702,7 @@ func TestDiskScanTouchesOnlyShards(t *testing.T) {
 	if n := c.Stats().Disk.Entries; n != int64(len(ids)) {
 		t.Fatalf("%d disk entries after reopening, want %d", n, len(ids))
 	}
+	waitRechecked(t, c)
 	for i, id := range ids {
 		if f, ok := c.DiskFile(id, int64(len(datas[i]))); !ok {
 			t.Fatalf("chunk %d lost", i)
@@ -961,6 +1022,7 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 				t.Fatalf("%s: chunk %d from the disk tier: %v", name, i, err)
 			}
 		}
+		waitRechecked(t, c2)
 		f, ok := c2.DiskFile(FileID(chunks), int64(len(whole)))
 		if !ok {
 			t.Fatalf("%s: no assembled file", name)
@@ -1220,5 +1282,15 @@ func TestSizeMismatchAlwaysAnError(t *testing.T) {
 		if _, err := c.Get(ctx, id, uint32(size)); !errors.Is(err, ErrSizeMismatch) {
 			t.Fatalf("in-memory read with size %d: %v", size, err)
 		}
+	}
+}
+
+// waitRechecked waits for c's rechecks of journaled files (recheck.go).
+func waitRechecked(t *testing.T, c *Cache) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitRechecked(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -28,6 +28,9 @@ import (
 
 var errCorruptEntry = errors.New("disk cache entry corrupt")
 
+// errUnchecked: the entry waits to be re-hashed by this daemon (recheck.go).
+var errUnchecked = errors.New("disk cache entry not yet re-hashed by this daemon")
+
 // diskTier keeps chunk plaintexts as files named "<sha256>.<xxh64>" under
 // dir/<first two hex digits>/, bounded in bytes with LRU eviction.
 type diskTier struct {
@@ -80,6 +83,13 @@ type diskTier struct {
 	evicted           int64
 	// hashed counts files hashed by passthrough opens.
 	hashed int64
+	// unchecked counts entries still marked recheck, rechecks those
+	// rechecked and found good (recheck.go).
+	unchecked, rechecks int64
+	corruptFound        atomic.Int64
+	urgent              chan digest.ID
+	rechecked           chan struct{} // closed when no recheck is left
+	recheckers          sync.WaitGroup
 
 	// journal keeps passthrough verifications across restarts (verified.go).
 	journal *journal
@@ -100,9 +110,12 @@ type diskEntry struct {
 	// write moves ctime) need not be hashed again.
 	verified fileStamp
 	// unread says the file was trusted without being read back (written
-	// by this cache, or by an earlier daemon per the journal) and no open
-	// has read it since (see diskTier.open).
+	// by this cache) and no open has read it since (see diskTier.open).
 	unread bool
+	// recheck says an earlier daemon's journal trusted the file, which
+	// this one has not hashed yet: no passthrough until it has
+	// (recheck.go).
+	recheck bool
 }
 
 type fileStamp struct {
@@ -220,8 +233,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		return ok && el.Value.(*diskEntry).sum == r.sum && el.Value.(*diskEntry).size == r.stamp.size
 	})
 	for _, r := range kept {
-		e := d.entries[r.id].Value.(*diskEntry)
-		e.verified, e.unread = r.stamp, true
+		d.entries[r.id].Value.(*diskEntry).recheck = true
 	}
 	d.queue = make(chan pendingWrite, queueLen)
 	for i := 0; i < 2; i++ {
@@ -246,6 +258,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		}()
 	}
 	log.Debug("disk cache opened", "dir", dir, "entries", len(d.entries), "bytes", d.used)
+	d.startRecheck()
 	return d, nil
 }
 
@@ -379,6 +392,10 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	e, ok := d.lookup(id, false)
 	if !ok {
 		return nil, fs.ErrNotExist
+	}
+	if e.recheck {
+		d.hurry(id)
+		return nil, errUnchecked
 	}
 	f, err := rofile.Open(d.path(id, e.sum))
 	if err != nil {
@@ -860,7 +877,8 @@ func (d *diskTier) stats() TierStats {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return TierStats{Hits: d.hits, Misses: d.misses, Bytes: d.used, Limit: d.limit,
-		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load(), Hashed: d.hashed, Full: d.full}
+		Entries: int64(len(d.entries)), Evictions: d.evicted, Queued: d.queuedBytes.Load(), Hashed: d.hashed, Full: d.full,
+		Unchecked: d.unchecked, Rechecked: d.rechecks}
 }
 
 // close finishes queued writes and releases the directory.
@@ -870,6 +888,7 @@ func (d *diskTier) close() error {
 	close(d.queue)
 	d.closeMu.Unlock()
 	d.writers.Wait() // the queued writes, committed
+	d.recheckers.Wait()
 	d.releaseMu.Lock()
 	d.released = true
 	d.releaseMu.Unlock()

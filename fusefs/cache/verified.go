@@ -16,21 +16,20 @@ import (
 
 // A passthrough open hands the kernel a disk-tier file to read directly,
 // with no check of its own, so the file must be known to hold the chunk's
-// bytes: either the cache wrote it (from bytes verified against their
-// SHA-256, hashed into the file's name as they were written) or an open
-// hashed it back. Either way the entry keeps the file's identity
-// (diskEntry.verified: inode, size, ctime; any write moves ctime) and an
-// unchanged file is not hashed again. The journal keeps those identities
-// across daemon restarts within one boot: a daemon restarted on a warm
-// disk tier (an upgrade, a crash) would otherwise read every file it opens
-// twice, once inside the open to hash it and once for the program. On the
-// 16-core benchmark host that made warm-disk sequential reads 0.66-0.67x
-// native; trusting unchanged files, 0.81-0.91x.
+// bytes: either this cache wrote it (from bytes verified against their
+// SHA-256, hashed into the file's name as they were written) or hashed it
+// back. Either way the entry keeps the file's identity (diskEntry.verified:
+// inode, size, ctime; any write moves ctime) and an unchanged file is not
+// hashed again while this cache runs.
 //
-// Why only within a boot: while the kernel runs, a file's bytes change only
-// through writes, which move its ctime. Across a power loss or a kernel
-// crash, blocks not yet written back can come back stale under an inode
-// that looks unchanged, so a new boot (a new boot_id) hashes again.
+// The journal lists those files for the next daemon of the same boot (an
+// upgrade, a crash): it does not trust them (a block can change beneath
+// the filesystem without moving a ctime) but re-hashes them in the
+// background, ahead of demand, before handing them to the kernel again
+// (recheck.go). Hashing them inside the opens instead made warm-disk
+// sequential reads 0.66-0.67x native on the 16-core benchmark host.
+// A new boot (a new boot_id) starts with no list: the page cache is cold
+// then anyway, and files are hashed as they are opened.
 //
 // Format: a text file, "gpuwarm-verified 1 <boot_id>" and then one line
 // per file, "<sha256> <xxh64> <inode> <size> <ctime ns>". It is rewritten

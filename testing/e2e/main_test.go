@@ -200,6 +200,19 @@ func (d *daemon) stats(t *testing.T) mountStats {
 	return s
 }
 
+// waitRechecked waits until the daemon has re-hashed the disk-tier files an
+// earlier daemon handed to the kernel (it serves them by passthrough only
+// then).
+func (d *daemon) waitRechecked(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); d.stats(t).Disk.Unchecked > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("disk-tier files still waiting to be re-hashed after 30 s: %+v", d.stats(t).Disk)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func fileSum(t *testing.T, p string) [32]byte {
 	t.Helper()
 	f, err := os.Open(p)

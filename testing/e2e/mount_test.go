@@ -272,17 +272,17 @@ func TestDiskCacheCorruptionAndKill9(t *testing.T) {
 
 	// The dead mount is left behind; a new daemon detaches it and mounts.
 	d2 := startMount(t, storeDir, mnt, cacheDir)
+	// The files the first daemon wrote to its disk tier (its journal says
+	// which, kill -9 loses none of that) are re-hashed ahead of demand,
+	// then handed to the kernel by passthrough without hashing in the open.
+	d2.waitRechecked(t)
 	compareTrees(t, src, filepath.Join(mnt, "t"))
 	s := d2.stats(t)
 	if s.Fetches != 0 || s.Disk.Hits == 0 {
 		t.Fatalf("after kill -9 and remount the disk cache was not used: fetches %d, disk hits %d (first run fetched %d)", s.Fetches, s.Disk.Hits, first.Fetches)
 	}
-	// The files the first daemon wrote to its disk tier were handed to the
-	// kernel by passthrough without being read back to be hashed: they are
-	// unchanged since it wrote them (the disk tier's journal says so), and
-	// kill -9 loses none of that.
-	if s.Opens.Passthrough == 0 || s.Disk.Hashed != 0 {
-		t.Fatalf("after remount: %d passthrough opens, %d files hashed again (want 0)", s.Opens.Passthrough, s.Disk.Hashed)
+	if s.Opens.Passthrough == 0 || s.Disk.Hashed != 0 || s.Disk.Rechecked == 0 {
+		t.Fatalf("after remount: %d passthrough opens, %d files hashed in opens (want 0), %d re-hashed ahead", s.Opens.Passthrough, s.Disk.Hashed, s.Disk.Rechecked)
 	}
 	d2.stop(t)
 
@@ -507,6 +507,7 @@ func assembledFilesPassthrough(t *testing.T, flags []string) {
 	}
 	d.stop(t)
 	d2 := startMount(t, storeDir, mnt, cacheDir, flags...)
+	d2.waitRechecked(t)
 	compareOne(t, filepath.Join(src, "big/weights.bin"), big)
 	if s := d2.stats(t); s.Fetches != 0 || s.Opens.Passthrough == 0 {
 		t.Fatalf("the assembled file was not served from disk by passthrough: %+v", s)
@@ -722,6 +723,7 @@ func openServedFromMemoryElsePassthrough(t *testing.T, flags []string) {
 	}
 	d.stop(t)
 	d2 := startMount(t, storeDir, mnt, cacheDir, flags...)
+	d2.waitRechecked(t)
 	compareOne(t, filepath.Join(src, "bin/tool"), file)
 	o := d2.stats(t).Opens
 	if o.Passthrough+o.Cached != 1 {
@@ -732,6 +734,87 @@ func openServedFromMemoryElsePassthrough(t *testing.T, flags []string) {
 	}
 	if s := d2.stats(t); s.Fetches != 0 {
 		t.Fatalf("the store was read: %+v", s.Stats)
+	}
+}
+
+// TestPassthroughFileWrittenWhileOpen: a disk-tier file written while the
+// kernel reads it by passthrough (an open still live, or its release still
+// pending) is not handed to a new open, which fails with EIO; once the
+// open ones are closed, the next open finds the file changed, drops it and
+// serves the right bytes from the store.
+func TestPassthroughFileWrittenWhileOpen(t *testing.T) {
+	requireFUSE(t)
+	src, storeDir, mnt, cacheDir := packedTree(t, 0)
+	want, err := os.ReadFile(filepath.Join(src, "bin/tool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := startMount(t, storeDir, mnt, cacheDir)
+	file := filepath.Join(mnt, "t/bin/tool")
+	compareOne(t, filepath.Join(src, "bin/tool"), file)
+	d.stop(t) // written to the disk tier by now (stop flushes)
+	d2 := startMount(t, storeDir, mnt, cacheDir)
+	d2.waitRechecked(t)
+	held, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := d2.stats(t).Opens; o.Passthrough != 1 {
+		held.Close()
+		t.Fatalf("not opened by passthrough: %+v", o)
+	}
+	// The disk-tier file holding the chunk, written through the filesystem.
+	var backing string
+	filepath.Walk(cacheDir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() && info.Size() == int64(len(want)) {
+			if b, _ := os.ReadFile(p); bytes.Equal(b, want) {
+				backing = p
+			}
+		}
+		return nil
+	})
+	if backing == "" {
+		held.Close()
+		t.Fatal("the file's chunk is not in the disk tier")
+	}
+	w, err := os.OpenFile(backing, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteAt([]byte("J"), 0)
+	w.Close()
+	if f, err := os.Open(file); !errors.Is(err, syscall.EIO) {
+		if err == nil {
+			b, _ := io.ReadAll(f)
+			f.Close()
+			t.Errorf("a new open of a file whose disk-tier copy was written while open succeeded (read %q...)", b[:min(len(b), 8)])
+		} else {
+			t.Errorf("a new open of a file whose disk-tier copy was written while open: %v, want EIO", err)
+		}
+	}
+	held.Close()
+	for deadline := time.Now().Add(2 * time.Second); !d2.logHas("written since it was verified"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("no log line for the refused open:\n%s", d2.logs.String())
+			break
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		// The release of the held open reaches the daemon asynchronously.
+		b, err := os.ReadFile(file)
+		if err == nil {
+			if !bytes.Equal(b, want) {
+				t.Fatalf("after the open ones closed: wrong bytes (%q...)", b[:min(len(b), 8)])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the open ones closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := d2.stats(t); s.Corrupt == 0 || s.Fetches == 0 {
+		t.Fatalf("the written copy was not dropped and fetched again: %+v", s.Stats)
 	}
 }
 
