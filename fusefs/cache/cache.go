@@ -534,7 +534,7 @@ func (c *Cache) WouldHash(id digest.ID) bool {
 		return false
 	}
 	e, ok := c.disk.peek(id)
-	return ok && e.verified == (fileStamp{}) && !e.recheck
+	return ok && (e.verified == (fileStamp{}) || e.recheck)
 }
 
 // MaxAssemble is the largest file Assemble copies: hashing it at its first

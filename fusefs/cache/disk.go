@@ -28,9 +28,6 @@ import (
 
 var errCorruptEntry = errors.New("disk cache entry corrupt")
 
-// errUnchecked: the entry waits to be re-hashed by this daemon (recheck.go).
-var errUnchecked = errors.New("disk cache entry not yet re-hashed by this daemon")
-
 // diskTier keeps chunk plaintexts as files named "<sha256>.<xxh64>" under
 // dir/<first two hex digits>/, bounded in bytes with LRU eviction.
 type diskTier struct {
@@ -87,7 +84,6 @@ type diskTier struct {
 	// rechecked and found good (recheck.go).
 	unchecked, rechecks int64
 	corruptFound        atomic.Int64
-	urgent              chan digest.ID
 	rechecked           chan struct{} // closed when no recheck is left
 	recheckers          sync.WaitGroup
 
@@ -393,10 +389,6 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	if !ok {
 		return nil, fs.ErrNotExist
 	}
-	if e.recheck {
-		d.hurry(id)
-		return nil, errUnchecked
-	}
 	f, err := rofile.Open(d.path(id, e.sum))
 	if err != nil {
 		d.drop(id, e)
@@ -405,7 +397,7 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 	stamp, stamped := stampOf(f)
 	hashed := false
 	switch {
-	case !stamped || stamp != e.verified || stamp.size != size:
+	case !stamped || e.recheck || stamp != e.verified || stamp.size != size:
 		willNeed(f, size)
 		h := xxhash.New()
 		n, err := hashFile(h, f)
@@ -431,8 +423,12 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 		d.hashed++
 	}
 	if el, ok := d.entries[id]; ok && stamped && el.Value.(*diskEntry).sum == e.sum {
-		el.Value.(*diskEntry).verified = stamp
-		el.Value.(*diskEntry).unread = false
+		x := el.Value.(*diskEntry)
+		x.verified, x.unread = stamp, false
+		if x.recheck {
+			x.recheck = false // hashed here, ahead of the background pass
+			d.unchecked--
+		}
 	}
 	d.mu.Unlock()
 	if hashed && stamped {

@@ -22,12 +22,12 @@ import (
 //
 // The journaled files are re-hashed in the background from the start, most
 // recently used first, one at a time, at low CPU priority and when the
-// mount is quiet (as the disk tier's writes wait). Until its turn, a
-// journaled file is served through the daemon, which checks every chunk it
-// reads from the disk tier; an open of it moves it to the front. A file
-// that does not hash to its name is dropped, counted as corrupt and logged,
-// and fetched again when next read. Hashing also reads the file into the
-// page cache, from where the passthrough opens that follow are served.
+// mount is quiet (as the disk tier's writes wait). An open that comes
+// first hashes its file itself, as it does any file this daemon has not
+// verified. A file that does not hash to its name is dropped, counted as
+// corrupt and logged, and fetched again when next read. Hashing also reads
+// the file into the page cache, from where the passthrough opens that
+// follow are served.
 //
 // What remains outside the promise: a block that changes beneath the
 // filesystem after this daemon hashed it is served by passthrough as the
@@ -48,7 +48,6 @@ func (d *diskTier) startRecheck() {
 	}
 	d.unchecked = int64(len(ids))
 	d.mu.Unlock()
-	d.urgent = make(chan digest.ID, 64)
 	d.rechecked = make(chan struct{})
 	if len(ids) == 0 {
 		close(d.rechecked)
@@ -62,21 +61,14 @@ func (d *diskTier) startRecheck() {
 		runtime.LockOSThread()
 		unix.Setpriority(unix.PRIO_PROCESS, 0, 10)
 		recheckGate()
-		next := 0
-		for !d.closed.Load() {
-			var id digest.ID
-			select {
-			case id = <-d.urgent:
-			default:
-				if next == len(ids) {
-					d.log.Info("disk tier: every journaled file re-hashed", "files", len(ids))
-					return
-				}
-				id, next = ids[next], next+1
-				d.waitQuiet(time.Now())
+		for _, id := range ids {
+			d.waitQuiet(time.Now())
+			if d.closed.Load() {
+				return
 			}
 			d.recheck(id)
 		}
+		d.log.Info("disk tier: every journaled file re-hashed", "files", len(ids))
 	}()
 }
 
@@ -119,13 +111,5 @@ func (d *diskTier) markRechecked(id digest.ID, e diskEntry, stamp fileStamp, goo
 	if good {
 		x.verified, x.unread = stamp, false
 		d.rechecks++
-	}
-}
-
-// hurry moves id to the front of the rechecks.
-func (d *diskTier) hurry(id digest.ID) {
-	select {
-	case d.urgent <- id:
-	default: // the rechecker is busy with others asked for: it comes
 	}
 }
