@@ -77,8 +77,22 @@ func (o *inspectOptions) run(ctx context.Context, args []string) error {
 	fmt.Fprintf(w, "kind      %s\n", s.Kind)
 	fmt.Fprintf(w, "entries   %d files, %d dirs, %d symlinks, %d hard links\n", s.Files, s.Dirs, s.Symlinks, s.Hardlinks)
 	fmt.Fprintf(w, "size      %s in %d chunks; %s in %d distinct chunks\n", pack.HumanBytes(s.Bytes), s.Chunks, pack.HumanBytes(s.UniqueBytes), s.Unique)
+	if cfg, ok, err := pack.ImageConfig(s.Annotations); ok && err == nil {
+		ports := make([]string, 0, len(cfg.ExposedPorts))
+		for p := range cfg.ExposedPorts {
+			ports = append(ports, p)
+		}
+		sort.Strings(ports)
+		fmt.Fprintf(w, "run as    entrypoint %q, cmd %q, workdir %q, user %q, ports %v\n", cfg.Entrypoint, cfg.Cmd, cfg.WorkingDir, cfg.User, ports)
+		for _, e := range cfg.Env {
+			fmt.Fprintf(w, "  env %s\n", e)
+		}
+	}
 	keys := make([]string, 0, len(s.Annotations))
 	for k := range s.Annotations {
+		if k == pack.AnnOCIConfig {
+			continue // shown above
+		}
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)

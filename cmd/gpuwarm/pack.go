@@ -14,7 +14,7 @@ import (
 )
 
 func init() {
-	register(spec{name: "pack", args: "DIR --tag NAME", help: "pack a directory tree into an image in the store and tag it",
+	register(spec{name: "pack", args: "DIR --tag NAME | --image REF --tag NAME", help: "pack a directory tree, or an OCI image's root filesystem, into an image in the store and tag it",
 		new: func() command { return &packOptions{} }})
 }
 
@@ -22,6 +22,7 @@ type packOptions struct {
 	cli
 	store       storeFlags
 	tag         string
+	image       string
 	chunkSize   int64
 	annotations multiFlag
 	json, quiet bool
@@ -30,6 +31,7 @@ type packOptions struct {
 func (o *packOptions) flags(fs *flagSet) {
 	o.store.register(fs)
 	fs.StringVar(&o.tag, "tag", "", "tag `NAME` for the image (required)")
+	fs.StringVar(&o.image, "image", "", "pack the OCI image `REF` (registry reference, OCI layout directory or docker save archive) instead of a directory")
 	fs.size(&o.chunkSize, "chunk-size", pack.DefaultChunkSize, 64<<10, chunk.MaxSize, "chunk `SIZE` of files")
 	fs.Var(&o.annotations, "annotation", "`KEY=VALUE` recorded in the image (repeatable)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
@@ -57,13 +59,20 @@ type packResult struct {
 }
 
 func (o *packOptions) run(ctx context.Context, args []string) error {
-	if err := wantArgs(args, 1, 1, "one directory"); err != nil {
+	if o.image != "" {
+		if err := wantArgs(args, 0, 0, "no directory with --image"); err != nil {
+			return err
+		}
+	} else if err := wantArgs(args, 1, 1, "one directory"); err != nil {
 		return err
 	}
 	if err := manifest.ValidTag(o.tag); err != nil {
 		return usagef("--tag: %w", err)
 	}
-	a := map[string]string{"gpuwarm.kind": "files"}
+	a := map[string]string{}
+	if o.image == "" {
+		a["gpuwarm.kind"] = "files"
+	}
 	for _, kv := range o.annotations {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
@@ -71,14 +80,17 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 		}
 		a[k] = v
 	}
-	dir, err := filepath.Abs(args[0])
-	if err != nil {
-		return err
-	}
-	if fi, err := os.Stat(dir); err != nil {
-		return fmt.Errorf("cannot pack %s: %w", args[0], err)
-	} else if !fi.IsDir() {
-		return usagef("%s is not a directory", args[0])
+	var dir string
+	if o.image == "" {
+		var err error
+		if dir, err = filepath.Abs(args[0]); err != nil {
+			return err
+		}
+		if fi, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("cannot pack %s: %w", args[0], err)
+		} else if !fi.IsDir() {
+			return usagef("%s is not a directory", args[0])
+		}
 	}
 	st, done, err := o.store.createLocked(ctx)
 	if err != nil {
@@ -86,12 +98,23 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 	}
 	defer done()
 	opt := pack.Options{ChunkSize: int(o.chunkSize), Annotations: a, Logger: o.log}
-	if !o.quiet && !o.json && isTerminal(os.Stderr) {
-		opt.Progress = os.Stderr
-	}
-	res, err := pack.Dir(ctx, st, dir, opt)
-	if err != nil {
-		return err
+	var res *pack.Result
+	if o.image != "" {
+		img, err := pack.OpenImage(ctx, o.image)
+		if err != nil {
+			return err
+		}
+		if res, err = pack.Image(ctx, st, img, o.image, opt); err != nil {
+			return err
+		}
+		dir = o.image
+	} else {
+		if !o.quiet && !o.json && isTerminal(os.Stderr) {
+			opt.Progress = os.Stderr
+		}
+		if res, err = pack.Dir(ctx, st, dir, opt); err != nil {
+			return err
+		}
 	}
 	if err := store.SetTag(ctx, st, o.tag, res.ID); err != nil {
 		return fmt.Errorf("tag %q: %w", o.tag, err)
