@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"log/slog"
 	"path"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -25,7 +23,6 @@ import (
 
 	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/manifest"
-	"github.com/gpuwarm/gpuwarm/manifest/chunk"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
@@ -59,19 +56,10 @@ const maxConfigJSON = 1 << 20
 // as chunks and one manifest.
 func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Options) (*Result, error) {
 	start := time.Now()
-	if opt.ChunkSize <= 0 {
-		opt.ChunkSize = DefaultChunkSize
-	}
-	if opt.ChunkSize > chunk.MaxSize {
-		return nil, fmt.Errorf("chunk size %d exceeds %d", opt.ChunkSize, chunk.MaxSize)
-	}
-	if opt.Workers <= 0 {
-		opt.Workers = runtime.GOMAXPROCS(0) + 2
+	if err := opt.defaults(); err != nil {
+		return nil, err
 	}
 	p := &packer{st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
-	if p.log == nil {
-		p.log = slog.Default()
-	}
 	ann, err := imageAnnotations(img, ref)
 	if err != nil {
 		return nil, err

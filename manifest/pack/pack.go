@@ -50,6 +50,23 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
+// defaults fills in what opt leaves out and checks the chunk size.
+func (opt *Options) defaults() error {
+	if opt.ChunkSize <= 0 {
+		opt.ChunkSize = DefaultChunkSize
+	}
+	if opt.ChunkSize > chunk.MaxSize {
+		return fmt.Errorf("chunk size %d exceeds %d", opt.ChunkSize, chunk.MaxSize)
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = runtime.GOMAXPROCS(0) + 2
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	return nil
+}
+
 // Result summarizes a pack.
 type Result struct {
 	ID          digest.ID
@@ -126,17 +143,8 @@ func (p *packer) commit(ctx context.Context) error {
 // Dir packs the tree at root into st and returns the image. It does not tag.
 func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result, error) {
 	start := time.Now()
-	if opt.ChunkSize <= 0 {
-		opt.ChunkSize = DefaultChunkSize
-	}
-	if opt.ChunkSize > chunk.MaxSize {
-		return nil, fmt.Errorf("chunk size %d exceeds %d", opt.ChunkSize, chunk.MaxSize)
-	}
-	if opt.Workers <= 0 {
-		opt.Workers = runtime.GOMAXPROCS(0) + 2
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.Default()
+	if err := opt.defaults(); err != nil {
+		return nil, err
 	}
 	st0, err := os.Stat(root)
 	if err != nil {

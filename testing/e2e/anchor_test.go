@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,16 +94,7 @@ func TestLazyHostPIDTreeKilledTogether(t *testing.T) {
 	mnt := filepath.Join(tmp, "mnt")
 	startMount(t, storeDir+"?sim-latency=5ms&sim-bandwidth=3e7", mnt, filepath.Join(tmp, "cache"), "--no-prefetch")
 	cmd := exec.Command(gpuwarmBin, "restore", "wl", "--lazy", "--mount", mnt, "--store", storeDir, "--lazy-workers", "1")
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.Contains(line, "as pid") {
-		cmd.Process.Kill()
-		t.Fatalf("restore said %q (%v)", line, err)
-	}
-	rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, "pid ", 2)[1])[0])
+	rpid := startRestore(t, cmd)
 	t.Cleanup(func() { syscall.Kill(rpid, syscall.SIGKILL) })
 	// Let the restored tree start processes of its own while memory is
 	// still arriving (128 MB at 30 MB/s: about 4 s).

@@ -164,16 +164,7 @@ func lazyRestoreKilledMidFill(t *testing.T, withGuard bool) {
 	tmpDir := filepath.Join(tmp, "tmp") // CRIU's work directory goes here
 	os.MkdirAll(tmpDir, 0o755)
 	cmd.Env = append(os.Environ(), "TMPDIR="+tmpDir)
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.Contains(line, "as pid") {
-		cmd.Process.Kill()
-		t.Fatalf("restore said %q (%v)", line, err)
-	}
-	rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, "pid ", 2)[1])[0])
+	rpid := startRestore(t, cmd)
 	if withGuard {
 		guard := guardOf(t, rpid)
 		syscall.Kill(guard, syscall.SIGKILL)
@@ -197,6 +188,23 @@ func lazyRestoreKilledMidFill(t *testing.T, withGuard bool) {
 	if left, _ := os.ReadDir(tmpDir); len(left) > 0 {
 		t.Fatalf("the killed restore left %s in its temporary directory", left[0].Name())
 	}
+}
+
+// startRestore starts a `gpuwarm restore` command and returns the restored
+// root's pid, from its first line of output.
+func startRestore(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.Contains(line, "as pid") {
+		cmd.Process.Kill()
+		t.Fatalf("restore said %q (%v)", line, err)
+	}
+	rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, "pid ", 2)[1])[0])
+	return rpid
 }
 
 // guardOf finds the _lazy-guard process watching the restored root rpid.
