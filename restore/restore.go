@@ -56,6 +56,13 @@ type Options struct {
 	// WorkDir holds CRIU's logs and sockets (default: a temporary directory,
 	// removed when the restore fails or the process is fully resident).
 	WorkDir string
+	// CRIURestore, if set, runs CRIU's restore instead of gpuwarm driving
+	// it through go-criu: a container's restore goes through runc, which
+	// recreates its namespaces, cgroups and standard streams. It restores
+	// the images at imgDir with CRIU's work directory workDir (where
+	// gpuwarm's lazy-pages daemon listens when lazyPages), leaves the tree
+	// stopped when leaveStopped, and returns the root's PID on the host.
+	CRIURestore func(ctx context.Context, imgDir, workDir string, lazyPages, leaveStopped bool) (int, error)
 	// BeforeRestore may refuse the worker (GPU checks) before anything runs.
 	BeforeRestore func(ctx context.Context, ann map[string]string) error
 	// AfterRestore runs on the restored, running tree (CUDA restore). If it
@@ -217,8 +224,12 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	cleanups = append(cleanups, func() { workDir.Close() })
 
 	cr := makeCriu(c)
-	if err := inheritStdio(cr, ann[AnnStdio], [3]*os.File{opt.Stdin, opt.Stdout, opt.Stderr}, &cleanups); err != nil {
-		return nil, err
+	if opt.CRIURestore == nil {
+		if err := inheritStdio(cr, ann[AnnStdio], [3]*os.File{opt.Stdin, opt.Stdout, opt.Stderr}, &cleanups); err != nil {
+			return nil, err
+		}
+	} else if opt.CRIULazyPages {
+		return nil, errors.New("restore: CRIU's own lazy-pages daemon is not available for containers")
 	}
 
 	var lazyDaemon *exec.Cmd
@@ -250,25 +261,35 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 
 	nfy := &pidNotify{}
 	criuStart := time.Now()
-	rerr := cr.Restore(&rpc.CriuOpts{
-		ImagesDirFd:       proto.Int32(int32(imgDir.Fd())),
-		WorkDirFd:         proto.Int32(int32(workDir.Fd())),
-		LogLevel:          proto.Int32(4),
-		LogFile:           proto.String("restore.log"),
-		RstSibling:        proto.Bool(true),
-		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
-		ExtUnixSk:         proto.Bool(true),
-		FileLocks:         proto.Bool(true),
-		LazyPages:         proto.Bool(lazyPages),
-		// Prefill resumes the tree once its memory is in place; a lazy
-		// restore once the tree is anchored (anchor_linux.go).
-		LeaveStopped: proto.Bool(opt.Prefill || opt.Lazy),
-	}, nfy)
+	var rerr error
+	if opt.CRIURestore != nil {
+		var pid int
+		pid, rerr = opt.CRIURestore(ctx, dir, work, lazyPages, opt.Prefill || opt.Lazy)
+		nfy.pid = int32(pid)
+	} else {
+		rerr = cr.Restore(&rpc.CriuOpts{
+			ImagesDirFd:       proto.Int32(int32(imgDir.Fd())),
+			WorkDirFd:         proto.Int32(int32(workDir.Fd())),
+			LogLevel:          proto.Int32(4),
+			LogFile:           proto.String("restore.log"),
+			RstSibling:        proto.Bool(true),
+			ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+			ExtUnixSk:         proto.Bool(true),
+			FileLocks:         proto.Bool(true),
+			LazyPages:         proto.Bool(lazyPages),
+			// Prefill resumes the tree once its memory is in place; a lazy
+			// restore once the tree is anchored (anchor_linux.go).
+			LeaveStopped: proto.Bool(opt.Prefill || opt.Lazy),
+		}, nfy)
+	}
 	p.Timing.CRIU = time.Since(criuStart)
 	p.PID = int(nfy.pid)
 	if rerr != nil {
 		if lazyDaemon != nil {
 			lazyDaemon.Process.Kill()
+		}
+		if opt.CRIURestore != nil {
+			return nil, rerr
 		}
 		return nil, explainRestoreFailure(rerr, filepath.Join(work, "restore.log"), ann)
 	}

@@ -57,6 +57,12 @@ type SnapshotOptions struct {
 	WorkDir string
 	// Annotations are added to the image (the GPU layer records its state).
 	Annotations map[string]string
+	// Dump, if set, runs CRIU's dump instead of gpuwarm driving it through
+	// go-criu: a container is dumped through runc, which knows its
+	// namespaces, mounts and cgroups. It writes the CRIU images to imgDir,
+	// with CRIU's work directory workDir, and sends the pages to the page
+	// server at pageServer (ADDRESS:PORT).
+	Dump func(ctx context.Context, imgDir, workDir, pageServer string) error
 	// Hooks run around the dump (CUDA checkpoint before, restore after).
 	BeforeDump func(ctx context.Context) error
 	AfterDump  func(ctx context.Context, dumpErr error) error
@@ -165,20 +171,26 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	defer d.Close()
 	port := l.Addr().(*net.TCPAddr).Port
 	dumpStart := time.Now()
-	cr := makeCriu(c)
-	dumpErr := cr.Dump(&rpc.CriuOpts{
-		ImagesDirFd:       proto.Int32(int32(d.Fd())),
-		Pid:               proto.Int32(int32(opt.PID)),
-		LeaveRunning:      proto.Bool(opt.LeaveRunning),
-		LogLevel:          proto.Int32(4),
-		LogFile:           proto.String("dump.log"),
-		ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
-		ExtUnixSk:         proto.Bool(true),
-		FileLocks:         proto.Bool(true),
-		Ps:                &rpc.CriuPageServerInfo{Address: proto.String("127.0.0.1"), Port: proto.Int32(int32(port))},
-	}, nil)
+	var dumpErr error
+	if opt.Dump != nil {
+		cwork := filepath.Join(work, "criu")
+		dumpErr = opt.Dump(ctx, imgDir, cwork, fmt.Sprintf("127.0.0.1:%d", port))
+	} else {
+		cr := makeCriu(c)
+		dumpErr = cr.Dump(&rpc.CriuOpts{
+			ImagesDirFd:       proto.Int32(int32(d.Fd())),
+			Pid:               proto.Int32(int32(opt.PID)),
+			LeaveRunning:      proto.Bool(opt.LeaveRunning),
+			LogLevel:          proto.Int32(4),
+			LogFile:           proto.String("dump.log"),
+			ManageCgroupsMode: rpc.CriuCgMode_IGNORE.Enum(),
+			ExtUnixSk:         proto.Bool(true),
+			FileLocks:         proto.Bool(true),
+			Ps:                &rpc.CriuPageServerInfo{Address: proto.String("127.0.0.1"), Port: proto.Int32(int32(port))},
+		}, nil)
+	}
 	dumpSecs := time.Since(dumpStart).Seconds()
-	if dumpErr != nil {
+	if dumpErr != nil && opt.Dump == nil {
 		dumpErr = explainDumpFailure(opt.PID, dumpErr, filepath.Join(imgDir, "dump.log"))
 	}
 	phase.set("after dump")

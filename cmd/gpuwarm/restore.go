@@ -6,10 +6,10 @@ import (
 	"os"
 	"time"
 
-	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/container"
 	"github.com/gpuwarm/gpuwarm/restore/lazypages"
 )
 
@@ -31,6 +31,8 @@ type restoreOptions struct {
 	criuLazy           bool
 	gpus               string
 	workers            int
+	name               string
+	ctr                containerFlags
 }
 
 func (o *restoreOptions) flags(fs *flagSet) {
@@ -49,11 +51,14 @@ func (o *restoreOptions) flags(fs *flagSet) {
 	fs.StringVar(&o.gpus, "gpus", "", "put the GPU state on these GPUs: `LIST` of indices or UUIDs (default: the same GPUs)")
 	fs.env("gpus", "GPUWARM_GPUS")
 	fs.intRange(&o.workers, "lazy-workers", 8, 1, 256, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
+	fs.StringVar(&o.name, "name", "", "a container snapshot's new container `NAME` (default SNAPSHOT-N)")
+	o.ctr.register(fs)
 }
 
 // restoreResult is what restore --json prints.
 type restoreResult struct {
 	PID       int     `json:"pid"`
+	Container string  `json:"container,omitempty"`
 	Lazy      bool    `json:"lazy"`
 	Prepare   float64 `json:"prepare_s"`
 	CRIU      float64 `json:"criu_s"`
@@ -69,7 +74,7 @@ type restoreResult struct {
 	Error     string  `json:"error,omitempty"`
 }
 
-func (o *restoreOptions) run(ctx context.Context, args []string) error {
+func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	if err := wantArgs(args, 1, 1, "one snapshot name"); err != nil {
 		return err
 	}
@@ -92,11 +97,25 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 	opt := restore.Options{Mount: o.mount, Name: name, Store: st, Lazy: o.lazy, Prefill: o.prefill, Logger: o.log,
 		CRIULazyPages: o.criuLazy, LazyWorkers: o.workers}
 	var rec *prefetch.Recorder
-	var ix *manifest.Index
-	if (o.lazy || o.prefill) && !o.criuLazy {
-		if ix, err = restore.ManifestOf(ctx, st, o.mount, name); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+	ix, err := restore.ManifestOf(ctx, st, o.mount, name)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	var ctr *container.Container
+	if ix.Annotations[container.AnnImageID] != "" {
+		var rc *container.Runc
+		if ctr, rc, err = o.prepareContainer(ctx, name, ix, &opt); err != nil {
+			return err
 		}
+		defer func() {
+			if err != nil {
+				ctr.Remove(context.WithoutCancel(ctx), rc)
+			}
+		}()
+	} else if o.name != "" {
+		return usagef("--name: %s is a snapshot of a bare process, not of a container", name)
+	}
+	if (o.lazy || o.prefill) && !o.criuLazy {
 		if o.record {
 			rec = prefetch.NewRecorder(ix.ID)
 			opt.Record, opt.RecordFor = rec, o.recordFor
@@ -130,7 +149,11 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 		}
 	}
 	if !o.json {
-		fmt.Fprintf(o.out, "restored %s as pid %d (running after %s)\n", name, p.PID, ms(p.Timing.Running))
+		if ctr != nil {
+			fmt.Fprintf(o.out, "restored %s as container %s, pid %d (running after %s)\n", name, ctr.Name, p.PID, ms(p.Timing.Running))
+		} else {
+			fmt.Fprintf(o.out, "restored %s as pid %d (running after %s)\n", name, p.PID, ms(p.Timing.Running))
+		}
 	}
 	resident, rerr := p.WaitResident(ctx)
 	if rerr == nil && guardDone != nil {
@@ -144,7 +167,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) error {
 		rerr = fmt.Errorf("lazy memory not all in place, the restored tree was killed: %w", rerr)
 	}
 	t := p.Timing
-	res := restoreResult{PID: p.PID, Lazy: o.lazy, Prepare: t.Prepare.Seconds(), CRIU: t.CRIU.Seconds(),
+	res := restoreResult{PID: p.PID, Lazy: o.lazy, Container: ctrName(ctr), Prepare: t.Prepare.Seconds(), CRIU: t.CRIU.Seconds(),
 		GPU: t.After.Seconds(), Running: t.Running.Seconds(), Resident: resident.Seconds()}
 	ls := p.LazyStats()
 	if ls.Tasks > 0 {
@@ -207,4 +230,11 @@ func (o *restoreOptions) printTiming(t restore.Timing, resident time.Duration, l
 	if merged != nil {
 		fmt.Fprintf(w, "  profile        %d chunks (%s) touched first, merged over %d runs\n", len(run.Entries), pack.HumanBytes(run.Bytes()), merged.Runs)
 	}
+}
+
+func ctrName(c *container.Container) string {
+	if c == nil {
+		return ""
+	}
+	return c.Name
 }

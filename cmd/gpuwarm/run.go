@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	register(spec{name: "run", args: "[--name N] -- CMD [ARG...]", help: "start a workload that can be snapshotted (fresh PID, IPC and UTS namespaces)",
+	register(spec{name: "run", args: "[--image TAG] [--name N] [-- CMD [ARG...]]", help: "start a workload that can be snapshotted: a container of an image, or a bare process tree",
 		new: func() command { return &runOptions{} }})
 }
 
@@ -20,6 +20,13 @@ type runOptions struct {
 	cli
 	name, logPath        string
 	wait, hostPIDs, json bool
+	// Containers (--image).
+	image, mount, memory, gpus string
+	cpus                       float64
+	env, volumes               multiFlag
+	ownNet                     bool
+	ctr                        containerFlags
+	store                      storeFlags
 }
 
 func (o *runOptions) flags(fs *flagSet) {
@@ -28,11 +35,27 @@ func (o *runOptions) flags(fs *flagSet) {
 	fs.BoolVar(&o.wait, "wait", false, "wait for the workload to exit")
 	fs.BoolVar(&o.hostPIDs, "host-pids", false, "stay in the host's PID namespace (CUDA workloads)")
 	fs.BoolVar(&o.json, "json", false, "print the PID as JSON")
+	fs.StringVar(&o.image, "image", "", "run image `TAG` from the mount as a container (runc) instead of a bare process")
+	mountFlag(fs, &o.mount, "gpuwarm mount `DIR` that presents the image")
+	fs.StringVar(&o.memory, "memory", "", "with --image: memory limit `SIZE` (e.g. 8G)")
+	fs.Float64Var(&o.cpus, "cpus", 0, "with --image: CPU limit in `CPUS` (e.g. 4 or 0.5)")
+	fs.Var(&o.env, "e", "with --image: set `K=V` in the container (repeatable)")
+	fs.Var(&o.volumes, "v", "with --image: bind `HOST:CTR[:ro]` into the container (repeatable)")
+	fs.BoolVar(&o.ownNet, "net-own", false, "with --image: a network namespace of its own (loopback only) instead of the host's")
+	fs.StringVar(&o.gpus, "gpus", "", "with --image: GPUs the container sees: `LIST` of indices or UUIDs, or all")
+	o.ctr.register(fs)
+	o.store.register(fs)
 }
 
 func (o *runOptions) run(ctx context.Context, args []string) error {
+	if o.image != "" {
+		return o.runContainer(ctx, args)
+	}
 	if len(args) == 0 {
-		return usagef("want a command after --")
+		return usagef("want a command after --, or --image")
+	}
+	if o.memory != "" || o.cpus != 0 || len(o.env) > 0 || len(o.volumes) > 0 || o.ownNet || o.gpus != "" {
+		return usagef("--memory, --cpus, -e, -v, --net-own and --gpus are for containers: add --image")
 	}
 	if o.name != "" {
 		if err := manifest.ValidTag(o.name); err != nil {

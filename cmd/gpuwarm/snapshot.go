@@ -14,10 +14,11 @@ import (
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/container"
 )
 
 func init() {
-	register(spec{name: "snapshot", args: "--pid PID|--name N --tag NAME [--leave-running]", help: "checkpoint a running workload into the store",
+	register(spec{name: "snapshot", args: "--pid PID|--name N --tag NAME [--leave-running]", help: "checkpoint a running workload or container into the store",
 		new: func() command { return &snapshotOptions{} }})
 }
 
@@ -28,16 +29,18 @@ type snapshotOptions struct {
 	name, tag   string
 	leave, json bool
 	gpuLock     time.Duration
+	ctr         containerFlags
 }
 
 func (o *snapshotOptions) flags(fs *flagSet) {
 	o.store.register(fs)
 	fs.IntVar(&o.pid, "pid", 0, "`PID` of the tree's root (from gpuwarm run)")
-	fs.StringVar(&o.name, "name", "", "workload `NAME` given to gpuwarm run")
+	fs.StringVar(&o.name, "name", "", "container or workload `NAME` given to gpuwarm run")
 	fs.StringVar(&o.tag, "tag", "", "tag `NAME` for the snapshot (required)")
 	fs.BoolVar(&o.leave, "leave-running", false, "keep the workload running after the dump")
 	fs.duration(&o.gpuLock, "gpu-lock-timeout", 30*time.Second, false, "how long the CUDA driver may take to lock a process")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON")
+	o.ctr.register(fs)
 }
 
 // snapshotResult is what snapshot --json prints.
@@ -45,6 +48,7 @@ type snapshotResult struct {
 	Tag         string  `json:"tag"`
 	Image       string  `json:"image"`
 	PID         int     `json:"pid"`
+	Container   string  `json:"container,omitempty"`
 	PageBytes   int64   `json:"page_bytes"`
 	NewBytes    int64   `json:"new_bytes"`
 	DumpSeconds float64 `json:"dump_seconds"`
@@ -60,6 +64,9 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	}
 	pid := o.pid
 	if pid == 0 && o.name != "" {
+		if c, err := container.Load(o.ctr.dir, o.name); err == nil {
+			return o.snapshotContainer(ctx, c)
+		}
 		b, err := os.ReadFile(filepath.Join(runDir, o.name+".pid"))
 		if err != nil {
 			return fmt.Errorf("no workload named %q (started with gpuwarm run --name): %w", o.name, err)

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/container"
+)
+
+// containerFlags locate this worker's containers (run --image, snapshot
+// --name, restore of a container snapshot, ps, stop, rm).
+type containerFlags struct {
+	dir, runcRoot string
+}
+
+func (c *containerFlags) register(fs *flagSet) {
+	fs.StringVar(&c.dir, "containers", container.DefaultDir, "`DIR` holding this worker's containers")
+	fs.env("containers", "GPUWARM_CONTAINERS")
+	fs.StringVar(&c.runcRoot, "runc-root", container.DefaultRuncRoot, "runc's state `DIR` for gpuwarm's containers")
+	fs.env("runc-root", "GPUWARM_RUNC_ROOT")
+}
+
+// runc finds runc, and CRIU when the command checkpoints or restores.
+func (c *containerFlags) runc(ctx context.Context, withCRIU bool) (*container.Runc, *restore.CRIU, error) {
+	var cr *restore.CRIU
+	criuPath := ""
+	if withCRIU {
+		var err error
+		if cr, err = restore.FindCRIU(ctx); err != nil {
+			return nil, nil, err
+		}
+		criuPath = cr.Path
+	}
+	rc, err := container.FindRunc(ctx, c.runcRoot, criuPath)
+	return rc, cr, err
+}
+
+// imageOnMount resolves a tag (or image ID) on the mount to its image ID
+// and the stable path of its root there (MOUNT/by-id/ID), which a
+// container's overlay uses so that moving the tag later changes nothing.
+func imageOnMount(mnt, name string) (digest.ID, string, error) {
+	if !fusemagic.IsFUSE(mnt) {
+		return digest.Zero, "", fmt.Errorf("no gpuwarm mount at %s: start `gpuwarm mount %s` first", mnt, mnt)
+	}
+	buf := make([]byte, 128)
+	n, err := syscall.Getxattr(filepath.Join(mnt, name), manifest.ImageXattr, buf)
+	if err != nil {
+		return digest.Zero, "", fmt.Errorf("%s is not an image on the mount at %s (gpuwarm ls lists tags): %w", name, mnt, err)
+	}
+	id, err := digest.Parse(string(buf[:n]))
+	if err != nil {
+		return digest.Zero, "", fmt.Errorf("%s: image ID: %w", name, err)
+	}
+	return id, filepath.Join(mnt, "by-id", id.String()), nil
+}
+
+// The log writer: a container's stdout and stderr are pipes (runc hands
+// pipes, not files, to a restored container, and a file path on the host
+// would not exist inside it), each drained into the container's log by a
+// small process of its own that lives as long as the container writes.
+const logCmd = "_log"
+
+func init() {
+	register(spec{name: logCmd, args: "FILE", help: "(internal) append standard input to FILE",
+		hidden: true, new: func() command { return &logOptions{} }})
+}
+
+type logOptions struct{ cli }
+
+func (o *logOptions) flags(fs *flagSet) {}
+
+func (o *logOptions) run(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return usagef("want the log file")
+	}
+	signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, os.Stdin)
+	return err
+}
+
+// logPipes makes the stdout and stderr pipes of a container whose output
+// goes to path, with their writers running; the caller hands the returned
+// files to runc and closes them after.
+func logPipes(path string) (stdout, stderr *os.File, err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	var ws []*os.File
+	for i := 0; i < 2; i++ {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		cmd := exec.Command(self, logCmd, path)
+		cmd.Stdin = r
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		err = cmd.Start()
+		r.Close()
+		if err != nil {
+			w.Close()
+			for _, f := range ws {
+				f.Close()
+			}
+			return nil, nil, fmt.Errorf("start the log writer: %w", err)
+		}
+		cmd.Process.Release()
+		ws = append(ws, w)
+	}
+	return ws[0], ws[1], nil
+}

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/container"
+)
+
+// prepareContainer makes the new container a container snapshot restores
+// into: its writable layer from the snapshot, over the image it ran on,
+// with the snapshot's runtime config under a new name and cgroup; and
+// points opt's CRIU restore at runc. The caller removes it if the restore
+// fails.
+func (o *restoreOptions) prepareContainer(ctx context.Context, snap string, ix *manifest.Index, opt *restore.Options) (*container.Container, *container.Runc, error) {
+	imgDir := filepath.Join(o.mount, snap)
+	s, err := container.SnapshotSpec(imgDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", snap, err)
+	}
+	imageID := ix.Annotations[container.AnnImageID]
+	lower := filepath.Join(o.mount, "by-id", imageID)
+	if fi, err := os.Stat(lower); err != nil || !fi.IsDir() {
+		return nil, nil, fmt.Errorf("%s: the image it ran on (%s) is not on the mount: %v", snap, imageID, err)
+	}
+	if o.gpus != "" && len(s.Linux.Devices) == 0 {
+		return nil, nil, usagef("--gpus: snapshot %s holds no GPU state", snap)
+	}
+	rc, _, err := o.ctr.runc(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec := container.Record{Image: ix.Annotations[container.AnnImage], ImageID: imageID, Snapshot: snap,
+		SnapshotID: ix.ID.String(), Mount: o.mount, Created: time.Now().UTC()}
+	var c *container.Container
+	names := []string{o.name}
+	if o.name == "" {
+		// SNAPSHOT-1, SNAPSHOT-2, ...: the first free one (Prepare's
+		// directory creation settles races between concurrent restores).
+		names = nil
+		for i := 1; i <= 1000; i++ {
+			names = append(names, snap+"-"+strconv.Itoa(i))
+		}
+	}
+	for _, n := range names {
+		rec.Name = n
+		rec.Log = filepath.Join("/var/log/gpuwarm", n+".log")
+		c, err = container.Prepare(o.ctr.dir, rec, lower, container.LoadDiff(imgDir))
+		if err == nil || !errors.Is(err, container.ErrExists) || o.name != "" {
+			break
+		}
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*container.Container, *container.Runc, error) {
+		c.Remove(context.WithoutCancel(ctx), rc)
+		return nil, nil, err
+	}
+	conf, err := c.CRIUConfig(o.lazy || o.prefill)
+	if err != nil {
+		return fail(err)
+	}
+	s.Root.Path = c.Rootfs()
+	s.Linux.CgroupsPath = "/gpuwarm/" + c.Name
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations["org.criu.config"] = conf
+	if err := c.WriteSpec(s); err != nil {
+		return fail(err)
+	}
+	opt.CRIURestore = func(ctx context.Context, imgDir, workDir string, lazy, leaveStopped bool) (int, error) {
+		stdout, stderr, err := logPipes(c.Log)
+		if err != nil {
+			return 0, err
+		}
+		defer stdout.Close()
+		defer stderr.Close()
+		return c.Restore(ctx, rc, imgDir, workDir, lazy, container.Stdio{Stdout: stdout, Stderr: stderr})
+	}
+	return c, rc, nil
+}

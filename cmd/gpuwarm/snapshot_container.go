@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/gpuwarm/gpuwarm/manifest/gc"
+	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/container"
+)
+
+// snapshotContainer checkpoints container c through runc: its memory
+// through gpuwarm's page server into the store (CUDA state first moved to
+// host memory), its CRIU images, runtime config and writable layer packed
+// beside it, and the image it runs on recorded.
+func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Container) error {
+	rc, cr, err := o.ctr.runc(ctx, true)
+	if err != nil {
+		return err
+	}
+	state, err := rc.State(ctx, c.Name)
+	if err != nil {
+		return err
+	}
+	if state.Status != "running" {
+		return fmt.Errorf("container %s is %s, not running: nothing to snapshot", c.Name, state.Status)
+	}
+	st, done, err := o.store.createLocked(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	opt := restore.SnapshotOptions{PID: state.PID, LeaveRunning: o.leave, Store: st, Logger: o.log,
+		Annotations: map[string]string{
+			container.AnnImage: c.Image, container.AnnImageID: c.ImageID, container.AnnName: c.Name,
+			// The snapshot needs its image: gc keeps it while the snapshot is tagged.
+			gc.DependsAnnotation: c.ImageID,
+		}}
+	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
+	opt.Dump = func(ctx context.Context, imgDir, workDir, pageServer string) error {
+		if err := c.SaveSpec(imgDir); err != nil {
+			return err
+		}
+		return c.Checkpoint(ctx, rc, imgDir, workDir, pageServer, o.leave)
+	}
+	res, err := restore.Snapshot(ctx, cr, opt)
+	if err != nil {
+		return err
+	}
+	if err := store.SetTag(ctx, st, o.tag, res.Image); err != nil {
+		return err
+	}
+	r := snapshotResult{Tag: o.tag, Image: res.Image.String(), PID: state.PID, Container: c.Name, PageBytes: res.PageBytes,
+		NewBytes: res.NewBytes, DumpSeconds: res.DumpSeconds, Seconds: res.Total.Seconds()}
+	if o.json {
+		return printJSON(o.out, r)
+	}
+	fmt.Fprintf(o.out, "snapshot of container %s stored as %s (image %s)\n", c.Name, o.tag, res.Image)
+	fmt.Fprintf(o.out, "  memory %s, %s new in the store\n", pack.HumanBytes(r.PageBytes), pack.HumanBytes(r.NewBytes))
+	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
+	if !o.leave {
+		fmt.Fprintf(o.out, "  the container is stopped; gpuwarm rm %s removes it\n", c.Name)
+	}
+	return nil
+}

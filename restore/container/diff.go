@@ -1,0 +1,349 @@
+package container
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The writable layer travels as an OCI layer (a tar with .wh. whiteouts),
+// the form podman's checkpoint export keeps a root filesystem's changes
+// in; overlayfs keeps them as 0:0 character devices and an xattr, which
+// WriteDiff and ApplyDiff translate.
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+	opaqueXattr    = "trusted.overlay.opaque"
+	paxXattr       = "SCHILY.xattr."
+)
+
+// WriteDiff writes overlayfs upper directory upper as an OCI layer tar.
+// Sockets are left out (CRIU recreates bound ones); overlayfs's own
+// trusted.overlay.* attributes are translated or dropped.
+func WriteDiff(upper string, w io.Writer) error {
+	tw := tar.NewWriter(w)
+	links := map[[2]uint64]string{}
+	err := filepath.WalkDir(upper, func(full string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(upper, full)
+		if err != nil || rel == "." {
+			return err
+		}
+		fi, err := os.Lstat(full)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		hdr := &tar.Header{Name: rel, Mode: int64(fi.Mode().Perm()) | int64(st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX)),
+			Uid: int(st.Uid), Gid: int(st.Gid), ModTime: fi.ModTime(), Format: tar.FormatPAX}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			hdr.Typeflag, hdr.Name = tar.TypeDir, rel+"/"
+		case unix.S_IFREG:
+			key := [2]uint64{uint64(st.Dev), st.Ino}
+			if first, ok := links[key]; ok && st.Nlink > 1 {
+				hdr.Typeflag, hdr.Linkname = tar.TypeLink, first
+				return tw.WriteHeader(hdr)
+			}
+			links[key] = rel
+			hdr.Typeflag, hdr.Size = tar.TypeReg, fi.Size()
+		case unix.S_IFLNK:
+			t, err := os.Readlink(full)
+			if err != nil {
+				return err
+			}
+			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, t
+		case unix.S_IFCHR:
+			if st.Rdev == 0 { // an overlayfs whiteout
+				dir, base := filepath.Split(rel)
+				return tw.WriteHeader(&tar.Header{Name: dir + whiteoutPrefix + base, Typeflag: tar.TypeReg, Mode: 0o600, ModTime: fi.ModTime(), Format: tar.FormatPAX})
+			}
+			hdr.Typeflag = tar.TypeChar
+			hdr.Devmajor, hdr.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+		case unix.S_IFBLK:
+			hdr.Typeflag = tar.TypeBlock
+			hdr.Devmajor, hdr.Devminor = int64(unix.Major(st.Rdev)), int64(unix.Minor(st.Rdev))
+		case unix.S_IFIFO:
+			hdr.Typeflag = tar.TypeFifo
+		default:
+			return nil
+		}
+		opaque := false
+		xs, err := listXattrs(full)
+		if err != nil {
+			return err
+		}
+		for name, val := range xs {
+			if name == opaqueXattr {
+				opaque = string(val) == "y"
+				continue
+			}
+			if strings.HasPrefix(name, "trusted.overlay.") {
+				continue
+			}
+			if hdr.PAXRecords == nil {
+				hdr.PAXRecords = map[string]string{}
+			}
+			hdr.PAXRecords[paxXattr+name] = string(val)
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+			f, err := os.Open(full)
+			if err != nil {
+				return err
+			}
+			n, err := io.Copy(tw, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("%s: %w", full, err)
+			}
+			if n != hdr.Size {
+				return fmt.Errorf("%s changed size while saved (%d of %d bytes)", full, n, hdr.Size)
+			}
+		}
+		if opaque {
+			return tw.WriteHeader(&tar.Header{Name: rel + "/" + opaqueMarker, Typeflag: tar.TypeReg, Mode: 0o600, ModTime: fi.ModTime(), Format: tar.FormatPAX})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("writable layer %s: %w", upper, err)
+	}
+	return tw.Close()
+}
+
+func listXattrs(p string) (map[string][]byte, error) {
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		return nil, &os.PathError{Op: "listxattr", Path: p, Err: err}
+	}
+	if size == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, size)
+	if size, err = unix.Llistxattr(p, buf); err != nil {
+		return nil, &os.PathError{Op: "listxattr", Path: p, Err: err}
+	}
+	out := map[string][]byte{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		n, err := unix.Lgetxattr(p, name, nil)
+		if err != nil {
+			continue
+		}
+		val := make([]byte, n)
+		if n, err = unix.Lgetxattr(p, name, val); err != nil {
+			continue
+		}
+		out[name] = val[:n]
+	}
+	return out, nil
+}
+
+// MaxDiffEntries bounds the entries of a writable layer ApplyDiff accepts.
+const MaxDiffEntries = 1 << 20
+
+// ApplyDiff unpacks an OCI layer tar written by WriteDiff into an empty
+// overlayfs upper directory: whiteouts become 0:0 character devices,
+// opaque markers the opaque xattr. The tar comes from a snapshot in the
+// store, so it is checked as outside bytes: every name must be a clean
+// relative path whose parents are directories this call made (never a
+// symlink), a hard link must name a regular file it wrote, and nothing is
+// written outside upper.
+func ApplyDiff(r io.Reader, upper string) error {
+	tr := tar.NewReader(r)
+	made := map[string]byte{"": tar.TypeDir} // what this call created, by clean name
+	type dirTime struct {
+		path string
+		t    time.Time
+	}
+	var dirs []dirTime
+	for n := 0; ; n++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("writable layer: %w", err)
+		}
+		if n >= MaxDiffEntries {
+			return fmt.Errorf("writable layer: more than %d entries", MaxDiffEntries)
+		}
+		name, err := cleanName(hdr.Name)
+		if err != nil {
+			return fmt.Errorf("writable layer: %w", err)
+		}
+		if name == "" {
+			continue // the root itself
+		}
+		parent, base := path.Split(name)
+		parent = strings.TrimSuffix(parent, "/")
+		if err := ensureDirs(upper, parent, made); err != nil {
+			return fmt.Errorf("writable layer: %s: %w", name, err)
+		}
+		dst := filepath.Join(upper, name)
+		if strings.HasPrefix(base, whiteoutPrefix) {
+			if base == opaqueMarker {
+				if err := unix.Lsetxattr(filepath.Join(upper, parent), opaqueXattr, []byte("y"), 0); err != nil {
+					return fmt.Errorf("writable layer: opaque %s: %w", parent, err)
+				}
+				continue
+			}
+			victim := strings.TrimPrefix(base, whiteoutPrefix)
+			if victim == "" || victim == "." || victim == ".." || strings.HasPrefix(victim, whiteoutPrefix) {
+				return fmt.Errorf("writable layer: whiteout %q names no entry", hdr.Name)
+			}
+			vname := path.Join(parent, victim)
+			if _, ok := made[vname]; ok {
+				return fmt.Errorf("writable layer: whiteout %q of an entry the layer also holds", hdr.Name)
+			}
+			if err := unix.Mknod(filepath.Join(upper, vname), unix.S_IFCHR, 0); err != nil {
+				return fmt.Errorf("writable layer: whiteout %s: %w", vname, err)
+			}
+			made[vname] = tar.TypeChar
+			continue
+		}
+		if prev, ok := made[name]; ok {
+			// Only a directory may be named again (its attributes).
+			if prev != tar.TypeDir || hdr.Typeflag != tar.TypeDir {
+				return fmt.Errorf("writable layer: %q appears twice", hdr.Name)
+			}
+		}
+		mode := uint32(hdr.Mode) & 0o7777
+		switch hdr.Typeflag {
+		case tar.TypeDir:
+			if _, ok := made[name]; !ok {
+				if err := unix.Mkdir(dst, 0o700); err != nil {
+					return fmt.Errorf("writable layer: %w", &os.PathError{Op: "mkdir", Path: dst, Err: err})
+				}
+			}
+			dirs = append(dirs, dirTime{dst, hdr.ModTime})
+		case tar.TypeReg:
+			if hdr.Size < 0 {
+				return fmt.Errorf("writable layer: %s: negative size", name)
+			}
+			f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+			if err != nil {
+				return fmt.Errorf("writable layer: %w", err)
+			}
+			_, err = io.CopyN(f, tr, hdr.Size)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("writable layer: %s: %w", name, err)
+			}
+		case tar.TypeLink:
+			target, err := cleanName(hdr.Linkname)
+			if err != nil || made[target] != tar.TypeReg {
+				return fmt.Errorf("writable layer: hard link %q to %q, which is not a file of the layer", hdr.Name, hdr.Linkname)
+			}
+			if err := unix.Linkat(unix.AT_FDCWD, filepath.Join(upper, target), unix.AT_FDCWD, dst, 0); err != nil {
+				return fmt.Errorf("writable layer: link %s: %w", name, err)
+			}
+			made[name] = tar.TypeLink
+			continue // a second name: the first carries the attributes
+		case tar.TypeSymlink:
+			if err := unix.Symlink(hdr.Linkname, dst); err != nil {
+				return fmt.Errorf("writable layer: symlink %s: %w", name, err)
+			}
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
+			if err := unix.Mknod(dst, kind|0o600, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
+				return fmt.Errorf("writable layer: mknod %s: %w", name, err)
+			}
+		default:
+			return fmt.Errorf("writable layer: %q has unsupported type %q", hdr.Name, hdr.Typeflag)
+		}
+		made[name] = hdr.Typeflag
+		if err := unix.Lchown(dst, hdr.Uid, hdr.Gid); err != nil {
+			return fmt.Errorf("writable layer: chown %s: %w", name, err)
+		}
+		for k, v := range hdr.PAXRecords {
+			if x, ok := strings.CutPrefix(k, paxXattr); ok && !strings.HasPrefix(x, "trusted.overlay.") {
+				if err := unix.Lsetxattr(dst, x, []byte(v), 0); err != nil {
+					return fmt.Errorf("writable layer: xattr %s on %s: %w", x, name, err)
+				}
+			}
+		}
+		if hdr.Typeflag != tar.TypeSymlink {
+			// After chown, which clears set-ID bits.
+			if err := unix.Fchmodat(unix.AT_FDCWD, dst, mode, 0); err != nil {
+				return fmt.Errorf("writable layer: chmod %s: %w", name, err)
+			}
+		}
+		if hdr.Typeflag != tar.TypeDir {
+			ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+			unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+		}
+	}
+	// Directories last, deepest first: their children changed them.
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i].path) > len(dirs[j].path) })
+	for _, d := range dirs {
+		ts := []unix.Timespec{unix.NsecToTimespec(d.t.UnixNano()), unix.NsecToTimespec(d.t.UnixNano())}
+		unix.UtimesNanoAt(unix.AT_FDCWD, d.path, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return nil
+}
+
+// cleanName turns a tar name into a clean relative path, refusing
+// absolute paths and any ".." component.
+func cleanName(name string) (string, error) {
+	n := strings.TrimSuffix(strings.TrimPrefix(name, "./"), "/")
+	if n == "" || n == "." {
+		return "", nil
+	}
+	if strings.HasPrefix(n, "/") || strings.ContainsRune(n, 0) {
+		return "", fmt.Errorf("entry %q: not a relative path", name)
+	}
+	for _, part := range strings.Split(n, "/") {
+		if part == ".." || part == "" || part == "." {
+			return "", fmt.Errorf("entry %q: not a clean path", name)
+		}
+	}
+	return n, nil
+}
+
+// ensureDirs makes sure every directory of dir exists as a directory this
+// call made (creating missing ones), so nothing is written through a
+// symlink or a file.
+func ensureDirs(upper, dir string, made map[string]byte) error {
+	if dir == "" {
+		return nil
+	}
+	cur := ""
+	for _, part := range strings.Split(dir, "/") {
+		cur = path.Join(cur, part)
+		t, ok := made[cur]
+		if ok && t != tar.TypeDir {
+			return fmt.Errorf("%s is not a directory of the layer", cur)
+		}
+		if !ok {
+			if err := unix.Mkdir(filepath.Join(upper, cur), 0o755); err != nil {
+				return &os.PathError{Op: "mkdir", Path: cur, Err: err}
+			}
+			made[cur] = tar.TypeDir
+		}
+	}
+	return nil
+}
