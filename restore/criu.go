@@ -21,9 +21,13 @@ type CRIU struct {
 	Minor   int
 }
 
-// MinMajor is the oldest CRIU major version gpuwarm drives: 3.x fails on
-// current kernels (vDSO layout) and lacks the page-server protocol it uses.
-const MinMajor = 4
+// MinMajor.MinMinor is the oldest CRIU gpuwarm drives: 3.x fails on
+// current kernels (vDSO layout) and lacks the page-server protocol it uses;
+// before 4.2 it cannot dump TCP or UDP sockets on kernels 6.16 and later.
+const (
+	MinMajor = 4
+	MinMinor = 2
+)
 
 // ErrNoCRIU says CRIU is missing or unusable.
 var ErrNoCRIU = errors.New("CRIU unavailable")
@@ -55,7 +59,7 @@ func FindCRIU(ctx context.Context) (*CRIU, error) {
 		}
 		return c, nil
 	}
-	return nil, fmt.Errorf("%w: no CRIU >= %d.0 found (tried %s); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, strings.Join(tried, "; "))
+	return nil, fmt.Errorf("%w: no CRIU >= %d.%d found (tried %s); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, MinMinor, strings.Join(tried, "; "))
 }
 
 var versionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(\.\d+)?`)
@@ -73,8 +77,8 @@ func probe(ctx context.Context, path string) (*CRIU, error) {
 	minor, _ := strconv.Atoi(string(m[2]))
 	c := &CRIU{Path: path, Version: strings.TrimPrefix(string(m[0]), "Version:"), Major: major, Minor: minor}
 	c.Version = strings.TrimSpace(c.Version)
-	if major < MinMajor {
-		return nil, fmt.Errorf("%s is CRIU %s, too old (gpuwarm needs >= %d.0; Debian 12's 3.17 fails on kernel 6.x): run make setup (scripts/install-criu.sh)", path, c.Version, MinMajor)
+	if major < MinMajor || major == MinMajor && minor < MinMinor {
+		return nil, fmt.Errorf("%s is CRIU %s, too old (gpuwarm needs >= %d.%d: 3.x fails on kernel 6.x, 4.1 cannot dump network sockets on kernel 6.16+): run make setup (scripts/install-criu.sh)", path, c.Version, MinMajor, MinMinor)
 	}
 	return c, nil
 }

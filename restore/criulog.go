@@ -67,6 +67,8 @@ func dumpCause(log string) string {
 		return "the workload has an open TCP connection, which a snapshot cannot carry: close its connections (connect again after restore) before snapshotting"
 	case strings.Contains(log, "External socket") || strings.Contains(log, "unix socket") && strings.Contains(log, "external"):
 		return "the workload is connected to a Unix socket outside its tree: close it before snapshotting"
+	case strings.Contains(log, "Unsupported proto 262"):
+		return "the workload has a Multipath TCP socket, which CRIU cannot dump (Go 1.24 and later listen with MPTCP by default): run it with GODEBUG=multipathtcp=0, or turn MPTCP off in its listener"
 	case strings.Contains(log, "/dev/nvidia"):
 		return "a process maps an NVIDIA device without a CUDA context (torch.compile's worker pool?): shut it down before snapshotting"
 	}

@@ -192,6 +192,11 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	dumpSecs := time.Since(dumpStart).Seconds()
 	if dumpErr != nil && opt.Dump == nil {
 		dumpErr = explainDumpFailure(opt.PID, dumpErr, filepath.Join(imgDir, "dump.log"))
+	} else if dumpErr != nil {
+		b, _ := os.ReadFile(filepath.Join(work, "criu", "dump.log"))
+		if hint := dumpCause(string(b)); hint != "" {
+			dumpErr = fmt.Errorf("%w\n  likely cause: %s", dumpErr, hint)
+		}
 	}
 	phase.set("after dump")
 	if opt.AfterDump != nil {

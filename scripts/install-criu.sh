@@ -3,19 +3,21 @@
 # without touching the system's libraries.
 #
 # Debian 12's CRIU 3.17 fails on kernel 6.x ("vdso: Unexpected rt vDSO area
-# bounds"). Debian trixie's CRIU 4.1 works but needs glibc >= 2.38, so we
-# download it and every library it links against (libc6 included) from trixie
-# with a private apt configuration, unpack them under $PREFIX/root, and run
-# criu through that root's own dynamic loader. $PREFIX/bin/criu is the wrapper.
+# bounds"), and CRIU before 4.2 cannot dump a TCP or UDP socket on kernels
+# 6.16 and later (they refuse SO_PASSCRED on inet sockets; criu#2718).
+# Debian forky's CRIU 4.2 works but needs glibc >= 2.38, so we download it
+# and every library it links against (libc6 included) from forky with a
+# private apt configuration, unpack them under $PREFIX/root, and run criu
+# through that root's own dynamic loader. $PREFIX/bin/criu is the wrapper.
 #
 # Idempotent: an existing working install is kept.
 set -euo pipefail
 
 PREFIX=${GPUWARM_CRIU_PREFIX:-/opt/gpuwarm/criu}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-SUITE=${CRIU_SUITE:-trixie}
+SUITE=${CRIU_SUITE:-forky}
 
-if [ -x "$PREFIX/bin/criu" ] && "$PREFIX/bin/criu" --version 2>/dev/null | grep -q 'Version: [4-9]'; then
+if [ -x "$PREFIX/bin/criu" ] && "$PREFIX/bin/criu" --version 2>/dev/null | grep -Eq 'Version: (4\.([2-9]|[1-9][0-9])|[5-9])'; then
   echo "criu: $("$PREFIX/bin/criu" --version | head -1) already at $PREFIX/bin/criu"
   exit 0
 fi

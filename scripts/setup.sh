@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything gpuwarm and its tests need on a Debian 12 machine:
 # fuse3, python3 (test workloads), a CRIU >= 4 that works on recent kernels,
-# the versitygw S3 server, and the Go modules. Idempotent and quick when
+# runc (containers), the versitygw S3 server, a registry (docker-registry)
+# and the test images, and the Go modules. Idempotent and quick when
 # everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,12 @@ need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v python3 >/dev/null || need+=(python3)
 [ -e /usr/bin/python3.11 ] || [ -e /usr/bin/python3 ] || need+=(python3)
+command -v runc >/dev/null || need+=(runc)
+# CRIU dumps a container with a network namespace of its own only with
+# iptables-restore (it locks the network during the dump).
+command -v iptables-restore >/dev/null || need+=(iptables)
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v debootstrap >/dev/null || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get install ${need[*]})" >&2; exit 1; fi
@@ -21,5 +28,6 @@ fi
 
 bash scripts/install-criu.sh
 bash scripts/install-versitygw.sh
+bash scripts/build-test-images.sh
 go mod download
 echo "setup: ok"

