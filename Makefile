@@ -66,6 +66,7 @@ fuzz:
 	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
 	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
 	$(GO) test ./fusefs/transport/uring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/container -run='^$$' -fuzz=FuzzApplyDiff -fuzztime=$(FUZZTIME)
 
 # Packs Python's standard library, mounts it, runs python3 from the mount
 # cold, warm and hot, and prints a timing table.

@@ -248,3 +248,7 @@ func indexOfUUID(inv *Inventory, uuid string) int {
 	}
 	return -1
 }
+
+// Find resolves an index ("1") or a UUID ("GPU-…", or a unique prefix of
+// 8 characters or more) to a GPU index on this worker.
+func (inv *Inventory) Find(w string) (int, error) { return findGPU(inv, w) }

@@ -30,15 +30,24 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, snap string, ix *
 	if fi, err := os.Stat(lower); err != nil || !fi.IsDir() {
 		return nil, nil, fmt.Errorf("%s: the image it ran on (%s) is not on the mount: %v", snap, imageID, err)
 	}
-	if o.gpus != "" && len(s.Linux.Devices) == 0 {
-		return nil, nil, usagef("--gpus: snapshot %s holds no GPU state", snap)
+	// The GPUs: the ones the original container had (by index), or those
+	// --gpus names; this worker's device nodes and driver libraries.
+	gpus := o.gpus
+	if gpus == "" {
+		gpus = s.Annotations[annGPUs]
+	} else if s.Annotations[annGPUs] == "" {
+		return nil, nil, usagef("--gpus: container snapshot %s was taken without GPUs", snap)
+	}
+	gpuEdit, gpuList, err := containerGPUs(gpus)
+	if err != nil {
+		return nil, nil, err
 	}
 	rc, _, err := o.ctr.runc(ctx, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	rec := container.Record{Image: ix.Annotations[container.AnnImage], ImageID: imageID, Snapshot: snap,
-		SnapshotID: ix.ID.String(), Mount: o.mount, Created: time.Now().UTC()}
+		SnapshotID: ix.ID.String(), Mount: o.mount, GPUs: gpuList, Created: time.Now().UTC()}
 	var c *container.Container
 	names := []string{o.name}
 	if o.name == "" {
@@ -74,6 +83,11 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, snap string, ix *
 		s.Annotations = map[string]string{}
 	}
 	s.Annotations["org.criu.config"] = conf
+	if gpuEdit != nil {
+		if err := gpuEdit(s); err != nil {
+			return fail(err)
+		}
+	}
 	if err := c.WriteSpec(s); err != nil {
 		return fail(err)
 	}

@@ -18,10 +18,12 @@
 //	restore/             run, snapshot, restore: CRIU driven through go-criu
 //	  pageserver/        CRIU's page-server protocol, pages into the store
 //	  lazypages/         gpuwarm's lazy-pages daemon (userfaultfd)
+//	  container/         containers: runc, OCI configs, overlays, writable layers
 //	gpu/                 NVML and the CUDA checkpoint driver API, nothing else
 //	internal/            small helpers with no gpuwarm imports of their own
 //	cmd/gpuwarm/         the CLI: one file per command
-//	testing/             end-to-end tests, benchmarks, GPU checks, workloads
+//	testing/             end-to-end tests, benchmarks, GPU checks, workloads,
+//	                     the S3 server and registry the tests start
 //
 // Imports only point down or sideways into lower layers: the store side
 // (manifest/...) knows nothing of mounts, prefetching or restores; the mount

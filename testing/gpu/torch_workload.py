@@ -8,7 +8,8 @@ serve: torch_workload.py --weights DIR [--no-compile]
        torch.compile()s and warms the model up, prints
        "ready <seconds> <gpu bytes>", then answers requests on stdin:
        "infer N" -> sha256 of the output for the input seeded with N
-       (bit-identical before a snapshot and after a restore), "exit".
+       (bit-identical before a snapshot and after a restore), "exit";
+       SIGUSR1 prints "answer <infer 42>".
 """
 import argparse
 import hashlib
@@ -73,6 +74,10 @@ def serve(args):
         async_compile.shutdown_compile_workers()
     except Exception as e:  # older torch: nothing to shut down
         print(f"note: compile workers: {e}", file=sys.stderr)
+    # SIGUSR1 answers "infer 42" on stdout: a workload whose stdin is not
+    # ours (a container's, restored from a snapshot) is asked this way.
+    import signal
+    signal.signal(signal.SIGUSR1, lambda *_: print(f"answer {infer(42)}", flush=True))
     print(f"ready {time.time() - T0:.3f} {gpu_bytes}", flush=True)
     for line in sys.stdin:
         req = line.split()
@@ -86,8 +91,8 @@ def serve(args):
         else:
             print(f"error: unknown request {line.strip()!r}", flush=True)
     # stdin closed: keep the model resident until killed
-    import signal
-    signal.pause()
+    while True:
+        signal.pause()
 
 
 def main():

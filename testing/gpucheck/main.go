@@ -33,7 +33,7 @@ import (
 )
 
 var (
-	mode    = flag.String("mode", "test", "test, bench, or driver (the CUDA driver's own checkpoint and restore in place, no CRIU)")
+	mode    = flag.String("mode", "test", "test, bench, container (only the container checks), or driver (the CUDA driver's own checkpoint and restore in place, no CRIU)")
 	sizes   = flag.String("gb", "1", "comma-separated model sizes in GB")
 	script  = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
 	workDir = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
@@ -147,9 +147,15 @@ func run() int {
 	var rows []bu.Row
 	for _, s := range strings.Split(*sizes, ",") {
 		gb, _ := strconv.ParseFloat(s, 64)
-		rows = append(rows, runSize(script, gb)...)
+		if *mode != "container" {
+			rows = append(rows, runSize(script, gb)...)
+		}
 	}
-	if *mode == "bench" {
+	if *containers || *mode == "container" {
+		gb, _ := strconv.ParseFloat(strings.Split(*sizes, ",")[0], 64)
+		rows = append(rows, containerChecks(script, gb)...)
+	}
+	if *mode == "bench" || *mode == "container" {
 		bu.Table(os.Stdout, "GPU snapshot restore ("+inv.GPUs[0].Name+"), time to first answer", rows)
 	}
 	fmt.Printf("gpucheck: %d passed, %d failed\n", passed, failed)
