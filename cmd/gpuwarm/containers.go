@@ -33,16 +33,23 @@ func (c *containerFlags) register(fs *flagSet) {
 // runc finds runc, and CRIU when the command checkpoints or restores.
 func (c *containerFlags) runc(ctx context.Context, withCRIU bool) (*container.Runc, *restore.CRIU, error) {
 	var cr *restore.CRIU
-	criuPath := ""
 	if withCRIU {
 		var err error
 		if cr, err = restore.FindCRIU(ctx); err != nil {
 			return nil, nil, err
 		}
+	}
+	rc, err := c.runcWith(ctx, cr)
+	return rc, cr, err
+}
+
+// runcWith finds runc for a command that found CRIU already (or needs none).
+func (c *containerFlags) runcWith(ctx context.Context, cr *restore.CRIU) (*container.Runc, error) {
+	criuPath := ""
+	if cr != nil {
 		criuPath = cr.Path
 	}
-	rc, err := container.FindRunc(ctx, c.runcRoot, criuPath)
-	return rc, cr, err
+	return container.FindRunc(ctx, c.runcRoot, criuPath)
 }
 
 // imageOnMount resolves a tag (or image ID) on the mount to its image ID
@@ -66,8 +73,8 @@ func imageOnMount(mnt, name string) (digest.ID, string, error) {
 
 // The log writer: a container's stdout and stderr are pipes (runc hands
 // pipes, not files, to a restored container, and a file path on the host
-// would not exist inside it), each drained into the container's log by a
-// small process of its own that lives as long as the container writes.
+// would not exist inside it), drained into the container's log by a small
+// process of its own that lives as long as the container writes.
 const logCmd = "_log"
 
 func init() {
@@ -89,12 +96,19 @@ func (o *logOptions) run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer f.Close()
-	_, err = io.Copy(f, os.Stdin)
-	return err
+	// Standard input is the container's stdout, descriptor 3 its stderr:
+	// both are appended, a line at a time where lines fit a pipe's
+	// buffer, until the container closes them.
+	errPipe := os.NewFile(3, "stderr")
+	done := make(chan struct{})
+	go func() { io.Copy(f, errPipe); close(done) }()
+	io.Copy(f, os.Stdin)
+	<-done
+	return nil
 }
 
 // logPipes makes the stdout and stderr pipes of a container whose output
-// goes to path, with their writers running; the caller hands the returned
+// goes to path, with their writer running; the caller hands the returned
 // files to runc and closes them after.
 func logPipes(path string) (stdout, stderr *os.File, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -104,26 +118,28 @@ func logPipes(path string) (stdout, stderr *os.File, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var ws []*os.File
-	for i := 0; i < 2; i++ {
-		r, w, err := os.Pipe()
-		if err != nil {
-			return nil, nil, err
-		}
-		cmd := exec.Command(self, logCmd, path)
-		cmd.Stdin = r
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		err = cmd.Start()
-		r.Close()
-		if err != nil {
-			w.Close()
-			for _, f := range ws {
-				f.Close()
-			}
-			return nil, nil, fmt.Errorf("start the log writer: %w", err)
-		}
-		cmd.Process.Release()
-		ws = append(ws, w)
+	or, ow, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
 	}
-	return ws[0], ws[1], nil
+	er, ew, err := os.Pipe()
+	if err != nil {
+		or.Close()
+		ow.Close()
+		return nil, nil, err
+	}
+	cmd := exec.Command(self, logCmd, path)
+	cmd.Stdin = or
+	cmd.ExtraFiles = []*os.File{er}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	or.Close()
+	er.Close()
+	if err != nil {
+		ow.Close()
+		ew.Close()
+		return nil, nil, fmt.Errorf("start the log writer: %w", err)
+	}
+	cmd.Process.Release()
+	return ow, ew, nil
 }

@@ -104,7 +104,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	var ctr *container.Container
 	if ix.Annotations[container.AnnImageID] != "" {
 		var rc *container.Runc
-		if ctr, rc, err = o.prepareContainer(ctx, name, ix, &opt); err != nil {
+		if ctr, rc, err = o.prepareContainer(ctx, c, name, ix, &opt); err != nil {
 			return err
 		}
 		defer func() {

@@ -19,7 +19,7 @@ import (
 // with the snapshot's runtime config under a new name and cgroup; and
 // points opt's CRIU restore at runc. The caller removes it if the restore
 // fails.
-func (o *restoreOptions) prepareContainer(ctx context.Context, snap string, ix *manifest.Index, opt *restore.Options) (*container.Container, *container.Runc, error) {
+func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU, snap string, ix *manifest.Index, opt *restore.Options) (*container.Container, *container.Runc, error) {
 	imgDir := filepath.Join(o.mount, snap)
 	s, err := container.SnapshotSpec(imgDir)
 	if err != nil {
@@ -42,7 +42,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, snap string, ix *
 	if err != nil {
 		return nil, nil, err
 	}
-	rc, _, err := o.ctr.runc(ctx, true)
+	rc, err := o.ctr.runcWith(ctx, cr)
 	if err != nil {
 		return nil, nil, err
 	}
