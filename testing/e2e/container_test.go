@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/gpuwarm/gpuwarm/testing/registry"
+	"golang.org/x/sys/unix"
 )
 
 // requireContainers skips (fails under CI) without runc or the registry.
@@ -484,4 +486,81 @@ func checkLimits(t *testing.T, pid int, mem int64, quota int) {
 	if v := read(cdir, "cpu.cfs_quota_us"); v != strconv.Itoa(quota) {
 		t.Fatalf("pid %d: cpu.cfs_quota_us %s, want %d (cgroup %s)", pid, v, quota, cdir)
 	}
+}
+
+// TestContainerOwnNetwork: --net-own gives the container a network
+// namespace of its own (loopback only); a server listening there is
+// snapshotted with it and a restore serves in a new namespace of its own.
+func TestContainerOwnNetwork(t *testing.T) {
+	requireContainers(t)
+	if _, err := exec.LookPath("iptables-restore"); err != nil {
+		t.Fatal("iptables-restore missing (CRIU locks a container's own network with it): make setup installs iptables")
+	}
+	e := newCtrEnv(t)
+	packWorkloadImage(t, e)
+	e.mount(t)
+	out := e.gw(t, "run", "--image", "wl", "--name", "net", "--net-own", "--", "--mb", "16", "--listen", "127.0.0.1:7000")
+	pid, _ := strconv.Atoi(strings.TrimSpace(out))
+	want := strings.Fields(waitLine(t, e.ps(t)["net"].Log, "ready"))[1]
+	hostNS, _ := os.Readlink("/proc/self/ns/net")
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid)); ns == hostNS || ns == "" {
+		t.Fatalf("--net-own container is in the host's network namespace (%s)", ns)
+	}
+	if got := askIn(t, pid, "127.0.0.1:7000", "checksum"); got != want {
+		t.Fatalf("answered %q in its namespace, want %q", got, want)
+	}
+	e.gw(t, "snapshot", "--name", "net", "--tag", "netsnap")
+	e.gw(t, "restore", "netsnap", "--name", "net2")
+	r := e.ps(t)["net2"]
+	if ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", r.PID)); ns == hostNS {
+		t.Fatal("the restore is in the host's network namespace")
+	}
+	if got := askIn(t, r.PID, "127.0.0.1:7000", "checksum"); got != want {
+		t.Fatalf("the restore answered %q in its namespace, want %q", got, want)
+	}
+}
+
+// askIn asks the workload over TCP from inside pid's network namespace: a
+// socket belongs to the namespace it was made in.
+func askIn(t *testing.T, pid int, addr, req string) string {
+	t.Helper()
+	type result struct {
+		s   string
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // this thread leaves the host's namespace: it dies with the goroutine
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		var c net.Conn
+		for i := 0; i < 100; i++ {
+			if c, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintln(c, req)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		ch <- result{strings.TrimSpace(line), err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatalf("ask %s in pid %d's network namespace: %v", addr, pid, r.err)
+	}
+	return r.s
 }
