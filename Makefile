@@ -36,6 +36,7 @@ vet:
 # coordinator before Go 1.27 (golang/go#75804), which failed a run here.
 test: setup build vet
 	$(GO) test -count=1 ./...
+	cd deploy/kubernetes/validate && $(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACEPKGS)
 	$(MAKE) race-e2e
 	$(MAKE) fuzz FUZZTIME=200000x

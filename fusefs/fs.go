@@ -20,6 +20,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/fusefs/cache"
 	"github.com/gpuwarm/gpuwarm/fusefs/transport/poll"
 	"github.com/gpuwarm/gpuwarm/fusefs/transport/uring"
+	"github.com/gpuwarm/gpuwarm/internal/histo"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
@@ -101,10 +102,12 @@ type Options struct {
 
 // FS is the state shared by every node of a mount.
 type FS struct {
-	opt   Options
-	cache *cache.Cache
-	st    store.Store
-	log   *slog.Logger
+	opLatency   [nOps]histo.Histogram
+	interrupted atomic.Int64
+	opt         Options
+	cache       *cache.Cache
+	st          store.Store
+	log         *slog.Logger
 
 	mu        sync.Mutex
 	images    map[digest.ID]*manifest.Index

@@ -35,6 +35,7 @@ var (
 )
 
 func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer r.fsys.timeOp(ctx, opGetattr, time.Now())
 	out.Mode = syscall.S_IFDIR | 0o555
 	if g := r.fsys.opt.Group; g > 0 {
 		out.Mode, out.Gid = syscall.S_IFDIR|0o550, uint32(g)
@@ -45,6 +46,7 @@ func (r *rootNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 }
 
 func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer r.fsys.timeOp(ctx, opLookup, time.Now())
 	ttl := r.fsys.opt.TagTTL
 	if name == StatsName {
 		out.Mode = r.fsys.statsMode()
@@ -79,6 +81,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	defer r.fsys.timeOp(ctx, opReaddir, time.Now())
 	if uring.OnQueueThread() {
 		return nil, uring.WouldWait
 	}
@@ -95,6 +98,7 @@ func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 }
 
 func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	defer r.fsys.timeOp(ctx, opStatfs, time.Now())
 	r.fsys.mu.Lock()
 	defer r.fsys.mu.Unlock()
 	var bytes, files uint64
@@ -123,6 +127,7 @@ var (
 )
 
 func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer b.fsys.timeOp(ctx, opLookup, time.Now())
 	id, err := digest.Parse(name)
 	if err != nil || strings.ToLower(name) != name {
 		return nil, syscall.ENOENT
@@ -138,6 +143,7 @@ func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 }
 
 func (b *byIDNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	defer b.fsys.timeOp(ctx, opReaddir, time.Now())
 	b.fsys.mu.Lock()
 	defer b.fsys.mu.Unlock()
 	var ents []fuse.DirEntry
@@ -235,11 +241,13 @@ func (n *node) fill(a *fuse.Attr) {
 }
 
 func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	defer n.fsys.timeOp(ctx, opGetattr, time.Now())
 	n.fill(&out.Attr)
 	return 0
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer n.fsys.timeOp(ctx, opLookup, time.Now())
 	// A program starting up looks files up between its reads: the cache's
 	// background writes wait while it does.
 	n.fsys.cache.Active()
@@ -263,6 +271,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	defer n.fsys.timeOp(ctx, opReaddir, time.Now())
 	kids := n.img.Children(n.idx)
 	ents := make([]fuse.DirEntry, 0, len(kids))
 	for _, k := range kids {
@@ -337,6 +346,7 @@ func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	defer n.fsys.timeOp(ctx, opReadlink, time.Now())
 	e := n.entry()
 	if e.Type != manifest.Symlink {
 		return nil, syscall.EINVAL
@@ -345,6 +355,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	defer n.fsys.timeOp(ctx, opGetxattr, time.Now())
 	if n.idx == 0 && attr == manifest.ImageXattr {
 		v := n.img.ID.String()
 		if len(dest) == 0 {
@@ -370,6 +381,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	defer n.fsys.timeOp(ctx, opListxattr, time.Now())
 	var size int
 	for _, x := range n.entry().Xattrs {
 		size += len(x.Name) + 1
@@ -390,6 +402,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	defer n.fsys.timeOp(ctx, opStatfs, time.Now())
 	s := n.img.Stats()
 	out.Bsize, out.Frsize = 4096, 4096
 	out.Blocks = uint64(s.Bytes+4095) / 4096

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"syscall"
+	"time"
 
 	"github.com/gpuwarm/gpuwarm/fusefs/cache"
+	"github.com/gpuwarm/gpuwarm/internal/histo"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -82,13 +84,19 @@ type OpenStats struct {
 	Resident int64 `json:"resident"`
 }
 
-// TransportStats counts the FUSE requests answered off go-fuse's readers.
+// TransportStats counts the FUSE requests answered off go-fuse's readers,
+// and times every request by operation.
 type TransportStats struct {
-	URingRequests  int64 `json:"uring_requests"`  // through io_uring queues (--fuse-uring)
-	URingAsync     int64 `json:"uring_async"`     // of them, handed to goroutines
-	PolledRequests int64 `json:"polled_requests"` // by the polling thread (--fuse-spin)
-	PolledAsync    int64 `json:"polled_async"`    // of them, handed to goroutines
-	PolledCaught   int64 `json:"polled_caught"`   // read while polling, without a wakeup
+	// Ops times the requests gpuwarm's handlers answered, by operation
+	// (lookup, getattr, open, read, ...); Interrupted counts those whose
+	// caller gave up (the kernel's INTERRUPT) before the answer.
+	Ops            map[string]histo.Snapshot `json:"ops"`
+	Interrupted    int64                     `json:"interrupted"`
+	URingRequests  int64                     `json:"uring_requests"`  // through io_uring queues (--fuse-uring)
+	URingAsync     int64                     `json:"uring_async"`     // of them, handed to goroutines
+	PolledRequests int64                     `json:"polled_requests"` // by the polling thread (--fuse-spin)
+	PolledAsync    int64                     `json:"polled_async"`    // of them, handed to goroutines
+	PolledCaught   int64                     `json:"polled_caught"`   // read while polling, without a wakeup
 }
 
 // AssemblyStats counts multi-chunk files copied whole into the disk tier
@@ -119,6 +127,11 @@ func (f *FS) Stats() Stats {
 		Resident:      f.residentOpens.Load(),
 	}
 	out.PageCachePushed = f.pushedBytes.Load()
+	out.FUSE.Ops = map[string]histo.Snapshot{}
+	for i, name := range opNames {
+		out.FUSE.Ops[name] = f.opLatency[i].Snapshot()
+	}
+	out.FUSE.Interrupted = f.interrupted.Load()
 	if r := f.ring.Load(); r != nil {
 		out.FUSE.URingRequests, out.FUSE.URingAsync = r.Requests()
 	}
@@ -133,4 +146,28 @@ func (f *FS) Stats() Stats {
 func (s *statsNode) render() []byte {
 	b, _ := json.MarshalIndent(s.fsys.Stats(), "", "  ")
 	return append(b, '\n')
+}
+
+// The FUSE operations timed (bounded: a label each in the metrics).
+const (
+	opLookup = iota
+	opGetattr
+	opOpen
+	opRead
+	opReaddir
+	opReadlink
+	opGetxattr
+	opListxattr
+	opStatfs
+	nOps
+)
+
+var opNames = [nOps]string{"lookup", "getattr", "open", "read", "readdir", "readlink", "getxattr", "listxattr", "statfs"}
+
+// timeOp times one request; a cancelled context means the caller gave up.
+func (f *FS) timeOp(ctx context.Context, op int, start time.Time) {
+	f.opLatency[op].Since(start)
+	if ctx.Err() != nil {
+		f.interrupted.Add(1)
+	}
 }

@@ -17,6 +17,8 @@ command -v runc >/dev/null || need+=(runc)
 command -v iptables-restore >/dev/null || need+=(iptables)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# promtool checks the metrics the mount exports and the dashboard's queries.
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root (apt-get install ${need[*]})" >&2; exit 1; fi
@@ -30,4 +32,8 @@ bash scripts/install-criu.sh
 bash scripts/install-versitygw.sh
 bash scripts/build-test-images.sh
 go mod download
+(cd deploy/kubernetes/validate && go mod download)
+# Debian's prometheus package starts a server where it can; the tests
+# need only promtool.
+pkill -x prometheus 2>/dev/null || true
 echo "setup: ok"

@@ -33,6 +33,7 @@ type flagSet struct {
 	spec    spec
 	envErrs []error
 	logLvl  *string
+	logFmt  *string
 }
 
 func newFlagSet(s spec, cmd command) *flagSet {
@@ -42,8 +43,10 @@ func newFlagSet(s spec, cmd command) *flagSet {
 	b := cmd.base()
 	fs.StringVar(&b.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.env("log-level", "GPUWARM_LOG")
+	fs.StringVar(&b.logFormat, "log-format", "text", "log lines as text or json (one object per line, for log shippers)")
+	fs.env("log-format", "GPUWARM_LOG_FORMAT")
 	cmd.flags(fs)
-	fs.logLvl = &b.logLevel
+	fs.logLvl, fs.logFmt = &b.logLevel, &b.logFormat
 	return fs
 }
 
@@ -79,7 +82,17 @@ func (fs *flagSet) parse(args []string, stderr io.Writer) ([]string, error) {
 	if err := lvl.UnmarshalText([]byte(*fs.logLvl)); err != nil {
 		return nil, usagef("--log-level %q: use debug, info, warn or error", *fs.logLvl)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	hopt := &slog.HandlerOptions{Level: lvl}
+	var h slog.Handler
+	switch *fs.logFmt {
+	case "text":
+		h = slog.NewTextHandler(stderr, hopt)
+	case "json":
+		h = slog.NewJSONHandler(stderr, hopt)
+	default:
+		return nil, usagef("--log-format %q: use text or json", *fs.logFmt)
+	}
+	log := slog.New(h).With("cmd", fs.spec.name)
 	slog.SetDefault(log)
 	return fs.Args(), nil
 }

@@ -36,9 +36,10 @@ type command interface {
 // cli is what every command shares: where it writes and its logger.
 // Commands embed it.
 type cli struct {
-	out      io.Writer // results: tables, JSON
-	log      *slog.Logger
-	logLevel string
+	out       io.Writer // results: tables, JSON
+	log       *slog.Logger
+	logLevel  string
+	logFormat string
 }
 
 func (c *cli) base() *cli { return c }
@@ -128,7 +129,12 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(stderr, "gpuwarm %s: %v\n", name, err)
+	if cmd.base().logFormat == "json" && cmd.base().log != nil {
+		// One JSON object, as every other line a log shipper reads.
+		cmd.base().log.Error(err.Error())
+	} else {
+		fmt.Fprintf(stderr, "gpuwarm %s: %v\n", name, err)
+	}
 	var u usageError
 	if errors.As(err, &u) {
 		fmt.Fprintf(stderr, "Run 'gpuwarm %s -h' for usage.\n", name)

@@ -91,7 +91,7 @@ func TestHelpShowsOnlyUsedFlagsWithTheirEnvironment(t *testing.T) {
 			}
 		})
 	}
-	for _, cmd := range []string{"umount", "gpus", "run", "version"} {
+	for _, cmd := range []string{"umount", "gpus", "version", "ps", "stop"} {
 		_, out, _ := gw(t, cmd, "-h")
 		if strings.Contains(out, "-store") || strings.Contains(out, "-cache-dir") {
 			t.Errorf("%s -h lists flags it does not use:\n%s", cmd, out)
@@ -185,7 +185,7 @@ func TestJSONOutputs(t *testing.T) {
 	if gcRep["live_images"].(float64) != 1 {
 		t.Errorf("gc --json: %v", gcRep)
 	}
-	if code, _, stderr := gw(t, "rm", "nope", "--store", storeDir); code != 1 || !strings.Contains(stderr, `no tag "nope"`) {
+	if code, _, stderr := gw(t, "rm", "nope", "--store", storeDir); code != 1 || !strings.Contains(stderr, `no container or tag "nope"`) {
 		t.Errorf("rm of a missing tag: exit %d, %q", code, stderr)
 	}
 }

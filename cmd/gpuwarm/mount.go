@@ -18,6 +18,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/prefetch"
+	"github.com/gpuwarm/gpuwarm/restore/report"
 )
 
 func init() {
@@ -46,6 +47,8 @@ type mountOptions struct {
 	nonEmpty     bool
 	group        string
 	publicStats  bool
+	metricsAddr  string
+	reports      string
 }
 
 func (o *mountOptions) flags(fs *flagSet) {
@@ -70,6 +73,15 @@ func (o *mountOptions) flags(fs *flagSet) {
 	fs.env("group", "GPUWARM_MOUNT_GROUP")
 	fs.BoolVar(&o.publicStats, "public-stats", false, "let every user read MOUNTPOINT/.stats (default: root only)")
 	fs.BoolVar(&o.nonEmpty, "nonempty", false, "mount over a directory that holds files (they are hidden while mounted)")
+	fs.StringVar(&o.metricsAddr, "metrics-addr", "", "serve Prometheus /metrics and /healthz on `ADDR` (e.g. 127.0.0.1:9469; default off)")
+	fs.env("metrics-addr", "GPUWARM_METRICS_ADDR")
+	reportsFlag(fs, &o.reports)
+}
+
+// reportsFlag is the spool restores report to and the mount collects from.
+func reportsFlag(fs *flagSet, p *string) {
+	fs.StringVar(p, "restore-reports", report.DefaultDir, "`DIR` where restores leave their figures for the mount's metrics")
+	fs.env("restore-reports", "GPUWARM_RESTORE_REPORTS")
 }
 
 func (o *mountOptions) run(ctx context.Context, args []string) error {
@@ -101,6 +113,8 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
+	// Every line of the daemon names its store and mount.
+	o.log = o.log.With("store", st.Location(), "mount", dir)
 	bc, err := cache.Open(st, cache.Config{Dir: o.cache.dir, MemBytes: o.cache.mem, DiskBytes: o.cache.disk, Fetches: o.cache.fetches, Logger: o.log})
 	if err != nil {
 		return err
@@ -134,6 +148,21 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 	}
 	o.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", o.cache.dir,
 		"mem", formatSize(o.cache.mem), "disk", formatSize(o.cache.disk))
+	stopControl, err := serveControl(ctx, o.cache.dir, bc, st)
+	if err != nil {
+		o.log.Warn("no control socket: gpuwarm cache cannot reach this mount", "err", err)
+	} else {
+		defer stopControl()
+	}
+	if o.metricsAddr != "" {
+		stop, err := serveMetrics(ctx, o.metricsAddr, dir, newMetricsCollector(srv.FS(), o.reports), version)
+		if err != nil {
+			srv.Unmount()
+			return err
+		}
+		defer stop()
+		o.log.Info("serving metrics", "addr", o.metricsAddr, "paths", "/metrics /healthz")
+	}
 	// A supervisor (systemd, Type=notify) starts what reads from the mount
 	// only now.
 	if _, err := sdnotify.Notify("READY=1\nSTATUS=serving " + dir + " from " + st.Location()); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
@@ -11,6 +12,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/restore"
 	"github.com/gpuwarm/gpuwarm/restore/container"
 	"github.com/gpuwarm/gpuwarm/restore/lazypages"
+	"github.com/gpuwarm/gpuwarm/restore/report"
 )
 
 func init() {
@@ -33,6 +35,7 @@ type restoreOptions struct {
 	workers            int
 	name               string
 	ctr                containerFlags
+	reports            string
 }
 
 func (o *restoreOptions) flags(fs *flagSet) {
@@ -53,6 +56,7 @@ func (o *restoreOptions) flags(fs *flagSet) {
 	fs.intRange(&o.workers, "lazy-workers", 8, 1, 256, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
 	fs.StringVar(&o.name, "name", "", "a container snapshot's new container `NAME` (default SNAPSHOT-N)")
 	o.ctr.register(fs)
+	reportsFlag(fs, &o.reports)
 }
 
 // restoreResult is what restore --json prints.
@@ -136,7 +140,30 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		defer f.Close()
 		opt.Stdout, opt.Stderr = f, f
 	}
-	restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
+	gpuRep := restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
+	// The worker's mount daemon exports what this restore measured.
+	rep := report.Restore{Mode: "eager", Container: ctr != nil}
+	switch {
+	case o.lazy:
+		rep.Mode = "lazy"
+	case o.prefill:
+		rep.Mode = "prefill"
+	}
+	reported := false
+	writeReport := func(ok bool) {
+		if reported {
+			return
+		}
+		reported = true
+		rep.OK = ok
+		if gpuRep.Meta != nil {
+			rep.GPUBytes = int64(gpuRep.Meta.MemoryBytes)
+		}
+		if werr := report.Write(o.reports, rep); werr != nil {
+			o.log.Debug("cannot leave the restore's figures for the mount's metrics", "err", werr)
+		}
+	}
+	defer func() { writeReport(err == nil) }()
 	p, err := restore.Restore(ctx, c, opt)
 	if err != nil {
 		return err
@@ -173,6 +200,8 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	if ls.Tasks > 0 {
 		res.LazyBytes, res.LazyUnits, res.Faults, res.Ahead = ls.Bytes, ls.Units, ls.Faults, ls.AheadBytes
 	}
+	rep.Running, rep.Resident, rep.GPU = res.Running, res.Resident, res.GPU
+	rep.LazyBytes, rep.Faults = res.LazyBytes, res.Faults
 	if opt.Profile != nil {
 		res.Profile = len(opt.Profile.Entries)
 	}
@@ -206,7 +235,19 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	if rerr != nil {
 		return rerr
 	}
+	writeReport(true)
 	if o.wait {
+		if ctr != nil {
+			// Not our child (runc's): wait for it to be gone.
+			for syscall.Kill(p.PID, 0) == nil {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			return nil
+		}
 		return p.Wait()
 	}
 	return nil

@@ -77,6 +77,17 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 	if err != nil {
 		return fail(err)
 	}
+	if container.SetNetNS(s, container.NetNSPath(c.Name)) {
+		// A network of its own, as the original had: a new namespace,
+		// loopback up, which CRIU joins and fills with the sockets.
+		c.OwnNet = true
+		if err := c.Save(); err != nil {
+			return fail(err)
+		}
+		if err := container.NewNetNS(container.NetNSPath(c.Name)); err != nil {
+			return fail(err)
+		}
+	}
 	s.Root.Path = c.Rootfs()
 	s.Linux.CgroupsPath = "/gpuwarm/" + c.Name
 	if s.Annotations == nil {

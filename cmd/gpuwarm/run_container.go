@@ -80,8 +80,15 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 			c.Remove(context.WithoutCancel(ctx), rc)
 		}
 	}()
+	netns := ""
+	if o.ownNet {
+		netns = container.NetNSPath(o.name)
+		if err := container.NewNetNS(netns); err != nil {
+			return err
+		}
+	}
 	s, err := container.Spec(container.SpecOptions{Name: o.name, Rootfs: c.Rootfs(), Image: cfg, Args: args, Env: o.env,
-		Mounts: binds, Memory: mem, CPUs: o.cpus, OwnNet: o.ownNet, Edit: gpuEdit})
+		Mounts: binds, Memory: mem, CPUs: o.cpus, OwnNet: netns, Edit: gpuEdit})
 	if err != nil {
 		return err
 	}

@@ -28,6 +28,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/histo"
 
 	"github.com/gpuwarm/gpuwarm/manifest/chunk"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
@@ -72,7 +75,11 @@ type Cache struct {
 	sharedSlots   chan struct{}
 
 	fetches, fetchBytes, fetchErrors, corrupt atomic.Int64
-	closeOnce                                 sync.Once
+	// fetchLatency times every store read; fetchErrKinds counts failures
+	// by kind (fetchErrorKinds).
+	fetchLatency  histo.Histogram
+	fetchErrKinds [len(fetchErrorKinds)]atomic.Int64
+	closeOnce     sync.Once
 
 	// active is when a reader last asked for a chunk or a store read
 	// ended (unix nanoseconds), fetching counts store reads in flight, cpu
@@ -330,10 +337,12 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		}
 		return b, nil
 	}
+	start := time.Now()
 	blob, err := store.ReadAll(ctx, c.st, store.H(store.Chunk, id))
+	c.fetchLatency.Since(start)
 	release()
 	if err != nil {
-		c.fetchErrors.Add(1)
+		c.fetchFailed(err)
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), err)
 	}
 	c.fetches.Add(1)
@@ -350,13 +359,13 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		if b != nil {
 			b.release()
 		}
-		c.fetchErrors.Add(1)
+		c.fetchFailed(chunk.ErrCorrupt)
 		c.corrupt.Add(1)
 		return nil, fmt.Errorf("chunk from %s: %w", c.st.Location(), err)
 	}
 	if size != 0 && uint32(len(data)) != size {
 		b.release()
-		c.fetchErrors.Add(1)
+		c.fetchFailed(chunk.ErrCorrupt)
 		return nil, fmt.Errorf("chunk %s: %w: %d bytes, manifest says %d", id.Short(), chunk.ErrCorrupt, len(data), size)
 	}
 	switch {
@@ -387,17 +396,19 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 func (c *Cache) fetchInto(ctx context.Context, gi store.GetIntoer, id digest.ID, size uint32) (*buf, error) {
 	var hdr [1]byte
 	b := c.pool.get(int(size))
+	start := time.Now()
 	n, err := gi.GetInto(ctx, store.H(store.Chunk, id), hdr[:], b.b[:size])
+	c.fetchLatency.Since(start)
 	if err != nil && !errors.Is(err, store.ErrShortBuffer) {
 		b.release()
-		c.fetchErrors.Add(1)
+		c.fetchFailed(err)
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), err)
 	}
 	c.fetches.Add(1)
 	c.fetchBytes.Add(int64(n))
 	bad := func(b *buf, err error) (*buf, error) {
 		b.release()
-		c.fetchErrors.Add(1)
+		c.fetchFailed(chunk.ErrCorrupt)
 		c.corrupt.Add(1)
 		return nil, fmt.Errorf("chunk from %s: %w", c.st.Location(), err)
 	}
@@ -646,26 +657,96 @@ type TierStats struct {
 type Stats struct {
 	Memory      TierStats `json:"memory"`
 	Disk        TierStats `json:"disk"`
+	Store       string    `json:"store"`        // where chunks are fetched from
 	Fetches     int64     `json:"fetches"`      // store reads
 	FetchBytes  int64     `json:"fetch_bytes"`  // bytes they brought
 	FetchErrors int64     `json:"fetch_errors"` // store reads that failed
-	Corrupt     int64     `json:"corrupt"`      // chunks refused: their bytes did not hash to their ID
+	// FetchErrorKinds splits FetchErrors: not_found, corrupt, canceled
+	// (the reader gave up: an interrupted read), store (anything else:
+	// the network, the server).
+	FetchErrorKinds map[string]int64 `json:"fetch_error_kinds"`
+	FetchLatency    histo.Snapshot   `json:"fetch_latency"`
+	Corrupt         int64            `json:"corrupt"` // chunks refused: their bytes did not hash to their ID
+}
+
+// fetchErrorKinds names the kinds of failed store reads.
+var fetchErrorKinds = [...]string{"not_found", "corrupt", "canceled", "store"}
+
+// fetchFailed counts a failed store read by its kind.
+func (c *Cache) fetchFailed(err error) {
+	c.fetchErrors.Add(1)
+	k := 3
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		k = 0
+	case errors.Is(err, chunk.ErrCorrupt):
+		k = 1
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		k = 2
+	}
+	c.fetchErrKinds[k].Add(1)
 }
 
 // Stats returns the current counters.
 func (c *Cache) Stats() Stats {
 	s := Stats{
-		Memory:      c.mem.stats(),
-		Fetches:     c.fetches.Load(),
-		FetchBytes:  c.fetchBytes.Load(),
-		FetchErrors: c.fetchErrors.Load(),
-		Corrupt:     c.corrupt.Load(),
+		Memory:          c.mem.stats(),
+		Store:           c.st.Location(),
+		Fetches:         c.fetches.Load(),
+		FetchBytes:      c.fetchBytes.Load(),
+		FetchErrors:     c.fetchErrors.Load(),
+		FetchErrorKinds: map[string]int64{},
+		FetchLatency:    c.fetchLatency.Snapshot(),
+		Corrupt:         c.corrupt.Load(),
+	}
+	for i, k := range fetchErrorKinds {
+		s.FetchErrorKinds[k] = c.fetchErrKinds[i].Load()
 	}
 	if c.disk != nil {
 		s.Disk = c.disk.stats()
 		s.Corrupt += c.disk.corruptFound.Load()
 	}
 	return s
+}
+
+// Residency says where a chunk is: memory, disk (either or both), or
+// neither.
+func (c *Cache) Residency(id digest.ID) (inMemory, onDisk bool) {
+	return c.mem.has(id), c.disk != nil && c.disk.has(id)
+}
+
+// WarmDisk makes chunk id present in the disk tier (the memory tier
+// without one), fetching it from the store if need be, at priority p.
+// Flush waits for the writes it queued.
+func (c *Cache) WarmDisk(ctx context.Context, id digest.ID, size uint32, p Priority) error {
+	if c.disk == nil {
+		return c.Warm(ctx, id, size, p)
+	}
+	if c.disk.has(id) || c.disk.queued(id) {
+		return nil
+	}
+	b, err := c.get(ctx, id, size, p)
+	if err != nil {
+		return err
+	}
+	if !c.disk.has(id) && !c.disk.queued(id) {
+		c.disk.addAsync(id, b)
+	}
+	b.release()
+	return nil
+}
+
+// Evict drops chunk id from both tiers; it reports whether it was held.
+// A file assembled whole in the disk tier from it stays (its own entry).
+func (c *Cache) Evict(id digest.ID) bool {
+	held := c.mem.remove(id)
+	if c.disk != nil {
+		if e, ok := c.disk.peek(id); ok {
+			c.disk.drop(id, e)
+			held = true
+		}
+	}
+	return held
 }
 
 // DropMemory empties the memory tier (benchmarks, tests, memory pressure).

@@ -96,6 +96,23 @@ func (m *memTier) add(id digest.ID, b *buf) {
 	}
 }
 
+// remove drops id; it reports whether the tier held it.
+func (m *memTier) remove(id digest.ID) bool {
+	m.mu.Lock()
+	el, ok := m.entries[id]
+	if !ok {
+		m.mu.Unlock()
+		return false
+	}
+	e := el.Value.(*memEntry)
+	m.lru.Remove(el)
+	delete(m.entries, id)
+	m.used -= e.b.size()
+	m.mu.Unlock()
+	e.b.release() // readers holding their own references keep the bytes
+	return true
+}
+
 func (m *memTier) clear() {
 	m.mu.Lock()
 	var dropped []*buf

@@ -100,7 +100,7 @@ func Prepare(dir string, rec Record, lower string, fill func(upper string) error
 			return nil, err
 		}
 	}
-	if err := c.save(); err != nil {
+	if err := c.Save(); err != nil {
 		return nil, err
 	}
 	// index=off: the lower is a FUSE filesystem without stable file
@@ -112,7 +112,7 @@ func Prepare(dir string, rec Record, lower string, fill func(upper string) error
 	return c, nil
 }
 
-func (c *Container) save() error {
+func (c *Container) Save() error {
 	b, err := json.MarshalIndent(c.Record, "", "  ")
 	if err != nil {
 		return err
@@ -252,12 +252,32 @@ func (c *Container) Restore(ctx context.Context, rc *Runc, imgDir, workDir strin
 	return pid, nil
 }
 
+// NetNSPath is where container name's own network namespace is pinned.
+func NetNSPath(name string) string { return filepath.Join(NetNSDir, name) }
+
+// SetNetNS points a config's network namespace (if it has one of its own)
+// at path: a restore's new container gets a namespace of its own.
+func SetNetNS(s *specs.Spec, path string) bool {
+	for i, ns := range s.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			s.Linux.Namespaces[i].Path = path
+			return true
+		}
+	}
+	return false
+}
+
 // Remove ends the container (if it runs), removes it from runc, unmounts
 // its root filesystem and deletes its directory.
 func (c *Container) Remove(ctx context.Context, rc *Runc) error {
 	var errs []error
 	if err := rc.Delete(ctx, c.Name, true); err != nil {
 		errs = append(errs, err)
+	}
+	if c.OwnNet {
+		if err := RemoveNetNS(NetNSPath(c.Name)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.unmount(); err != nil {
 		errs = append(errs, err)

@@ -217,7 +217,7 @@ func TestSpecFromImageConfig(t *testing.T) {
 		}
 	}
 	// docker run IMAGE ARGS: with an entrypoint, ARGS replace the command.
-	s, _ = Spec(SpecOptions{Name: "c1", Rootfs: root, Image: cfg, Args: []string{"--port", "9"}, OwnNet: true})
+	s, _ = Spec(SpecOptions{Name: "c1", Rootfs: root, Image: cfg, Args: []string{"--port", "9"}, OwnNet: "/run/gpuwarm/netns/c1"})
 	if got := strings.Join(s.Process.Args, " "); got != "/bin/serve --port 9" {
 		t.Fatalf("args %q", got)
 	}

@@ -25,7 +25,7 @@ type SpecOptions struct {
 	Mounts  []Bind
 	Memory  int64   // bytes; 0: no limit
 	CPUs    float64 // 0: no limit
-	OwnNet  bool    // a network namespace of its own (loopback only)
+	OwnNet  string  // a network namespace of its own: its path (NewNetNS)
 	Devices []specs.LinuxDevice
 	// Edit, if set, changes the spec last (GPU injection).
 	Edit func(*specs.Spec) error
@@ -156,8 +156,8 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 			ReadonlyPaths: []string{"/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
 		},
 	}
-	if o.OwnNet {
-		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	if o.OwnNet != "" {
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: o.OwnNet})
 	} else {
 		// The host's network: the host's name resolution too.
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
