@@ -63,6 +63,9 @@ type Options struct {
 	// gpuwarm's lazy-pages daemon listens when lazyPages), leaves the tree
 	// stopped when leaveStopped, and returns the root's PID on the host.
 	CRIURestore func(ctx context.Context, imgDir, workDir string, lazyPages, leaveStopped bool) (int, error)
+	// Progress, if set, sees a prefill's bytes in place so far and the
+	// snapshot's memory, several times a second.
+	Progress func(done, total int64)
 	// BeforeRestore may refuse the worker (GPU checks) before anything runs.
 	BeforeRestore func(ctx context.Context, ann map[string]string) error
 	// AfterRestore runs on the restored, running tree (CUDA restore). If it
@@ -318,11 +321,23 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	}
 	if opt.Prefill {
 		// The tree is stopped: resume it once every page is in place.
-		select {
-		case <-daemonDone:
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		total, _ := strconv.ParseInt(ann[AnnPagesBytes], 10, 64)
+		tick := time.NewTicker(200 * time.Millisecond)
+	wait:
+		for {
+			select {
+			case <-daemonDone:
+				break wait
+			case <-ctx.Done():
+				tick.Stop()
+				return nil, ctx.Err()
+			case <-tick.C:
+				if opt.Progress != nil && p.daemon != nil {
+					opt.Progress(p.daemon.Stats().Bytes, total)
+				}
+			}
 		}
+		tick.Stop()
 		if daemonErr != nil {
 			return nil, fmt.Errorf("restore: filling memory: %w", daemonErr)
 		}

@@ -63,6 +63,9 @@ type SnapshotOptions struct {
 	// with CRIU's work directory workDir, and sends the pages to the page
 	// server at pageServer (ADDRESS:PORT).
 	Dump func(ctx context.Context, imgDir, workDir, pageServer string) error
+	// Progress, if set, sees the bytes of memory the page server has
+	// received so far, several times a second.
+	Progress func(received int64)
 	// Hooks run around the dump (CUDA checkpoint before, restore after).
 	BeforeDump func(ctx context.Context) error
 	AfterDump  func(ctx context.Context, dumpErr error) error
@@ -146,6 +149,21 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	}
 	tick := time.NewTicker(15 * time.Second)
 	defer tick.Stop()
+	if opt.Progress != nil {
+		fast := time.NewTicker(200 * time.Millisecond)
+		defer fast.Stop()
+		go func() {
+			for {
+				select {
+				case <-fast.C:
+					got, _, _ := recv.Stats()
+					opt.Progress(got)
+				case <-pctx.Done():
+					return
+				}
+			}
+		}()
+	}
 	go func() {
 		for {
 			select {

@@ -96,31 +96,42 @@ func serveControl(ctx context.Context, cacheDir string, bc *cache.Cache, st stor
 // chunksOf returns an image's distinct chunks, or its profile's with
 // profileOnly.
 func (cs *controlServer) chunksOf(ctx context.Context, name string, profileOnly bool) (digest.ID, []chunk.Ref, error) {
+	id, refs, _, err := cs.contents(ctx, name, profileOnly)
+	return id, refs, err
+}
+
+// contents is chunksOf plus the disk tier's whole-file copies the image's
+// multi-chunk files may have (cache.FileID).
+func (cs *controlServer) contents(ctx context.Context, name string, profileOnly bool) (digest.ID, []chunk.Ref, []digest.ID, error) {
 	id, err := store.ResolveTag(ctx, cs.st, name)
 	if err != nil {
-		return digest.Zero, nil, err
+		return digest.Zero, nil, nil, err
 	}
 	if profileOnly {
 		p, err := prefetch.Load(ctx, cs.st, id)
 		if err != nil {
-			return id, nil, err
+			return id, nil, nil, err
 		}
 		if p == nil {
-			return id, nil, fmt.Errorf("%s has no prefetch profile (gpuwarm record or restore --record-profile makes one)", name)
+			return id, nil, nil, fmt.Errorf("%s has no prefetch profile (gpuwarm record or restore --record-profile makes one)", name)
 		}
 		refs := make([]chunk.Ref, 0, len(p.Entries))
 		for _, e := range p.Entries {
 			refs = append(refs, chunk.Ref{ID: e.ID, Size: e.Size})
 		}
-		return id, refs, nil
+		return id, refs, nil, nil
 	}
 	ix, err := manifest.Load(ctx, cs.st, id)
 	if err != nil {
-		return id, nil, err
+		return id, nil, nil, err
 	}
 	seen := map[digest.ID]bool{}
 	var refs []chunk.Ref
+	var files []digest.ID
 	for _, e := range ix.Entries {
+		if len(e.Chunks) > 1 {
+			files = append(files, cache.FileID(e.Chunks))
+		}
 		for _, c := range e.Chunks {
 			if !seen[c.ID] {
 				seen[c.ID] = true
@@ -128,7 +139,7 @@ func (cs *controlServer) chunksOf(ctx context.Context, name string, profileOnly 
 			}
 		}
 	}
-	return id, refs, nil
+	return id, refs, files, nil
 }
 
 func (cs *controlServer) stat(w http.ResponseWriter, r *http.Request) {
@@ -240,11 +251,11 @@ func (cs *controlServer) evict(w http.ResponseWriter, r *http.Request) {
 		}
 		var res evictResult
 		for t := range tags {
-			_, refs, err := cs.chunksOf(r.Context(), t, false)
+			_, refs, files, err := cs.contents(r.Context(), t, false)
 			if err != nil {
 				continue
 			}
-			n, b := cs.evictRefs(refs)
+			n, b := cs.evictRefs(refs, files)
 			res.Chunks += n
 			res.Bytes += b
 		}
@@ -253,21 +264,27 @@ func (cs *controlServer) evict(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, res)
 		return
 	}
-	id, refs, err := cs.chunksOf(r.Context(), name, false)
+	id, refs, files, err := cs.contents(r.Context(), name, false)
 	if err != nil {
 		httpError(w, err)
 		return
 	}
-	n, b := cs.evictRefs(refs)
+	n, b := cs.evictRefs(refs, files)
 	writeJSON(w, http.StatusOK, evictResult{Image: id.String(), Chunks: n, Bytes: b})
 }
 
-func (cs *controlServer) evictRefs(refs []chunk.Ref) (n int, bytes int64) {
+// evictRefs drops chunks and whole-file copies; it counts the chunks.
+func (cs *controlServer) evictRefs(refs []chunk.Ref, files []digest.ID) (n int, bytes int64) {
+	// Writes to the disk tier still queued would put chunks back after.
+	cs.bc.Flush()
 	for _, c := range refs {
 		if cs.bc.Evict(c.ID) {
 			n++
 			bytes += int64(c.Size)
 		}
+	}
+	for _, f := range files {
+		cs.bc.Evict(f)
 	}
 	return n, bytes
 }

@@ -53,7 +53,7 @@ func (p *progress) line(done, total int64) string {
 	}
 	s += fmt.Sprintf(", %s/s", pack.HumanBytes(int64(rate)))
 	if total > 0 && rate > 0 && done < total {
-		s += fmt.Sprintf(", %s left", (time.Duration(float64(total-done)/rate) * time.Second / time.Second).Round(time.Second))
+		s += fmt.Sprintf(", %s left", time.Duration(float64(total-done)/rate*float64(time.Second)).Round(time.Second))
 	}
 	return s
 }

@@ -36,6 +36,7 @@ type restoreOptions struct {
 	name               string
 	ctr                containerFlags
 	reports            string
+	quiet              bool
 }
 
 func (o *restoreOptions) flags(fs *flagSet) {
@@ -57,6 +58,7 @@ func (o *restoreOptions) flags(fs *flagSet) {
 	fs.StringVar(&o.name, "name", "", "a container snapshot's new container `NAME` (default SNAPSHOT-N)")
 	o.ctr.register(fs)
 	reportsFlag(fs, &o.reports)
+	fs.BoolVar(&o.quiet, "quiet", false, "with --prefill: no progress line on the terminal")
 }
 
 // restoreResult is what restore --json prints.
@@ -164,7 +166,10 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		}
 	}
 	defer func() { writeReport(err == nil) }()
+	bar := newProgress(nil, o.quiet || o.json || !o.prefill, "prefill: memory in place")
+	opt.Progress = bar.update
 	p, err := restore.Restore(ctx, c, opt)
+	bar.done()
 	if err != nil {
 		return err
 	}

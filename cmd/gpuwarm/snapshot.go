@@ -28,6 +28,7 @@ type snapshotOptions struct {
 	pid         int
 	name, tag   string
 	leave, json bool
+	quiet       bool
 	gpuLock     time.Duration
 	ctr         containerFlags
 }
@@ -40,6 +41,7 @@ func (o *snapshotOptions) flags(fs *flagSet) {
 	fs.BoolVar(&o.leave, "leave-running", false, "keep the workload running after the dump")
 	fs.duration(&o.gpuLock, "gpu-lock-timeout", 30*time.Second, false, "how long the CUDA driver may take to lock a process")
 	fs.BoolVar(&o.json, "json", false, "print the result as JSON")
+	fs.BoolVar(&o.quiet, "quiet", false, "no progress line on the terminal")
 	o.ctr.register(fs)
 }
 
@@ -92,7 +94,9 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	defer done()
 	opt := restore.SnapshotOptions{PID: pid, LeaveRunning: o.leave, Store: st, Logger: o.log}
 	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
+	bar := o.progress(&opt)
 	res, err := restore.Snapshot(ctx, c, opt)
+	bar.done()
 	if err != nil {
 		return err
 	}
@@ -108,4 +112,11 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	fmt.Fprintf(o.out, "  memory %s, %s new in the store\n", pack.HumanBytes(r.PageBytes), pack.HumanBytes(r.NewBytes))
 	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
 	return nil
+}
+
+// progress shows the bytes dumped so far and their rate on a terminal.
+func (o *snapshotOptions) progress(opt *restore.SnapshotOptions) *progress {
+	bar := newProgress(nil, o.quiet || o.json, "snapshot: memory dumped")
+	opt.Progress = func(b int64) { bar.update(b, 0) }
+	return bar
 }

@@ -45,7 +45,9 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 		}
 		return c.Checkpoint(ctx, rc, imgDir, workDir, pageServer, o.leave)
 	}
+	bar := o.progress(&opt)
 	res, err := restore.Snapshot(ctx, cr, opt)
+	bar.done()
 	if err != nil {
 		return err
 	}

@@ -736,8 +736,9 @@ func (c *Cache) WarmDisk(ctx context.Context, id digest.ID, size uint32, p Prior
 	return nil
 }
 
-// Evict drops chunk id from both tiers; it reports whether it was held.
-// A file assembled whole in the disk tier from it stays (its own entry).
+// Evict drops chunk id (or a whole-file copy, by its FileID) from both
+// tiers; it reports whether it was held. A kernel reading the file by
+// passthrough keeps the copy it has open until it closes it.
 func (c *Cache) Evict(id digest.ID) bool {
 	held := c.mem.remove(id)
 	if c.disk != nil {

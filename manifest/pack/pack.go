@@ -407,8 +407,11 @@ func (p *packer) progress(total int64, start time.Time) func() {
 		end := ""
 		if final {
 			end = "\n"
+		} else if rate > 0 && n < total {
+			left := time.Duration(float64(total-n) / 1e6 / rate * float64(time.Second)).Round(time.Second)
+			end = fmt.Sprintf("  %s left", left)
 		}
-		fmt.Fprintf(p.opt.Progress, "\rpacking [%s] %5.1f%% %s/%s %6.0f MB/s  new %s%s",
+		fmt.Fprintf(p.opt.Progress, "\r\033[Kpacking [%s] %5.1f%% %s/%s %6.0f MB/s  new %s%s",
 			bar, pct, HumanBytes(n), HumanBytes(total), rate, HumanBytes(p.newBytes.Load()), end)
 	}
 	go func() {

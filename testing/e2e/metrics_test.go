@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,13 +9,20 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
+
+	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
-// scrape fetches the daemon's /metrics and returns each sample's value by
-// its full name with labels, as the text format prints them.
+// scrape fetches the daemon's /metrics, parses it with Prometheus' own
+// text parser, and returns each sample's value by its name and labels as
+// name{k="v",...} (labels sorted), and the text.
 func scrape(t *testing.T, addr string) (map[string]float64, string) {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -25,17 +31,32 @@ func scrape(t *testing.T, addr string) (map[string]float64, string) {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
+	parser := expfmt.NewTextParser(model.LegacyValidation) // classic names, as promtool checks them
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v\n%s", err, b)
+	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(b)))
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	key := func(name string, m *dto.Metric, extra ...string) string {
+		var ls []string
+		for _, l := range m.GetLabel() {
+			ls = append(ls, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
 		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
-			out[line[:i]] = v
+		ls = append(ls, extra...)
+		sort.Strings(ls)
+		return name + "{" + strings.Join(ls, ",") + "}"
+	}
+	for name, f := range fams {
+		for _, m := range f.GetMetric() {
+			switch f.GetType() {
+			case dto.MetricType_COUNTER:
+				out[key(name, m)] = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				out[key(name, m)] = m.GetGauge().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				out[key(name+"_count", m)] = float64(m.GetHistogram().GetSampleCount())
+				out[key(name+"_sum", m)] = m.GetHistogram().GetSampleSum()
+			}
 		}
 	}
 	return out, string(b)
@@ -77,7 +98,8 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 	makeTree(t, src, 6)
 	gw(t, "pack", src, "--tag", "tree", "--store", storeDir)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	startMount(t, storeDir, mnt, cacheDir, "--metrics-addr", addr, "--restore-reports", spool, "--no-prefetch")
+	d := startMount(t, storeDir, mnt, cacheDir, "--metrics-addr", addr, "--restore-reports", spool, "--no-prefetch", "--log-format", "json")
+	m0, _ := scrape(t, addr)
 
 	resp, err := http.Get("http://" + addr + "/healthz")
 	if err != nil {
@@ -89,14 +111,56 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 		t.Fatalf("/healthz: %d %q", resp.StatusCode, body)
 	}
 	// Read every file: fetches, FUSE requests, cache entries.
-	var total int64
-	filepath.Walk(filepath.Join(mnt, "tree"), func(p string, fi os.FileInfo, err error) error {
-		if err == nil && fi.Mode().IsRegular() {
-			b, _ := os.ReadFile(p)
-			total += int64(len(b))
+	readAll := func() (total int64, files int) {
+		filepath.Walk(filepath.Join(mnt, "tree"), func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				b, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatalf("read %s: %v", p, err)
+				}
+				total += int64(len(b))
+				files++
+			}
+			return nil
+		})
+		return total, files
+	}
+	total, files := readAll()
+	m1, _ := scrape(t, addr)
+	st := fmt.Sprintf(`store="file://%s"`, storeDir)
+	fetchKey := `gpuwarm_store_fetch_bytes_total{` + st + `}`
+	// The known reads moved the counters by what they read: every chunk
+	// of the image fetched once (a cold cache), every file opened and read.
+	type stat struct {
+		Chunks       int
+		MemBytes     int64 `json:"memory_bytes"`
+		Disk         int64 `json:"disk_bytes"`
+		MissingBytes int64 `json:"missing_bytes"`
+		Total        int64 `json:"bytes"`
+	}
+	readStat := func() stat {
+		var s stat
+		if err := json.Unmarshal([]byte(gw(t, "cache", "--cache-dir", cacheDir, "stat", "tree", "--json")), &s); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
+		return s
+	}
+	img := readStat()
+	fetchesKey := `gpuwarm_store_fetches_total{` + st + `}`
+	if got := m1[fetchesKey] - m0[fetchesKey]; got != float64(img.Chunks) {
+		t.Errorf("reading the image's %d chunks fetched %v", img.Chunks, got)
+	}
+	if got := m1[fetchKey] - m0[fetchKey]; got <= 0 || got > float64(total)*1.01+1e5 {
+		t.Errorf("reading %d bytes (compressed in the store) fetched %v bytes", total, got)
+	}
+	readsKey := `gpuwarm_fuse_request_seconds_count{op="read"}`
+	if got := m1[readsKey] - m0[readsKey]; got < float64(files) {
+		t.Errorf("%d files read in %v FUSE reads", files, got)
+	}
+	opensKey := `gpuwarm_fuse_request_seconds_count{op="open"}`
+	if got := m1[opensKey] - m0[opensKey]; got < float64(files) {
+		t.Errorf("%d files opened, %v FUSE opens counted", files, got)
+	}
 
 	// A real restore, reported through the spool.
 	wl := buildWorkload(t)
@@ -109,7 +173,6 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 	t.Cleanup(func() { killPID(rpid) })
 
 	m, text := scrape(t, addr)
-	st := fmt.Sprintf(`store="file://%s"`, storeDir)
 	for _, want := range []struct {
 		series string
 		min    float64
@@ -190,20 +253,6 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 	cache := func(args ...string) string {
 		return gw(t, append([]string{"cache", "--cache-dir", cacheDir}, args...)...)
 	}
-	type stat struct {
-		Chunks       int
-		MemBytes     int64 `json:"memory_bytes"`
-		Disk         int64 `json:"disk_bytes"`
-		MissingBytes int64 `json:"missing_bytes"`
-		Total        int64 `json:"bytes"`
-	}
-	readStat := func() stat {
-		var s stat
-		if err := json.Unmarshal([]byte(cache("stat", "tree", "--json")), &s); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
 	s := readStat()
 	if s.Chunks == 0 || s.MemBytes == 0 {
 		t.Fatalf("after reading every file, cache stat says %+v", s)
@@ -215,6 +264,16 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 		t.Fatalf("after evict: %+v", s)
 	}
 	before, _ := scrape(t, addr)
+	// After an evict, a read fetches again (once the kernel's page cache
+	// of the files, which would answer without asking, is dropped).
+	bu.DropCaches()
+	readAll()
+	again, _ := scrape(t, addr)
+	if got := again[fetchesKey] - before[fetchesKey]; got != float64(img.Chunks) {
+		t.Fatalf("after evict, reading the image's %d chunks fetched %v", img.Chunks, got)
+	}
+	cache("evict", "tree")
+	before, _ = scrape(t, addr)
 	out = cache("warm", "tree")
 	if !strings.Contains(out, "in the disk tier") {
 		t.Fatalf("warm: %s", out)
@@ -223,9 +282,31 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 		t.Fatalf("after warm: %+v", s)
 	}
 	after, _ := scrape(t, addr)
-	key := `gpuwarm_store_fetch_bytes_total{` + st + `}`
-	if after[key]-before[key] < float64(s.Total)/2 {
-		t.Fatalf("warm fetched %v bytes from the store for %d", after[key]-before[key], s.Total)
+	if got := after[fetchesKey] - before[fetchesKey]; got != float64(img.Chunks) {
+		t.Fatalf("warm fetched %v chunks from the store, the image has %d", got, img.Chunks)
+	}
+	// Warmed: every file reads with the store gone.
+	bu.DropCaches()
+	if err := os.Rename(storeDir, storeDir+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := readAll(); got != total {
+		t.Fatalf("with the store gone, read %d of %d bytes", got, total)
+	}
+	os.Rename(storeDir+".away", storeDir)
+	// Every log line of the daemon is a JSON object naming its store.
+	lines := strings.Split(strings.TrimSpace(d.logs.String()), "\n")
+	for _, l := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("--log-format json wrote a line that is not JSON: %q", l)
+		}
+		if rec["msg"] == "mounted" && rec["store"] == nil {
+			t.Fatalf("the mount's log line names no store: %q", l)
+		}
+	}
+	if len(lines) < 2 {
+		t.Fatalf("daemon log: %q", lines)
 	}
 	// A tag the store lacks: a clear error.
 	c := exec.Command(gpuwarmBin, "cache", "--cache-dir", cacheDir, "stat", "nope")
