@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -531,6 +532,9 @@ func (p *Process) startLazy(ctx context.Context, c *CRIU, dir, work string, opt 
 		return nil, nil, err
 	}
 	*cleanups = append(*cleanups, func() { l.Close() })
+	// CRIU's daemon waits for an answer forever: when serving it fails,
+	// it is killed, so that the restore fails instead of hanging.
+	var daemon atomic.Pointer[os.Process]
 	go func() {
 		for {
 			conn, err := l.Accept()
@@ -540,7 +544,10 @@ func (p *Process) startLazy(ctx context.Context, c *CRIU, dir, work string, opt 
 			go func() {
 				defer conn.Close()
 				if err := p.sender.Serve(context.Background(), conn); err != nil {
-					log.Error("lazy page server", "err", err)
+					log.Error("lazy page server failed; stopping CRIU's lazy-pages daemon", "err", err)
+					if d := daemon.Load(); d != nil {
+						d.Kill()
+					}
 				}
 			}()
 		}
@@ -552,6 +559,7 @@ func (p *Process) startLazy(ctx context.Context, c *CRIU, dir, work string, opt 
 	if err := cmd.Start(); err != nil {
 		return nil, nil, fmt.Errorf("restore: start criu lazy-pages: %w", err)
 	}
+	daemon.Store(cmd.Process)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	*cleanups = append(*cleanups, func() {

@@ -676,8 +676,11 @@ func TestPrefillRestore(t *testing.T) {
 	}
 	defer func() { p.Kill(); p.Wait() }()
 	st := p.LazyStats()
-	if st.Bytes < 64<<20 || st.Faults != 0 {
-		t.Fatalf("prefill: %+v; want all 64 MB copied before the process ran (no faults)\n%s", st, pagemapSummary(filepath.Join(r.mnt, "wl")))
+	// No fault once CRIU handed the tree over: the program never ran on
+	// missing memory. (CRIU 4.2's restorer touches a few lazy pages itself
+	// before it is done; those faults come before RestoreDone.)
+	if st.Bytes < 64<<20 || st.Faults != 0 && st.LastFault > st.RestoreDone {
+		t.Fatalf("prefill: %+v; want all 64 MB copied before the process ran (no fault after CRIU was done)\n%s", st, pagemapSummary(filepath.Join(r.mnt, "wl")))
 	}
 	if p.Timing.Resident != p.Timing.Running {
 		t.Fatalf("prefilled restore returned before its memory was in place: %+v", p.Timing)

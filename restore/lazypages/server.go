@@ -69,6 +69,7 @@ type Stats struct {
 	AheadBytes  int64         // of Bytes, copied before any fault asked
 	RestoreDone time.Duration // since Listen: CRIU said the restore was done
 	FirstFault  time.Duration // since Listen
+	LastFault   time.Duration // since Listen
 	Finished    time.Duration // since Listen: every lazy page in place
 }
 
@@ -87,7 +88,7 @@ type Server struct {
 	failed   error
 
 	faults, faultCopies, zero, bytes, ahead atomic.Int64
-	firstFault, restoreDone                 atomic.Int64
+	firstFault, lastFault, restoreDone      atomic.Int64
 	faultSem                                chan struct{}
 	copies, readers                         sync.WaitGroup
 	bufs                                    sync.Pool
@@ -576,7 +577,9 @@ func (s *Server) event(ctx context.Context, p *proc, m msg) error {
 
 func (s *Server) fault(ctx context.Context, p *proc, addr uint64) error {
 	s.faults.Add(1)
-	s.firstFault.CompareAndSwap(0, int64(time.Since(s.start)))
+	now := int64(time.Since(s.start))
+	s.firstFault.CompareAndSwap(0, now)
+	s.lastFault.Store(now)
 	p.mu.Lock()
 	u := p.find(addr)
 	var st int32 = -1
@@ -653,7 +656,7 @@ func (s *Server) Stats() Stats {
 	defer s.mu.Unlock()
 	st := Stats{Tasks: len(s.procs), Faults: s.faults.Load(), FaultCopies: s.faultCopies.Load(), ZeroPages: s.zero.Load(),
 		Bytes: s.bytes.Load(), AheadBytes: s.ahead.Load(), RestoreDone: time.Duration(s.restoreDone.Load()),
-		FirstFault: time.Duration(s.firstFault.Load()), Finished: s.finishedAt}
+		FirstFault: time.Duration(s.firstFault.Load()), LastFault: time.Duration(s.lastFault.Load()), Finished: s.finishedAt}
 	for _, p := range s.procs {
 		st.Units += len(p.us)
 	}

@@ -208,6 +208,19 @@ func TestSender(t *testing.T) {
 			t.Fatal("wrong pages served")
 		}
 	}
+	// CRIU 4.2 leaves the 64-bit layout's padding uninitialised.
+	for _, pad := range []uint32{0, 0x5a5a, 0xffffffff} {
+		h64 := hdr(Layout64, Header{Cmd: CmdGet, NrPages: 10, Vaddr: 0x7ff2221a8000, DstID: pid})
+		binary.LittleEndian.PutUint32(h64[4:], pad)
+		if l := detect(h64[:24]); l != Layout64 {
+			t.Errorf("GET with padding %#x: detected %v", pad, l)
+		}
+	}
+	for _, h := range []Header{{Cmd: CmdGet, NrPages: 10, Vaddr: 0x400000, DstID: 4096}, {Cmd: CmdGet, NrPages: 1, Vaddr: 0x7ff2221a8000, DstID: 31337}} {
+		if l := detect(hdr(Layout32, h)[:24]); l != Layout32 {
+			t.Errorf("32-bit GET %+v: detected %v", h, l)
+		}
+	}
 	bad := map[string]Header{
 		"unknown pid":     {Cmd: CmdGet, NrPages: 1, Vaddr: 0x10000, DstID: 8},
 		"outside":         {Cmd: CmdGet, NrPages: 1, Vaddr: 0x90000, DstID: pid},

@@ -166,13 +166,36 @@ func detect(b []byte) Layout {
 		return Layout32
 	}
 	if cmd == CmdGet {
-		if binary.LittleEndian.Uint32(b[4:]) == 0 {
-			return Layout64
-		}
-		return Layout32
+		return detectGet(b)
 	}
 	if binary.LittleEndian.Uint64(b[16:]) == 0 {
 		return Layout64
+	}
+	return Layout32
+}
+
+// detectGet tells the layout of a GET (the first request of CRIU's
+// lazy-pages daemon), whose 4 bytes of padding in the 64-bit layout CRIU
+// 4.2 leaves uninitialised (seen non-zero). A GET names a task by pid
+// (below 2^22) and a page-aligned address: with 32-bit counts bytes 8-16
+// are the address and 16-24 the pid; with 64-bit counts 8-16 are the count
+// and 16-24 the address.
+func detectGet(b []byte) Layout {
+	if binary.LittleEndian.Uint32(b[4:]) == 0 {
+		return Layout64 // a 32-bit GET of no pages is no request
+	}
+	x, y := binary.LittleEndian.Uint64(b[8:]), binary.LittleEndian.Uint64(b[16:])
+	aligned := func(v uint64) bool { return v != 0 && v%PageSize == 0 }
+	switch {
+	case aligned(y) && !aligned(x):
+		return Layout64
+	case aligned(x) && !aligned(y):
+		return Layout32
+	case aligned(x) && aligned(y):
+		// A pid that is a multiple of 4096 and a count that is too.
+		if x <= MaxPagesPerRequest && y >= 1<<22 {
+			return Layout64
+		}
 	}
 	return Layout32
 }
