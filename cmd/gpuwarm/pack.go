@@ -26,6 +26,8 @@ type packOptions struct {
 	chunkSize   int64
 	annotations multiFlag
 	json, quiet bool
+	rehash      bool
+	stampDir    string
 }
 
 func (o *packOptions) flags(fs *flagSet) {
@@ -36,6 +38,8 @@ func (o *packOptions) flags(fs *flagSet) {
 	fs.Var(&o.annotations, "annotation", "`KEY=VALUE` recorded in the image (repeatable)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
+	fs.BoolVar(&o.rehash, "rehash", false, "read and hash every file, even those unchanged since the tag's last pack")
+	fs.StringVar(&o.stampDir, "stamps", pack.DefaultStampDir, "`DIR` where pack remembers the files it packed (to skip unchanged ones)")
 }
 
 // packResult is what pack --json prints.
@@ -56,6 +60,10 @@ type packResult struct {
 	DedupRatio *float64 `json:"dedup_ratio"`
 	Seconds    float64  `json:"seconds"`
 	MBPerS     float64  `json:"mb_per_s"`
+	// Reused counts files unchanged since the tag's last pack, whose
+	// chunks were kept without reading them.
+	Reused      int   `json:"reused_files"`
+	ReusedBytes int64 `json:"reused_bytes"`
 }
 
 func (o *packOptions) run(ctx context.Context, args []string) error {
@@ -112,9 +120,23 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 		if !o.quiet && !o.json && isTerminal(os.Stderr) {
 			opt.Progress = os.Stderr
 		}
+		stamps := pack.StampPath(o.stampDir, st, dir, o.tag)
+		if !o.rehash {
+			prev, err := pack.LoadPrevious(ctx, st, stamps, o.tag, int(o.chunkSize))
+			if err != nil {
+				o.log.Warn("packing every file: cannot use the tag's last pack", "err", err)
+			}
+			opt.Previous = prev
+		}
 		if res, err = pack.Dir(ctx, st, dir, opt); err != nil {
 			return err
 		}
+		defer func() {
+			// After the tag moved: the record names the image it describes.
+			if err := pack.SaveStamps(stamps, res.ID, int(o.chunkSize), res.Stamps); err != nil {
+				o.log.Warn("cannot remember the packed files; the next pack reads them all", "err", err)
+			}
+		}()
 	}
 	if err := store.SetTag(ctx, st, o.tag, res.ID); err != nil {
 		return fmt.Errorf("tag %q: %w", o.tag, err)
@@ -122,7 +144,7 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 	r := packResult{Tag: o.tag, Image: res.ID.String(), Files: res.Stats.Files, Dirs: res.Stats.Dirs,
 		Symlinks: res.Stats.Symlinks, Hardlinks: res.Stats.Hardlinks, Bytes: res.Stats.Bytes,
 		Chunks: res.Stats.Chunks, UniqueChunks: res.Stats.UniqueChunks, NewChunks: res.NewChunks,
-		NewBytes: res.NewBytes, Seconds: res.Duration.Seconds(), MBPerS: res.MBps()}
+		NewBytes: res.NewBytes, Seconds: res.Duration.Seconds(), MBPerS: res.MBps(), Reused: res.Reused, ReusedBytes: res.ReusedBytes}
 	if res.NewBytes > 0 {
 		d := res.DedupRatio()
 		r.DedupRatio = &d
@@ -139,6 +161,9 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 	fmt.Fprintf(w, "  files %d, dirs %d, symlinks %d, hard links %d\n", r.Files, r.Dirs, r.Symlinks, r.Hardlinks)
 	fmt.Fprintf(w, "  bytes %s in %d chunks (%d distinct)\n", pack.HumanBytes(r.Bytes), r.Chunks, r.UniqueChunks)
 	fmt.Fprintf(w, "  new   %s in %d chunks uploaded; logical/uploaded %s\n", pack.HumanBytes(r.NewBytes), r.NewChunks, ratio)
+	if r.Reused > 0 {
+		fmt.Fprintf(w, "  kept  %d files (%s) unchanged since the last pack, not read\n", r.Reused, pack.HumanBytes(r.ReusedBytes))
+	}
 	fmt.Fprintf(w, "  time  %.2fs, %.0f MB/s\n", r.Seconds, r.MBPerS)
 	return nil
 }

@@ -47,6 +47,9 @@ type Options struct {
 	Extra []manifest.Entry
 	// Progress receives a one-line progress display; nil for none.
 	Progress io.Writer
+	// Previous, if set (LoadPrevious), lets files unchanged since the
+	// tag's last image keep their chunks without being read.
+	Previous *Previous
 	Logger   *slog.Logger
 }
 
@@ -69,8 +72,13 @@ func (opt *Options) defaults() error {
 
 // Result summarizes a pack.
 type Result struct {
-	ID          digest.ID
-	Stats       manifest.Stats
+	ID    digest.ID
+	Stats manifest.Stats
+	// Stamps are the packed regular files' stamps (for SaveStamps);
+	// Reused counts the files whose chunks came from Options.Previous.
+	Stamps      map[string]Stamp
+	Reused      int
+	ReusedBytes int64
 	NewChunks   int
 	NewBytes    int64 // stored (possibly compressed) bytes uploaded
 	ReadBytes   int64
@@ -108,6 +116,10 @@ type packer struct {
 	opt  Options
 	log  *slog.Logger
 	seen sync.Map // digest.ID -> struct{}: known present or uploaded in this run
+
+	stamps      map[string]Stamp
+	reused      int
+	reusedBytes int64
 
 	newChunks, newBytes, readBytes atomic.Int64
 
@@ -158,7 +170,11 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 		return nil, fmt.Errorf("pack: %w", err)
 	}
 	defer unix.Close(rootFd)
-	p := &packer{root: rootFd, st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st)}
+	p := &packer{root: rootFd, st: st, opt: opt, log: opt.Logger, batch: store.NewBatch(st), stamps: map[string]Stamp{}}
+	if opt.Previous != nil && opt.Previous.chunkSize != opt.ChunkSize {
+		opt.Previous = nil
+		p.opt.Previous = nil
+	}
 	m := &manifest.Manifest{Annotations: opt.Annotations}
 	var jobs []job
 	var total int64
@@ -207,6 +223,7 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	return &Result{
 		ID: id, Stats: m.Stats(), NewChunks: int(p.newChunks.Load()), NewBytes: p.newBytes.Load(),
 		ReadBytes: p.readBytes.Load(), Duration: time.Since(start), ManifestLen: len(enc),
+		Stamps: p.stamps, Reused: p.reused, ReusedBytes: p.reusedBytes,
 	}, nil
 }
 
@@ -252,6 +269,14 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 				links[key] = rel
 			}
 			e.Type, e.Size = manifest.Regular, sys.Size
+			stamp := stampOf(&sys)
+			p.stamps[rel] = stamp
+			if chunks, ok := p.opt.Previous.reuse(rel, stamp); ok {
+				e.Chunks = chunks
+				p.reused++
+				p.reusedBytes += sys.Size
+				break
+			}
 			idx := len(m.Entries)
 			n := int((sys.Size + int64(p.opt.ChunkSize) - 1) / int64(p.opt.ChunkSize))
 			if n > 0 {
