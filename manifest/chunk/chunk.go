@@ -3,8 +3,12 @@
 //
 // A stored chunk ("blob") is one codec byte followed by the payload:
 //
-//	0x00 raw   payload is the chunk itself
-//	0x01 zstd  payload is a zstd frame of the chunk
+//	0x00 raw     payload is the chunk itself
+//	0x01 zstd    payload is a zstd frame of the chunk
+//	0x02 planes2 a chunk of 16-bit values (bf16, fp16 weights) split into
+//	             byte planes: u32 length L, a zstd frame (L bytes) of the
+//	             odd bytes (sign and exponent, which take few values), then
+//	             the even bytes raw (mantissas, incompressible)
 //
 // Chunks are compressed only when that saves at least 1/16 of their size, so
 // incompressible data (weights, already-compressed files) costs nothing to
@@ -14,6 +18,7 @@
 package chunk
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -31,8 +36,9 @@ type Ref struct {
 
 // Codec bytes.
 const (
-	CodecRaw  byte = 0
-	CodecZstd byte = 1
+	CodecRaw     byte = 0
+	CodecZstd    byte = 1
+	CodecPlanes2 byte = 2
 )
 
 // MaxSize bounds the size of one decoded chunk, so a hostile blob cannot make
@@ -90,12 +96,101 @@ func EncodeTo(dst, data []byte) []byte {
 			return out
 		}
 	}
+	if len(data) >= 512 && len(data)%2 == 0 && planesPay(data) {
+		h := len(data) / 2
+		pb := getPlanes(len(data))
+		split2(*pb, data)
+		lo, hi := (*pb)[:h], (*pb)[h:]
+		out := dst[:0]
+		if cap(out) < len(data)+16 {
+			out = make([]byte, 0, len(data)+16)
+		}
+		out = append(out, CodecPlanes2, 0, 0, 0, 0)
+		out = e.EncodeAll(hi, out)
+		binary.LittleEndian.PutUint32(out[1:], uint32(len(out)-5))
+		out = append(out, lo...)
+		planePool.Put(pb)
+		if len(out)-1 <= len(data)-len(data)/16 {
+			return out
+		}
+	}
 	out := dst[:0]
 	if cap(out) < 1+len(data) {
 		out = make([]byte, 0, 1+len(data))
 	}
 	out = append(out, CodecRaw)
 	return append(out, data...)
+}
+
+// planePool holds the byte planes' scratch buffers (a chunk's size each).
+var planePool sync.Pool
+
+func getPlanes(n int) *[]byte {
+	pb, _ := planePool.Get().(*[]byte)
+	if pb == nil {
+		b := make([]byte, 0, max(n, 1<<20))
+		pb = &b
+	}
+	if cap(*pb) < n {
+		*pb = make([]byte, n)
+	}
+	*pb = (*pb)[:n]
+	return pb
+}
+
+// split2 writes src's even bytes, then its odd bytes, to dst.
+func split2(dst, src []byte) {
+	h := len(src) / 2
+	lo, hi := dst[:h], dst[h:2*h]
+	for i := 0; i < h; i++ {
+		lo[i], hi[i] = src[2*i], src[2*i+1]
+	}
+}
+
+// interleave writes lo[i], hi[i] pairs to out (len 2*len(lo)), eight
+// pairs at a time.
+func interleave(out, lo, hi []byte) {
+	h := len(lo)
+	hi = hi[:h]
+	out = out[:2*h]
+	i := 0
+	for ; i+8 <= h; i += 8 {
+		l := binary.LittleEndian.Uint64(lo[i:])
+		g := binary.LittleEndian.Uint64(hi[i:])
+		binary.LittleEndian.PutUint64(out[2*i:], spread(l)|spread(g)<<8)
+		binary.LittleEndian.PutUint64(out[2*i+8:], spread(l>>32)|spread(g>>32)<<8)
+	}
+	for ; i < h; i++ {
+		out[2*i], out[2*i+1] = lo[i], hi[i]
+	}
+}
+
+// spread moves the low four bytes of x to the even bytes of the result.
+func spread(x uint64) uint64 {
+	x &= 0xffffffff
+	x = (x | x<<16) & 0x0000ffff0000ffff
+	return (x | x<<8) & 0x00ff00ff00ff00ff
+}
+
+// planesPay guesses from three samples whether the sign-and-exponent
+// plane of 16-bit values compresses where the bytes as they are did not:
+// bf16 and fp16 weights, whose exponents take few values.
+func planesPay(data []byte) bool {
+	const sample = 16 << 10
+	if len(data) <= 4*sample {
+		return false
+	}
+	e, _ := codecs()
+	buf := make([]byte, 0, 3*sample/2)
+	planes := make([]byte, sample)
+	n := 0
+	for _, off := range []int{0, (len(data)/2 - sample/2) &^ 1, len(data) - sample} {
+		split2(planes, data[off:off+sample])
+		buf = e.EncodeAll(planes[sample/2:], buf)
+		n += sample / 2
+	}
+	// The plane must shrink by a third for the chunk to shrink by a sixth.
+	return len(buf) < n-n/3
 }
 
 // compressible guesses from a sample whether zstd will pay, so that large
@@ -183,6 +278,37 @@ func decodePayload(dst []byte, codec byte, payload []byte) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}
+		return out, nil
+	case CodecPlanes2:
+		if len(payload) < 4 {
+			return nil, fmt.Errorf("%w: byte planes: short payload", ErrCorrupt)
+		}
+		l := binary.LittleEndian.Uint32(payload)
+		if uint64(l) > uint64(len(payload)-4) {
+			return nil, fmt.Errorf("%w: byte planes: frame of %d bytes in a %d byte payload", ErrCorrupt, l, len(payload))
+		}
+		frame, lo := payload[4:4+l], payload[4+l:]
+		if len(lo) > MaxSize/2 {
+			return nil, fmt.Errorf("%w: byte planes: %d bytes exceeds the %d byte limit", ErrCorrupt, 2*len(lo), MaxSize)
+		}
+		_, d := codecs()
+		pb := getPlanes(0)
+		defer planePool.Put(pb)
+		hi, err := d.DecodeAll(frame, (*pb)[:0])
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+		}
+		*pb = hi[:0]
+		if len(hi) != len(lo) {
+			return nil, fmt.Errorf("%w: byte planes of %d and %d bytes", ErrCorrupt, len(lo), len(hi))
+		}
+		n := 2 * len(lo)
+		out := dst
+		if out == nil || cap(out) < n {
+			out = make([]byte, n)
+		}
+		out = out[:n]
+		interleave(out, lo, hi)
 		return out, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown codec byte 0x%02x", ErrCorrupt, codec)

@@ -3,7 +3,9 @@ package chunk
 import (
 	"bytes"
 	"errors"
+	"math"
 	"math/rand"
+	randv2 "math/rand/v2"
 	"testing"
 
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
@@ -83,6 +85,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Encode([]byte("hello world hello world hello world")))
 	f.Add(Encode(make([]byte, 4096)))
 	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd})
+	f.Add(Encode(bf16Bytes(80<<10, 3)))
+	f.Add([]byte{CodecPlanes2, 4, 0, 0, 0, 0x28, 0xb5, 0x2f, 0xfd, 1, 2})
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		data, err := decode(nil, blob)
 		if err != nil {
@@ -126,5 +130,80 @@ func TestEncodeTo(t *testing.T) {
 	}
 	if blob := EncodeTo(make([]byte, 0, 10), randomBytes(4096)); len(blob) != 4097 {
 		t.Fatalf("a buffer too small: %d-byte blob", len(blob))
+	}
+}
+
+// bf16Bytes imitates bf16 weights: N(0, 0.02) samples (Box-Muller)
+// rounded to bfloat16, little-endian.
+func bf16Bytes(n int, seed uint64) []byte {
+	b := make([]byte, n)
+	r := randv2.New(randv2.NewPCG(seed, 1))
+	for i := 0; i+1 < n; i += 2 {
+		v := float32(r.NormFloat64() * 0.02)
+		u := math.Float32bits(v) >> 16
+		b[i], b[i+1] = byte(u), byte(u>>8)
+	}
+	return b
+}
+
+// bf16 weights are stored as byte planes, at most 0.8 of their size, and
+// read back exactly.
+func TestPlanes2(t *testing.T) {
+	data := bf16Bytes(1<<20, 7)
+	blob := Encode(data)
+	if blob[0] != CodecPlanes2 {
+		t.Fatalf("bf16 chunk stored with codec %d", blob[0])
+	}
+	if ratio := float64(len(blob)) / float64(len(data)); ratio > 0.8 {
+		t.Fatalf("bf16 chunk stored at %.2f of its size", ratio)
+	}
+	got, err := Decode(blob, digest.Of(data))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("round trip: %v", err)
+	}
+	dst := make([]byte, 0, len(data))
+	got, err = DecodeTo(dst, blob, digest.Of(data))
+	if err != nil || &got[0] != &dst[:1][0] {
+		t.Fatalf("DecodeTo did not decode into dst: %v", err)
+	}
+	// Random bytes stay raw; an odd-length plane payload is corrupt.
+	if b := Encode(randomBytes(1 << 20)); b[0] != CodecRaw {
+		t.Fatalf("random bytes stored with codec %d", b[0])
+	}
+	e, _ := codecs()
+	frame := e.EncodeAll([]byte{1, 2, 3}, nil)
+	uneven := append([]byte{CodecPlanes2, byte(len(frame)), 0, 0, 0}, append(frame, 9, 9)...)
+	if _, err := Decode(uneven, digest.Of([]byte{1, 3, 2})); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("planes of unequal lengths: %v", err)
+	}
+	long := []byte{CodecPlanes2, 0xff, 0xff, 0, 0, 1}
+	if _, err := Decode(long, digest.Of(nil)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("frame longer than the payload: %v", err)
+	}
+}
+
+func BenchmarkDecodePlanes2(b *testing.B) {
+	data := bf16Bytes(1<<20, 7)
+	blob := Encode(data)
+	id := digest.Of(data)
+	dst := make([]byte, 0, len(data))
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := DecodeParts(dst, blob[0], blob[1:], id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The decode alone, without the SHA-256 every read also pays.
+func BenchmarkDecodePlanes2NoHash(b *testing.B) {
+	data := bf16Bytes(1<<20, 7)
+	blob := Encode(data)
+	dst := make([]byte, 0, len(data))
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := decodePayload(dst, blob[0], blob[1:]); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
