@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 	dto "github.com/prometheus/client_model/go"
@@ -111,8 +112,8 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 		t.Fatalf("/healthz: %d %q", resp.StatusCode, body)
 	}
 	// Read every file: fetches, FUSE requests, cache entries.
-	readAll := func() (total int64, files int) {
-		filepath.Walk(filepath.Join(mnt, "tree"), func(p string, fi os.FileInfo, err error) error {
+	readAll := func(root string) (total int64, files int) {
+		filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
 			if err == nil && fi.Mode().IsRegular() {
 				b, err := os.ReadFile(p)
 				if err != nil {
@@ -125,13 +126,14 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 		})
 		return total, files
 	}
-	total, files := readAll()
+	total, files := readAll(filepath.Join(mnt, "tree"))
 	m1, _ := scrape(t, addr)
 	st := fmt.Sprintf(`store="file://%s"`, storeDir)
 	fetchKey := `gpuwarm_store_fetch_bytes_total{` + st + `}`
 	// The known reads moved the counters by what they read: every chunk
 	// of the image fetched once (a cold cache), every file opened and read.
 	type stat struct {
+		Image        string
 		Chunks       int
 		MemBytes     int64 `json:"memory_bytes"`
 		Disk         int64 `json:"disk_bytes"`
@@ -267,7 +269,7 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 	// After an evict, a read fetches again (once the kernel's page cache
 	// of the files, which would answer without asking, is dropped).
 	bu.DropCaches()
-	readAll()
+	readAll(filepath.Join(mnt, "tree"))
 	again, _ := scrape(t, addr)
 	if got := again[fetchesKey] - before[fetchesKey]; got != float64(img.Chunks) {
 		t.Fatalf("after evict, reading the image's %d chunks fetched %v", img.Chunks, got)
@@ -285,12 +287,14 @@ func TestMetricsCacheControlAndDashboard(t *testing.T) {
 	if got := after[fetchesKey] - before[fetchesKey]; got != float64(img.Chunks) {
 		t.Fatalf("warm fetched %v chunks from the store, the image has %d", got, img.Chunks)
 	}
-	// Warmed: every file reads with the store gone.
+	// Warmed: every file reads with the store gone. (Through the image's
+	// ID: a tag is looked up in the store again once its TTL is over.)
 	bu.DropCaches()
 	if err := os.Rename(storeDir, storeDir+".away"); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := readAll(); got != total {
+	time.Sleep(2500 * time.Millisecond) // past the mount's tag TTL
+	if got, _ := readAll(filepath.Join(mnt, "by-id", img.Image)); got != total {
 		t.Fatalf("with the store gone, read %d of %d bytes", got, total)
 	}
 	os.Rename(storeDir+".away", storeDir)
