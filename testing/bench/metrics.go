@@ -15,7 +15,7 @@ import (
 func init() { sections = append(sections, section{"metrics", benchMetrics}) }
 
 // benchMetrics: what metrics cost the mount. Two daemons over one store,
-// one with --metrics-addr and a scraper asking every 100 ms (Prometheus
+// one with --metrics-addr and a scraper asking every second (Prometheus
 // asks every 15-60 s), one without; hot (page cache) and warm (the disk
 // tier, page cache dropped) sequential and random reads of the mount
 // section's files, alternating between the two, best of 5 each.
@@ -49,7 +49,7 @@ func benchMetrics(dir string) error {
 	defer close(stop)
 	scrapes := 0
 	go func() {
-		t := time.NewTicker(100 * time.Millisecond)
+		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
 			select {
@@ -102,7 +102,7 @@ func benchMetrics(dir string) error {
 		{"warm sequential (disk tier)", dropped(seq(off)), dropped(seq(on)), false},
 		{"warm random 4 KiB (disk tier)", dropped(rnd(off)), dropped(rnd(on)), true},
 	} {
-		a, b, err := alternate(5, c.a, c.b)
+		a, b, err := alternate(7, c.a, c.b)
 		if err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
@@ -117,6 +117,6 @@ func benchMetrics(dir string) error {
 		rows = append(rows, bu.Row{Name: c.name + ", metrics off", Value: va, Unit: unit},
 			bu.Row{Name: c.name + ", metrics on, scraped", Value: vb, Unit: unit, Baseline: c.name + ", metrics off", Goal: ">= 0.98x"})
 	}
-	bu.Table(os.Stdout, fmt.Sprintf("mount with and without metrics (%.0f MB in %d files; %d scrapes), best of 5 alternating", mb, len(files), scrapes), rows)
+	bu.Table(os.Stdout, fmt.Sprintf("mount with and without metrics (%.0f MB in %d files; %d scrapes), best of 7 alternating", mb, len(files), scrapes), rows)
 	return nil
 }
