@@ -6,9 +6,11 @@
 //	0x00 raw     payload is the chunk itself
 //	0x01 zstd    payload is a zstd frame of the chunk
 //	0x02 planes2 a chunk of 16-bit values (bf16, fp16 weights) split into
-//	             byte planes: u32 length L, a zstd frame (L bytes) of the
-//	             odd bytes (sign and exponent, which take few values), then
-//	             the even bytes raw (mantissas, incompressible)
+//	             byte planes: the odd bytes (sign and exponent, which take
+//	             few values) entropy-coded in blocks of 128 KiB, each a kind
+//	             byte (0 huff0 4X stream with its table, 1 raw, 2 one
+//	             repeated byte), a u32 length and its bytes; then the even
+//	             bytes raw (mantissas, incompressible)
 //
 // Chunks are compressed only when that saves at least 1/16 of their size, so
 // incompressible data (weights, already-compressed files) costs nothing to
@@ -23,6 +25,8 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+
+	"github.com/klauspost/compress/huff0"
 
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/klauspost/compress/zstd"
@@ -105,9 +109,8 @@ func EncodeTo(dst, data []byte) []byte {
 		if cap(out) < len(data)+16 {
 			out = make([]byte, 0, len(data)+16)
 		}
-		out = append(out, CodecPlanes2, 0, 0, 0, 0)
-		out = e.EncodeAll(hi, out)
-		binary.LittleEndian.PutUint32(out[1:], uint32(len(out)-5))
+		out = append(out, CodecPlanes2)
+		out = appendPlane(out, hi)
 		out = append(out, lo...)
 		planePool.Put(pb)
 		if len(out)-1 <= len(data)-len(data)/16 {
@@ -147,6 +150,32 @@ func split2(dst, src []byte) {
 	}
 }
 
+// planeLen finds the length h of the planes of a planes2 payload: the
+// coded plane's blocks (all of planeBlock bytes but the last) followed by
+// h raw bytes.
+func planeLen(payload []byte) (int, error) {
+	rest := payload
+	for blocks := 1; ; blocks++ {
+		if len(rest) < 5 {
+			return 0, fmt.Errorf("%w: byte planes: short block header", ErrCorrupt)
+		}
+		l := binary.LittleEndian.Uint32(rest[1:])
+		if uint64(l) > uint64(len(rest)-5) {
+			return 0, fmt.Errorf("%w: byte planes: block of %d bytes in %d", ErrCorrupt, l, len(rest)-5)
+		}
+		rest = rest[5+l:]
+		// What is left is the mantissa plane once it is no longer than
+		// the blocks so far can hold and more than the blocks before.
+		h := len(rest)
+		if h > (blocks-1)*planeBlock && h <= blocks*planeBlock {
+			return h, nil
+		}
+		if h <= (blocks-1)*planeBlock || blocks > MaxSize/2/planeBlock {
+			return 0, fmt.Errorf("%w: byte planes: blocks and mantissas do not match", ErrCorrupt)
+		}
+	}
+}
+
 // interleave writes lo[i], hi[i] pairs to out (len 2*len(lo)), eight
 // pairs at a time.
 func interleave(out, lo, hi []byte) {
@@ -180,17 +209,117 @@ func planesPay(data []byte) bool {
 	if len(data) <= 4*sample {
 		return false
 	}
-	e, _ := codecs()
-	buf := make([]byte, 0, 3*sample/2)
 	planes := make([]byte, sample)
-	n := 0
+	var s huff0.Scratch
+	s.Reuse = huff0.ReusePolicyNone
+	in, n := 0, 0
 	for _, off := range []int{0, (len(data)/2 - sample/2) &^ 1, len(data) - sample} {
 		split2(planes, data[off:off+sample])
-		buf = e.EncodeAll(planes[sample/2:], buf)
-		n += sample / 2
+		out, _, err := huff0.Compress4X(planes[sample/2:], &s)
+		switch {
+		case err == nil:
+			n += len(out)
+		case errors.Is(err, huff0.ErrUseRLE):
+			n++
+		default:
+			n += sample / 2
+		}
+		in += sample / 2
 	}
 	// The plane must shrink by a third for the chunk to shrink by a sixth.
-	return len(buf) < n-n/3
+	return n < in-in/3
+}
+
+// scratchPool keeps huff0's decoding tables between chunks.
+var scratchPool sync.Pool
+
+// planeBlock is the size of the blocks a plane is entropy-coded in
+// (huff0's largest).
+const planeBlock = 128 << 10
+
+// Kinds of a plane's blocks.
+const (
+	blockHuff byte = 0
+	blockRaw  byte = 1
+	blockRLE  byte = 2
+)
+
+// appendPlane appends plane p, block by block, each coded on its own (a
+// table each: blocks decode independently).
+func appendPlane(out, p []byte) []byte {
+	s := &huff0.Scratch{Reuse: huff0.ReusePolicyNone}
+	for off := 0; off < len(p); off += planeBlock {
+		b := p[off:min(off+planeBlock, len(p))]
+		comp, _, err := huff0.Compress4X(b, s)
+		switch {
+		case err == nil:
+			out = append(out, blockHuff)
+			out = binary.LittleEndian.AppendUint32(out, uint32(len(comp)))
+			out = append(out, comp...)
+		case errors.Is(err, huff0.ErrUseRLE):
+			out = append(out, blockRLE)
+			out = binary.LittleEndian.AppendUint32(out, 1)
+			out = append(out, b[0])
+		default: // incompressible, or too small
+			out = append(out, blockRaw)
+			out = binary.LittleEndian.AppendUint32(out, uint32(len(b)))
+			out = append(out, b...)
+		}
+	}
+	return out
+}
+
+// readPlane decodes a plane of n bytes from payload's start into dst (of
+// length n) and returns the rest of the payload.
+func readPlane(dst []byte, payload []byte) ([]byte, error) {
+	n := len(dst)
+	s, _ := scratchPool.Get().(*huff0.Scratch)
+	defer func() {
+		if s != nil {
+			scratchPool.Put(s)
+		}
+	}()
+	for off := 0; off < n; off += planeBlock {
+		want := min(planeBlock, n-off)
+		if len(payload) < 5 {
+			return nil, fmt.Errorf("%w: byte planes: short block header", ErrCorrupt)
+		}
+		kind, l := payload[0], binary.LittleEndian.Uint32(payload[1:])
+		payload = payload[5:]
+		if uint64(l) > uint64(len(payload)) {
+			return nil, fmt.Errorf("%w: byte planes: block of %d bytes in %d", ErrCorrupt, l, len(payload))
+		}
+		b := payload[:l]
+		payload = payload[l:]
+		out := dst[off : off+want]
+		switch kind {
+		case blockRaw:
+			if len(b) != want {
+				return nil, fmt.Errorf("%w: byte planes: raw block of %d bytes, want %d", ErrCorrupt, len(b), want)
+			}
+			copy(out, b)
+		case blockRLE:
+			if len(b) != 1 {
+				return nil, fmt.Errorf("%w: byte planes: repeated-byte block of %d bytes", ErrCorrupt, len(b))
+			}
+			for i := range out {
+				out[i] = b[0]
+			}
+		case blockHuff:
+			var err error
+			var rest []byte
+			if s, rest, err = huff0.ReadTable(b, s); err != nil {
+				return nil, fmt.Errorf("%w: byte planes: %v", ErrCorrupt, err)
+			}
+			got, err := s.Decoder().Decompress4X(out[:0:want], rest)
+			if err != nil || len(got) != want {
+				return nil, fmt.Errorf("%w: byte planes: block decodes to %d bytes, want %d (%v)", ErrCorrupt, len(got), want, err)
+			}
+		default:
+			return nil, fmt.Errorf("%w: byte planes: block kind %d", ErrCorrupt, kind)
+		}
+	}
+	return payload, nil
 }
 
 // compressible guesses from a sample whether zstd will pay, so that large
@@ -280,35 +409,32 @@ func decodePayload(dst []byte, codec byte, payload []byte) ([]byte, error) {
 		}
 		return out, nil
 	case CodecPlanes2:
-		if len(payload) < 4 {
-			return nil, fmt.Errorf("%w: byte planes: short payload", ErrCorrupt)
-		}
-		l := binary.LittleEndian.Uint32(payload)
-		if uint64(l) > uint64(len(payload)-4) {
-			return nil, fmt.Errorf("%w: byte planes: frame of %d bytes in a %d byte payload", ErrCorrupt, l, len(payload))
-		}
-		frame, lo := payload[4:4+l], payload[4+l:]
-		if len(lo) > MaxSize/2 {
-			return nil, fmt.Errorf("%w: byte planes: %d bytes exceeds the %d byte limit", ErrCorrupt, 2*len(lo), MaxSize)
-		}
-		_, d := codecs()
-		pb := getPlanes(0)
-		defer planePool.Put(pb)
-		hi, err := d.DecodeAll(frame, (*pb)[:0])
+		// The mantissa plane is what follows the coded plane, and both
+		// are half the chunk: its length is found from the blocks' headers
+		// (each names its length; the number of blocks follows from it).
+		h, err := planeLen(payload)
 		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+			return nil, err
 		}
-		*pb = hi[:0]
-		if len(hi) != len(lo) {
-			return nil, fmt.Errorf("%w: byte planes of %d and %d bytes", ErrCorrupt, len(lo), len(hi))
+		n := 2 * h
+		if n > MaxSize {
+			return nil, fmt.Errorf("%w: byte planes: %d bytes exceeds the %d byte limit", ErrCorrupt, n, MaxSize)
 		}
-		n := 2 * len(lo)
+		pb := getPlanes(h)
+		defer planePool.Put(pb)
+		lo, err := readPlane((*pb)[:h], payload)
+		if err != nil {
+			return nil, err
+		}
+		if len(lo) != h {
+			return nil, fmt.Errorf("%w: byte planes of %d and %d bytes", ErrCorrupt, len(lo), h)
+		}
 		out := dst
 		if out == nil || cap(out) < n {
 			out = make([]byte, n)
 		}
 		out = out[:n]
-		interleave(out, lo, hi)
+		interleave(out, lo, (*pb)[:h])
 		return out, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown codec byte 0x%02x", ErrCorrupt, codec)

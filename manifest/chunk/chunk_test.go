@@ -86,7 +86,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(Encode(make([]byte, 4096)))
 	f.Add([]byte{1, 0x28, 0xb5, 0x2f, 0xfd})
 	f.Add(Encode(bf16Bytes(80<<10, 3)))
-	f.Add([]byte{CodecPlanes2, 4, 0, 0, 0, 0x28, 0xb5, 0x2f, 0xfd, 1, 2})
+	f.Add([]byte{CodecPlanes2, blockRaw, 2, 0, 0, 0, 1, 2, 3, 4})
 	f.Fuzz(func(t *testing.T, blob []byte) {
 		data, err := decode(nil, blob)
 		if err != nil {
@@ -170,15 +170,26 @@ func TestPlanes2(t *testing.T) {
 	if b := Encode(randomBytes(1 << 20)); b[0] != CodecRaw {
 		t.Fatalf("random bytes stored with codec %d", b[0])
 	}
-	e, _ := codecs()
-	frame := e.EncodeAll([]byte{1, 2, 3}, nil)
-	uneven := append([]byte{CodecPlanes2, byte(len(frame)), 0, 0, 0}, append(frame, 9, 9)...)
-	if _, err := Decode(uneven, digest.Of([]byte{1, 3, 2})); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("planes of unequal lengths: %v", err)
+	// Hostile payloads: blocks and mantissas that do not match, a block
+	// longer than the payload, an unknown block kind.
+	for name, blob := range map[string][]byte{
+		"unequal":      append([]byte{CodecPlanes2, blockRaw, 3, 0, 0, 0, 1, 2, 3}, 9, 9),
+		"long block":   {CodecPlanes2, blockHuff, 0xff, 0xff, 0, 0, 1},
+		"unknown kind": {CodecPlanes2, 9, 1, 0, 0, 0, 7, 8},
+		"empty":        {CodecPlanes2},
+	} {
+		if _, err := Decode(blob, digest.Of(nil)); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
-	long := []byte{CodecPlanes2, 0xff, 0xff, 0, 0, 1}
-	if _, err := Decode(long, digest.Of(nil)); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("frame longer than the payload: %v", err)
+	// A raw block and a repeated-byte block decode too.
+	raw := append([]byte{CodecPlanes2, blockRaw, 2, 0, 0, 0, 'b', 'd'}, 'a', 'c')
+	if got, err := Decode(raw, digest.Of([]byte("abcd"))); err != nil || string(got) != "abcd" {
+		t.Errorf("raw block: %q %v", got, err)
+	}
+	rle := append([]byte{CodecPlanes2, blockRLE, 1, 0, 0, 0, 'z'}, 'a', 'b')
+	if got, err := Decode(rle, digest.Of([]byte("azbz"))); err != nil || string(got) != "azbz" {
+		t.Errorf("repeated-byte block: %q %v", got, err)
 	}
 }
 
