@@ -99,7 +99,10 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+	// A stat of a mount point where a stopped daemon's mount still is never
+	// returns (the kernel asks that daemon): look with a bound, and leave
+	// such a mount point to the mount, which says what it found there.
+	if missing, known := mountPointMissing(dir, 5*time.Second); known && missing {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("cannot create the mount point: %w", err)
 		}
@@ -293,4 +296,20 @@ func lookupGroup(g string) (int, error) {
 		return 0, usagef("--group %q: name a group other than root's", g)
 	}
 	return n, nil
+}
+
+// mountPointMissing reports whether dir does not exist; known is false
+// when the stat did not answer within limit (a hung mount is there).
+func mountPointMissing(dir string, limit time.Duration) (missing, known bool) {
+	done := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(dir)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return errors.Is(err, fs.ErrNotExist), true
+	case <-time.After(limit):
+		return false, false
+	}
 }
