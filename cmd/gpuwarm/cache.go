@@ -129,44 +129,45 @@ func (o *cacheOptions) print(raw json.RawMessage) error {
 	return err
 }
 
-func (o *cacheOptions) call(ctx context.Context, hc *http.Client, method, u string, into any) error {
+// send makes one request of the daemon and returns its answer's body
+// (the caller closes it); a refusal becomes the daemon's error message.
+func send(ctx context.Context, hc *http.Client, method, u string) (io.ReadCloser, error) {
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("the mount daemon's control socket: %w", err)
+		return nil, fmt.Errorf("the mount daemon's control socket: %w", err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
 		var e struct{ Error string }
-		json.Unmarshal(b, &e)
-		return fmt.Errorf("mount daemon: %s", e.Error)
+		json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		return nil, fmt.Errorf("mount daemon: %s", e.Error)
 	}
-	return json.Unmarshal(b, into)
+	return resp.Body, nil
+}
+
+func (o *cacheOptions) call(ctx context.Context, hc *http.Client, method, u string, into any) error {
+	body, err := send(ctx, hc, method, u)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	return json.NewDecoder(io.LimitReader(body, 16<<20)).Decode(into)
 }
 
 // warm asks the daemon to fill its disk tier with an image and shows the
 // progress it streams (a line rewritten in place on a terminal).
 func (o *cacheOptions) warm(ctx context.Context, hc *http.Client, name string, v url.Values) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, controlURL("/v1/warm", v), nil)
+	body, err := send(ctx, hc, http.MethodPost, controlURL("/v1/warm", v))
 	if err != nil {
 		return err
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("the mount daemon's control socket: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		json.NewDecoder(resp.Body).Decode(&e)
-		return fmt.Errorf("mount daemon: %s", e.Error)
-	}
+	defer body.Close()
 	bar := newProgress(o.out, o.quiet || o.json, "warm "+name)
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(body)
 	var last warmProgress
 	for sc.Scan() {
 		if json.Unmarshal(sc.Bytes(), &last) != nil {

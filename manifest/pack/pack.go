@@ -19,8 +19,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	ixattrs "github.com/gpuwarm/gpuwarm/internal/xattrs"
 
 	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/manifest"
@@ -457,40 +458,13 @@ func (p *packer) progress(total int64, start time.Time) func() {
 }
 
 func xattrs(path string) ([]manifest.Xattr, error) {
-	size, err := unix.Llistxattr(path, nil)
-	if err != nil {
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
-		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
+	m, err := ixattrs.List(path)
+	if err != nil || len(m) == 0 {
+		return nil, err
 	}
-	if size == 0 {
-		return nil, nil
-	}
-	buf := make([]byte, size)
-	size, err = unix.Llistxattr(path, buf)
-	if err != nil {
-		return nil, &os.PathError{Op: "listxattr", Path: path, Err: err}
-	}
-	var out []manifest.Xattr
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		if name == "" {
-			continue
-		}
-		vsize, err := unix.Lgetxattr(path, name, nil)
-		if err != nil {
-			if errors.Is(err, syscall.ENODATA) {
-				continue
-			}
-			return nil, &os.PathError{Op: "getxattr " + name, Path: path, Err: err}
-		}
-		val := make([]byte, vsize)
-		if vsize > 0 {
-			if vsize, err = unix.Lgetxattr(path, name, val); err != nil {
-				return nil, &os.PathError{Op: "getxattr " + name, Path: path, Err: err}
-			}
-		}
-		out = append(out, manifest.Xattr{Name: name, Value: val[:vsize]})
+	out := make([]manifest.Xattr, 0, len(m))
+	for name, val := range m {
+		out = append(out, manifest.Xattr{Name: name, Value: val})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil

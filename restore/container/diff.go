@@ -2,7 +2,6 @@ package container
 
 import (
 	"archive/tar"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/xattrs"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,7 +83,7 @@ func WriteDiff(upper string, w io.Writer) error {
 			return nil
 		}
 		opaque := false
-		xs, err := listXattrs(full)
+		xs, err := xattrs.List(full)
 		if err != nil {
 			return err
 		}
@@ -125,39 +126,6 @@ func WriteDiff(upper string, w io.Writer) error {
 		return fmt.Errorf("writable layer %s: %w", upper, err)
 	}
 	return tw.Close()
-}
-
-func listXattrs(p string) (map[string][]byte, error) {
-	size, err := unix.Llistxattr(p, nil)
-	if err != nil {
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
-		return nil, &os.PathError{Op: "listxattr", Path: p, Err: err}
-	}
-	if size == 0 {
-		return nil, nil
-	}
-	buf := make([]byte, size)
-	if size, err = unix.Llistxattr(p, buf); err != nil {
-		return nil, &os.PathError{Op: "listxattr", Path: p, Err: err}
-	}
-	out := map[string][]byte{}
-	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		if name == "" {
-			continue
-		}
-		n, err := unix.Lgetxattr(p, name, nil)
-		if err != nil {
-			continue
-		}
-		val := make([]byte, n)
-		if n, err = unix.Lgetxattr(p, name, val); err != nil {
-			continue
-		}
-		out[name] = val[:n]
-	}
-	return out, nil
 }
 
 // MaxDiffEntries bounds the entries of a writable layer ApplyDiff accepts.
