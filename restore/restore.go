@@ -40,8 +40,10 @@ type Options struct {
 	// local directory (with DirAnnotations as the snapshot's metadata).
 	Dir            string
 	DirAnnotations map[string]string
-	// Store holds the snapshot's manifest (for its annotations).
+	// Store holds the snapshot's manifest (for its annotations); Index,
+	// if the caller loaded it already, spares loading it again.
 	Store store.Store
+	Index *manifest.Index
 	// Lazy starts the process before its memory is loaded.
 	Lazy bool
 	// Prefill restores eagerly through gpuwarm's lazy-pages daemon: CRIU
@@ -158,8 +160,10 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if err != nil {
 			return nil, fmt.Errorf("restore: %s is not an image on the mount (gpuwarm ls lists tags): %w", dir, err)
 		}
-		if ix, err = manifest.Load(ctx, opt.Store, id); err != nil {
-			return nil, fmt.Errorf("restore: %w", err)
+		if ix = opt.Index; ix == nil || ix.ID != id {
+			if ix, err = manifest.Load(ctx, opt.Store, id); err != nil {
+				return nil, fmt.Errorf("restore: %w", err)
+			}
 		}
 		ann, imageName = ix.Annotations, id.String()
 	}

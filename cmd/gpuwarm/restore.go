@@ -107,6 +107,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	opt.Index = ix
 	var ctr *container.Container
 	if ix.Annotations[container.AnnImageID] != "" {
 		var rc *container.Runc

@@ -145,14 +145,7 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 		}
 		return nil
 	})
-	err = g.Wait()
-	if err == nil {
-		err = p.commit(ctx)
-	}
-	if err != nil {
-		p.batchMu.Lock()
-		p.batch.Abort()
-		p.batchMu.Unlock()
+	if err := p.finish(ctx, g.Wait()); err != nil {
 		return nil, err
 	}
 	if t.skipped > 0 {

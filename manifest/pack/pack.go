@@ -138,6 +138,20 @@ const (
 	commitObjects = 16384
 )
 
+// finish commits the chunks uploaded when the upload (err) went well, and
+// abandons the batch otherwise.
+func (p *packer) finish(ctx context.Context, err error) error {
+	if err == nil {
+		err = p.commit(ctx)
+	}
+	if err != nil {
+		p.batchMu.Lock()
+		p.batch.Abort()
+		p.batchMu.Unlock()
+	}
+	return err
+}
+
 // commit makes the chunks put so far durable and visible. Puts that race
 // with it go into the next batch.
 func (p *packer) commit(ctx context.Context) error {
@@ -189,13 +203,7 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 	stopProgress := p.progress(total, start)
 	err = p.upload(ctx, m, jobs)
 	stopProgress()
-	if err == nil {
-		err = p.commit(ctx)
-	}
-	if err != nil {
-		p.batchMu.Lock()
-		p.batch.Abort()
-		p.batchMu.Unlock()
+	if err := p.finish(ctx, err); err != nil {
 		return nil, err
 	}
 	if len(opt.Extra) > 0 {
