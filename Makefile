@@ -10,7 +10,7 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 # The concurrent packages: the mount (block cache, transports), the store
 # clients, prefetch, and the restore's page server and lazy-pages daemon.
-RACEPKGS := ./fusefs/... ./manifest/store/... ./prefetch/... ./restore/pageserver/... ./restore/lazypages/...
+RACEPKGS := ./fusefs/... ./manifest/store/... ./prefetch/... ./restore/pageserver/... ./restore/lazypages/... ./restore/weights/...
 
 .PHONY: all build setup test test-unit test-e2e race race-e2e fuzz vet demo bench bench-gpu bench-gpu-driver test-gpu clean
 
@@ -68,6 +68,8 @@ fuzz:
 	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzProcStat -fuzztime=$(FUZZTIME)
 	$(GO) test ./fusefs/cache -run='^$$' -fuzz=FuzzJournal -fuzztime=$(FUZZTIME)
 	$(GO) test ./fusefs/transport/uring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore/weights -run='^$$' -fuzz=FuzzParseReply -fuzztime=$(FUZZTIME)
+	$(GO) test ./restore -run='^$$' -fuzz=FuzzParseWeightsMeta -fuzztime=$(FUZZTIME)
 	# Each input makes files and device nodes (about 1 ms): a tenth of the
 	# executions, and a bounded minimization of what it finds new.
 	$(GO) test ./restore/container -run='^$$' -fuzz=FuzzApplyDiff -fuzztime=$(FUZZTIME_FS) -fuzzminimizetime=200x

@@ -272,6 +272,13 @@ func Snapshot(ctx context.Context, c *CRIU, opt SnapshotOptions) (*SnapshotResul
 	for k, v := range opt.Annotations {
 		ann[k] = v
 	}
+	if more := ann[annDependsExtra]; more != "" {
+		delete(ann, annDependsExtra)
+		if d := ann[gc.DependsAnnotation]; d != "" {
+			more = d + "," + more
+		}
+		ann[gc.DependsAnnotation] = more
+	}
 	res, err := pack.Dir(ctx, opt.Store, imgDir, pack.Options{Annotations: ann, Extra: extra, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: store images: %w", err)

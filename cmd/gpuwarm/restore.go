@@ -77,7 +77,10 @@ type restoreResult struct {
 	Ahead     int64   `json:"lazy_ahead_bytes,omitempty"`
 	Profile   int     `json:"profile_chunks,omitempty"` // chunks of the profile the restore followed
 	Recorded  int     `json:"recorded_chunks,omitempty"`
-	Error     string  `json:"error,omitempty"`
+	// Weights the workload's library uploaded from the mount.
+	WeightsBytes   int64   `json:"weights_bytes,omitempty"`
+	WeightsSeconds float64 `json:"weights_s,omitempty"`
+	Error          string  `json:"error,omitempty"`
 }
 
 func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
@@ -144,6 +147,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		opt.Stdout, opt.Stderr = f, f
 	}
 	gpuRep := restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
+	wRep := restore.WeightsRestoreHooks(&opt, st, o.mount, o.log)
 	// The worker's mount daemon exports what this restore measured.
 	rep := report.Restore{Mode: "eager", Container: ctr != nil}
 	switch {
@@ -202,6 +206,9 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	t := p.Timing
 	res := restoreResult{PID: p.PID, Lazy: o.lazy, Container: ctrName(ctr), Prepare: t.Prepare.Seconds(), CRIU: t.CRIU.Seconds(),
 		GPU: t.After.Seconds(), Running: t.Running.Seconds(), Resident: resident.Seconds()}
+	if wRep.Meta != nil {
+		res.WeightsBytes, res.WeightsSeconds = wRep.Meta.Bytes, wRep.Duration.Seconds()
+	}
 	ls := p.LazyStats()
 	if ls.Tasks > 0 {
 		res.LazyBytes, res.LazyUnits, res.Faults, res.Ahead = ls.Bytes, ls.Units, ls.Faults, ls.AheadBytes
@@ -237,6 +244,10 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		printJSON(o.out, res)
 	} else {
 		o.printTiming(t, resident, ls, opt.Profile, run, merged)
+		if wRep.Meta != nil {
+			fmt.Fprintf(o.out, "  weights: %s uploaded by the workload from the mount in %s (%.1f GB/s), after %s waiting for its library\n",
+				pack.HumanBytes(wRep.Meta.Bytes), ms(wRep.Duration), wRep.GBps(), ms(wRep.Wait))
+		}
 	}
 	if rerr != nil {
 		return rerr

@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/restore"
+	"github.com/gpuwarm/gpuwarm/restore/weights"
 )
 
 func init() {
@@ -78,7 +82,7 @@ func (o *runOptions) run(ctx context.Context, args []string) error {
 		defer f.Close()
 		logf = f
 	}
-	cmd, err := restore.Run(restore.RunOptions{Args: args, Env: os.Environ(), Stdout: logf, Stderr: logf, HostPIDs: o.hostPIDs})
+	cmd, err := restore.Run(restore.RunOptions{Args: args, Env: weightsEnv(os.Environ(), o.name), Stdout: logf, Stderr: logf, HostPIDs: o.hostPIDs})
 	if err != nil {
 		return err
 	}
@@ -105,4 +109,20 @@ func (o *runOptions) run(ctx context.Context, args []string) error {
 	}
 	cmd.Process.Release()
 	return nil
+}
+
+// weightsEnv names the socket a weights library (restore/weights) polls for
+// gpuwarm, unless the environment names one already.
+func weightsEnv(env []string, name string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, weights.EnvSocket+"=") {
+			return env
+		}
+	}
+	if name == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		name = hex.EncodeToString(b[:])
+	}
+	return append(env, weights.EnvSocket+"="+filepath.Join("/run/gpuwarm/weights", name+".sock"))
 }

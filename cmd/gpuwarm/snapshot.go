@@ -55,6 +55,9 @@ type snapshotResult struct {
 	NewBytes    int64   `json:"new_bytes"`
 	DumpSeconds float64 `json:"dump_seconds"`
 	Seconds     float64 `json:"seconds"`
+	// Weights the workload released: referenced, not stored.
+	WeightsBytes   int64 `json:"weights_bytes,omitempty"`
+	WeightsTensors int   `json:"weights_tensors,omitempty"`
 }
 
 func (o *snapshotOptions) run(ctx context.Context, args []string) error {
@@ -94,6 +97,7 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	defer done()
 	opt := restore.SnapshotOptions{PID: pid, LeaveRunning: o.leave, Store: st, Logger: o.log}
 	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
+	wrep := restore.WeightsSnapshotHooks(&opt, o.log)
 	bar := o.progress(&opt)
 	res, err := restore.Snapshot(ctx, c, opt)
 	bar.done()
@@ -105,11 +109,18 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 	}
 	r := snapshotResult{Tag: o.tag, Image: res.Image.String(), PID: pid, PageBytes: res.PageBytes,
 		NewBytes: res.NewBytes, DumpSeconds: res.DumpSeconds, Seconds: res.Total.Seconds()}
+	if wrep.Meta != nil {
+		r.WeightsBytes, r.WeightsTensors = wrep.Meta.Bytes, len(wrep.Meta.Refs)
+	}
 	if o.json {
 		return printJSON(o.out, r)
 	}
 	fmt.Fprintf(o.out, "snapshot of pid %d stored as %s (image %s)\n", pid, o.tag, res.Image)
 	fmt.Fprintf(o.out, "  memory %s, %s new in the store\n", pack.HumanBytes(r.PageBytes), pack.HumanBytes(r.NewBytes))
+	if wrep.Meta != nil {
+		fmt.Fprintf(o.out, "  weights: %d tensors (%s) released by the workload, referenced in %d image(s), not stored again\n",
+			r.WeightsTensors, pack.HumanBytes(r.WeightsBytes), len(wrep.Meta.Images()))
+	}
 	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
 	return nil
 }

@@ -1,0 +1,534 @@
+package restore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/proctree"
+	"github.com/gpuwarm/gpuwarm/manifest"
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
+	"github.com/gpuwarm/gpuwarm/manifest/store"
+	"github.com/gpuwarm/gpuwarm/restore/weights"
+	"golang.org/x/sys/unix"
+)
+
+// AnnWeights holds a snapshot's weight references (WeightsMeta as JSON).
+const AnnWeights = "gpuwarm.weights"
+
+// WeightsMeta is what a snapshot records of the weights its workload
+// released: where each released tensor's bytes are, by image ID.
+type WeightsMeta struct {
+	Socket    string      `json:"socket"`    // the workload's GPUWARM_WEIGHTS
+	Processes int         `json:"processes"` // how many released weights
+	Bytes     int64       `json:"bytes"`
+	Refs      []WeightRef `json:"refs"`
+}
+
+// WeightRef is one released tensor: Length bytes at Offset of Path in Image.
+type WeightRef struct {
+	Name   string    `json:"name"`
+	Image  digest.ID `json:"image"`
+	Path   string    `json:"path"`
+	Source string    `json:"source"` // the path the workload read it from (MOUNT/by-id/ID/PATH)
+	Offset int64     `json:"offset"`
+	Length int64     `json:"length"`
+}
+
+// Images lists the images the references need, sorted.
+func (m *WeightsMeta) Images() []digest.ID {
+	seen := map[digest.ID]bool{}
+	var ids []digest.ID
+	for _, r := range m.Refs {
+		if !seen[r.Image] {
+			seen[r.Image] = true
+			ids = append(ids, r.Image)
+		}
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i].String() < ids[j].String() })
+	return ids
+}
+
+// ParseWeightsMeta decodes the annotation (nil, nil when there is none).
+func ParseWeightsMeta(s string) (*WeightsMeta, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var m WeightsMeta
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return nil, fmt.Errorf("restore: bad %s annotation: %w", AnnWeights, err)
+	}
+	var sum int64
+	for _, r := range m.Refs {
+		if err := manifest.ValidPath(r.Path); err != nil || r.Offset < 0 || r.Length <= 0 || r.Image == digest.Zero {
+			return nil, fmt.Errorf("restore: bad %s annotation: reference %q", AnnWeights, r.Name)
+		}
+		sum += r.Length
+	}
+	if sum != m.Bytes || m.Processes <= 0 || m.Processes > 1<<16 {
+		return nil, fmt.Errorf("restore: bad %s annotation: %d processes, %d bytes in references, %d recorded", AnnWeights, m.Processes, sum, m.Bytes)
+	}
+	return &m, nil
+}
+
+// WeightsReport says what the weights protocol did in a snapshot or restore.
+type WeightsReport struct {
+	Meta     *WeightsMeta
+	Kept     int           // tensors the workloads kept (not in an image, or differing)
+	Duration time.Duration // release (snapshot) or reload (restore), all processes
+	Wait     time.Duration // restore: from the tree running to every library connected
+}
+
+// GBps is the reload's rate.
+func (r *WeightsReport) GBps() float64 {
+	if r.Meta == nil || r.Duration == 0 {
+		return 0
+	}
+	return float64(r.Meta.Bytes) / 1e9 / r.Duration.Seconds()
+}
+
+// How long a snapshot waits for the libraries of processes whose environment
+// names a weights socket: they poll every 10 ms, unless busy.
+var weightsConnectWait = 3 * time.Second
+
+// WeightsSnapshotHooks makes a snapshot ask the workload's weights library
+// (package weights) to release the weights it can serve again from images
+// on a gpuwarm mount, before the CUDA checkpoint, and records references to
+// them instead; after a failed dump, or with LeaveRunning, the workload
+// uploads them again. Install it after GPUSnapshotHooks. Processes that do
+// not speak the protocol are snapshotted as before.
+func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport {
+	if log == nil {
+		log = slog.Default()
+	}
+	if opt.Annotations == nil {
+		opt.Annotations = map[string]string{}
+	}
+	ann, pid, leave := opt.Annotations, opt.PID, opt.LeaveRunning
+	before, after := opt.BeforeDump, opt.AfterDump
+	rep := &WeightsReport{}
+	var released []int // host PIDs that released weights
+	var socket string
+	reload := func(ctx context.Context) error {
+		if len(released) == 0 {
+			return nil
+		}
+		err := reloadInPlace(ctx, socket, released, nil)
+		if err == nil {
+			released = nil
+		}
+		return err
+	}
+	opt.BeforeDump = func(ctx context.Context) error {
+		var expect []int
+		for _, p := range proctree.Tree(pid) {
+			if s := weights.SocketOf(p); s != "" && (socket == "" || s == socket) {
+				socket = s
+				expect = append(expect, p)
+			}
+		}
+		if socket != "" {
+			t := time.Now()
+			m, pids, kept, err := releaseWeights(ctx, socket, expect, log)
+			released = pids
+			if err != nil {
+				if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
+					err = fmt.Errorf("%w; and uploading the released weights again failed: %v", err, rerr)
+				}
+				return err
+			}
+			rep.Duration, rep.Kept = time.Since(t), kept
+			if m != nil {
+				rep.Meta = m
+				b, _ := json.Marshal(m)
+				ann[AnnWeights] = string(b)
+				var ids []string
+				for _, id := range m.Images() {
+					ids = append(ids, id.String())
+				}
+				ann[annDependsExtra] = strings.Join(ids, ",")
+				log.Info("weights released by the workload; the snapshot references them", "processes", m.Processes,
+					"tensors", len(m.Refs), "bytes", m.Bytes, "kept", kept, "seconds", rep.Duration.Seconds())
+			}
+		}
+		if before != nil {
+			if err := before(ctx); err != nil {
+				if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
+					err = fmt.Errorf("%w; and uploading the released weights again failed: %v", err, rerr)
+				}
+				return err
+			}
+		}
+		return nil
+	}
+	opt.AfterDump = func(ctx context.Context, dumpErr error) error {
+		var err error
+		if after != nil {
+			err = after(ctx, dumpErr)
+		}
+		if dumpErr != nil || leave {
+			if rerr := reload(ctx); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("the workload kept running without its weights: %w", rerr))
+			}
+		}
+		return err
+	}
+	return rep
+}
+
+// annDependsExtra carries image IDs the snapshot needs beyond those its tree
+// has open; Snapshot merges it into gc's depends annotation.
+const annDependsExtra = "gpuwarm.depends.weights"
+
+// acceptAll waits for a library from each of expect, until deadline.
+func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time.Duration) ([]*weights.Peer, error) {
+	want := map[int]bool{}
+	for _, p := range expect {
+		want[p] = true
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var peers []*weights.Peer
+	for len(want) > 0 {
+		p, err := srv.Accept(ctx, func(pid int) bool { return want[pid] })
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return peers, nil
+			}
+			for _, p := range peers {
+				p.Close()
+			}
+			return nil, err
+		}
+		delete(want, p.PID)
+		peers = append(peers, p)
+	}
+	return peers, nil
+}
+
+// releaseWeights runs a release session with each library of expect.
+func releaseWeights(ctx context.Context, socket string, expect []int, log *slog.Logger) (*WeightsMeta, []int, int, error) {
+	srv, err := weights.Listen(socket)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	peers, err := acceptAll(ctx, srv, expect, weightsConnectWait)
+	srv.Close() // no library connects again during the dump
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if len(peers) == 0 {
+		log.Info("no weights library answered on the workload's weights socket; snapshotting its weights with the rest", "socket", socket)
+		return nil, nil, 0, nil
+	}
+	m := &WeightsMeta{Socket: socket}
+	var released []int
+	kept := 0
+	defer func() {
+		for _, p := range peers {
+			p.Close()
+		}
+	}()
+	for _, p := range peers {
+		if p.Hello.State != "resident" {
+			return nil, released, 0, fmt.Errorf("snapshot: process %d's weights are already released (a snapshot in progress elsewhere?)", p.PID)
+		}
+		sources, img := resolveWeightFiles(p.Hello.Files, log)
+		if len(sources) == 0 {
+			p.Done(ctx)
+			continue
+		}
+		// A library that fails a release uploads what it had freed again
+		// before it answers.
+		r, err := p.Release(ctx, sources)
+		if err != nil {
+			return nil, released, 0, fmt.Errorf("snapshot: %w", err)
+		}
+		released = append(released, p.PID)
+		kept += len(r.Kept)
+		for name, why := range r.Kept {
+			log.Debug("weights: tensor kept in the snapshot", "pid", p.PID, "tensor", name, "why", why)
+		}
+		for _, t := range r.Tensors {
+			loc := img[t.File]
+			m.Refs = append(m.Refs, WeightRef{Name: t.Name, Image: loc.id, Path: loc.path, Source: t.File, Offset: t.Offset, Length: t.Length})
+			m.Bytes += t.Length
+		}
+		m.Processes++
+	}
+	if m.Processes == 0 {
+		return nil, released, kept, nil
+	}
+	return m, released, kept, nil
+}
+
+type imageFile struct {
+	id   digest.ID
+	path string
+}
+
+// resolveWeightFiles maps each file on a gpuwarm mount (MOUNT/TAG/PATH or
+// MOUNT/by-id/ID/PATH) to the same bytes by image ID, which no tag move
+// changes. Files elsewhere are left out: their tensors stay in the snapshot.
+func resolveWeightFiles(files []string, log *slog.Logger) (map[string]string, map[string]imageFile) {
+	mounts := gpuwarmMounts()
+	sources := map[string]string{}
+	img := map[string]imageFile{}
+	for _, f := range files {
+		var found bool
+		for _, m := range mounts {
+			rest, ok := strings.CutPrefix(f, m+"/")
+			if !ok {
+				continue
+			}
+			first, rel, ok := strings.Cut(rest, "/")
+			if !ok {
+				break
+			}
+			var id digest.ID
+			var err error
+			if first == "by-id" {
+				var idStr string
+				idStr, rel, ok = strings.Cut(rel, "/")
+				if !ok {
+					break
+				}
+				id, err = digest.Parse(idStr)
+			} else {
+				id, err = imageIDAt(filepath.Join(m, first))
+			}
+			if err != nil || manifest.ValidPath(rel) != nil {
+				break
+			}
+			src := filepath.Join(m, "by-id", id.String(), rel)
+			sources[f] = src
+			img[src] = imageFile{id: id, path: rel}
+			found = true
+			break
+		}
+		if !found {
+			log.Info("weights: file is not in an image on a gpuwarm mount; its tensors stay in the snapshot", "file", f)
+		}
+	}
+	return sources, img
+}
+
+// reloadInPlace asks the libraries of pids (which released their weights in
+// a snapshot) to upload them again, reading paths[source] for each source.
+func reloadInPlace(ctx context.Context, socket string, pids []int, paths map[string]string) error {
+	srv, err := weights.Listen(socket)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	peers, err := acceptAll(ctx, srv, pids, 60*time.Second)
+	if err != nil {
+		return err
+	}
+	if len(peers) < len(pids) {
+		return fmt.Errorf("weights: %d of %d processes connected to %s within 60 s", len(peers), len(pids), socket)
+	}
+	var errs []error
+	for _, p := range peers {
+		if _, err := p.Reload(ctx, paths); err != nil {
+			errs = append(errs, err)
+		}
+		p.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// WeightsRestoreHooks makes a restore of a snapshot with weight references
+// refuse a worker that cannot serve them (an image gone from the store, a
+// file shorter than referenced) before anything starts, read them ahead
+// through the mount while CRIU and the CUDA driver restore the rest, and,
+// once the tree runs, have each library upload its weights from the mount
+// at mount (every chunk verified on its way in); a failure kills the tree.
+// Install it after GPURestoreHooks.
+func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.Logger) *WeightsReport {
+	if log == nil {
+		log = slog.Default()
+	}
+	before, after := opt.BeforeRestore, opt.AfterRestore
+	rep := &WeightsReport{}
+	var paths map[string]string
+	var innerDone bool
+	opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
+		m, err := ParseWeightsMeta(ann[AnnWeights])
+		if err != nil {
+			return err
+		}
+		if m != nil {
+			if paths, err = checkWeights(ctx, st, mount, m); err != nil {
+				return err
+			}
+			rep.Meta = m
+			go readAhead(m, paths)
+		}
+		if before != nil {
+			return before(ctx, ann)
+		}
+		return nil
+	}
+	opt.AfterRestore = func(ctx context.Context, pid int) error {
+		if after != nil && !innerDone {
+			if err := after(ctx, pid); err != nil {
+				return err
+			}
+			innerDone = true
+		}
+		if rep.Meta == nil {
+			return nil
+		}
+		t := time.Now()
+		srv, err := weights.Listen(rep.Meta.Socket)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		// Stop waiting when the tree dies.
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			for ctx.Err() == nil {
+				if syscall.Kill(pid, 0) != nil {
+					cancel(fmt.Errorf("the restored process %d exited before its weights were uploaded", pid))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+		tree := map[int]bool{}
+		for _, p := range proctree.Tree(pid) {
+			tree[p] = true
+		}
+		waitCtx, cancelWait := context.WithTimeout(ctx, 60*time.Second)
+		defer cancelWait()
+		var todo []*weights.Peer
+		defer func() {
+			for _, p := range todo {
+				p.Close()
+			}
+		}()
+		for len(todo) < rep.Meta.Processes {
+			p, err := srv.Accept(waitCtx, func(pid int) bool { return tree[pid] })
+			if err != nil {
+				if c := context.Cause(ctx); c != nil {
+					err = c
+				} else if errors.Is(err, context.DeadlineExceeded) {
+					err = fmt.Errorf("%d of the %d processes that released weights in the snapshot connected within 60 s (is the weights library running in the restored workload?)", len(todo), rep.Meta.Processes)
+				}
+				return err
+			}
+			delete(tree, p.PID)
+			if p.Hello.State != "released" {
+				p.Done(ctx)
+				continue
+			}
+			todo = append(todo, p)
+		}
+		rep.Wait = time.Since(t)
+		t = time.Now()
+		var wg sync.WaitGroup
+		errs := make([]error, len(todo))
+		var got int64
+		var mu sync.Mutex
+		for i, p := range todo {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := p.Reload(ctx, paths)
+				errs[i] = err
+				if err == nil {
+					mu.Lock()
+					got += r.Bytes
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		rep.Duration = time.Since(t)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		if got != rep.Meta.Bytes {
+			return fmt.Errorf("weights: the workload uploaded %d bytes, the snapshot references %d", got, rep.Meta.Bytes)
+		}
+		log.Info("weights uploaded from the cache", "bytes", got, "seconds", rep.Duration.Seconds(), "GB/s", rep.GBps(),
+			"connect_wait", rep.Wait.Seconds())
+		return nil
+	}
+	return rep
+}
+
+// checkWeights refuses references this worker cannot serve and returns the
+// path of each source on this worker's mount.
+func checkWeights(ctx context.Context, st store.Store, mount string, m *WeightsMeta) (map[string]string, error) {
+	if mount == "" {
+		return nil, errors.New("restore: the snapshot's workload reads its weights from a gpuwarm mount: restore with the mount given")
+	}
+	ixs := map[digest.ID]*manifest.Index{}
+	for _, id := range m.Images() {
+		ix, err := manifest.Load(ctx, st, id)
+		if err != nil {
+			return nil, fmt.Errorf("restore: the snapshot references weights in image %s, which the store cannot give (%w): pack the weights again under the same content, or snapshot again", id.Short(), err)
+		}
+		ixs[id] = ix
+	}
+	paths := map[string]string{}
+	for _, r := range m.Refs {
+		ix := ixs[r.Image]
+		i, ok := ix.Lookup(r.Path)
+		if ok {
+			i = ix.Resolve(i)
+		}
+		if !ok || ix.Entries[i].Type != manifest.Regular || ix.Entries[i].Size < r.Offset+r.Length {
+			return nil, fmt.Errorf("restore: the snapshot references %d bytes at %d of %s in image %s, which that image does not hold", r.Length, r.Offset, r.Path, r.Image.Short())
+		}
+		paths[r.Source] = filepath.Join(mount, "by-id", r.Image.String(), r.Path)
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("restore: weights file: %w (is the mount up?)", err)
+		}
+		break
+	}
+	return paths, nil
+}
+
+// readAhead asks the kernel to read the referenced ranges through the mount
+// while the rest restores, so that the workload's reads find them in the
+// page cache; ranges already there cost nothing.
+func readAhead(m *WeightsMeta, paths map[string]string) {
+	byFile := map[string][][2]int64{}
+	for _, r := range m.Refs {
+		byFile[paths[r.Source]] = append(byFile[paths[r.Source]], [2]int64{r.Offset, r.Length})
+	}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for p, rs := range byFile {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			f, err := os.Open(p)
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			for _, r := range rs {
+				unix.Fadvise(int(f.Fd()), r[0], r[1], unix.FADV_WILLNEED)
+			}
+		}()
+	}
+	wg.Wait()
+}

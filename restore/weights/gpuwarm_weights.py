@@ -1,0 +1,411 @@
+"""gpuwarm_weights: a workload's weights, uploaded from gpuwarm's cache after a restore.
+
+A PyTorch program that loaded its weights from safetensors files on a gpuwarm
+mount opts in with two lines, once its weights are on the GPU:
+
+    import gpuwarm_weights
+    gw = gpuwarm_weights.attach(model, files)   # model: nn.Module or {name: tensor}
+
+Before a snapshot, gpuwarm asks the library to release the weights: each
+tensor whose GPU bytes equal its bytes in the files is freed (its storage
+resized to nothing; the tensor object, shape, dtype and device stay), so the
+snapshot carries references instead of the weights. After a restore, gpuwarm
+asks it to upload them again: many threads read the files through the mount
+into a small set of pinned buffers, reused, and copy them to the GPU on
+their own streams. Tensors are re-allocated by PyTorch's allocator, so their
+addresses may change: programs that captured CUDA graphs over the weights
+must capture them again (torch.compile's default mode does not capture).
+
+While the weights are away, the program must not use them. With an
+nn.Module, attach() gates its forward; a program that uses the tensors
+otherwise calls gw.ready() before each request (it returns at once when the
+weights are resident).
+
+The protocol (package restore/weights of gpuwarm) is JSON lines over the Unix
+socket named in GPUWARM_WEIGHTS; without that variable attach() does nothing
+but gate nothing. The library holds no connection across a checkpoint: it
+polls the socket path every 10 ms and has one session with each listener.
+Only the standard library and torch are needed; the protocol part
+(class Hooks) needs no torch at all.
+"""
+import json
+import os
+import queue
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+VERSION = 1
+ENV = "GPUWARM_WEIGHTS"
+POLL = 0.01
+
+
+def log(msg):
+    print(f"gpuwarm_weights: {msg}", file=sys.stderr, flush=True)
+
+
+class Hooks:
+    """Speaks the protocol for a backend that knows the weights.
+
+    backend.files() -> [paths]; backend.nbytes() -> int;
+    backend.release(sources: {path: source}) -> (tensors, kept);
+    backend.reload(paths: {source: path}) -> bytes.
+    release() frees what it released only once every tensor is checked, and
+    on failure leaves everything resident; reload() raises on failure and
+    may be asked again.
+    """
+
+    def __init__(self, backend, path):
+        self.backend = backend
+        self.path = path
+        self.released = False
+        self.error = None
+        self._resident = threading.Event()
+        self._resident.set()
+        self._seen = None
+        self._thread = threading.Thread(target=self._loop, name="gpuwarm-weights", daemon=True)
+        self._thread.start()
+
+    def ready(self, timeout=None):
+        """Wait until the weights are resident; raise if their upload failed."""
+        if not self._resident.wait(timeout):
+            raise TimeoutError("gpuwarm_weights: weights not resident yet")
+        if self.error:
+            raise RuntimeError(f"gpuwarm_weights: the weights could not be uploaded: {self.error}")
+
+    def _loop(self):
+        while True:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                time.sleep(POLL)
+                continue
+            ident = (st.st_ino, st.st_ctime_ns)
+            if ident == self._seen or not stat.S_ISSOCK(st.st_mode):
+                time.sleep(POLL)
+                continue
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(self.path)
+            except OSError:
+                s.close()
+                time.sleep(POLL)
+                continue
+            self._seen = ident
+            try:
+                self._session(s)
+            except Exception as e:  # the session ends; the program goes on
+                log(f"session failed: {e!r}")
+            finally:
+                s.close()
+
+    def _session(self, s):
+        f = s.makefile("rwb")
+        hello = {"version": VERSION, "pid": os.getpid(),
+                 "state": "released" if self.released else "resident",
+                 "files": list(self.backend.files()), "bytes": self.backend.nbytes()}
+        f.write(json.dumps(hello).encode() + b"\n")
+        f.flush()
+        line = f.readline()
+        if not line:
+            return
+        req = json.loads(line)
+        op = req.get("op")
+        if op == "none":
+            return
+        t = time.monotonic()
+        try:
+            if op == "release":
+                if self.released:
+                    raise RuntimeError("already released")
+                self._resident.clear()
+                try:
+                    tensors, kept = self.backend.release(req.get("files") or {})
+                except BaseException:
+                    self._resident.set()
+                    raise
+                self.released = bool(tensors)
+                if not self.released:
+                    self._resident.set()
+                reply = {"ok": True, "tensors": tensors, "kept": kept,
+                         "bytes": sum(x["length"] for x in tensors)}
+            elif op == "reload":
+                if not self.released:
+                    raise RuntimeError("nothing released")
+                n = self.backend.reload(req.get("files") or {})
+                self.released, self.error = False, None
+                self._resident.set()
+                reply = {"ok": True, "bytes": n}
+            else:
+                raise RuntimeError(f"unknown request {op!r}")
+        except Exception as e:
+            if op == "reload":
+                self.error = str(e)
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        reply["seconds"] = time.monotonic() - t
+        f.write(json.dumps(reply).encode() + b"\n")
+        f.flush()
+
+
+def safetensors_index(path):
+    """{name: (dtype, shape, offset, length)} of a safetensors file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file")
+        n = struct.unpack("<Q", head)[0]
+        if n > 100 << 20:
+            raise ValueError(f"{path}: safetensors header of {n} bytes")
+        h = json.loads(f.read(n))
+    out = {}
+    for name, v in h.items():
+        if name == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[name] = (v["dtype"], list(v["shape"]), 8 + n + a, b - a)
+    return out
+
+
+_DTYPES = {
+    "bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64",
+    "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64",
+    "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
+
+class TorchWeights:
+    """The PyTorch backend: tensors matched to safetensors entries by name."""
+
+    def __init__(self, tensors, files, threads=None, piece=8 << 20):
+        import torch
+        self.torch = torch
+        self.piece = piece
+        self.threads = threads or min(16, os.cpu_count() or 4)
+        self._files = [os.path.abspath(f) for f in files]
+        index = {}
+        for f in self._files:
+            for name, e in safetensors_index(f).items():
+                index.setdefault(name, (f,) + e)
+        # One entry per storage: tied tensors share it.
+        self.entries = {}  # storage data_ptr -> entry
+        self.unmatched = []
+        for name, t in tensors.items():
+            e = index.get(name)
+            if e is None:
+                for prefix in ("model.", "module.", "_orig_mod."):
+                    if name.startswith(prefix) and name[len(prefix):] in index:
+                        e = index[name[len(prefix):]]
+                        break
+            if e is None or not t.is_cuda:
+                self.unmatched.append(name)
+                continue
+            st = t.untyped_storage()
+            self.entries.setdefault(st.data_ptr(), {"name": name, "tensor": t, "file": e[0], "dtype": e[1],
+                                                    "shape": e[2], "offset": e[3], "length": e[4]})
+        self.staging = None
+        self.released = []  # entries released, with their source path
+
+    def files(self):
+        return sorted({e["file"] for e in self.entries.values()})
+
+    def nbytes(self):
+        return sum(e["length"] for e in self.entries.values())
+
+    def _staging(self):
+        # Pinned buffers, two per thread, allocated once and reused: pinning
+        # costs about 0.36 s per GB, far more than these buffers move.
+        if self.staging is None:
+            import ctypes
+            torch = self.torch
+            bufs = []
+            for _ in range(self.threads):
+                pair = []
+                for _ in range(2):
+                    b = torch.empty(self.piece, dtype=torch.uint8, pin_memory=True)
+                    mv = memoryview((ctypes.c_char * self.piece).from_address(b.data_ptr())).cast("B")
+                    pair.append((b, mv))
+                bufs.append(pair)
+            self.staging = bufs
+        return self.staging
+
+    def _check(self, e):
+        torch, t = self.torch, e["tensor"]
+        st = t.untyped_storage()
+        dt = _DTYPES.get(str(t.dtype).replace("torch.", ""))
+        if dt != e["dtype"] or list(t.shape) != e["shape"]:
+            return "dtype or shape differ from the file's"
+        if t.storage_offset() != 0 or not t.is_contiguous() or st.nbytes() != e["length"]:
+            return "the tensor does not own its whole allocation"
+        if not st.resizable():
+            return "its storage cannot be resized"
+        return None
+
+    def _pipeline(self, jobs, sink):
+        """Read each job (path, file offset, length, dst offset, entry) in
+        pieces into pinned buffers and hand them to sink(entry, dst_off,
+        buffer[:n], stream) on the reading thread; return on completion."""
+        torch = self.torch
+        staging = self._staging()
+        q = queue.SimpleQueue()
+        for path, off, length, dst0, e in jobs:
+            pos = 0
+            while pos < length:
+                n = min(self.piece, length - pos)
+                q.put((path, off + pos, n, dst0 + pos, e))
+                pos += n
+        errors = []
+        device = torch.cuda.current_device()
+
+        def worker(w):
+            fds = {}
+            events = [None, None]
+            k = 0
+            try:
+                with torch.cuda.device(device):
+                    stream = torch.cuda.Stream()
+                    while not errors:
+                        try:
+                            path, off, n, dst, e = q.get_nowait()
+                        except queue.Empty:
+                            break
+                        buf, mv = staging[w][k]
+                        if events[k] is not None:
+                            events[k].synchronize()
+                        fd = fds.get(path)
+                        if fd is None:
+                            fd = fds[path] = os.open(path, os.O_RDONLY)
+                        got = 0
+                        while got < n:
+                            r = os.preadv(fd, [mv[got:n]], off + got)
+                            if r <= 0:
+                                raise OSError(f"{path}: short read at {off + got}")
+                            got += r
+                        with torch.cuda.stream(stream):
+                            sink(e, dst, buf[:n], stream)
+                            ev = torch.cuda.Event()
+                            ev.record(stream)
+                        events[k] = ev
+                        k ^= 1
+                    for ev in events:
+                        if ev is not None:
+                            ev.synchronize()
+            except BaseException as ex:
+                errors.append(ex)
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
+
+        ts = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(self.threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def _flat(self, e):
+        """A uint8 view of the entry's whole storage."""
+        torch = self.torch
+        st = e["tensor"].untyped_storage()
+        return torch.empty(0, dtype=torch.uint8, device=e["tensor"].device).set_(st, 0, (st.nbytes(),))
+
+    def release(self, sources):
+        torch = self.torch
+        cand, kept = [], {}
+        for e in self.entries.values():
+            src = sources.get(e["file"])
+            why = "its file is not offered by gpuwarm" if src is None else self._check(e)
+            if why:
+                kept[e["name"]] = why
+            else:
+                cand.append((e, src))
+        # Check every candidate's GPU bytes against its source before
+        # freeing anything.
+        diff = set()
+        lock = threading.Lock()
+        flats = {id(e): self._flat(e) for e, _ in cand}
+        scratch = {}
+
+        def compare(e, dst, buf, stream):
+            s = scratch.get(threading.get_ident())
+            if s is None:
+                s = scratch[threading.get_ident()] = torch.empty(self.piece, dtype=torch.uint8, device=e["tensor"].device)
+            n = buf.numel()
+            s[:n].copy_(buf, non_blocking=True)
+            if not torch.equal(s[:n], flats[id(e)][dst:dst + n]):
+                with lock:
+                    diff.add(id(e))
+
+        self._pipeline([(src, e["offset"], e["length"], 0, e) for e, src in cand], compare)
+        flats.clear()
+        scratch.clear()
+        out = []
+        self.released = []
+        for e, src in cand:
+            if id(e) in diff:
+                kept[e["name"]] = "its GPU bytes differ from the file's"
+                continue
+            e["source"] = src
+            self.released.append(e)
+            out.append({"name": e["name"], "file": src, "offset": e["offset"], "length": e["length"],
+                        "dtype": e["dtype"], "shape": e["shape"]})
+        torch.cuda.synchronize()
+        for e in self.released:
+            e["tensor"].untyped_storage().resize_(0)
+        torch.cuda.empty_cache()
+        return out, kept
+
+    def reload(self, paths):
+        torch = self.torch
+        jobs = []
+        for e in self.released:
+            st = e["tensor"].untyped_storage()
+            if st.nbytes() != e["length"]:
+                st.resize_(e["length"])
+            jobs.append((paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e))
+        flats = {id(e): self._flat(e) for e in self.released}
+
+        def upload(e, dst, buf, stream):
+            flats[id(e)][dst:dst + buf.numel()].copy_(buf, non_blocking=True)
+
+        self._pipeline(jobs, upload)
+        torch.cuda.synchronize()
+        n = sum(e["length"] for e in self.released)
+        self.released = []
+        return n
+
+
+class _Off:
+    def ready(self, timeout=None):
+        pass
+
+
+def attach(model, files, **options):
+    """Offer the weights of model (an nn.Module, or a {name: tensor} dict)
+    that were loaded from the safetensors files to gpuwarm. Returns an object
+    whose ready() waits while they are away. Does nothing without
+    GPUWARM_WEIGHTS in the environment."""
+    path = os.environ.get(ENV)
+    if not path:
+        return _Off()
+    tensors = model
+    module = None
+    if hasattr(model, "state_dict") and hasattr(model, "register_forward_pre_hook"):
+        module = model
+        tensors = model.state_dict(keep_vars=True)
+    backend = TorchWeights(tensors, files, **options)
+    if backend.unmatched:
+        log(f"{len(backend.unmatched)} tensors are not in the files and stay in the snapshot")
+    hooks = Hooks(backend, path)
+    if module is not None:
+        import torch
+
+        @torch._dynamo.disable
+        def gate(_mod, _args):
+            hooks.ready()
+
+        module.register_forward_pre_hook(gate)
+    return hooks
