@@ -3,13 +3,17 @@
 
 make:  torch_workload.py --make DIR --gb 1.0 [--hidden 8192]
        writes an MLP of bf16 weights as safetensors shards into DIR.
-serve: torch_workload.py --weights DIR [--no-compile]
+serve: torch_workload.py --weights DIR [--no-compile] [--weights-lib]
        loads the shards (from a gpuwarm mount), moves them to the GPU,
        torch.compile()s and warms the model up, prints
        "ready <seconds> <gpu bytes>", then answers requests on stdin:
        "infer N" -> sha256 of the output for the input seeded with N
        (bit-identical before a snapshot and after a restore), "exit";
-       SIGUSR1 prints "answer <infer 42>".
+       SIGUSR1 prints "answer <infer 42>". With --weights-lib the weights
+       are offered to gpuwarm through gpuwarm_weights (restore/weights):
+       released before a snapshot, uploaded from the mount after a restore.
+h2d:   torch_workload.py --h2d GB
+       prints "h2d pinned <GB/s> pageable <GB/s>", the copy ceilings.
 """
 import argparse
 import hashlib
@@ -46,6 +50,10 @@ def serve(args):
         weights.update(load_file(os.path.join(args.weights, f), device="cuda"))
     ws = [weights[k] for k in sorted(weights)]
     gpu_bytes = sum(w.numel() * w.element_size() for w in ws)
+    gw = None
+    if args.weights_lib:
+        import gpuwarm_weights
+        gw = gpuwarm_weights.attach(weights, [os.path.join(args.weights, f) for f in files])
     h = ws[0].shape[0]
 
     def forward(x):
@@ -56,6 +64,8 @@ def serve(args):
     model = forward if args.no_compile else torch.compile(forward)
 
     def infer(seed):
+        if gw is not None:
+            gw.ready()
         g = torch.Generator(device="cuda").manual_seed(seed)
         x = torch.randn(args.batch, h, generator=g, device="cuda", dtype=torch.bfloat16)
         with torch.no_grad():
@@ -95,6 +105,24 @@ def serve(args):
         signal.pause()
 
 
+def h2d(args):
+    import torch
+    n = int(args.h2d * 1e9)
+    dev = torch.empty(n, dtype=torch.uint8, device="cuda")
+    out = []
+    for pin in (True, False):
+        host = torch.ones(n, dtype=torch.uint8, pin_memory=pin)
+        dev.copy_(host)
+        torch.cuda.synchronize()
+        t = time.time()
+        for _ in range(3):
+            dev.copy_(host, non_blocking=pin)
+        torch.cuda.synchronize()
+        out.append(3 * n / 1e9 / (time.time() - t))
+        del host
+    print(f"h2d pinned {out[0]:.1f} pageable {out[1]:.1f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--make")
@@ -103,8 +131,12 @@ def main():
     p.add_argument("--weights")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--weights-lib", action="store_true")
+    p.add_argument("--h2d", type=float)
     args = p.parse_args()
-    if args.make:
+    if args.h2d:
+        h2d(args)
+    elif args.make:
         make(args)
     elif args.weights:
         serve(args)

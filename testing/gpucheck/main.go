@@ -33,7 +33,7 @@ import (
 )
 
 var (
-	mode    = flag.String("mode", "test", "test, bench, container (only the container checks), or driver (the CUDA driver's own checkpoint and restore in place, no CRIU)")
+	mode    = flag.String("mode", "test", "test, bench, container (only the container checks), weights (the weights library's checks and figures), or driver (the CUDA driver's own checkpoint and restore in place, no CRIU)")
 	sizes   = flag.String("gb", "1", "comma-separated model sizes in GB")
 	script  = flag.String("script", "testing/gpu/torch_workload.py", "the PyTorch workload")
 	workDir = flag.String("dir", "/var/tmp/gpuwarm-gpu", "scratch directory")
@@ -145,13 +145,18 @@ func run() int {
 	pyEnv = append(os.Environ(), "PYTHONUNBUFFERED=1")
 	script, _ := filepath.Abs(*script)
 	var rows []bu.Row
+	var gbs []float64
 	for _, s := range strings.Split(*sizes, ",") {
 		gb, _ := strconv.ParseFloat(s, 64)
-		if *mode != "container" {
+		gbs = append(gbs, gb)
+		if *mode != "container" && *mode != "weights" {
 			rows = append(rows, runSize(script, gb)...)
 		}
 	}
-	if *containers || *mode == "container" {
+	if *mode == "weights" {
+		rows = append(rows, weightsChecks(script, gbs)...)
+		bu.Table(os.Stdout, "GPU restores with the weights library ("+inv.GPUs[0].Name+"), time to first answer", rows)
+	} else if *containers || *mode == "container" {
 		gb, _ := strconv.ParseFloat(strings.Split(*sizes, ",")[0], 64)
 		rows = append(rows, containerChecks(script, gb)...)
 	}
