@@ -19,6 +19,7 @@
 //	  pageserver/        CRIU's page-server protocol, pages into the store
 //	  lazypages/         gpuwarm's lazy-pages daemon (userfaultfd)
 //	  container/         containers: runc, OCI configs, overlays, writable layers
+//	  weights/           the weights protocol and its PyTorch library (gpuwarm_weights.py)
 //	gpu/                 NVML and the CUDA checkpoint driver API, nothing else
 //	internal/            small helpers with no gpuwarm imports of their own
 //	cmd/gpuwarm/         the CLI: one file per command
