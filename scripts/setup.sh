@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything gpuwarm and its tests need on a Debian 12 machine:
 # fuse3, python3 (test workloads), a CRIU >= 4 that works on recent kernels,
-# runc (containers), the versitygw S3 server, a registry (docker-registry)
+# runc (containers), squashfuse (a benchmark baseline), the versitygw S3 server, a registry (docker-registry)
 # and the test images, and the Go modules. Idempotent and quick when
 # everything is already there.
 set -euo pipefail
@@ -17,6 +17,9 @@ command -v runc >/dev/null || need+=(runc)
 command -v iptables-restore >/dev/null || need+=(iptables)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v debootstrap >/dev/null || need+=(debootstrap)
+# The mount benchmark's baseline: squashfuse over a zstd squashfs image.
+command -v squashfuse_ll >/dev/null || need+=(squashfuse)
+command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 # promtool checks the metrics the mount exports and the dashboard's queries.
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

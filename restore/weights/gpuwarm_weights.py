@@ -355,6 +355,11 @@ class TorchWeights:
         torch.cuda.synchronize()
         for e in self.released:
             e["tensor"].untyped_storage().resize_(0)
+        # The staging buffers hold the last pieces read: zero them, so that
+        # the snapshot does not carry weight bytes after all.
+        for pair in self._staging():
+            for b, _ in pair:
+                b.zero_()
         torch.cuda.empty_cache()
         return out, kept
 

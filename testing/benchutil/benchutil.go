@@ -29,6 +29,17 @@ func DropCaches() error {
 
 // WriteRandomFile writes size pseudo-random bytes (seeded) to p.
 func WriteRandomFile(p string, size int64, seed uint64) error {
+	return writeGenerated(p, size, seed, false)
+}
+
+// WriteBF16File writes size bytes distributed like bf16 weights: random
+// mantissa bytes, sign-and-exponent bytes from a narrow range (a trained
+// model's weights are small numbers of few exponents).
+func WriteBF16File(p string, size int64, seed uint64) error {
+	return writeGenerated(p, size, seed, true)
+}
+
+func writeGenerated(p string, size int64, seed uint64, bf16 bool) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
@@ -44,6 +55,12 @@ func WriteRandomFile(p string, size int64, seed uint64) error {
 			v := r.Uint64()
 			buf[i], buf[i+1], buf[i+2], buf[i+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
 			buf[i+4], buf[i+5], buf[i+6], buf[i+7] = byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56)
+			if bf16 {
+				// High bytes: sign and exponent around 2^-6 .. 2^-9.
+				for j := 1; j < 8; j += 2 {
+					buf[i+j] = 0x3c + byte(v>>(8*j))%4 | byte(v>>(8*j+4))&0x80
+				}
+			}
 		}
 		if _, err := f.Write(buf[:n]); err != nil {
 			f.Close()
