@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -291,6 +292,8 @@ func weightsSize(g *gwc, script string, gb float64, mntDir, storeDir string, pin
 	if negative {
 		phase("%s: weights image gone from the store", tag)
 		check(tag+": a snapshot whose weights image is gone is refused, nothing left running", weightsGone(g, tag, storeDir))
+		phase("%s: a weights chunk corrupt in the store", tag)
+		check(tag+": a corrupt weights chunk fails the restore, nothing left running", weightsCorrupt(g, tag, mntDir, storeDir))
 	}
 	if *transparent {
 		phase("%s: cold boot without the library (baseline)", tag)
@@ -357,4 +360,48 @@ func countWorkloads() int {
 		}
 	}
 	return n
+}
+
+// weightsCorrupt flips a byte of a stored chunk of the first weights file
+// (the 1 MiB at 8 MiB) and expects a restore on an emptied cache to fail in
+// the upload, leaving nothing running.
+func weightsCorrupt(g *gwc, tag, mntDir, storeDir string) error {
+	f, err := os.Open(filepath.Join(mntDir, tag, "model-00000.safetensors"))
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	_, err = f.ReadAt(buf, 8<<20)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	id := fmt.Sprintf("%x", sha256.Sum256(buf))
+	p := filepath.Join(storeDir, "chunks", id[:2], id)
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("the chunk at 8 MiB of the weights: %w", err)
+	}
+	bad := append([]byte(nil), orig...)
+	bad[len(bad)/2] ^= 0xff
+	if err := os.WriteFile(p, bad, 0o644); err != nil {
+		return err
+	}
+	defer os.WriteFile(p, orig, 0o644)
+	if err := dropCaches(g); err != nil {
+		return err
+	}
+	before := countWorkloads()
+	said, err := g.run("restore", tag+"-snap", "--lazy")
+	if err == nil {
+		return fmt.Errorf("restored anyway: %s", said)
+	}
+	if !strings.Contains(said, "could not reload its weights") {
+		return fmt.Errorf("failed without saying the weights could not be uploaded: %s", said)
+	}
+	time.Sleep(time.Second)
+	if n := countWorkloads(); n > before {
+		return fmt.Errorf("%d workload processes left running", n-before)
+	}
+	return nil
 }
