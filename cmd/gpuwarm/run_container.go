@@ -92,6 +92,15 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 	if err != nil {
 		return err
 	}
+	// What runc's CRIU is told when it checkpoints this container.
+	conf, err := c.CRIUConfig(false)
+	if err != nil {
+		return err
+	}
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations["org.criu.config"] = conf
 	if err := c.WriteSpec(s); err != nil {
 		return err
 	}

@@ -230,14 +230,20 @@ func LoadDiff(imgDir string) func(upper string) error {
 	}
 }
 
-// CRIUConfig is the CRIU configuration file a restore passes through
-// runc's org.criu.config annotation: leave-stopped keeps the restored
-// tree stopped until gpuwarm has anchored it (or filled its memory).
+// CRIUConfig is the CRIU configuration file a checkpoint or restore passes
+// through runc's org.criu.config annotation: leave-stopped keeps the
+// restored tree stopped until gpuwarm has anchored it (or filled its
+// memory). A container in a network namespace of its own (loopback only,
+// made by gpuwarm: nothing outside can reach it) needs no network lock,
+// which CRIU would take with iptables-restore, a tool GPU hosts often lack.
 func (c *Container) CRIUConfig(leaveStopped bool) (string, error) {
 	p := filepath.Join(c.Dir, "criu.conf")
 	var lines []string
 	if leaveStopped {
 		lines = append(lines, "leave-stopped")
+	}
+	if c.OwnNet {
+		lines = append(lines, "network-lock skip")
 	}
 	return p, os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }

@@ -103,7 +103,10 @@ func containerChecks(script string, gb float64) []bu.Row {
 
 	phase("container: cold boot in a container")
 	t = time.Now()
-	_, err = g.run("run", "--image", "pyenv", "--name", "orig", "--gpus", "0", "-v", filepath.Join(mntDir, "weights")+":/weights:ro",
+	// A network namespace of its own: the CUDA process binds an abstract
+	// Unix socket, and two restores in one network namespace (the host's)
+	// cannot both bind it.
+	_, err = g.run("run", "--image", "pyenv", "--name", "orig", "--gpus", "0", "--net-own", "-v", filepath.Join(mntDir, "weights")+":/weights:ro",
 		"-e", "PYTHONUNBUFFERED=1", "--", "/venv/bin/python3", "/app/torch_workload.py", "--weights", "/weights", "--no-compile")
 	if !check("container: run with --gpus 0", err) {
 		return nil
@@ -120,6 +123,7 @@ func containerChecks(script string, gb float64) []bu.Row {
 		return nil
 	}
 	fmt.Printf("     cold boot in a container to first answer %.2fs (%s)\n", boot.Seconds(), ready)
+	fmt.Printf("     its abstract Unix sockets: %v\n", abstractSockets(pid))
 	check("container: its GPU memory on GPU 0 (NVML, host PID)", onGPU(pid, 0))
 
 	phase("container: snapshot")
@@ -332,4 +336,24 @@ func buildPyRootfs(root, script string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(root, "app/torch_workload.py"), b, 0o644)
+}
+
+// abstractSockets lists the abstract Unix socket names pid holds.
+func abstractSockets(pid int) []string {
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/unix", pid))
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 8 && inodes[f[6]] && strings.HasPrefix(f[7], "@") {
+			names = append(names, f[7])
+		}
+	}
+	return names
 }
