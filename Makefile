@@ -89,9 +89,11 @@ bench: setup build
 GPUCHECK ?= $(GO) run ./testing/gpucheck
 test-gpu: build
 	$(GPUCHECK) -mode test -gb 1 -disk-cache-gb 8
+	$(GPUCHECK) -mode weights -gb 1.1 -disk-cache-gb 40 -mem-cache-gb 24
 
 bench-gpu: build
 	$(GPUCHECK) -mode bench -gb 2.2,16 -mem-cache-gb 24 -disk-cache-gb 8
+	$(GPUCHECK) -mode weights -gb 1.1,16 -transparent -mem-cache-gb 40 -disk-cache-gb 40
 
 # The CUDA driver's own checkpoint/restore in place (no CRIU): the floor
 # under any GPU restore, with the host copy in 4 KiB and in 2 MiB pages.
