@@ -96,9 +96,10 @@ func (r *WeightsReport) GBps() float64 {
 	return float64(r.Meta.Bytes) / 1e9 / r.Duration.Seconds()
 }
 
-// How long a snapshot waits for the libraries of processes whose environment
-// names a weights socket: they poll every 10 ms, unless busy.
-var weightsConnectWait = 3 * time.Second
+// How long a snapshot waits for the libraries (processes with the library's
+// thread and a socket in their environment): they poll every 10 ms, unless
+// the process is too busy to run the thread.
+var weightsConnectWait = 10 * time.Second
 
 // WeightsSnapshotHooks makes a snapshot ask the workload's weights library
 // (package weights) to release the weights it can serve again from images
@@ -131,6 +132,9 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 	opt.BeforeDump = func(ctx context.Context) error {
 		var expect []int
 		for _, p := range proctree.Tree(pid) {
+			if !weights.Speaks(p) {
+				continue
+			}
 			if s := weights.SocketOf(p); s != "" && (socket == "" || s == socket) {
 				socket = s
 				expect = append(expect, p)

@@ -366,6 +366,21 @@ func (p *Peer) Done(ctx context.Context) error {
 // Close ends the session.
 func (p *Peer) Close() error { return p.c.Close() }
 
+// ThreadName is the name of the library's thread: a process with a thread
+// of this name speaks the protocol.
+const ThreadName = "gpuwarm-weights"
+
+// Speaks reports whether pid runs the library (a thread named ThreadName).
+func Speaks(pid int) bool {
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, t.Name())); err == nil && strings.TrimSpace(string(b)) == ThreadName {
+			return true
+		}
+	}
+	return false
+}
+
 // SocketOf returns the socket path in pid's environment ("" if unset).
 func SocketOf(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
