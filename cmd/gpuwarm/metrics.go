@@ -51,6 +51,8 @@ type restoreAgg struct {
 	gpu               histo.Histogram
 	gpuBytes, lazy    float64
 	faults            float64
+	weights           histo.Histogram
+	weightsBytes      float64
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -60,33 +62,35 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 // The series every gpuwarm mount exports (the dashboard's queries are
 // checked against this list by a test).
 var (
-	dCacheHits      = desc("cache_hits_total", "Block cache lookups served by the tier.", "tier")
-	dCacheMisses    = desc("cache_misses_total", "Block cache lookups the tier did not hold.", "tier")
-	dCacheBytes     = desc("cache_bytes", "Bytes the tier holds.", "tier")
-	dCacheEntries   = desc("cache_entries", "Chunks (and assembled files) the tier holds.", "tier")
-	dCacheEvictions = desc("cache_evictions_total", "Entries the tier dropped to stay within its limit.", "tier")
-	dCacheLimit     = desc("cache_limit_bytes", "The tier's size limit (disk: what its filesystem leaves room for).", "tier")
-	dCacheFull      = desc("cache_full_total", "Disk tier writes its filesystem refused for lack of room.", "tier")
-	dCacheCorrupt   = desc("cache_corrupt_total", "Chunks refused or dropped because their bytes did not match their hash.")
-	dFetches        = desc("store_fetches_total", "Chunk reads from the store.", "store")
-	dFetchBytes     = desc("store_fetch_bytes_total", "Bytes read from the store.", "store")
-	dFetchErrors    = desc("store_fetch_errors_total", "Failed chunk reads from the store, by kind.", "store", "kind")
-	dFetchSeconds   = desc("store_fetch_seconds", "Latency of chunk reads from the store.", "store")
-	dFUSESeconds    = desc("fuse_request_seconds", "Time gpuwarm took to answer FUSE requests, by operation.", "op")
-	dFUSEInterrupt  = desc("fuse_interrupted_total", "FUSE requests whose caller gave up before the answer.")
-	dOpens          = desc("opens_total", "File opens, by how their reads are served (passthrough: by the kernel from the disk tier).", "mode")
-	dReplays        = desc("prefetch_replays", "Prefetch profiles being replayed (images loaded with a profile).")
-	dReplayFetched  = desc("prefetch_fetched_chunks", "Chunks the current replays brought in ahead of demand.")
-	dReplayHits     = desc("prefetch_hits_chunks", "Chunks programs read after a replay brought them in.")
-	dReplayLate     = desc("prefetch_late_chunks", "Chunks programs read before the replay got to them.")
-	dRestores       = desc("restores_total", "Restores run on this worker, by mode, kind and result.", "mode", "kind", "result")
-	dRestoreRunning = desc("restore_running_seconds", "From the start of a restore until the program runs.", "mode", "kind")
-	dRestoreResid   = desc("restore_resident_seconds", "From the start of a restore until all its memory is in place.", "mode", "kind")
-	dRestoreGPU     = desc("restore_gpu_seconds", "The CUDA restore of a snapshot's GPU state.", "mode", "kind")
-	dRestoreGPUB    = desc("restore_gpu_bytes_total", "GPU memory put back by restores.", "mode", "kind")
-	dRestoreLazy    = desc("restore_lazy_bytes_total", "Memory filled by gpuwarm's lazy-pages daemon.", "mode", "kind")
-	dRestoreFaults  = desc("restore_lazy_faults_total", "Page faults the lazy-pages daemon answered.", "mode", "kind")
-	dSpoolBad       = desc("restore_reports_bad_total", "Restore reports in the spool that could not be read.")
+	dCacheHits       = desc("cache_hits_total", "Block cache lookups served by the tier.", "tier")
+	dCacheMisses     = desc("cache_misses_total", "Block cache lookups the tier did not hold.", "tier")
+	dCacheBytes      = desc("cache_bytes", "Bytes the tier holds.", "tier")
+	dCacheEntries    = desc("cache_entries", "Chunks (and assembled files) the tier holds.", "tier")
+	dCacheEvictions  = desc("cache_evictions_total", "Entries the tier dropped to stay within its limit.", "tier")
+	dCacheLimit      = desc("cache_limit_bytes", "The tier's size limit (disk: what its filesystem leaves room for).", "tier")
+	dCacheFull       = desc("cache_full_total", "Disk tier writes its filesystem refused for lack of room.", "tier")
+	dCacheCorrupt    = desc("cache_corrupt_total", "Chunks refused or dropped because their bytes did not match their hash.")
+	dFetches         = desc("store_fetches_total", "Chunk reads from the store.", "store")
+	dFetchBytes      = desc("store_fetch_bytes_total", "Bytes read from the store.", "store")
+	dFetchErrors     = desc("store_fetch_errors_total", "Failed chunk reads from the store, by kind.", "store", "kind")
+	dFetchSeconds    = desc("store_fetch_seconds", "Latency of chunk reads from the store.", "store")
+	dFUSESeconds     = desc("fuse_request_seconds", "Time gpuwarm took to answer FUSE requests, by operation.", "op")
+	dFUSEInterrupt   = desc("fuse_interrupted_total", "FUSE requests whose caller gave up before the answer.")
+	dOpens           = desc("opens_total", "File opens, by how their reads are served (passthrough: by the kernel from the disk tier).", "mode")
+	dReplays         = desc("prefetch_replays", "Prefetch profiles being replayed (images loaded with a profile).")
+	dReplayFetched   = desc("prefetch_fetched_chunks", "Chunks the current replays brought in ahead of demand.")
+	dReplayHits      = desc("prefetch_hits_chunks", "Chunks programs read after a replay brought them in.")
+	dReplayLate      = desc("prefetch_late_chunks", "Chunks programs read before the replay got to them.")
+	dRestores        = desc("restores_total", "Restores run on this worker, by mode, kind and result.", "mode", "kind", "result")
+	dRestoreRunning  = desc("restore_running_seconds", "From the start of a restore until the program runs.", "mode", "kind")
+	dRestoreResid    = desc("restore_resident_seconds", "From the start of a restore until all its memory is in place.", "mode", "kind")
+	dRestoreGPU      = desc("restore_gpu_seconds", "The CUDA restore of a snapshot's GPU state.", "mode", "kind")
+	dRestoreGPUB     = desc("restore_gpu_bytes_total", "GPU memory put back by restores.", "mode", "kind")
+	dRestoreWeights  = desc("restore_weights_seconds", "Weights uploaded from the mount by the workload's library (gpuwarm_weights), per restore.", "mode", "kind")
+	dRestoreWeightsB = desc("restore_weights_bytes_total", "Weight bytes the workloads' libraries uploaded from the mount.", "mode", "kind")
+	dRestoreLazy     = desc("restore_lazy_bytes_total", "Memory filled by gpuwarm's lazy-pages daemon.", "mode", "kind")
+	dRestoreFaults   = desc("restore_lazy_faults_total", "Page faults the lazy-pages daemon answered.", "mode", "kind")
+	dSpoolBad        = desc("restore_reports_bad_total", "Restore reports in the spool that could not be read.")
 )
 
 func newMetricsCollector(fsys *fusefs.FS, spool string) *metricsCollector {
@@ -158,6 +162,10 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 				a.gpu.Observe(seconds(r.GPU))
 			}
 			a.gpuBytes += float64(r.GPUBytes)
+			if r.WeightsBytes > 0 {
+				a.weights.Observe(seconds(r.WeightsSeconds))
+				a.weightsBytes += float64(r.WeightsBytes)
+			}
 			a.lazy += float64(r.LazyBytes)
 			a.faults += float64(r.Faults)
 		}
@@ -184,6 +192,8 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- constHistogram(dRestoreResid, okA.resident.Snapshot(), mode, kind)
 			ch <- constHistogram(dRestoreGPU, okA.gpu.Snapshot(), mode, kind)
 			mk(dRestoreGPUB, c, okA.gpuBytes, mode, kind)
+			ch <- constHistogram(dRestoreWeights, okA.weights.Snapshot(), mode, kind)
+			mk(dRestoreWeightsB, c, okA.weightsBytes, mode, kind)
 			mk(dRestoreLazy, c, okA.lazy, mode, kind)
 			mk(dRestoreFaults, c, okA.faults, mode, kind)
 		}

@@ -166,6 +166,9 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		if gpuRep.Meta != nil {
 			rep.GPUBytes = int64(gpuRep.Meta.MemoryBytes)
 		}
+		if ok && wRep.Meta != nil {
+			rep.WeightsBytes, rep.WeightsSeconds = wRep.Meta.Bytes, wRep.Duration.Seconds()
+		}
 		if werr := report.Write(o.reports, rep); werr != nil {
 			o.log.Debug("cannot leave the restore's figures for the mount's metrics", "err", werr)
 		}

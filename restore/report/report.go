@@ -39,6 +39,9 @@ type Restore struct {
 	Resident  float64 `json:"resident_s"`
 	GPU       float64 `json:"gpu_s"`     // the CUDA restore
 	GPUBytes  int64   `json:"gpu_bytes"` // GPU memory it put back
+	// Weights the workload's library uploaded from the mount.
+	WeightsBytes   int64   `json:"weights_bytes,omitempty"`
+	WeightsSeconds float64 `json:"weights_s,omitempty"`
 	LazyBytes int64   `json:"lazy_bytes"`
 	Faults    int64   `json:"lazy_faults"`
 	At        int64   `json:"at"` // unix nanoseconds

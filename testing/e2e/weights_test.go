@@ -131,10 +131,11 @@ func TestWeightsProtocol(t *testing.T) {
 	}
 
 	// Another worker (its own mount and cache) restores it lazily.
-	mntB, cacheB := filepath.Join(tmp, "mntB"), filepath.Join(tmp, "cacheB")
-	startMount(t, storeDir, mntB, cacheB)
+	mntB, cacheB, spool := filepath.Join(tmp, "mntB"), filepath.Join(tmp, "cacheB"), filepath.Join(tmp, "spool")
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	startMount(t, storeDir, mntB, cacheB, "--metrics-addr", addr, "--restore-reports", spool)
 	outFile := filepath.Join(tmp, "restored.log")
-	res := gw(t, "restore", "ws", "--lazy", "--mount", mntB, "--store", storeDir, "--cache-dir", cacheB, "--stdout", outFile)
+	res := gw(t, "restore", "ws", "--lazy", "--mount", mntB, "--store", storeDir, "--cache-dir", cacheB, "--stdout", outFile, "--restore-reports", spool)
 	if !strings.Contains(res, "weights: 5.3 MB uploaded by the workload from the mount") {
 		t.Fatalf("restore output: %s", res)
 	}
@@ -145,6 +146,14 @@ func TestWeightsProtocol(t *testing.T) {
 	}
 	syscall.Kill(rpid, syscall.SIGKILL)
 	waitNoWorkload(t)
+	// The worker's metrics count the upload.
+	m, _ := scrape(t, addr)
+	if got := m[`gpuwarm_restore_weights_bytes_total{kind="bare",mode="lazy"}`]; got != float64(snap.WeightsBytes) {
+		t.Fatalf("gpuwarm_restore_weights_bytes_total %v, want %d", got, snap.WeightsBytes)
+	}
+	if got := m[`gpuwarm_restore_weights_seconds_count{kind="bare",mode="lazy"}`]; got != 1 {
+		t.Fatalf("gpuwarm_restore_weights_seconds_count %v, want 1", got)
+	}
 
 	// A corrupt chunk of b.weight in the store: a worker with an empty
 	// cache cannot serve it, and the restore fails with nothing running.
