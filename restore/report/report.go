@@ -42,9 +42,9 @@ type Restore struct {
 	// Weights the workload's library uploaded from the mount.
 	WeightsBytes   int64   `json:"weights_bytes,omitempty"`
 	WeightsSeconds float64 `json:"weights_s,omitempty"`
-	LazyBytes int64   `json:"lazy_bytes"`
-	Faults    int64   `json:"lazy_faults"`
-	At        int64   `json:"at"` // unix nanoseconds
+	LazyBytes      int64   `json:"lazy_bytes"`
+	Faults         int64   `json:"lazy_faults"`
+	At             int64   `json:"at"` // unix nanoseconds
 }
 
 // Write spools r into dir.
