@@ -316,6 +316,13 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 			c.mem.add(id, b)
 			return b, nil
 		}
+		if errors.Is(err, fs.ErrNotExist) {
+			b, err = c.disk.getInFile(id, size, c.pool)
+			if err == nil {
+				c.mem.add(id, b)
+				return b, nil
+			}
+		}
 		if errors.Is(err, errCorruptEntry) {
 			c.corrupt.Add(1)
 			c.log.Warn("disk cache entry corrupt; refetching", "chunk", id.Short(), "err", err)
@@ -597,8 +604,15 @@ func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) e
 		}
 		return nil
 	})
-	if err != nil || !cached {
+	if err != nil {
 		return err
+	}
+	// One copy per byte: the file replaces its chunks' own entries.
+	if err := c.disk.replaceChunks(id, chunks); err != nil {
+		c.log.Warn("cannot index the chunks of an assembled file; they stay cached twice", "file", id.Short(), "err", err)
+	}
+	if !cached {
+		return nil
 	}
 	f, err := c.disk.open(id, size) // as its first passthrough open would
 	if err != nil {
@@ -712,7 +726,7 @@ func (c *Cache) Stats() Stats {
 // Residency says where a chunk is: memory, disk (either or both), or
 // neither.
 func (c *Cache) Residency(id digest.ID) (inMemory, onDisk bool) {
-	return c.mem.has(id), c.disk != nil && c.disk.has(id)
+	return c.mem.has(id), c.disk != nil && (c.disk.has(id) || c.disk.inFileHas(id))
 }
 
 // WarmDisk makes chunk id present in the disk tier (the memory tier
@@ -722,7 +736,7 @@ func (c *Cache) WarmDisk(ctx context.Context, id digest.ID, size uint32, p Prior
 	if c.disk == nil {
 		return c.Warm(ctx, id, size, p)
 	}
-	if c.disk.has(id) || c.disk.queued(id) {
+	if c.disk.has(id) || c.disk.queued(id) || c.disk.inFileHas(id) {
 		return nil
 	}
 	b, err := c.get(ctx, id, size, p)

@@ -1294,3 +1294,77 @@ func waitRechecked(t *testing.T, c *Cache) {
 		t.Fatal(err)
 	}
 }
+
+// An assembled file replaces its chunks' own entries (one copy per byte);
+// the chunks are still served from the disk tier, out of the file, without
+// the store; a corrupt byte there is caught by the chunk's SHA-256, the
+// file dropped and the chunk fetched again.
+func TestAssembledFileReplacesChunks(t *testing.T) {
+	ctx := context.Background()
+	st, chunks, whole := fileFixture(t)
+	dir := t.TempDir()
+	c, err := Open(st, Config{Dir: dir, MemBytes: 4 << 20, DiskBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, ch := range chunks {
+		if err := c.Fetch(ctx, ch.ID, ch.Size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	if s := c.Stats().Disk; s.Bytes != int64(len(whole)) || s.Entries != 3 {
+		t.Fatalf("before assembly: %+v", s)
+	}
+	if err := c.Assemble(ctx, chunks, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Stats().Disk; s.Bytes != int64(len(whole)) || s.Entries != 1 {
+		t.Fatalf("after assembly the disk tier holds %d bytes in %d entries, want %d in 1", s.Bytes, s.Entries, len(whole))
+	}
+	c.DropMemory()
+	before := st.gets.Load()
+	off := 0
+	for i, ch := range chunks {
+		if _, onDisk := c.Residency(ch.ID); !onDisk {
+			t.Fatalf("chunk %d not on disk", i)
+		}
+		got, err := c.Get(ctx, ch.ID, ch.Size)
+		if err != nil || !bytes.Equal(got, whole[off:off+int(ch.Size)]) {
+			t.Fatalf("chunk %d out of the assembled file: %v", i, err)
+		}
+		off += int(ch.Size)
+	}
+	if st.gets.Load() != before {
+		t.Fatal("the store was read for chunks inside the assembled file")
+	}
+	// A chunk fetched again is not written a second time.
+	if err := c.WarmDisk(ctx, chunks[0].ID, chunks[0].Size, Prefetch); err != nil {
+		t.Fatal(err)
+	}
+	c.Flush()
+	if s := c.Stats().Disk; s.Entries != 1 {
+		t.Fatalf("a chunk inside the file was cached again: %+v", s)
+	}
+	// Corrupt the middle chunk's bytes inside the file.
+	id := FileID(chunks)
+	e, _ := c.disk.peek(id)
+	p := c.disk.path(id, e.sum)
+	b, _ := os.ReadFile(p)
+	b[int(chunks[0].Size)+10] ^= 1
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.DropMemory()
+	got, err := c.Get(ctx, chunks[1].ID, chunks[1].Size)
+	if err != nil || !bytes.Equal(got, whole[chunks[0].Size:chunks[0].Size+chunks[1].Size]) {
+		t.Fatalf("chunk after its bytes inside the file were corrupted: %v", err)
+	}
+	if st.gets.Load() != before+1 || c.Stats().Corrupt != 1 {
+		t.Fatalf("store reads %d (want 1), corrupt %d (want 1)", st.gets.Load()-before, c.Stats().Corrupt)
+	}
+	if _, err := os.Stat(filepath.Join(dir, mapsDir, id.String())); !os.IsNotExist(err) {
+		t.Fatalf("the dropped file's chunk map is still there: %v", err)
+	}
+}

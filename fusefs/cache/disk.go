@@ -89,6 +89,11 @@ type diskTier struct {
 
 	// journal keeps passthrough verifications across restarts (verified.go).
 	journal *journal
+	// inFile says which assembled file holds each chunk whose own entry
+	// was dropped, fileChunks which chunks each assembled file indexes
+	// (infile.go).
+	inFile     map[digest.ID]inFileLoc
+	fileChunks map[digest.ID][]digest.ID
 }
 
 type pendingWrite struct {
@@ -231,6 +236,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	for _, r := range kept {
 		d.entries[r.id].Value.(*diskEntry).recheck = true
 	}
+	d.loadMaps()
 	d.queue = make(chan pendingWrite, queueLen)
 	for i := 0; i < 2; i++ {
 		d.writers.Add(1)
@@ -439,13 +445,18 @@ func (d *diskTier) open(id digest.ID, size int64) (*os.File, error) {
 
 func (d *diskTier) drop(id digest.ID, e diskEntry) {
 	d.mu.Lock()
+	m := ""
 	if el, ok := d.entries[id]; ok && el.Value.(*diskEntry).sum == e.sum {
 		d.lru.Remove(el)
 		delete(d.entries, id)
 		d.used -= e.size
+		m = d.forgetLocked(id)
 	}
 	d.mu.Unlock()
 	os.Remove(d.path(id, e.sum))
+	if m != "" {
+		os.Remove(m)
+	}
 }
 
 // addAsync queues a write of b's bytes, holding a reference until done.
@@ -785,6 +796,11 @@ func (d *diskTier) commit(id digest.ID, tmp string, size int64, sum uint64) erro
 		os.Remove(tmp)
 		return nil
 	}
+	if _, ok := d.inFile[id]; ok { // inside an assembled file already
+		d.mu.Unlock()
+		os.Remove(tmp)
+		return nil
+	}
 	gone := d.evictLocked(size)
 	if d.used+size > d.limit {
 		// Other writes in flight hold the room: skip rather than overshoot.
@@ -859,6 +875,9 @@ func (d *diskTier) evictLocked(need int64) (gone []string) {
 		d.used -= e.size
 		d.evicted++
 		gone = append(gone, d.path(e.id, e.sum))
+		if m := d.forgetLocked(e.id); m != "" {
+			gone = append(gone, m)
+		}
 	}
 	return gone
 }
