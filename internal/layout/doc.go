@@ -24,7 +24,8 @@
 //	internal/            small helpers with no gpuwarm imports of their own
 //	cmd/gpuwarm/         the CLI: one file per command
 //	testing/             end-to-end tests, benchmarks, GPU checks, workloads,
-//	                     the S3 server and registry the tests start
+//	                     the S3 server and registry the tests start (procserver:
+//	                     what running either as a child process takes)
 //
 // Imports only point down or sideways into lower layers: the store side
 // (manifest/...) knows nothing of mounts, prefetching or restores; the mount

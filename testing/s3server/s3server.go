@@ -4,17 +4,15 @@
 package s3server
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/testing/procserver"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -32,34 +30,22 @@ type Server struct {
 	Endpoint string // http://127.0.0.1:PORT
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	logs bytes.Buffer
-	done chan struct{}
+	proc *procserver.Proc // nil while stopped
+	last string           // what it printed when it last stopped
 }
 
 // Binary finds versitygw.
 func Binary() (string, error) {
-	for _, p := range []string{os.Getenv("GPUWARM_VERSITYGW"), "/opt/gpuwarm/bin/versitygw"} {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-		}
-	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("versitygw not found: run make setup (scripts/install-versitygw.sh) or set GPUWARM_VERSITYGW")
+	return procserver.Find("GPUWARM_VERSITYGW", []string{"/opt/gpuwarm/bin/versitygw"}, "versitygw",
+		"run make setup (scripts/install-versitygw.sh)")
 }
 
 // Start starts a server storing its buckets under dir, on a free port.
 func Start(dir string) (*Server, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := procserver.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := l.Addr().String()
-	l.Close()
 	s := &Server{Dir: dir, Addr: addr, Endpoint: "http://" + addr}
 	if err := s.Restart(); err != nil {
 		return nil, err
@@ -80,47 +66,23 @@ func (s *Server) Restart() error {
 	defer s.mu.Unlock()
 	cmd := exec.Command(bin, "--port", s.Addr, "--quiet", "posix", s.Dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
-	s.logs.Reset()
-	cmd.Stdout, cmd.Stderr = &s.logs, &s.logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start versitygw: %w", err)
+	p, err := procserver.Start(cmd, "versitygw", procserver.Listening(s.Addr), 30*time.Second)
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	s.cmd, s.done = cmd, done
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-done:
-			return fmt.Errorf("versitygw exited at start:\n%s", s.logs.String())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	cmd.Process.Kill()
-	return fmt.Errorf("versitygw did not listen on %s within 30s:\n%s", s.Addr, s.logs.String())
+	s.proc = p
+	return nil
 }
 
 // Stop stops the server (the data stays in Dir).
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return
 	}
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(5 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd = nil
+	s.proc.Stop()
+	s.last, s.proc = s.proc.Logs(), nil
 }
 
 // Client returns a client with the root credentials.
@@ -157,7 +119,10 @@ func (s *Server) SetEnv() {
 func (s *Server) Logs() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.logs.String()
+	if s.proc == nil {
+		return s.last
+	}
+	return s.proc.Logs()
 }
 
 // DataDir is where an object's bytes live in the posix backend.
