@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/gpuwarm/gpuwarm/internal/findbin"
 )
 
 // CRIU is a located, version-checked criu binary.
@@ -35,31 +37,16 @@ var ErrNoCRIU = errors.New("CRIU unavailable")
 // FindCRIU locates criu: $GPUWARM_CRIU, /opt/gpuwarm/criu/bin/criu (what
 // make setup installs), then PATH.
 func FindCRIU(ctx context.Context) (*CRIU, error) {
-	var candidates []string
-	if p := os.Getenv("GPUWARM_CRIU"); p != "" {
-		candidates = append(candidates, p)
+	c, err := findbin.Find("GPUWARM_CRIU", []string{"/opt/gpuwarm/criu/bin/criu"}, "criu", func(p string) (*CRIU, error) {
+		return probe(ctx, p)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: no CRIU >= %d.%d found (%v); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, MinMinor, err)
 	}
-	candidates = append(candidates, "/opt/gpuwarm/criu/bin/criu")
-	if p, err := exec.LookPath("criu"); err == nil {
-		candidates = append(candidates, p)
+	if err := WarmKerndat(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "gpuwarm: warning:", err)
 	}
-	var tried []string
-	for _, p := range candidates {
-		if _, err := os.Stat(p); err != nil {
-			tried = append(tried, p+" (missing)")
-			continue
-		}
-		c, err := probe(ctx, p)
-		if err != nil {
-			tried = append(tried, err.Error())
-			continue
-		}
-		if err := WarmKerndat(ctx, c); err != nil {
-			fmt.Fprintln(os.Stderr, "gpuwarm: warning:", err)
-		}
-		return c, nil
-	}
-	return nil, fmt.Errorf("%w: no CRIU >= %d.%d found (tried %s); install it with `make setup` (scripts/install-criu.sh) or set GPUWARM_CRIU", ErrNoCRIU, MinMajor, MinMinor, strings.Join(tried, "; "))
+	return c, nil
 }
 
 var versionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(\.\d+)?`)

@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/gpuwarm/gpuwarm/internal/findbin"
 )
 
 // Runc is a located, version-checked runc binary and the state directory
@@ -32,37 +34,24 @@ var ErrNoRunc = errors.New("runc unavailable")
 // FindRunc locates runc: $GPUWARM_RUNC, /usr/sbin/runc (Debian's
 // package, which make setup installs), then PATH.
 func FindRunc(ctx context.Context, root, criu string) (*Runc, error) {
-	var candidates []string
-	if p := os.Getenv("GPUWARM_RUNC"); p != "" {
-		candidates = append(candidates, p)
-	}
-	candidates = append(candidates, "/usr/sbin/runc", "/usr/bin/runc")
-	if p, err := exec.LookPath("runc"); err == nil {
-		candidates = append(candidates, p)
-	}
-	var tried []string
-	for _, p := range candidates {
-		if _, err := os.Stat(p); err != nil {
-			tried = append(tried, p+" (missing)")
-			continue
-		}
+	r, err := findbin.Find("GPUWARM_RUNC", []string{"/usr/sbin/runc", "/usr/bin/runc"}, "runc", func(p string) (*Runc, error) {
 		out, err := exec.CommandContext(ctx, p, "--version").CombinedOutput()
 		if err != nil {
-			tried = append(tried, fmt.Sprintf("%s --version: %v", p, err))
-			continue
+			return nil, fmt.Errorf("%s --version: %v", p, err)
 		}
 		v, ok := runcVersion(out)
 		if !ok {
-			tried = append(tried, fmt.Sprintf("%s printed no version", p))
-			continue
+			return nil, fmt.Errorf("%s printed no version", p)
 		}
 		if !atLeast(v, MinRunc) {
-			tried = append(tried, fmt.Sprintf("%s is runc %s, older than %s", p, v, MinRunc))
-			continue
+			return nil, fmt.Errorf("%s is runc %s, older than %s", p, v, MinRunc)
 		}
 		return &Runc{Path: p, Version: v, Root: root, CRIU: criu}, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: no runc >= %s found (%v); install it with `make setup` (apt-get install runc) or set GPUWARM_RUNC", ErrNoRunc, MinRunc, err)
 	}
-	return nil, fmt.Errorf("%w: no runc >= %s found (tried %s); install it with `make setup` (apt-get install runc) or set GPUWARM_RUNC", ErrNoRunc, MinRunc, strings.Join(tried, "; "))
+	return r, nil
 }
 
 var runcVersionRE = regexp.MustCompile(`runc version (\d+\.\d+(\.\d+)?)`)

@@ -9,27 +9,22 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/findbin"
 )
 
 // Find returns the first of the path in environment variable env, the
 // default paths and name in PATH that exists; hint says how to install it.
 func Find(env string, defaults []string, name, hint string) (string, error) {
-	for _, p := range append([]string{os.Getenv(env)}, defaults...) {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p, nil
-			}
-		}
+	p, err := findbin.Find(env, defaults, name, findbin.Exists)
+	if err != nil {
+		return "", fmt.Errorf("%s not found (%v): %s or set %s", name, err, hint, env)
 	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	return "", fmt.Errorf("%s not found: %s or set %s", name, hint, env)
+	return p, nil
 }
 
 // FreeAddr returns a loopback address with a port free a moment ago.
