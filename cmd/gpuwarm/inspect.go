@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
+	"github.com/gpuwarm/gpuwarm/restore"
 )
 
 func init() {
@@ -88,9 +90,16 @@ func (o *inspectOptions) run(ctx context.Context, args []string) error {
 			fmt.Fprintf(w, "  env %s\n", e)
 		}
 	}
+	if wm, err := restore.ParseWeightsMeta(s.Annotations[restore.AnnWeights]); err == nil && wm != nil {
+		var ids []string
+		for _, id := range wm.Images() {
+			ids = append(ids, id.Short())
+		}
+		fmt.Fprintf(w, "weights   %d tensors (%s) referenced in image %s, not stored\n", len(wm.Refs), pack.HumanBytes(wm.Bytes), strings.Join(ids, ", "))
+	}
 	keys := make([]string, 0, len(s.Annotations))
 	for k := range s.Annotations {
-		if k == pack.AnnOCIConfig {
+		if k == pack.AnnOCIConfig || k == restore.AnnWeights {
 			continue // shown above
 		}
 		keys = append(keys, k)

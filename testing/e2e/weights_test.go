@@ -129,6 +129,9 @@ func TestWeightsProtocol(t *testing.T) {
 	if strings.Contains(insp, `\"name\":\"modified.c\"`) {
 		t.Fatalf("a tensor that differs from its file is referenced: %s", insp)
 	}
+	if txt := gw(t, "inspect", "ws", "--store", storeDir); !strings.Contains(txt, "weights   2 tensors (5.3 MB) referenced in image") {
+		t.Fatalf("inspect does not summarize the weight references: %s", txt)
+	}
 
 	// Another worker (its own mount and cache) restores it lazily.
 	mntB, cacheB, spool := filepath.Join(tmp, "mntB"), filepath.Join(tmp, "cacheB"), filepath.Join(tmp, "spool")
