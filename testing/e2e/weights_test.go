@@ -158,6 +158,13 @@ func TestWeightsProtocol(t *testing.T) {
 		t.Fatalf("gpuwarm_restore_weights_seconds_count %v, want 1", got)
 	}
 
+	// gc keeps the weights image while the snapshot needs it, tagged or not.
+	gw(t, "rm", "--tag", "w", "--store", storeDir)
+	gw(t, "gc", "--grace", "0", "--store", storeDir)
+	if out := gw(t, "inspect", "ws", "--store", storeDir); !strings.Contains(out, "weights   2 tensors") {
+		t.Fatalf("after gc: %s", out)
+	}
+
 	// A corrupt chunk of b.weight in the store: a worker with an empty
 	// cache cannot serve it, and the restore fails with nothing running.
 	fs, err := filestore.Open(storeDir)
