@@ -73,10 +73,6 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		c.Remove(context.WithoutCancel(ctx), rc)
 		return nil, nil, err
 	}
-	conf, err := c.CRIUConfig(o.lazy || o.prefill)
-	if err != nil {
-		return fail(err)
-	}
 	if container.SetNetNS(s, container.NetNSPath(c.Name)) {
 		// A network of its own, as the original had: a new namespace,
 		// loopback up, which CRIU joins and fills with the sockets.
@@ -87,6 +83,11 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		if err := container.NewNetNS(container.NetNSPath(c.Name)); err != nil {
 			return fail(err)
 		}
+	}
+	// After OwnNet is known: it decides the network lock.
+	conf, err := c.CRIUConfig(o.lazy || o.prefill)
+	if err != nil {
+		return fail(err)
 	}
 	s.Root.Path = c.Rootfs()
 	s.Linux.CgroupsPath = "/gpuwarm/" + c.Name
