@@ -86,6 +86,7 @@ type WeightsReport struct {
 	Kept     int           // tensors the workloads kept (not in an image, or differing)
 	Duration time.Duration // release (snapshot) or reload (restore), all processes
 	Wait     time.Duration // restore: from the tree running to every library connected
+	Alloc    time.Duration // restore: the longest a library spent allocating GPU memory
 }
 
 // GBps is the reload's rate.
@@ -454,6 +455,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 				if err == nil {
 					mu.Lock()
 					got += r.Bytes
+					rep.Alloc = max(rep.Alloc, time.Duration(r.AllocSeconds*float64(time.Second)))
 					mu.Unlock()
 				}
 			}()
@@ -467,7 +469,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 			return fmt.Errorf("weights: the workload uploaded %d bytes, the snapshot references %d", got, rep.Meta.Bytes)
 		}
 		log.Info("weights uploaded from the cache", "bytes", got, "seconds", rep.Duration.Seconds(), "GB/s", rep.GBps(),
-			"connect_wait", rep.Wait.Seconds())
+			"allocation", rep.Alloc.Seconds(), "connect_wait", rep.Wait.Seconds())
 		return nil
 	}
 	return rep

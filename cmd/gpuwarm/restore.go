@@ -259,8 +259,8 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	} else {
 		o.printTiming(t, resident, ls, opt.Profile, run, merged)
 		if wRep.Meta != nil {
-			fmt.Fprintf(o.out, "  weights: %s uploaded by the workload from the mount in %s (%.1f GB/s), after %s waiting for its library\n",
-				pack.HumanBytes(wRep.Meta.Bytes), ms(wRep.Duration), wRep.GBps(), ms(wRep.Wait))
+			fmt.Fprintf(o.out, "  weights: %s uploaded by the workload from the mount in %s (%.1f GB/s; allocation %s), after %s waiting for its library\n",
+				pack.HumanBytes(wRep.Meta.Bytes), ms(wRep.Duration), wRep.GBps(), ms(wRep.Alloc), ms(wRep.Wait))
 		}
 	}
 	if rerr != nil {

@@ -147,6 +147,8 @@ class Hooks:
                 self.released, self.error = False, None
                 self._resident.set()
                 reply = {"ok": True, "bytes": n}
+                if getattr(self.backend, "alloc_seconds", None) is not None:
+                    reply["alloc_seconds"] = self.backend.alloc_seconds
             else:
                 raise RuntimeError(f"unknown request {op!r}")
         except Exception as e:
@@ -374,11 +376,13 @@ class TorchWeights:
     def reload(self, paths):
         torch = self.torch
         jobs = []
+        t = time.monotonic()
         for e in self.released:
             st = e["tensor"].untyped_storage()
             if st.nbytes() != e["length"]:
                 st.resize_(e["length"])
             jobs.append((paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e))
+        self.alloc_seconds = time.monotonic() - t
         flats = {id(e): self._flat(e) for e in self.released}
 
         def upload(e, dst, buf, stream):

@@ -111,6 +111,8 @@ type Reply struct {
 	Seconds float64  `json:"seconds"`
 	// Kept says why tensors were not released (name: reason), for the log.
 	Kept map[string]string `json:"kept,omitempty"`
+	// AllocSeconds is the part of a reload spent allocating GPU memory.
+	AllocSeconds float64 `json:"alloc_seconds,omitempty"`
 }
 
 // ParseHello decodes and checks a hello line.

@@ -124,7 +124,7 @@ type snapInfo struct {
 	WeightsTensors int     `json:"weights_tensors"`
 }
 
-var weightsLine = regexp.MustCompile(`weights: .* in +([0-9.]+) ms \(([0-9.]+) GB/s\)`)
+var weightsLine = regexp.MustCompile(`weights: .* in +([0-9.]+) ms \(([0-9.]+) GB/s`)
 
 // restoreAsk restores tag, asks the restored copy as soon as it runs, and
 // returns the time from the restore's start to the answer and what the
