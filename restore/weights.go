@@ -358,8 +358,11 @@ func reloadInPlace(ctx context.Context, socket string, pids []int, paths map[str
 // through the mount while CRIU and the CUDA driver restore the rest, and,
 // once the tree runs, have each library upload its weights from the mount
 // at mount (every chunk verified on its way in); a failure kills the tree.
-// Install it after GPURestoreHooks.
-func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.Logger) *WeightsReport {
+// Install it after GPURestoreHooks. warm, if set, is started with the
+// referenced images as the restore begins and canceled when it ends: the
+// CLI has the mount daemon fetch them into the cache with its parallel
+// fetches, so that a cold worker reads them at the store's rate.
+func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.Logger, warm func(ctx context.Context, images []digest.ID)) *WeightsReport {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -367,6 +370,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 	rep := &WeightsReport{}
 	var paths map[string]string
 	var innerDone bool
+	stopWarm := func() {}
 	opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
 		m, err := ParseWeightsMeta(ann[AnnWeights])
 		if err != nil {
@@ -378,6 +382,11 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 			}
 			rep.Meta = m
 			go readAhead(m, paths)
+			if warm != nil {
+				wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+				stopWarm = cancel
+				go warm(wctx, m.Images())
+			}
 		}
 		if before != nil {
 			return before(ctx, ann)
@@ -394,6 +403,8 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		if rep.Meta == nil {
 			return nil
 		}
+		// Whatever the upload's outcome, the warm has done its part.
+		defer stopWarm()
 		t := time.Now()
 		srv, err := weights.Listen(rep.Meta.Socket)
 		if err != nil {

@@ -2,11 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/prefetch"
 	"github.com/gpuwarm/gpuwarm/restore"
@@ -153,7 +157,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		opt.Stdout, opt.Stderr = f, f
 	}
 	gpuRep := restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
-	wRep := restore.WeightsRestoreHooks(&opt, st, o.mount, o.log)
+	wRep := restore.WeightsRestoreHooks(&opt, st, o.mount, o.log, o.warmImages)
 	// The worker's mount daemon exports what this restore measured.
 	rep := report.Restore{Mode: "eager", Container: ctr != nil}
 	switch {
@@ -309,4 +313,30 @@ func ctrName(c *container.Container) string {
 		return ""
 	}
 	return c.Name
+}
+
+// warmImages has the mount daemon behind this restore's cache fetch the
+// images into it (its parallel fetches, the store's rate), as `gpuwarm cache
+// warm` does; without a daemon there, nothing happens.
+func (o *restoreOptions) warmImages(ctx context.Context, ids []digest.ID) {
+	hc, err := controlClient(o.cacheDir.dir)
+	if err != nil {
+		o.log.Debug("weights: not warming the cache", "err", err)
+		return
+	}
+	for _, id := range ids {
+		body, err := send(ctx, hc, http.MethodPost, controlURL("/v1/warm", url.Values{"image": {id.String()}}))
+		if err != nil {
+			if ctx.Err() == nil {
+				o.log.Debug("weights: warming the cache", "image", id.Short(), "err", err)
+			}
+			continue
+		}
+		var last warmProgress
+		dec := json.NewDecoder(body)
+		for dec.Decode(&last) == nil {
+		}
+		body.Close()
+		o.log.Debug("weights: the mount daemon warmed the cache", "image", id.Short(), "bytes", last.Done, "fetched", last.Fetched, "seconds", last.Seconds, "err", last.Error)
+	}
 }
