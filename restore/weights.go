@@ -380,6 +380,14 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 			if paths, err = checkWeights(ctx, st, mount, m); err != nil {
 				return err
 			}
+		}
+		// The GPU checks next: a refused worker starts no reads.
+		if before != nil {
+			if err := before(ctx, ann); err != nil {
+				return err
+			}
+		}
+		if m != nil {
 			rep.Meta = m
 			go readAhead(m, paths)
 			if warm != nil {
@@ -387,9 +395,6 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 				stopWarm = cancel
 				go warm(wctx, m.Images())
 			}
-		}
-		if before != nil {
-			return before(ctx, ann)
 		}
 		return nil
 	}
