@@ -48,15 +48,28 @@ func (o *psOptions) run(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	var listed map[string]container.State
+	if rc != nil {
+		listed, _ = rc.List(ctx) // nil: asked one by one below
+	}
 	var entries []psEntry
 	for _, c := range cs {
 		e := psEntry{Record: c.Record, State: "missing"}
-		if st, err := rc.State(ctx, c.Name); err == nil {
+		st, ok := listed[c.Name]
+		var err error
+		if listed == nil { // runc list failed: one by one
+			var p *container.State
+			if p, err = rc.State(ctx, c.Name); err == nil {
+				st, ok = *p, true
+			}
+		}
+		switch {
+		case ok:
 			e.State, e.PID = st.Status, st.PID
 			if st.Status == "stopped" {
 				e.PID = 0
 			}
-		} else if !errors.Is(err, container.ErrNotExist) {
+		case err != nil && !errors.Is(err, container.ErrNotExist):
 			e.State = "unknown: " + err.Error()
 		}
 		entries = append(entries, e)

@@ -236,6 +236,29 @@ func (r *Runc) State(ctx context.Context, id string) (*State, error) {
 	return &s, nil
 }
 
+// List asks runc about every container under its root at once (runc list),
+// by ID: one exec for a worker's whole ps instead of one per container.
+func (r *Runc) List(ctx context.Context) (map[string]State, error) {
+	cmd := r.command(ctx, "list", "--format", "json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("runc list: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	var all []State
+	if t := bytes.TrimSpace(out); len(t) > 0 && !bytes.Equal(t, []byte("null")) {
+		if err := json.Unmarshal(t, &all); err != nil {
+			return nil, fmt.Errorf("runc list: %w", err)
+		}
+	}
+	m := make(map[string]State, len(all))
+	for _, st := range all {
+		m[st.ID] = st
+	}
+	return m, nil
+}
+
 // Kill sends sig to the container's init (with all, to every process).
 func (r *Runc) Kill(ctx context.Context, id, sig string) error {
 	return r.exec(ctx, "kill", id, sig)
