@@ -3,6 +3,7 @@ package container
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -305,5 +306,44 @@ func TestRuncVersion(t *testing.T) {
 	v, ok := runcVersion([]byte("runc version 1.1.5+ds1\ncommit: x\n"))
 	if !ok || v != "1.1.5" || !atLeast(v, MinRunc) || atLeast("1.0.3", MinRunc) || !atLeast("2.0", MinRunc) {
 		t.Fatalf("%q %v", v, ok)
+	}
+}
+
+// List parses runc list's JSON (an array, or null when runc has no
+// containers) into states by ID, and FindRunc refuses a runc too old,
+// saying which it tried.
+func TestRuncListAndFind(t *testing.T) {
+	dir := t.TempDir()
+	script := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	r := &Runc{Path: script("runc-two", `echo '[{"id":"a","pid":12,"status":"running","bundle":"/b/a"},{"id":"b","pid":0,"status":"stopped","bundle":"/b/b"}]'`), Root: dir}
+	m, err := r.List(context.Background())
+	if err != nil || len(m) != 2 || m["a"].PID != 12 || m["a"].Status != "running" || m["b"].Status != "stopped" {
+		t.Fatalf("list: %+v %v", m, err)
+	}
+	r.Path = script("runc-none", `echo null`)
+	if m, err := r.List(context.Background()); err != nil || m == nil || len(m) != 0 {
+		t.Fatalf("empty list: %+v %v", m, err)
+	}
+	r.Path = script("runc-bad", `echo '{not json'`)
+	if _, err := r.List(context.Background()); err == nil {
+		t.Fatal("bad JSON accepted")
+	}
+	// An old runc named by GPUWARM_RUNC is passed over (for the system's,
+	// where there is one), and named in the error where there is none.
+	old := script("runc-old", `echo "runc version 1.0.2"`)
+	t.Setenv("GPUWARM_RUNC", old)
+	t.Setenv("PATH", dir)
+	found, err := FindRunc(context.Background(), dir, "")
+	switch {
+	case err == nil && found.Path == old:
+		t.Fatal("FindRunc took a runc older than 1.1")
+	case err != nil && !strings.Contains(err.Error(), old+" is runc 1.0.2, older than 1.1"):
+		t.Fatalf("the error does not say why %s was passed over: %v", old, err)
 	}
 }
