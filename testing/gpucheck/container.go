@@ -58,6 +58,11 @@ func containerChecks(script string, gb float64) []bu.Row {
 	g := &gwc{bin: bin, env: append(os.Environ(), "GPUWARM_STORE="+filepath.Join(dir, "store"),
 		"GPUWARM_MOUNT="+filepath.Join(dir, "mnt"), "GPUWARM_CONTAINERS="+filepath.Join(dir, "containers"),
 		"GPUWARM_RUNC_ROOT=/run/gpuwarm-gpucheck", "GPUWARM_CACHE_DIR="+filepath.Join(dir, "cache"))}
+	// The containers' logs are appended to: a line from an earlier run
+	// would pass for this one's.
+	for _, n := range []string{"orig", "one", "twin0", "twin1"} {
+		os.Remove(filepath.Join("/var/log/gpuwarm", n+".log"))
+	}
 	phase("container: building the Python environment's image")
 	rootfs := filepath.Join(dir, "rootfs")
 	if !check("container: root filesystem of the Python environment", buildPyRootfs(rootfs, script)) {
