@@ -124,7 +124,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		if len(released) == 0 {
 			return nil
 		}
-		err := reloadInPlace(ctx, socket, released, nil)
+		err := reloadInPlace(ctx, socket, released)
 		if err == nil {
 			released = nil
 		}
@@ -328,8 +328,9 @@ func resolveWeightFiles(files []string, log *slog.Logger) (map[string]string, ma
 }
 
 // reloadInPlace asks the libraries of pids (which released their weights in
-// a snapshot) to upload them again, reading paths[source] for each source.
-func reloadInPlace(ctx context.Context, socket string, pids []int, paths map[string]string) error {
+// a snapshot) to upload them again, from the sources they released them
+// from.
+func reloadInPlace(ctx context.Context, socket string, pids []int) error {
 	srv, err := weights.Listen(socket)
 	if err != nil {
 		return err
@@ -344,7 +345,7 @@ func reloadInPlace(ctx context.Context, socket string, pids []int, paths map[str
 	}
 	var errs []error
 	for _, p := range peers {
-		if _, err := p.Reload(ctx, paths); err != nil {
+		if _, err := p.Reload(ctx, nil); err != nil {
 			errs = append(errs, err)
 		}
 		p.Close()

@@ -150,7 +150,8 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	if err != nil {
 		return nil, err
 	}
-	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, configured: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}}
+	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, configured: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{},
+		inFile: map[digest.ID]inFileLoc{}, fileChunks: map[digest.ID][]digest.ID{}}
 	// Writes in flight when an earlier process died are garbage: temporary
 	// files are named by a sequence number (or are the journal's).
 	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))

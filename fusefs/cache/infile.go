@@ -91,9 +91,6 @@ func (d *diskTier) replaceChunks(file digest.ID, chunks []chunk.Ref) error {
 // mapLocked indexes file's chunks and drops their own entries, returning
 // the files to remove.
 func (d *diskTier) mapLocked(file digest.ID, chunks []chunk.Ref) (gone []string) {
-	if d.inFile == nil {
-		d.inFile, d.fileChunks = map[digest.ID]inFileLoc{}, map[digest.ID][]digest.ID{}
-	}
 	var off int64
 	var mine []digest.ID
 	for _, c := range chunks {

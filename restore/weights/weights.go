@@ -335,21 +335,16 @@ func (p *Peer) Release(ctx context.Context, sources map[string]string) (*Reply, 
 	if err != nil {
 		return r, err
 	}
+	offered := make(map[string]bool, len(sources))
+	for _, s := range sources {
+		offered[s] = true
+	}
 	for _, t := range r.Tensors {
-		if !isSource(sources, t.File) {
+		if !offered[t.File] {
 			return nil, fmt.Errorf("weights: process %d released tensor %q from %s, a file gpuwarm did not offer", p.PID, t.Name, t.File)
 		}
 	}
 	return r, nil
-}
-
-func isSource(sources map[string]string, f string) bool {
-	for _, s := range sources {
-		if s == f {
-			return true
-		}
-	}
-	return false
 }
 
 // Reload asks the workload to allocate and fill its released tensors,

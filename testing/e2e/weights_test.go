@@ -100,7 +100,6 @@ func TestWeightsProtocol(t *testing.T) {
 	t.Setenv("GPUWARM_WEIGHTS", sock)
 	logA := filepath.Join(tmp, "a.log")
 	pidS := strings.TrimSpace(gw(t, "run", "--log", logA, "--", "python3", script, filepath.Join(mnt, "w/model.safetensors")))
-	pid, _ := strconv.Atoi(pidS)
 	t.Cleanup(func() {
 		for _, p := range workloadProcs() {
 			syscall.Kill(p, syscall.SIGKILL)
@@ -119,7 +118,6 @@ func TestWeightsProtocol(t *testing.T) {
 	if snap.WeightsTensors != 2 || snap.WeightsBytes != int64(len(data["a.weight"])+len(data["b.weight"])) {
 		t.Fatalf("snapshot released %d tensors, %d bytes; want a.weight and b.weight (modified.c differs from its file)", snap.WeightsTensors, snap.WeightsBytes)
 	}
-	_ = pid
 	insp := gw(t, "inspect", "ws", "--store", storeDir, "--json")
 	for _, n := range []string{"a.weight", "b.weight", fmt.Sprintf(`\"offset\":%d`, offs["a.weight"])} {
 		if !strings.Contains(insp, n) {

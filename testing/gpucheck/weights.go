@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 )
@@ -58,7 +60,7 @@ func weightsChecks(script string, gbs []float64) []bu.Row {
 		mount.Process.Signal(syscall.SIGTERM)
 		mount.Wait()
 	}()
-	for i := 0; i < 200 && !isMounted(mntDir); i++ {
+	for i := 0; i < 200 && !fusemagic.IsFUSE(mntDir); i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
 	out, err := exec.Command("python3", script, "--h2d", "2").CombinedOutput()
@@ -72,11 +74,6 @@ func weightsChecks(script string, gbs []float64) []bu.Row {
 		rows = append(rows, weightsSize(g, script, gb, mntDir, storeDir, pinned, i == 0)...)
 	}
 	return rows
-}
-
-func isMounted(dir string) bool {
-	var st syscall.Statfs_t
-	return syscall.Statfs(dir, &st) == nil && st.Type == 0x65735546
 }
 
 type wlRun struct {
@@ -191,20 +188,12 @@ func storeReadRate(storeDir string) (float64, int64) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 4<<20)
 			for p := range ch {
 				f, err := os.Open(p)
 				if err != nil {
 					continue
 				}
-				var n int64
-				for {
-					k, err := f.Read(buf)
-					n += int64(k)
-					if err != nil {
-						break
-					}
-				}
+				n, _ := io.Copy(io.Discard, f)
 				f.Close()
 				mu.Lock()
 				total += n
