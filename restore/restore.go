@@ -66,6 +66,10 @@ type Options struct {
 	// gpuwarm's lazy-pages daemon listens when lazyPages), leaves the tree
 	// stopped when leaveStopped, and returns the root's PID on the host.
 	CRIURestore func(ctx context.Context, imgDir, workDir string, lazyPages, leaveStopped bool) (int, error)
+	// Start, if set, is when the restore began for its caller (work done
+	// before Restore, such as preparing a container, counts in Timing);
+	// zero means when Restore is called.
+	Start time.Time
 	// Progress, if set, sees a prefill's bytes in place so far and the
 	// snapshot's memory, several times a second.
 	Progress func(done, total int64)
@@ -140,7 +144,10 @@ var ErrIncompatible = errors.New("snapshot incompatible with this worker")
 // Restore restores a snapshot from the mount. On any failure nothing it
 // started is left running.
 func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) {
-	start := time.Now()
+	start := opt.Start
+	if start.IsZero() {
+		start = time.Now()
+	}
 	log := opt.Logger
 	if log == nil {
 		log = slog.Default()

@@ -116,17 +116,15 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	}
 	opt.Index = ix
 	var ctr *container.Container
-	// ctrPrep is the container's preparation (overlay, config, network
-	// namespace) before CRIU: counted in the times a container restore
-	// reports, as its caller waits for it.
-	var ctrPrep time.Duration
 	if ix.Annotations[container.AnnImageID] != "" {
 		var rc *container.Runc
-		ctrStart := time.Now()
+		// The container's preparation (overlay, config, network
+		// namespace) counts in the times the restore reports: its caller
+		// waits for it.
+		opt.Start = time.Now()
 		if ctr, rc, err = o.prepareContainer(ctx, c, name, ix, &opt); err != nil {
 			return err
 		}
-		ctrPrep = time.Since(ctrStart)
 		defer func() {
 			if err != nil {
 				ctr.Remove(context.WithoutCancel(ctx), rc)
@@ -187,10 +185,6 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	bar := newProgress(nil, o.quiet || o.json || !o.prefill, "prefill: memory in place")
 	opt.Progress = bar.update
 	p, err := restore.Restore(ctx, c, opt)
-	if err == nil {
-		p.Timing.Prepare += ctrPrep
-		p.Timing.Running += ctrPrep
-	}
 	bar.done()
 	if err != nil {
 		return err
@@ -220,7 +214,6 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		p.Kill()
 		rerr = fmt.Errorf("lazy memory not all in place, the restored tree was killed: %w", rerr)
 	}
-	resident += ctrPrep
 	t := p.Timing
 	res := restoreResult{PID: p.PID, Lazy: o.lazy, Container: ctrName(ctr), Prepare: t.Prepare.Seconds(), CRIU: t.CRIU.Seconds(),
 		GPU: t.After.Seconds(), Running: t.Running.Seconds(), Resident: resident.Seconds()}
