@@ -377,3 +377,47 @@ func TestMissingObjectsAreEIO(t *testing.T) {
 		t.Fatalf("by-id lookup of an image the store lacks: %v, want ENOENT", errno)
 	}
 }
+
+// TestXattrsNameImageAndFile: the image root names its image, a regular
+// file its image and path (what a process outside a container resolves a
+// path inside it by), neither listed; a directory has no file name.
+func TestXattrsNameImageAndFile(t *testing.T) {
+	r := newRig(t, Options{}, map[string]map[string][]byte{"app": {"sub/w.bin": small}})
+	ctx := context.Background()
+	get := func(n *node, attr string) (string, syscall.Errno) {
+		size, errno := n.Getxattr(ctx, attr, nil)
+		if errno != 0 {
+			return "", errno
+		}
+		if _, errno := n.Getxattr(ctx, attr, make([]byte, size-1)); errno != syscall.ERANGE {
+			t.Errorf("getxattr %s into a short buffer: %v, want ERANGE", attr, errno)
+		}
+		buf := make([]byte, size)
+		n2, errno := n.Getxattr(ctx, attr, buf)
+		return string(buf[:n2]), errno
+	}
+	id := r.ids["app"]
+	if v, errno := get(r.node(t, "app"), manifest.ImageXattr); errno != 0 || v != id.String() {
+		t.Errorf("image root %s: %q, %v", manifest.ImageXattr, v, errno)
+	}
+	f := r.node(t, "app", "sub", "w.bin")
+	v, errno := get(f, manifest.FileXattr)
+	if errno != 0 {
+		t.Fatalf("file %s: %v", manifest.FileXattr, errno)
+	}
+	gotID, gotPath, err := manifest.ParseFileXattr(v)
+	if err != nil || gotID != id || gotPath != "sub/w.bin" {
+		t.Errorf("file %s = %q: %v %q %v", manifest.FileXattr, v, gotID, gotPath, err)
+	}
+	if _, errno := get(r.node(t, "app", "sub"), manifest.FileXattr); errno != syscall.ENODATA {
+		t.Errorf("directory %s: %v, want ENODATA", manifest.FileXattr, errno)
+	}
+	if size, errno := f.Listxattr(ctx, nil); errno != 0 || size != 0 {
+		t.Errorf("listxattr of a file without packed xattrs: %d, %v", size, errno)
+	}
+	for _, bad := range []string{"", "x/y", id.String() + "/../etc", id.String()} {
+		if _, _, err := manifest.ParseFileXattr(bad); err == nil {
+			t.Errorf("ParseFileXattr(%q) accepted", bad)
+		}
+	}
+}

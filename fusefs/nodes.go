@@ -356,28 +356,30 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	defer n.fsys.timeOp(ctx, opGetxattr, time.Now())
-	if n.idx == 0 && attr == manifest.ImageXattr {
-		v := n.img.ID.String()
-		if len(dest) == 0 {
-			return uint32(len(v)), 0
-		}
-		if len(dest) < len(v) {
-			return uint32(len(v)), syscall.ERANGE
-		}
-		return uint32(copy(dest, v)), 0
+	e := n.entry()
+	switch {
+	case n.idx == 0 && attr == manifest.ImageXattr:
+		return xattrValue(n.img.ID.String(), dest)
+	case e.Type == manifest.Regular && attr == manifest.FileXattr:
+		return xattrValue(n.img.ID.String()+"/"+e.Path, dest)
 	}
-	for _, x := range n.entry().Xattrs {
+	for _, x := range e.Xattrs {
 		if x.Name == attr {
-			if len(dest) == 0 {
-				return uint32(len(x.Value)), 0
-			}
-			if len(dest) < len(x.Value) {
-				return uint32(len(x.Value)), syscall.ERANGE
-			}
-			return uint32(copy(dest, x.Value)), 0
+			return xattrValue(x.Value, dest)
 		}
 	}
 	return 0, syscall.ENODATA
+}
+
+// xattrValue answers a getxattr of v into dest (an empty dest asks the size).
+func xattrValue[T string | []byte](v T, dest []byte) (uint32, syscall.Errno) {
+	if len(dest) == 0 {
+		return uint32(len(v)), 0
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {

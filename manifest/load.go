@@ -2,7 +2,9 @@ package manifest
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
@@ -12,6 +14,32 @@ import (
 // ID. The mount does not list it, so the tree's own xattrs stay exactly the
 // packed ones.
 const ImageXattr = "user.gpuwarm.image"
+
+// FileXattr, read on a regular file in a mount, gives "IMAGE_ID/PATH": the
+// image and the path in it whose bytes the file presents. It answers through
+// bind mounts and overlays too (a container's root filesystem), so a process
+// outside a container's mount namespace can tell which image bytes a path
+// inside it holds. Not listed either.
+const FileXattr = "user.gpuwarm.file"
+
+// ParseFileXattr splits a FileXattr value.
+func ParseFileXattr(v string) (digest.ID, string, error) {
+	idStr, p, ok := strings.Cut(v, "/")
+	if !ok {
+		return digest.Zero, "", fmt.Errorf("%s %q: want IMAGE_ID/PATH", FileXattr, v)
+	}
+	id, err := digest.Parse(idStr)
+	if err == nil && id.String() != idStr {
+		err = errors.New("image ID not in canonical form")
+	}
+	if err != nil {
+		return digest.Zero, "", fmt.Errorf("%s %q: %w", FileXattr, v, err)
+	}
+	if err := ValidPath(p); err != nil {
+		return digest.Zero, "", fmt.Errorf("%s %q: %w", FileXattr, v, err)
+	}
+	return id, p, nil
+}
 
 // Observer is told of every chunk a read of an image touches, in the order
 // they are touched: prefetch's recorder and replayer, and the restore's own

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,6 +43,10 @@ type WeightRef struct {
 	Source string    `json:"source"` // the path the workload read it from (MOUNT/by-id/ID/PATH)
 	Offset int64     `json:"offset"`
 	Length int64     `json:"length"`
+	// Local: Source is a path in the workload's own mount namespace (a
+	// container's), where gpuwarm's by-id paths are not visible; a restore
+	// checks that it still presents Image's Path before the workload reads it.
+	Local bool `json:"local,omitempty"`
 }
 
 // Images lists the images the references need, sorted.
@@ -124,7 +129,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		if len(released) == 0 {
 			return nil
 		}
-		err := reloadInPlace(ctx, socket, released)
+		err := reloadInPlace(ctx, inRoot(pid, socket), released)
 		if err == nil {
 			released = nil
 		}
@@ -143,7 +148,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		}
 		if socket != "" {
 			t := time.Now()
-			m, pids, kept, err := releaseWeights(ctx, socket, expect, log)
+			m, pids, kept, err := releaseWeights(ctx, pid, socket, expect, log)
 			released = pids
 			if err != nil {
 				if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
@@ -220,9 +225,37 @@ func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time
 	return peers, nil
 }
 
-// releaseWeights runs a release session with each library of expect.
-func releaseWeights(ctx context.Context, socket string, expect []int, log *slog.Logger) (*WeightsMeta, []int, int, error) {
-	srv, err := weights.Listen(socket)
+// inRoot returns path as the host sees it in pid's mount namespace: path
+// itself where pid shares gpuwarm's, else through /proc/PID/root (a
+// container's socket and weight files).
+func inRoot(pid int, path string) string {
+	if sameMountNS(pid) {
+		return path
+	}
+	return filepath.Join("/proc", strconv.Itoa(pid), "root", path)
+}
+
+func sameMountNS(pid int) bool {
+	mine, err1 := os.Readlink("/proc/self/ns/mnt")
+	theirs, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	return err1 == nil && err2 == nil && mine == theirs
+}
+
+// fileXattr reads the mount's FileXattr of path: which image bytes it
+// presents.
+func fileXattr(path string) (digest.ID, string, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Getxattr(path, manifest.FileXattr, buf)
+	if err != nil {
+		return digest.Zero, "", err
+	}
+	return manifest.ParseFileXattr(string(buf[:n]))
+}
+
+// releaseWeights runs a release session with each library of expect (root
+// is the tree's root process: the socket is in its mount namespace).
+func releaseWeights(ctx context.Context, root int, socket string, expect []int, log *slog.Logger) (*WeightsMeta, []int, int, error) {
+	srv, err := weights.Listen(inRoot(root, socket))
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -247,7 +280,7 @@ func releaseWeights(ctx context.Context, socket string, expect []int, log *slog.
 		if p.Hello.State != "resident" {
 			return nil, released, 0, fmt.Errorf("snapshot: process %d's weights are already released (a snapshot in progress elsewhere?)", p.PID)
 		}
-		sources, img := resolveWeightFiles(p.Hello.Files, log)
+		sources, img := resolveWeightFiles(p.PID, p.Hello.Files, log)
 		if len(sources) == 0 {
 			p.Done(ctx)
 			continue
@@ -265,7 +298,7 @@ func releaseWeights(ctx context.Context, socket string, expect []int, log *slog.
 		}
 		for _, t := range r.Tensors {
 			loc := img[t.File]
-			m.Refs = append(m.Refs, WeightRef{Name: t.Name, Image: loc.id, Path: loc.path, Source: t.File, Offset: t.Offset, Length: t.Length})
+			m.Refs = append(m.Refs, WeightRef{Name: t.Name, Image: loc.id, Path: loc.path, Source: t.File, Offset: t.Offset, Length: t.Length, Local: loc.local})
 			m.Bytes += t.Length
 		}
 		m.Processes++
@@ -277,17 +310,34 @@ func releaseWeights(ctx context.Context, socket string, expect []int, log *slog.
 }
 
 type imageFile struct {
-	id   digest.ID
-	path string
+	id    digest.ID
+	path  string
+	local bool
 }
 
-// resolveWeightFiles maps each file on a gpuwarm mount (MOUNT/TAG/PATH or
-// MOUNT/by-id/ID/PATH) to the same bytes by image ID, which no tag move
-// changes. Files elsewhere are left out: their tensors stay in the snapshot.
-func resolveWeightFiles(files []string, log *slog.Logger) (map[string]string, map[string]imageFile) {
-	mounts := gpuwarmMounts()
+// resolveWeightFiles maps each file of process pid on a gpuwarm mount
+// (MOUNT/TAG/PATH or MOUNT/by-id/ID/PATH) to the same bytes by image ID,
+// which no tag move changes. In a container (another mount namespace) the
+// file, wherever the mount's files appear there (a bind mount, the image
+// as root filesystem under an overlay), is resolved by the mount's
+// FileXattr, and offered as it is. Files elsewhere are left out: their
+// tensors stay in the snapshot.
+func resolveWeightFiles(pid int, files []string, log *slog.Logger) (map[string]string, map[string]imageFile) {
 	sources := map[string]string{}
 	img := map[string]imageFile{}
+	if !sameMountNS(pid) {
+		for _, f := range files {
+			id, rel, err := fileXattr(inRoot(pid, f))
+			if err != nil || !filepath.IsAbs(f) {
+				log.Info("weights: file in the container is not in an image on a gpuwarm mount; its tensors stay in the snapshot", "file", f, "err", err)
+				continue
+			}
+			sources[f] = f
+			img[f] = imageFile{id: id, path: rel, local: true}
+		}
+		return sources, img
+	}
+	mounts := gpuwarmMounts()
 	for _, f := range files {
 		var found bool
 		for _, m := range mounts {
@@ -412,7 +462,11 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		// Whatever the upload's outcome, the warm has done its part.
 		defer stopWarm()
 		t := time.Now()
-		srv, err := weights.Listen(rep.Meta.Socket)
+		read, err := readPaths(pid, rep.Meta, paths)
+		if err != nil {
+			return err
+		}
+		srv, err := weights.Listen(inRoot(pid, rep.Meta.Socket))
 		if err != nil {
 			return err
 		}
@@ -467,7 +521,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r, err := p.Reload(ctx, paths)
+				r, err := p.Reload(ctx, read)
 				errs[i] = err
 				if err == nil {
 					mu.Lock()
@@ -490,6 +544,34 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		return nil
 	}
 	return rep
+}
+
+// readPaths maps each reference's source to the path its library reads now:
+// the host's by-id path (paths), or, for a source in the restored
+// container (WeightRef.Local), that path once it is checked to present the
+// same image bytes (a volume bound from another tag, or an image whose file
+// changed, is refused).
+func readPaths(pid int, m *WeightsMeta, paths map[string]string) (map[string]string, error) {
+	read := map[string]string{}
+	for _, r := range m.Refs {
+		if _, done := read[r.Source]; done {
+			continue
+		}
+		if !r.Local {
+			read[r.Source] = paths[r.Source]
+			continue
+		}
+		id, rel, err := fileXattr(inRoot(pid, r.Source))
+		if err != nil {
+			return nil, fmt.Errorf("restore: the restored workload's weights file %s is not on a gpuwarm mount (%w): bind the volume it was snapshotted with", r.Source, err)
+		}
+		if id != r.Image || rel != r.Path {
+			return nil, fmt.Errorf("restore: the restored workload's %s presents %s of image %s, the snapshot released %s of image %s: bind the volume by the image it was snapshotted with (MOUNT/by-id/%s)",
+				r.Source, rel, id.Short(), r.Path, r.Image.Short(), r.Image)
+		}
+		read[r.Source] = r.Source
+	}
+	return read, nil
 }
 
 // checkWeights refuses references this worker cannot serve and returns the

@@ -111,13 +111,23 @@ func (o *runOptions) run(ctx context.Context, args []string) error {
 	return nil
 }
 
+// containerWeightsSocket is a container's weights socket, in its namespace.
+const containerWeightsSocket = "/run/gpuwarm/weights.sock"
+
+func hasEnv(env []string, k string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, k+"=") {
+			return true
+		}
+	}
+	return false
+}
+
 // weightsEnv names the socket a weights library (restore/weights) polls for
 // gpuwarm, unless the environment names one already.
 func weightsEnv(env []string, name string) []string {
-	for _, kv := range env {
-		if strings.HasPrefix(kv, weights.EnvSocket+"=") {
-			return env
-		}
+	if hasEnv(env, weights.EnvSocket) {
+		return env
 	}
 	if name == "" {
 		var b [6]byte

@@ -14,6 +14,7 @@ import (
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/restore/container"
+	"github.com/gpuwarm/gpuwarm/restore/weights"
 )
 
 // runContainer starts image o.image from the mount as container o.name:
@@ -87,7 +88,13 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 			return err
 		}
 	}
-	s, err := container.Spec(container.SpecOptions{Name: o.name, Rootfs: c.Rootfs(), Image: cfg, Args: args, Env: o.env,
+	env := []string(o.env)
+	if !hasEnv(cfg.Env, weights.EnvSocket) && !hasEnv(env, weights.EnvSocket) {
+		// gpuwarm binds the socket through /proc/PID/root when it needs
+		// the workload: in the container's own root filesystem.
+		env = append(env, weights.EnvSocket+"="+containerWeightsSocket)
+	}
+	s, err := container.Spec(container.SpecOptions{Name: o.name, Rootfs: c.Rootfs(), Image: cfg, Args: args, Env: env,
 		Mounts: binds, Memory: mem, CPUs: o.cpus, OwnNet: netns, Edit: gpuEdit})
 	if err != nil {
 		return err

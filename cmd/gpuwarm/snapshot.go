@@ -116,13 +116,18 @@ func (o *snapshotOptions) run(ctx context.Context, args []string) error {
 		return printJSON(o.out, r)
 	}
 	fmt.Fprintf(o.out, "snapshot of pid %d stored as %s (image %s)\n", pid, o.tag, res.Image)
+	o.printSizes(r, wrep)
+	return nil
+}
+
+// printSizes prints what a snapshot stored and released.
+func (o *snapshotOptions) printSizes(r snapshotResult, wrep *restore.WeightsReport) {
 	fmt.Fprintf(o.out, "  memory %s, %s new in the store\n", pack.HumanBytes(r.PageBytes), pack.HumanBytes(r.NewBytes))
 	if wrep.Meta != nil {
 		fmt.Fprintf(o.out, "  weights: %d tensors (%s) released by the workload, referenced in %d image(s), not stored again\n",
 			r.WeightsTensors, pack.HumanBytes(r.WeightsBytes), len(wrep.Meta.Images()))
 	}
 	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
-	return nil
 }
 
 // progress shows the bytes dumped so far and their rate on a terminal.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/gpuwarm/gpuwarm/manifest/gc"
-	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/restore"
 	"github.com/gpuwarm/gpuwarm/restore/container"
@@ -39,6 +38,7 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 			gc.DependsAnnotation: c.ImageID,
 		}}
 	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
+	wrep := restore.WeightsSnapshotHooks(&opt, o.log)
 	opt.Dump = func(ctx context.Context, imgDir, workDir, pageServer string) error {
 		if err := c.SaveSpec(imgDir); err != nil {
 			return err
@@ -56,12 +56,14 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 	}
 	r := snapshotResult{Tag: o.tag, Image: res.Image.String(), PID: state.PID, Container: c.Name, PageBytes: res.PageBytes,
 		NewBytes: res.NewBytes, DumpSeconds: res.DumpSeconds, Seconds: res.Total.Seconds()}
+	if wrep.Meta != nil {
+		r.WeightsBytes, r.WeightsTensors = wrep.Meta.Bytes, len(wrep.Meta.Refs)
+	}
 	if o.json {
 		return printJSON(o.out, r)
 	}
 	fmt.Fprintf(o.out, "snapshot of container %s stored as %s (image %s)\n", c.Name, o.tag, res.Image)
-	fmt.Fprintf(o.out, "  memory %s, %s new in the store\n", pack.HumanBytes(r.PageBytes), pack.HumanBytes(r.NewBytes))
-	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
+	o.printSizes(r, wrep)
 	if !o.leave {
 		fmt.Fprintf(o.out, "  the container is stopped; gpuwarm rm %s removes it\n", c.Name)
 	}

@@ -186,7 +186,7 @@ func TestContainerImageSources(t *testing.T) {
 	e.gw(t, "pack", "--image", filepath.Join(e.tmp, "layout"), "--tag", "from-layout")
 	e.gw(t, "pack", "--image", archive, "--tag", "from-archive")
 
-	debian := "/var/lib/gpuwarm/test-images/debian12-python3.tar"
+	debian := "/var/lib/gpuwarm/test-images/debian12-python3-stdlib.tar"
 	if _, err := os.Stat(debian); err != nil {
 		t.Fatalf("the Debian test image is missing (make setup builds it): %v", err)
 	}

@@ -59,10 +59,8 @@ func containerChecks(script string, gb float64) []bu.Row {
 		"GPUWARM_MOUNT="+filepath.Join(dir, "mnt"), "GPUWARM_CONTAINERS="+filepath.Join(dir, "containers"),
 		"GPUWARM_RUNC_ROOT=/run/gpuwarm-gpucheck", "GPUWARM_CACHE_DIR="+filepath.Join(dir, "cache"))}
 	// The containers' logs are appended to: a line from an earlier run
-	// would pass for this one's.
-	for _, n := range []string{"orig", "one", "twin0", "twin1"} {
-		os.Remove(filepath.Join("/var/log/gpuwarm", n+".log"))
-	}
+	// would pass for this one's (removed below, before each container).
+	logOf := func(name string) string { return filepath.Join("/var/log/gpuwarm", name+".log") }
 	phase("container: building the Python environment's image")
 	rootfs := filepath.Join(dir, "rootfs")
 	if !check("container: root filesystem of the Python environment", buildPyRootfs(rootfs, script)) {
@@ -106,97 +104,128 @@ func containerChecks(script string, gb float64) []bu.Row {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	phase("container: cold boot in a container")
-	t = time.Now()
-	// A network namespace of its own: the CUDA process binds an abstract
-	// Unix socket, and two restores in one network namespace (the host's)
-	// cannot both bind it.
-	_, err = g.run("run", "--image", "pyenv", "--name", "orig", "--gpus", "0", "--net-own", "-v", filepath.Join(mntDir, "weights")+":/weights:ro",
-		"-e", "PYTHONUNBUFFERED=1", "--", "/venv/bin/python3", "/app/torch_workload.py", "--weights", "/weights", "--no-compile")
-	if !check("container: run with --gpus 0", err) {
-		return nil
-	}
-	logOf := func(name string) string { return filepath.Join("/var/log/gpuwarm", name+".log") }
-	ready, err := waitPrefix(logOf("orig"), "ready", 10*time.Minute, 0)
-	if !check("container: torch sees the GPU inside the container and the model boots", err) {
-		return nil
-	}
-	boot := time.Since(t)
-	pid := containerPID(g, "orig")
-	want, err := askSignal(pid, logOf("orig"), 0)
-	if !check("container: first answer", err) {
-		return nil
-	}
-	fmt.Printf("     cold boot in a container to first answer %.2fs (%s)\n", boot.Seconds(), ready)
-	fmt.Printf("     its abstract Unix sockets: %v\n", abstractSockets(pid))
-	check("container: its GPU memory on GPU 0 (NVML, host PID)", onGPU(pid, 0))
+	lib, _ := filepath.Abs(*weightsLib)
+	rows := []bu.Row{}
+	// The workload twice: restored by the CUDA driver alone (transparent),
+	// and with the weights library (the weights uploaded from the mount);
+	// the second is restored twice at once as well.
+	for _, withLib := range []bool{false, true} {
+		sfx, what := "", "transparent"
+		if withLib {
+			sfx, what = "w", "weights library"
+		}
+		name := func(n string) string { return n + sfx }
+		for _, n := range []string{"orig", "one", "twin0", "twin1"} {
+			os.Remove(logOf(name(n)))
+		}
+		phase("container (%s): cold boot in a container", what)
+		t = time.Now()
+		// A network namespace of its own: the CUDA process binds an
+		// abstract Unix socket, and two restores in one network namespace
+		// (the host's) cannot both bind it.
+		args := []string{"run", "--image", "pyenv", "--name", name("orig"), "--gpus", "0", "--net-own",
+			"-v", filepath.Join(mntDir, "weights") + ":/weights:ro", "-e", "PYTHONUNBUFFERED=1"}
+		wargs := []string{"--", "/venv/bin/python3", "/app/torch_workload.py", "--weights", "/weights", "--no-compile"}
+		if withLib {
+			args = append(args, "-v", lib+":/gwlib:ro", "-e", "PYTHONPATH=/gwlib")
+			wargs = append(wargs, "--weights-lib")
+		}
+		_, err = g.run(append(args, wargs...)...)
+		if !check("container ("+what+"): run with --gpus 0", err) {
+			return rows
+		}
+		ready, err := waitPrefix(logOf(name("orig")), "ready", 10*time.Minute, 0)
+		if !check("container ("+what+"): torch sees the GPU inside the container and the model boots", err) {
+			return rows
+		}
+		boot := time.Since(t)
+		pid := containerPID(g, name("orig"))
+		want, err := askSignal(pid, logOf(name("orig")), 0)
+		if !check("container ("+what+"): first answer", err) {
+			return rows
+		}
+		fmt.Printf("     cold boot in a container to first answer %.2fs (%s)\n", boot.Seconds(), ready)
+		fmt.Printf("     its abstract Unix sockets: %v\n", abstractSockets(pid))
+		check("container ("+what+"): its GPU memory on GPU 0 (NVML, host PID)", onGPU(pid, 0))
 
-	phase("container: snapshot")
-	t = time.Now()
-	out, err = g.run("snapshot", "--name", "orig", "--tag", "gsnap")
-	if !check("container: snapshot with GPU state", err) {
-		return nil
-	}
-	fmt.Printf("     snapshot %.2fs: %s\n", time.Since(t).Seconds(), strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
-	g.run("rm", "orig")
+		phase("container (%s): snapshot", what)
+		t = time.Now()
+		snap := "gsnap" + sfx
+		out, err = g.run("snapshot", "--name", name("orig"), "--tag", snap)
+		if !check("container ("+what+"): snapshot with GPU state", err) {
+			return rows
+		}
+		fmt.Printf("     snapshot %.2fs: %s\n", time.Since(t).Seconds(), strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
+		if withLib && !strings.Contains(out, "released by the workload") {
+			check("container (weights library): the snapshot references the weights", fmt.Errorf("no weights line: %s", out))
+			return rows
+		}
+		g.run("rm", name("orig"))
 
-	// restoreAndAsk restores gsnap as container name and returns the time
-	// from the restore's start to the restored model's first answer.
-	restoreAndAsk := func(name string, start time.Time, extra ...string) (time.Duration, error) {
-		c := g.cmd(append([]string{"restore", "gsnap", "--lazy", "--name", name}, extra...)...)
-		stdout, _ := c.StdoutPipe()
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			return 0, err
+		// restoreAndAsk restores the snapshot as container n and returns
+		// the time from start to the restored model's first answer.
+		restoreAndAsk := func(n string, start time.Time, extra ...string) (time.Duration, error) {
+			c := g.cmd(append([]string{"restore", snap, "--lazy", "--name", n}, extra...)...)
+			stdout, _ := c.StdoutPipe()
+			c.Stderr = os.Stderr
+			if err := c.Start(); err != nil {
+				return 0, err
+			}
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || !strings.Contains(line, " pid ") {
+				c.Process.Kill()
+				c.Wait()
+				return 0, fmt.Errorf("restore %s said %q (%v)", n, line, err)
+			}
+			rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, " pid ", 2)[1])[0])
+			got, err := askSignal(rpid, logOf(n), 0)
+			took := time.Since(start)
+			go func() { bufio.NewReader(stdout).WriteTo(os.Stdout) }()
+			if werr := c.Wait(); werr != nil && err == nil {
+				err = werr
+			}
+			if err == nil && got != want {
+				err = fmt.Errorf("%s answered %s, before the snapshot %s", n, got, want)
+			}
+			return took, err
 		}
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil || !strings.Contains(line, " pid ") {
-			c.Process.Kill()
-			c.Wait()
-			return 0, fmt.Errorf("restore %s said %q (%v)", name, line, err)
+		bootRow := "container: cold boot (no torch.compile)"
+		oneRow := "container (" + what + "): lazy restore, first answer"
+		if !withLib {
+			rows = append(rows, bu.Row{Name: bootRow, Value: boot.Seconds(), Unit: "s"})
 		}
-		rpid, _ := strconv.Atoi(strings.Fields(strings.SplitN(line, " pid ", 2)[1])[0])
-		got, err := askSignal(rpid, logOf(name), 0)
-		took := time.Since(start)
-		go func() { bufio.NewReader(stdout).WriteTo(os.Stdout) }()
-		if werr := c.Wait(); werr != nil && err == nil {
-			err = werr
+		phase("container (%s): one lazy restore", what)
+		one, err := restoreAndAsk(name("one"), time.Now(), "--gpus", "0")
+		if check("container ("+what+"): lazy restore answers bit-identically (--gpus 0)", err) {
+			fmt.Printf("     restored container, lazy, to first answer %.3fs\n", one.Seconds())
+			check("container ("+what+"): the restored copy's GPU memory on GPU 0", onGPU(containerPID(g, name("one")), 0))
+			rows = append(rows, bu.Row{Name: oneRow, Value: one.Seconds(), Unit: "s", Baseline: bootRow, Goal: "<= 1.0 s"})
 		}
-		if err == nil && got != want {
-			err = fmt.Errorf("%s answered %s, before the snapshot %s", name, got, want)
+		g.run("rm", name("one"))
+		if !withLib {
+			continue
 		}
-		return took, err
-	}
-	rows := []bu.Row{{Name: "container: cold boot (no torch.compile)", Value: boot.Seconds(), Unit: "s"}}
-	phase("container: one lazy restore")
-	one, err := restoreAndAsk("one", time.Now(), "--gpus", "0")
-	if check("container: lazy restore answers bit-identically (--gpus 0)", err) {
-		fmt.Printf("     restored container, lazy, to first answer %.3fs\n", one.Seconds())
-		check("container: the restored copy's GPU memory on GPU 0", onGPU(containerPID(g, "one"), 0))
-		rows = append(rows, bu.Row{Name: "container: lazy restore, first answer", Value: one.Seconds(), Unit: "s",
-			Baseline: "container: cold boot (no torch.compile)", Goal: "<= 1.0 s"})
-	}
-	g.run("rm", "one")
-	time.Sleep(time.Second)
+		time.Sleep(time.Second)
 
-	phase("container: two lazy restores of one snapshot at once")
-	start := time.Now()
-	var wg sync.WaitGroup
-	took := make([]time.Duration, 2)
-	errs := make([]error, 2)
-	for i := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			took[i], errs[i] = restoreAndAsk(fmt.Sprintf("twin%d", i), start)
-		}()
-	}
-	wg.Wait()
-	both := max(took[0], took[1])
-	if check("container: two concurrent restores on one GPU both answer bit-identically", errorsJoin(errs)) {
-		fmt.Printf("     two concurrent container restores: first answers at %.3fs and %.3fs\n", took[0].Seconds(), took[1].Seconds())
-		rows = append(rows, bu.Row{Name: "container: two concurrent lazy restores, both answered", Value: both.Seconds(), Unit: "s",
-			Baseline: "container: lazy restore, first answer", Goal: "<= 2.0 s"})
+		phase("container (%s): two lazy restores of one snapshot at once", what)
+		start := time.Now()
+		var wg sync.WaitGroup
+		took := make([]time.Duration, 2)
+		errs := make([]error, 2)
+		for i := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				took[i], errs[i] = restoreAndAsk(name(fmt.Sprintf("twin%d", i)), start)
+			}()
+		}
+		wg.Wait()
+		both := max(took[0], took[1])
+		if check("container ("+what+"): two concurrent restores on one GPU both answer bit-identically", errorsJoin(errs)) {
+			fmt.Printf("     two concurrent container restores: first answers at %.3fs and %.3fs\n", took[0].Seconds(), took[1].Seconds())
+			rows = append(rows, bu.Row{Name: "container (" + what + "): two concurrent lazy restores, both answered", Value: both.Seconds(), Unit: "s",
+				Baseline: oneRow, Goal: "<= 2.0 s"})
+		}
 	}
 	return rows
 }
