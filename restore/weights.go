@@ -92,6 +92,7 @@ type WeightsReport struct {
 	Duration time.Duration // release (snapshot) or reload (restore), all processes
 	Wait     time.Duration // restore: from the tree running to every library connected
 	Alloc    time.Duration // restore: the longest a library spent allocating GPU memory
+	Moved    int           // restore: tensors at other GPU addresses than before (weights.Reply.Moved)
 }
 
 // GBps is the reload's rate.
@@ -199,17 +200,16 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 // has open; Snapshot merges it into gc's depends annotation.
 const annDependsExtra = "gpuwarm.depends.weights"
 
-// acceptAll waits for a library from each of expect, until deadline.
-func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time.Duration) ([]*weights.Peer, error) {
-	want := map[int]bool{}
-	for _, p := range expect {
-		want[p] = true
-	}
+// acceptPeers accepts libraries of processes that pass want, one session
+// each, until n passed keep (the others are told there is nothing to do) or
+// wait ends; then it returns those it has, which may be fewer than n.
+func acceptPeers(ctx context.Context, srv *weights.Server, n int, wait time.Duration, want func(pid int) bool, keep func(*weights.Peer) bool) ([]*weights.Peer, error) {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
+	seen := map[int]bool{}
 	var peers []*weights.Peer
-	for len(want) > 0 {
-		p, err := srv.Accept(ctx, func(pid int) bool { return want[pid] })
+	for len(peers) < n {
+		p, err := srv.Accept(ctx, func(pid int) bool { return !seen[pid] && want(pid) })
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
 				return peers, nil
@@ -219,10 +219,23 @@ func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time
 			}
 			return nil, err
 		}
-		delete(want, p.PID)
+		seen[p.PID] = true
+		if keep != nil && !keep(p) {
+			p.Done(ctx)
+			continue
+		}
 		peers = append(peers, p)
 	}
 	return peers, nil
+}
+
+// acceptAll waits for a library from each of expect, for up to wait.
+func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time.Duration) ([]*weights.Peer, error) {
+	want := map[int]bool{}
+	for _, p := range expect {
+		want[p] = true
+	}
+	return acceptPeers(ctx, srv, len(expect), wait, func(pid int) bool { return want[pid] }, nil)
 }
 
 // inRoot returns path as the host sees it in pid's mount namespace: path
@@ -486,30 +499,21 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		for _, p := range proctree.Tree(pid) {
 			tree[p] = true
 		}
-		waitCtx, cancelWait := context.WithTimeout(ctx, 60*time.Second)
-		defer cancelWait()
-		var todo []*weights.Peer
+		todo, err := acceptPeers(ctx, srv, rep.Meta.Processes, 60*time.Second, func(pid int) bool { return tree[pid] },
+			func(p *weights.Peer) bool { return p.Hello.State == "released" })
 		defer func() {
 			for _, p := range todo {
 				p.Close()
 			}
 		}()
-		for len(todo) < rep.Meta.Processes {
-			p, err := srv.Accept(waitCtx, func(pid int) bool { return tree[pid] })
-			if err != nil {
-				if c := context.Cause(ctx); c != nil {
-					err = c
-				} else if errors.Is(err, context.DeadlineExceeded) {
-					err = fmt.Errorf("%d of the %d processes that released weights in the snapshot connected within 60 s (is the weights library running in the restored workload?)", len(todo), rep.Meta.Processes)
-				}
-				return err
-			}
-			delete(tree, p.PID)
-			if p.Hello.State != "released" {
-				p.Done(ctx)
-				continue
-			}
-			todo = append(todo, p)
+		if c := context.Cause(ctx); c != nil {
+			return c
+		}
+		if err != nil {
+			return err
+		}
+		if len(todo) < rep.Meta.Processes {
+			return fmt.Errorf("%d of the %d processes that released weights in the snapshot connected within 60 s (is the weights library running in the restored workload?)", len(todo), rep.Meta.Processes)
 		}
 		rep.Wait = time.Since(t)
 		t = time.Now()
@@ -527,6 +531,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 					mu.Lock()
 					got += r.Bytes
 					rep.Alloc = max(rep.Alloc, time.Duration(r.AllocSeconds*float64(time.Second)))
+					rep.Moved += r.Moved
 					mu.Unlock()
 				}
 			}()
@@ -541,6 +546,9 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		}
 		log.Info("weights uploaded from the cache", "bytes", got, "seconds", rep.Duration.Seconds(), "GB/s", rep.GBps(),
 			"allocation", rep.Alloc.Seconds(), "connect_wait", rep.Wait.Seconds())
+		if rep.Moved > 0 {
+			log.Warn("weights: tensors came back at other GPU addresses; CUDA graphs captured over them must be captured again", "tensors", rep.Moved)
+		}
 		return nil
 	}
 	return rep

@@ -147,8 +147,9 @@ class Hooks:
                 self.released, self.error = False, None
                 self._resident.set()
                 reply = {"ok": True, "bytes": n}
-                if getattr(self.backend, "alloc_seconds", None) is not None:
-                    reply["alloc_seconds"] = self.backend.alloc_seconds
+                for k in ("alloc_seconds", "moved"):
+                    if getattr(self.backend, k, None) is not None:
+                        reply[k] = getattr(self.backend, k)
             else:
                 raise RuntimeError(f"unknown request {op!r}")
         except Exception as e:
@@ -364,7 +365,9 @@ class TorchWeights:
                         "dtype": e["dtype"], "shape": e["shape"]})
         torch.cuda.synchronize()
         for e in self.released:
-            e["tensor"].untyped_storage().resize_(0)
+            st = e["tensor"].untyped_storage()
+            e["ptr"] = st.data_ptr()
+            st.resize_(0)
         # The staging buffers hold the last pieces read: zero them, so that
         # the snapshot does not carry weight bytes after all.
         for pair in self._staging():
@@ -377,12 +380,16 @@ class TorchWeights:
         torch = self.torch
         jobs = []
         t = time.monotonic()
-        for e in self.released:
+        # Allocated in the order of their old addresses: the allocator then
+        # tends to hand the same ones out again, which code that captured
+        # them (CUDA graphs) needs; how many moved is reported.
+        for e in sorted(self.released, key=lambda e: e.get("ptr", 0)):
             st = e["tensor"].untyped_storage()
             if st.nbytes() != e["length"]:
                 st.resize_(e["length"])
             jobs.append((paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e))
         self.alloc_seconds = time.monotonic() - t
+        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
         flats = {id(e): self._flat(e) for e in self.released}
 
         def upload(e, dst, buf, stream):

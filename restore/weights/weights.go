@@ -28,7 +28,7 @@
 //	workload → {"ok":true,"tensors":[{"name","file","offset","length","dtype","shape"}...],"bytes":N,"seconds":S}
 //
 //	gpuwarm  → {"op":"reload","files":{SOURCE:PATH_NOW...}}
-//	workload → {"ok":true,"bytes":N,"seconds":S}
+//	workload → {"ok":true,"bytes":N,"seconds":S,"alloc_seconds":A,"moved":M}
 //
 //	gpuwarm  → {"op":"none"}      (nothing to do; the workload just closes)
 //
@@ -113,6 +113,10 @@ type Reply struct {
 	Kept map[string]string `json:"kept,omitempty"`
 	// AllocSeconds is the part of a reload spent allocating GPU memory.
 	AllocSeconds float64 `json:"alloc_seconds,omitempty"`
+	// Moved counts the tensors a reload placed at other GPU addresses than
+	// they had before the release: code that captured their addresses
+	// (CUDA graphs) would read freed memory.
+	Moved int `json:"moved,omitempty"`
 }
 
 // ParseHello decodes and checks a hello line.
