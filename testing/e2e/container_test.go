@@ -248,7 +248,7 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 	e.mount(t)
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	out := e.gw(t, "run", "--image", "wl", "--name", "orig", "--memory", "512M", "--cpus", "1.5", "-e", "EXTRA=1",
+	out := e.gw(t, "run", "--image", "wl", "--name", "orig", "--log", filepath.Join(e.tmp, "orig.log"), "--memory", "512M", "--cpus", "1.5", "-e", "EXTRA=1",
 		"--", "--mb", "64", "--listen", addr)
 	pid, _ := strconv.Atoi(strings.TrimSpace(out))
 	orig := e.ps(t)["orig"]
@@ -294,8 +294,9 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 		if c.State != "running" || c.Snapshot != "snap" || c.Image != "wl" {
 			t.Fatalf("ps: %s is %+v", n, c)
 		}
+		from := sizeOf(c.Log)
 		syscall.Kill(c.PID, syscall.SIGUSR1)
-		if got := strings.Fields(waitLine(t, c.Log, "checksum"))[1]; got != want {
+		if got := strings.Fields(waitNewLine(t, c.Log, from, "checksum"))[1]; got != want {
 			t.Fatalf("%s: restored memory checksum %s, want %s", n, got, want)
 		}
 		status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.PID))
@@ -350,7 +351,7 @@ func TestContainerLazyRestoreKilled(t *testing.T) {
 	e := newCtrEnv(t)
 	packWorkloadImage(t, e)
 	e.mount(t)
-	e.gw(t, "run", "--image", "wl", "--name", "orig", "--", "--mb", "128")
+	e.gw(t, "run", "--image", "wl", "--name", "orig", "--log", filepath.Join(e.tmp, "orig.log"), "--", "--mb", "128")
 	waitLine(t, e.ps(t)["orig"].Log, "ready")
 	e.gw(t, "snapshot", "--name", "orig", "--tag", "snap")
 	// A second mount over a slow store: filling 128 MB takes seconds.
@@ -506,7 +507,7 @@ func TestContainerOwnNetwork(t *testing.T) {
 	e := newCtrEnv(t)
 	packWorkloadImage(t, e)
 	e.mount(t)
-	out := e.gw(t, "run", "--image", "wl", "--name", "net", "--net-own", "--", "--mb", "16", "--listen", "127.0.0.1:7000")
+	out := e.gw(t, "run", "--image", "wl", "--name", "net", "--log", filepath.Join(e.tmp, "net.log"), "--net-own", "--", "--mb", "16", "--listen", "127.0.0.1:7000")
 	pid, _ := strconv.Atoi(strings.TrimSpace(out))
 	want := strings.Fields(waitLine(t, e.ps(t)["net"].Log, "ready"))[1]
 	hostNS, _ := os.Readlink("/proc/self/ns/net")

@@ -41,6 +41,37 @@ func requireCRIU(t *testing.T) {
 }
 
 // waitLine waits until file holds a line starting with prefix.
+// waitNewLine waits for a line starting with prefix written to file after
+// from (its size when the caller started waiting): a container's log is
+// appended to, and may hold lines of an earlier container of that name.
+func waitNewLine(t *testing.T, file string, from int64, prefix string) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var b []byte
+	for time.Now().Before(deadline) {
+		b, _ = os.ReadFile(file)
+		if int64(len(b)) >= from {
+			for _, l := range strings.Split(string(b[from:]), "\n") {
+				if strings.HasPrefix(l, prefix) {
+					return l
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no new %q line in %s:\n%s", prefix, file, b)
+	return ""
+}
+
+// sizeOf is a file's size, 0 if it does not exist.
+func sizeOf(file string) int64 {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
 func waitLine(t *testing.T, file, prefix string) string {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)

@@ -111,8 +111,9 @@ func TestContainerWeights(t *testing.T) {
 		t.Fatalf("restore output: %s", res)
 	}
 	r := e.ps(t)["wr"]
+	from := sizeOf(r.Log)
 	syscall.Kill(r.PID, syscall.SIGUSR1)
-	if got := strings.Fields(waitLine(t, r.Log, "checksum"))[1]; got != want {
+	if got := strings.Fields(waitNewLine(t, r.Log, from, "checksum"))[1]; got != want {
 		t.Fatalf("the restored container's checksum %s, want %s", got, want)
 	}
 }
