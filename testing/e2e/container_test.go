@@ -44,6 +44,18 @@ func requireContainers(t *testing.T) {
 	}
 }
 
+// writeLayout writes img as an OCI image layout at dir.
+func writeLayout(t *testing.T, dir string, img v1.Image) {
+	t.Helper()
+	lp, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func startRegistry(t *testing.T) *registry.Server {
 	t.Helper()
 	srv, err := registry.Start(t.TempDir())
@@ -170,13 +182,7 @@ func TestContainerImageSources(t *testing.T) {
 	if err := registry.Push(ctx, ref, img); err != nil {
 		t.Fatal(err)
 	}
-	lp, err := layout.Write(filepath.Join(e.tmp, "layout"), empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lp.AppendImage(img); err != nil {
-		t.Fatal(err)
-	}
+	writeLayout(t, filepath.Join(e.tmp, "layout"), img)
 	archive := filepath.Join(e.tmp, "workload.tar")
 	tag, _ := name.NewTag("test/workload:v1")
 	if err := tarball.WriteToFile(archive, tag, img); err != nil {

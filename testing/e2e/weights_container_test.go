@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/gpuwarm/gpuwarm/testing/registry"
 )
@@ -62,13 +60,7 @@ func TestContainerWeights(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lp, err := layout.Write(filepath.Join(e.tmp, "layout"), empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := lp.AppendImage(img); err != nil {
-		t.Fatal(err)
-	}
+	writeLayout(t, filepath.Join(e.tmp, "layout"), img)
 	e.gw(t, "pack", "--image", filepath.Join(e.tmp, "layout"), "--tag", "pyw")
 	e.gw(t, "pack", onVolume, "--tag", "vol")
 	e.mount(t)
