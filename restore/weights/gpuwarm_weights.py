@@ -257,16 +257,12 @@ class TorchWeights:
     def _pipeline(self, jobs, sink):
         """Read each job (path, file offset, length, dst offset, entry) in
         pieces into pinned buffers and hand them to sink(entry, dst_off,
-        buffer[:n], stream) on the reading thread; return on completion."""
+        buffer[:n], stream) on the reading thread; return on completion.
+        jobs may be a generator: the threads start on the first pieces while
+        it makes the next (a reload allocates each tensor there)."""
         torch = self.torch
         staging = self._staging()
         q = queue.SimpleQueue()
-        for path, off, length, dst0, e in jobs:
-            pos = 0
-            while pos < length:
-                n = min(self.piece, length - pos)
-                q.put((path, off + pos, n, dst0 + pos, e))
-                pos += n
         errors = []
         device = torch.cuda.current_device()
 
@@ -278,10 +274,10 @@ class TorchWeights:
                 with torch.cuda.device(device):
                     stream = torch.cuda.Stream()
                     while not errors:
-                        try:
-                            path, off, n, dst, e = q.get_nowait()
-                        except queue.Empty:
+                        job = q.get()
+                        if job is None:
                             break
+                        path, off, n, dst, e = job
                         buf, mv = staging[w][k]
                         if events[k] is not None:
                             events[k].synchronize()
@@ -312,8 +308,22 @@ class TorchWeights:
         ts = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(self.threads)]
         for t in ts:
             t.start()
-        for t in ts:
-            t.join()
+        try:
+            for path, off, length, dst0, e in jobs:
+                if errors:
+                    break
+                pos = 0
+                while pos < length:
+                    n = min(self.piece, length - pos)
+                    q.put((path, off + pos, n, dst0 + pos, e))
+                    pos += n
+        except BaseException as ex:
+            errors.append(ex)
+        finally:
+            for _ in ts:
+                q.put(None)
+            for t in ts:
+                t.join()
         if errors:
             raise errors[0]
 
@@ -378,24 +388,28 @@ class TorchWeights:
 
     def reload(self, paths):
         torch = self.torch
-        jobs = []
-        t = time.monotonic()
-        # Allocated in the order of their old addresses: the allocator then
-        # tends to hand the same ones out again, which code that captured
-        # them (CUDA graphs) needs; how many moved is reported.
-        for e in sorted(self.released, key=lambda e: e.get("ptr", 0)):
-            st = e["tensor"].untyped_storage()
-            if st.nbytes() != e["length"]:
-                st.resize_(e["length"])
-            jobs.append((paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e))
-        self.alloc_seconds = time.monotonic() - t
-        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
-        flats = {id(e): self._flat(e) for e in self.released}
+        flats = {}
+        self.alloc_seconds = 0.0
+
+        def jobs():
+            # Allocated in the order of their old addresses (the allocator
+            # then tends to hand the same ones out again, which code that
+            # captured them, CUDA graphs, needs; how many moved is
+            # reported), each as the threads upload the ones before.
+            for e in sorted(self.released, key=lambda e: e.get("ptr", 0)):
+                t = time.monotonic()
+                st = e["tensor"].untyped_storage()
+                if st.nbytes() != e["length"]:
+                    st.resize_(e["length"])
+                flats[id(e)] = self._flat(e)
+                self.alloc_seconds += time.monotonic() - t
+                yield (paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e)
 
         def upload(e, dst, buf, stream):
             flats[id(e)][dst:dst + buf.numel()].copy_(buf, non_blocking=True)
 
-        self._pipeline(jobs, upload)
+        self._pipeline(jobs(), upload)
+        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
         torch.cuda.synchronize()
         n = sum(e["length"] for e in self.released)
         self.released = []
