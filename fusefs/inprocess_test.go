@@ -421,3 +421,28 @@ func TestXattrsNameImageAndFile(t *testing.T) {
 		}
 	}
 }
+
+// TestSequentialReads: a file's first read, and a read starting near the
+// last one's end (the kernel's readahead requests arrive a little out of
+// order), continue a sequential pass; a jump does not, so random reads are
+// not fetched ahead of.
+func TestSequentialReads(t *testing.T) {
+	n := &node{}
+	for _, c := range []struct {
+		off, size int64
+		want      bool
+	}{
+		{0, 4096, true},
+		{4096, 128 << 10, true},
+		{1 << 20, 128 << 10, true},               // one request skipped ahead
+		{512 << 10, 128 << 10, true},             // and the one before it, late
+		{900 << 20, 4096, false},                 // a jump
+		{3 << 20, 4096, false},                   // and back
+		{3<<20 + 4096, 4096, true},               // then on from there
+		{3<<20 + 8192 + seqWindow + 1, 1, false}, // just beyond the window
+	} {
+		if got := n.sequential(c.off, c.size); got != c.want {
+			t.Errorf("read of %d at %d: sequential %v, want %v", c.size, c.off, got, c.want)
+		}
+	}
+}

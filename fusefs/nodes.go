@@ -190,6 +190,9 @@ type node struct {
 	// written with O_DIRECT) and which is hashed at its first open.
 	served      atomic.Int64
 	inPageCache atomic.Bool
+	// readEnd is where the last read ended: a read starting near it is
+	// part of a sequential pass, which the next chunks are fetched ahead of.
+	readEnd atomic.Int64
 }
 
 var (

@@ -184,11 +184,26 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		return nil, e2
 	}
 	n.noteServed(int64(res.Size()), e.Size)
-	for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
-		c := e.Chunks[last+k]
-		n.fsys.queueReadahead(c.ID, c.Size)
+	if n.sequential(off, size) {
+		for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
+			c := e.Chunks[last+k]
+			n.fsys.queueReadahead(c.ID, c.Size)
+		}
 	}
 	return res, 0
+}
+
+// seqWindow is how far from the last read's end a read may start and still
+// count as sequential: the kernel's readahead has several requests in
+// flight, which arrive a little out of order.
+const seqWindow = 4 << 20
+
+// sequential records a read of [off, off+size) and reports whether it
+// continues a sequential pass (a file's first read counts): only those are
+// fetched ahead of, so that random reads fetch no more than they touch.
+func (n *node) sequential(off, size int64) bool {
+	prev := n.readEnd.Swap(off + size)
+	return off == 0 || (off >= prev-seqWindow && off <= prev+seqWindow)
 }
 
 // wouldHash reports whether this open of e (the node's first live one)
