@@ -183,6 +183,10 @@ func checkPath(p string) error {
 	return nil
 }
 
+// maxSocketPath is the longest path a Unix socket address holds (sun_path,
+// less its terminating NUL).
+const maxSocketPath = 107
+
 // Server listens at the socket path for the workload's libraries.
 type Server struct {
 	path string
@@ -194,6 +198,9 @@ type Server struct {
 func Listen(path string) (*Server, error) {
 	if err := checkPath(path); err != nil {
 		return nil, fmt.Errorf("weights: socket: %w", err)
+	}
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("weights: socket path %s is %d bytes, a Unix socket's holds %d: point %s at a shorter path", path, len(path), maxSocketPath, EnvSocket)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("weights: socket directory: %w", err)

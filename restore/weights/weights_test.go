@@ -109,6 +109,11 @@ func TestSession(t *testing.T) {
 	if _, err := Listen(path); err == nil {
 		t.Fatal("Listen replaced a regular file")
 	}
+	// A path too long for a socket address says so.
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 120), "w.sock")
+	if _, err := Listen(long); err == nil || !strings.Contains(err.Error(), "shorter path") {
+		t.Fatalf("a %d-byte socket path: %v", len(long), err)
+	}
 }
 
 func FuzzParseReply(f *testing.F) {
