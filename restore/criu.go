@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -52,9 +51,9 @@ func FindCRIU(ctx context.Context) (*CRIU, error) {
 var versionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(\.\d+)?`)
 
 func probe(ctx context.Context, path string) (*CRIU, error) {
-	out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput()
+	out, err := findbin.Version(ctx, path)
 	if err != nil {
-		return nil, fmt.Errorf("%s --version: %v: %s", path, err, bytes.TrimSpace(out))
+		return nil, fmt.Errorf("%v: %s", err, bytes.TrimSpace(out))
 	}
 	m := versionRE.FindSubmatch(out)
 	if m == nil {

@@ -35,9 +35,9 @@ var ErrNoRunc = errors.New("runc unavailable")
 // package, which make setup installs), then PATH.
 func FindRunc(ctx context.Context, root, criu string) (*Runc, error) {
 	r, err := findbin.Find("GPUWARM_RUNC", []string{"/usr/sbin/runc", "/usr/bin/runc"}, "runc", func(p string) (*Runc, error) {
-		out, err := exec.CommandContext(ctx, p, "--version").CombinedOutput()
+		out, err := findbin.Version(ctx, p)
 		if err != nil {
-			return nil, fmt.Errorf("%s --version: %v", p, err)
+			return nil, err
 		}
 		v, ok := runcVersion(out)
 		if !ok {
