@@ -32,8 +32,9 @@ func simStore(storeDir string) string {
 	return fmt.Sprintf("%s?sim-latency=%s&sim-bandwidth=%.0f", storeDir, latency, bandwidth)
 }
 
-func benchPrefetch(dir string) error {
-	src := filepath.Join(dir, "src")
+// pythonTree copies this machine's python3 and its standard library
+// (compiled) under src: bin/python3, lib/python3.X.
+func pythonTree(src string) error {
 	py := "/usr/bin/python3"
 	stdlibOut, err := exec.Command(py, "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])").Output()
 	if err != nil {
@@ -49,19 +50,30 @@ func benchPrefetch(dir string) error {
 		}
 	}
 	exec.Command(filepath.Join(src, "bin/python3"), "-I", "-m", "compileall", "-q", filepath.Join(src, "lib")).Run()
+	return nil
+}
+
+// runPython times the python3 under root importing pyProg's modules.
+func runPython(root string) (time.Duration, error) {
+	return bu.Time(func() error {
+		out, err := exec.Command(filepath.Join(root, "bin/python3"), "-I", "-c", pyProg).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+}
+
+func benchPrefetch(dir string) error {
+	src := filepath.Join(dir, "src")
+	if err := pythonTree(src); err != nil {
+		return err
+	}
 	storeDir := filepath.Join(dir, "store")
 	if _, err := packJSON(storeDir, src, "py"); err != nil {
 		return err
 	}
-	run := func(root string) (time.Duration, error) {
-		return bu.Time(func() error {
-			out, err := exec.Command(filepath.Join(root, "bin/python3"), "-I", "-c", pyProg).CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
-			}
-			return nil
-		})
-	}
+	run := runPython
 	recMnt := filepath.Join(dir, "rec")
 	if out, err := bu.Run(bu.Gpuwarm(), "record", "--tag", "py", "--mount", recMnt, "--store", storeDir, "--",
 		"sh", "-c", "$GPUWARM_IMAGE/bin/python3 -I -c '"+pyProg+"'"); err != nil {
