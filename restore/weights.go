@@ -254,13 +254,33 @@ func sameMountNS(pid int) bool {
 	return err1 == nil && err2 == nil && mine == theirs
 }
 
-// fileXattr reads the mount's FileXattr of path: which image bytes it
-// presents.
-func fileXattr(path string) (digest.ID, string, error) {
+// fileXattr reads the mount's FileXattr of path as process pid sees it:
+// which image bytes it presents. In another mount namespace the path is
+// resolved inside the process's root (RESOLVE_IN_ROOT): a symbolic link in
+// a container cannot point gpuwarm at a file of the host's.
+func fileXattr(pid int, path string) (digest.ID, string, error) {
 	buf := make([]byte, 4096)
-	n, err := unix.Getxattr(path, manifest.FileXattr, buf)
-	if err != nil {
-		return digest.Zero, "", err
+	var n int
+	if sameMountNS(pid) {
+		var err error
+		if n, err = unix.Getxattr(path, manifest.FileXattr, buf); err != nil {
+			return digest.Zero, "", err
+		}
+	} else {
+		root, err := unix.Open(fmt.Sprintf("/proc/%d/root", pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return digest.Zero, "", fmt.Errorf("process %d's root: %w", pid, err)
+		}
+		defer unix.Close(root)
+		fd, err := unix.Openat2(root, path, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_CLOEXEC,
+			Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return digest.Zero, "", fmt.Errorf("%s in process %d's root: %w", path, pid, err)
+		}
+		defer unix.Close(fd)
+		if n, err = unix.Fgetxattr(fd, manifest.FileXattr, buf); err != nil {
+			return digest.Zero, "", err
+		}
 	}
 	return manifest.ParseFileXattr(string(buf[:n]))
 }
@@ -340,7 +360,7 @@ func resolveWeightFiles(pid int, files []string, log *slog.Logger) (map[string]s
 	img := map[string]imageFile{}
 	if !sameMountNS(pid) {
 		for _, f := range files {
-			id, rel, err := fileXattr(inRoot(pid, f))
+			id, rel, err := fileXattr(pid, f)
 			if err != nil || !filepath.IsAbs(f) {
 				log.Info("weights: file in the container is not in an image on a gpuwarm mount; its tensors stay in the snapshot", "file", f, "err", err)
 				continue
@@ -569,7 +589,7 @@ func readPaths(pid int, m *WeightsMeta, paths map[string]string) (map[string]str
 			read[r.Source] = paths[r.Source]
 			continue
 		}
-		id, rel, err := fileXattr(inRoot(pid, r.Source))
+		id, rel, err := fileXattr(pid, r.Source)
 		if err != nil {
 			return nil, fmt.Errorf("restore: the restored workload's weights file %s is not on a gpuwarm mount (%w): bind the volume it was snapshotted with", r.Source, err)
 		}
