@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -130,7 +129,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		if len(released) == 0 {
 			return nil
 		}
-		err := reloadInPlace(ctx, inRoot(pid, socket), released)
+		err := reloadInPlace(ctx, pid, socket, released)
 		if err == nil {
 			released = nil
 		}
@@ -238,14 +237,52 @@ func acceptAll(ctx context.Context, srv *weights.Server, expect []int, wait time
 	return acceptPeers(ctx, srv, len(expect), wait, func(pid int) bool { return want[pid] }, nil)
 }
 
-// inRoot returns path as the host sees it in pid's mount namespace: path
-// itself where pid shares gpuwarm's, else through /proc/PID/root (a
-// container's socket and weight files).
-func inRoot(pid int, path string) string {
+// listenFor listens at the workload's socket path as process pid sees it.
+// In another mount namespace (a container) the directory is made and opened
+// inside the process's root (RESOLVE_IN_ROOT), so that no link the
+// container holds can make gpuwarm create or replace a file of the host's.
+func listenFor(pid int, socket string) (*weights.Server, error) {
 	if sameMountNS(pid) {
-		return path
+		return weights.Listen(socket)
 	}
-	return filepath.Join("/proc", strconv.Itoa(pid), "root", path)
+	if !filepath.IsAbs(socket) || filepath.Clean(socket) != socket {
+		return nil, fmt.Errorf("weights: socket %q is not a clean absolute path", socket)
+	}
+	root, err := unix.Open(fmt.Sprintf("/proc/%d/root", pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("weights: process %d's root: %w", pid, err)
+	}
+	defer unix.Close(root)
+	dir := filepath.Dir(socket)
+	in := func(p string, flags uint64) (int, error) {
+		return unix.Openat2(root, p, &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+	}
+	// mkdir -p inside the root, one name at a time.
+	parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
+	for i := range parts {
+		if parts[i] == "" {
+			continue
+		}
+		p := "/" + strings.Join(parts[:i+1], "/")
+		if fd, err := in(p, unix.O_PATH|unix.O_DIRECTORY); err == nil {
+			unix.Close(fd)
+			continue
+		}
+		parent, err := in(filepath.Dir(p), unix.O_PATH|unix.O_DIRECTORY)
+		if err != nil {
+			return nil, fmt.Errorf("weights: socket directory %s in process %d's root: %w", filepath.Dir(p), pid, err)
+		}
+		err = unix.Mkdirat(parent, parts[i], 0o755)
+		unix.Close(parent)
+		if err != nil && err != unix.EEXIST {
+			return nil, fmt.Errorf("weights: socket directory %s in process %d's root: %w", p, pid, err)
+		}
+	}
+	fd, err := in(dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("weights: socket directory %s in process %d's root: %w", dir, pid, err)
+	}
+	return weights.ListenIn(os.NewFile(uintptr(fd), dir), filepath.Base(socket), socket)
 }
 
 func sameMountNS(pid int) bool {
@@ -288,7 +325,7 @@ func fileXattr(pid int, path string) (digest.ID, string, error) {
 // releaseWeights runs a release session with each library of expect (root
 // is the tree's root process: the socket is in its mount namespace).
 func releaseWeights(ctx context.Context, root int, socket string, expect []int, log *slog.Logger) (*WeightsMeta, []int, int, error) {
-	srv, err := weights.Listen(inRoot(root, socket))
+	srv, err := listenFor(root, socket)
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -413,8 +450,8 @@ func resolveWeightFiles(pid int, files []string, log *slog.Logger) (map[string]s
 // reloadInPlace asks the libraries of pids (which released their weights in
 // a snapshot) to upload them again, from the sources they released them
 // from.
-func reloadInPlace(ctx context.Context, socket string, pids []int) error {
-	srv, err := weights.Listen(socket)
+func reloadInPlace(ctx context.Context, root int, socket string, pids []int) error {
+	srv, err := listenFor(root, socket)
 	if err != nil {
 		return err
 	}
@@ -499,7 +536,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		if err != nil {
 			return err
 		}
-		srv, err := weights.Listen(inRoot(pid, rep.Meta.Socket))
+		srv, err := listenFor(pid, rep.Meta.Socket)
 		if err != nil {
 			return err
 		}

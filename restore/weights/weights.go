@@ -191,10 +191,11 @@ const maxSocketPath = 107
 type Server struct {
 	path string
 	l    *net.UnixListener
+	dir  *os.File // ListenIn's directory, open while the socket's name is
 }
 
-// Listen creates the socket at path (replacing a stale socket there, never
-// another kind of file).
+// Listen creates the socket at path (replacing a stale socket there: never
+// another kind of file, nor a socket something listens on).
 func Listen(path string) (*Server, error) {
 	if err := checkPath(path); err != nil {
 		return nil, fmt.Errorf("weights: socket: %w", err)
@@ -205,21 +206,47 @@ func Listen(path string) (*Server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("weights: socket directory: %w", err)
 	}
+	return listen(path, path)
+}
+
+// ListenIn creates the socket name in the directory dir (a container's,
+// opened inside its root: the socket cannot land outside it whatever links
+// the container holds), and closes dir with the server. shown names the
+// socket in messages.
+func ListenIn(dir *os.File, name, shown string) (*Server, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		dir.Close()
+		return nil, fmt.Errorf("weights: socket name %q", name)
+	}
+	s, err := listen(fmt.Sprintf("/proc/self/fd/%d/%s", dir.Fd(), name), shown)
+	if err != nil {
+		dir.Close()
+		return nil, err
+	}
+	s.dir = dir
+	return s, nil
+}
+
+func listen(path, shown string) (*Server, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("weights: %s (from %s) exists and is not a socket: remove it or point %s elsewhere", path, EnvSocket, EnvSocket)
+			return nil, fmt.Errorf("weights: %s (from %s) exists and is not a socket: remove it or point %s elsewhere", shown, EnvSocket, EnvSocket)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("weights: something listens on %s (from %s) already: point %s elsewhere", shown, EnvSocket, EnvSocket)
 		}
 		os.Remove(path)
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("weights: listen: %w", err)
+		return nil, fmt.Errorf("weights: listen on %s: %w", shown, err)
 	}
 	l.SetUnlinkOnClose(true)
 	// Peers are checked by their credentials, not by the file's mode: a
 	// workload running as another user must be able to connect.
 	os.Chmod(path, 0o666)
-	return &Server{path: path, l: l}, nil
+	return &Server{path: shown, l: l}, nil
 }
 
 // Path is the socket's path.
@@ -227,7 +254,13 @@ func (s *Server) Path() string { return s.path }
 
 // Close stops listening and removes the socket, so that no library connects
 // again until the next listener.
-func (s *Server) Close() error { return s.l.Close() }
+func (s *Server) Close() error {
+	err := s.l.Close()
+	if s.dir != nil {
+		s.dir.Close()
+	}
+	return err
+}
 
 // Peer is one workload process in session.
 type Peer struct {

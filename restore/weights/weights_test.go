@@ -109,6 +109,37 @@ func TestSession(t *testing.T) {
 	if _, err := Listen(path); err == nil {
 		t.Fatal("Listen replaced a regular file")
 	}
+	// A socket something listens on is never replaced.
+	live := filepath.Join(t.TempDir(), "live.sock")
+	l, err := net.Listen("unix", live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := Listen(live); err == nil || !strings.Contains(err.Error(), "listens on") {
+		t.Fatalf("Listen over a live socket: %v", err)
+	}
+	// ListenIn makes the socket in the directory it is handed, by name.
+	d := t.TempDir()
+	df, err := os.Open(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv2, err := ListenIn(df, "w.sock", "/run/gpuwarm/w.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(filepath.Join(d, "w.sock")); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("ListenIn made no socket in its directory: %v", err)
+	}
+	srv2.Close()
+	if _, err := os.Lstat(filepath.Join(d, "w.sock")); !os.IsNotExist(err) {
+		t.Fatalf("ListenIn's socket outlives Close: %v", err)
+	}
+	dir2, _ := os.Open(d)
+	if _, err := ListenIn(dir2, "../x.sock", "x"); err == nil {
+		t.Fatal("ListenIn took a name with a slash")
+	}
 	// A path too long for a socket address says so.
 	long := filepath.Join(t.TempDir(), strings.Repeat("d", 120), "w.sock")
 	if _, err := Listen(long); err == nil || !strings.Contains(err.Error(), "shorter path") {

@@ -42,6 +42,8 @@ func TestContainerWeights(t *testing.T) {
 	lib, _ := filepath.Abs("../../restore/weights/gpuwarm_weights.py")
 	script, _ := filepath.Abs("../../testing/workload/weights/weights_workload.py")
 
+	sockDir := fmt.Sprintf("gpuwarm-e2e-sock-%d", os.Getpid())
+	os.RemoveAll("/tmp/" + sockDir)
 	base, err := registry.FileImage(debian, v1.Config{Env: []string{"LANG=C.UTF-8", "PYTHONPATH=/opt/gw"}})
 	if err != nil {
 		t.Fatal(err)
@@ -52,6 +54,10 @@ func TestContainerWeights(t *testing.T) {
 		registry.Entry{Name: "opt/gw/weights_workload.py", File: script},
 		registry.Entry{Name: "models/", Type: tar.TypeDir},
 		registry.Entry{Name: "models/a.safetensors", File: inImage},
+		// The socket's directory is a link to an absolute path: gpuwarm
+		// must follow it inside the container's root, never the host's.
+		registry.Entry{Name: "tmp/" + sockDir + "/", Type: tar.TypeDir},
+		registry.Entry{Name: "run/gpuwarm", Type: tar.TypeSymlink, Link: "/tmp/" + sockDir},
 	)
 	if err != nil {
 		t.Fatal(err)
@@ -92,8 +98,12 @@ func TestContainerWeights(t *testing.T) {
 			t.Fatalf("the snapshot's references lack %s: %s", s, insp)
 		}
 	}
-	// No socket stays behind in the container's root filesystem.
-	if _, err := os.Lstat(fmt.Sprintf("/proc/%d/root/run/gpuwarm/weights.sock", orig.PID)); err == nil {
+	// The socket was made inside the container (through its link), not
+	// on the host, and is gone again.
+	if _, err := os.Lstat("/tmp/" + sockDir); err == nil {
+		t.Fatalf("gpuwarm followed the container's link /run/gpuwarm -> /tmp/%s on the host", sockDir)
+	}
+	if _, err := os.Lstat(fmt.Sprintf("/proc/%d/root/tmp/%s/weights.sock", orig.PID, sockDir)); err == nil {
 		t.Fatal("the weights socket was left in the container's root filesystem")
 	}
 	e.gw(t, "rm", "wo")
