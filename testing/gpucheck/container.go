@@ -29,6 +29,7 @@ import (
 var (
 	gwBin      = flag.String("gpuwarm", "bin/gpuwarm", "the gpuwarm binary (container checks drive its CLI)")
 	containers = flag.Bool("containers", true, "run the container checks")
+	ctrPlain   = flag.Bool("container-transparent", true, "container checks: also restore the workload without the weights library")
 )
 
 // gwc runs the gpuwarm CLI with the container checks' environment.
@@ -109,7 +110,11 @@ func containerChecks(script string, gb float64) []bu.Row {
 	// The workload twice: restored by the CUDA driver alone (transparent),
 	// and with the weights library (the weights uploaded from the mount);
 	// the second is restored twice at once as well.
-	for _, withLib := range []bool{false, true} {
+	variants := []bool{true}
+	if *ctrPlain {
+		variants = []bool{false, true}
+	}
+	for _, withLib := range variants {
 		sfx, what := "", "transparent"
 		if withLib {
 			sfx, what = "w", "weights library"
