@@ -196,7 +196,7 @@ func containerChecks(script string, gb float64) []bu.Row {
 		}
 		bootRow := "container: cold boot (no torch.compile)"
 		oneRow := "container (" + what + "): lazy restore, first answer"
-		if !withLib {
+		if withLib == variants[0] {
 			rows = append(rows, bu.Row{Name: bootRow, Value: boot.Seconds(), Unit: "s"})
 		}
 		phase("container (%s): one lazy restore", what)
