@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -172,4 +173,22 @@ func FuzzParseReply(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTorchWeightsOverFakeTorch runs the library's PyTorch backend over a
+// fake torch on host memory (testdata/faketorch): its release and reload
+// logic is tested on machines without a GPU too.
+func TestTorchWeightsOverFakeTorch(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("python3 missing: make setup installs it")
+		}
+		t.Skip("python3 missing")
+	}
+	out, err := exec.Command(py, "testdata/torchweights_test.py", ".").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "ok ") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
 }

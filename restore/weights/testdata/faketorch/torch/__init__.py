@@ -1,0 +1,141 @@
+"""Just enough of torch's API, on host memory, for gpuwarm_weights's
+TorchWeights to run without a GPU (restore/weights tests): storages that
+resize, uint8 views, copies, pinned "buffers", streams and events that do
+nothing. Not a model of CUDA: a test of the library's own logic."""
+import ctypes
+import threading
+from contextlib import contextmanager
+
+uint8 = "torch.uint8"
+
+
+class _Dtype(str):
+    pass
+
+
+class UntypedStorage:
+    def __init__(self, n):
+        self._buf, self._n = None, 0
+        self.resize_(n)
+
+    def data_ptr(self):
+        return ctypes.addressof(self._buf) if self._n else 0
+
+    def nbytes(self):
+        return self._n
+
+    def resizable(self):
+        return True
+
+    def resize_(self, n):
+        old, oldn = self._buf, self._n
+        self._buf = (ctypes.c_ubyte * n)() if n else None
+        self._n = n
+        if old is not None and n:
+            ctypes.memmove(self._buf, old, min(n, oldn))
+
+
+class Tensor:
+    def __init__(self, storage, offset, numel, dtype=uint8, shape=None, device="cuda"):
+        self._st, self._off, self._numel = storage, offset, numel
+        self.dtype = _Dtype(dtype)
+        self.shape = list(shape) if shape is not None else [numel]
+        self.device = device
+        self.is_cuda = device == "cuda"
+
+    def untyped_storage(self):
+        return self._st
+
+    def storage_offset(self):
+        return self._off
+
+    def is_contiguous(self):
+        return True
+
+    def numel(self):
+        return self._numel
+
+    def data_ptr(self):
+        return self._st.data_ptr() + self._off
+
+    def __getitem__(self, sl):
+        start, stop, _ = sl.indices(self._numel)
+        return Tensor(self._st, self._off + start, max(0, stop - start), self.dtype, None, self.device)
+
+    def _bytes(self):
+        if self._numel > 0 and self._off + self._numel > self._st.nbytes():
+            raise RuntimeError("fake torch: access past the storage (released?)")
+        return ctypes.string_at(self.data_ptr(), self._numel) if self._numel else b""
+
+    def copy_(self, src, non_blocking=False):
+        if src.numel() != self._numel:
+            raise RuntimeError("fake torch: copy_ of unequal sizes")
+        ctypes.memmove(self.data_ptr(), src._bytes(), self._numel)
+        return self
+
+    def zero_(self):
+        ctypes.memset(self.data_ptr(), 0, self._numel)
+        return self
+
+    def set_(self, storage, offset, size):
+        self._st, self._off, self._numel = storage, offset, size[0]
+        self.shape = [size[0]]
+        return self
+
+
+def empty(n, dtype=uint8, pin_memory=False, device="cpu"):
+    return Tensor(UntypedStorage(n), 0, n, dtype, None, device)
+
+
+def tensor_from_bytes(b, dtype, shape):
+    """Test helper: a "cuda" tensor holding b."""
+    t = Tensor(UntypedStorage(len(b)), 0, len(b), dtype, shape, "cuda")
+    ctypes.memmove(t.data_ptr(), b, len(b))
+    return t
+
+
+def equal(a, b):
+    return a._bytes() == b._bytes()
+
+
+class _Cuda:
+    allocations = 0
+
+    def current_device(self):
+        return 0
+
+    @contextmanager
+    def device(self, d):
+        yield
+
+    def Stream(self):
+        return object()
+
+    @contextmanager
+    def stream(self, s):
+        yield
+
+    class Event:
+        def record(self, stream=None):
+            pass
+
+        def synchronize(self):
+            pass
+
+    def synchronize(self):
+        pass
+
+    def empty_cache(self):
+        pass
+
+
+cuda = _Cuda()
+
+
+class _Dynamo:
+    @staticmethod
+    def disable(f):
+        return f
+
+
+_dynamo = _Dynamo()

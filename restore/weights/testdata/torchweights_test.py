@@ -1,0 +1,82 @@
+"""TorchWeights (gpuwarm_weights.py) over the fake torch beside this file:
+release checks every tensor against its file and frees only those that
+match; reload fills them again from the paths it is given, piece by piece
+through the threads, reports its allocation time and moved tensors, and
+fails on a short file. Run by restore/weights's Go tests:
+python3 torchweights_test.py LIBDIR."""
+import json
+import os
+import random
+import struct
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "faketorch"))
+sys.path.insert(0, sys.argv[1])
+
+import torch  # noqa: E402  (the fake)
+import gpuwarm_weights as gw  # noqa: E402
+
+
+def write_safetensors(path, tensors):
+    hdr, pos, body = {}, 0, b""
+    for name, b in tensors.items():
+        hdr[name] = {"dtype": "U8", "shape": [len(b)], "data_offsets": [pos, pos + len(b)]}
+        pos += len(b)
+        body += b
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + body)
+
+
+def main():
+    rnd = random.Random(7)
+    data = {f"layer{i}.weight": bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 50000))) for i in range(12)}
+    data["modified.bias"] = bytes(300)
+    d = tempfile.mkdtemp()
+    f = os.path.join(d, "model.safetensors")
+    write_safetensors(f, data)
+    tensors = {name: torch.tensor_from_bytes(b, torch.uint8, [len(b)]) for name, b in data.items()}
+    mod = bytearray(data["modified.bias"])
+    mod[7] = 1
+    tensors["modified.bias"] = torch.tensor_from_bytes(bytes(mod), torch.uint8, [len(mod)])
+    # Small pieces and few threads: many pieces per tensor, all threads busy.
+    w = gw.TorchWeights(tensors, [f], threads=3, piece=4096)
+    assert w.files() == [f], w.files()
+
+    out, kept = w.release({f: f})
+    names = sorted(x["name"] for x in out)
+    assert names == sorted(n for n in data if n != "modified.bias"), names
+    assert "modified.bias" in kept and "differ" in kept["modified.bias"], kept
+    for n in names:
+        assert tensors[n].untyped_storage().nbytes() == 0, n
+    assert tensors["modified.bias"].untyped_storage().nbytes() == len(mod)
+    for pair in w.staging:
+        for b, _ in pair:
+            assert b._bytes() == bytes(len(b._bytes())), "staging not zeroed after the release"
+
+    # A short file fails the reload (and it may be asked again).
+    short = os.path.join(d, "short.safetensors")
+    with open(f, "rb") as src, open(short, "wb") as dst:
+        b = src.read()
+        dst.write(b[:len(b) // 2])
+    try:
+        w.reload({f: short})
+        raise AssertionError("a reload from a short file succeeded")
+    except OSError:
+        pass
+
+    n = w.reload({f: f})
+    assert n == sum(len(data[x]) for x in names), n
+    for name in names:
+        assert tensors[name]._bytes() == data[name], name
+    assert tensors["modified.bias"]._bytes() == bytes(mod)
+    assert w.alloc_seconds >= 0 and isinstance(w.moved, int) and 0 <= w.moved <= len(names), (w.alloc_seconds, w.moved)
+    # Nothing left to reload.
+    assert w.reload({f: f}) == 0
+    print("ok", len(names), "tensors released and reloaded,", w.moved, "moved")
+
+
+if __name__ == "__main__":
+    main()
