@@ -64,13 +64,22 @@ func runPython(root string) (time.Duration, error) {
 	})
 }
 
-func benchPrefetch(dir string) error {
-	src := filepath.Join(dir, "src")
+// packedPython makes pythonTree under dir/src and packs it as tag py into
+// the file store dir/store.
+func packedPython(dir string) (src, storeDir string, err error) {
+	src, storeDir = filepath.Join(dir, "src"), filepath.Join(dir, "store")
 	if err := pythonTree(src); err != nil {
-		return err
+		return "", "", err
 	}
-	storeDir := filepath.Join(dir, "store")
 	if _, err := packJSON(storeDir, src, "py"); err != nil {
+		return "", "", err
+	}
+	return src, storeDir, nil
+}
+
+func benchPrefetch(dir string) error {
+	_, storeDir, err := packedPython(dir)
+	if err != nil {
 		return err
 	}
 	run := runPython

@@ -16,12 +16,8 @@ func init() { sections = append(sections, section{"python-cold", benchPythonCold
 // disk), natively, from squashfuse over a zstd squashfs image of the same
 // tree, and from the mount. Passes alternate, best of three each.
 func benchPythonCold(dir string) error {
-	src := filepath.Join(dir, "src")
-	if err := pythonTree(src); err != nil {
-		return err
-	}
-	storeDir := filepath.Join(dir, "store")
-	if _, err := packJSON(storeDir, src, "py"); err != nil {
+	src, storeDir, err := packedPython(dir)
+	if err != nil {
 		return err
 	}
 	sqRoot, sqStop, err := squashfuseMount(dir, src)
