@@ -376,9 +376,15 @@ func (d *diskTier) get(id digest.ID, size uint32, pool *bufPool) (*buf, error) {
 	if err == nil && (xxhash.Sum64(b.b) != e.sum || int64(len(b.b)) != e.size) {
 		err = fmt.Errorf("%w: %s: checksum or size mismatch", errCorruptEntry, d.path(id, e.sum))
 	}
+	return d.readDone(b, err, func() { d.drop(id, e) })
+}
+
+// readDone ends a read of an entry into b: a hit, or, on err, the entry
+// dropped (drop) and err reported as a corrupt entry.
+func (d *diskTier) readDone(b *buf, err error, drop func()) (*buf, error) {
 	if err != nil {
 		b.release()
-		d.drop(id, e)
+		drop()
 		if !errors.Is(err, errCorruptEntry) {
 			err = fmt.Errorf("%w: %v", errCorruptEntry, err)
 		}

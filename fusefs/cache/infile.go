@@ -170,18 +170,7 @@ func (d *diskTier) getInFile(id digest.ID, size uint32, pool *bufPool) (*buf, er
 	if err == nil && digest.Of(b.b) != id {
 		err = fmt.Errorf("%w: chunk %s inside %s does not hash to its ID", errCorruptEntry, id.Short(), d.path(loc.file, e.sum))
 	}
-	if err != nil {
-		b.release()
-		d.drop(loc.file, e)
-		if !errors.Is(err, errCorruptEntry) {
-			err = fmt.Errorf("%w: %v", errCorruptEntry, err)
-		}
-		return nil, err
-	}
-	d.mu.Lock()
-	d.hits++
-	d.mu.Unlock()
-	return b, nil
+	return d.readDone(b, err, func() { d.drop(loc.file, e) })
 }
 
 // loadMaps indexes the chunks of the assembled files an earlier daemon
