@@ -135,6 +135,13 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		}
 		return err
 	}
+	// failed puts the released weights back before a failure is reported.
+	failed := func(ctx context.Context, err error) error {
+		if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
+			err = fmt.Errorf("%w; and uploading the released weights again failed: %v", err, rerr)
+		}
+		return err
+	}
 	opt.BeforeDump = func(ctx context.Context) error {
 		var expect []int
 		for _, p := range proctree.Tree(pid) {
@@ -151,10 +158,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 			m, pids, kept, err := releaseWeights(ctx, pid, socket, expect, log)
 			released = pids
 			if err != nil {
-				if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
-					err = fmt.Errorf("%w; and uploading the released weights again failed: %v", err, rerr)
-				}
-				return err
+				return failed(ctx, err)
 			}
 			rep.Duration, rep.Kept = time.Since(t), kept
 			if m != nil {
@@ -172,10 +176,7 @@ func WeightsSnapshotHooks(opt *SnapshotOptions, log *slog.Logger) *WeightsReport
 		}
 		if before != nil {
 			if err := before(ctx); err != nil {
-				if rerr := reload(context.WithoutCancel(ctx)); rerr != nil {
-					err = fmt.Errorf("%w; and uploading the released weights again failed: %v", err, rerr)
-				}
-				return err
+				return failed(ctx, err)
 			}
 		}
 		return nil

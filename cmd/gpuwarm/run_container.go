@@ -90,8 +90,8 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 	}
 	env := []string(o.env)
 	if !hasEnv(cfg.Env, weights.EnvSocket) && !hasEnv(env, weights.EnvSocket) {
-		// gpuwarm binds the socket through /proc/PID/root when it needs
-		// the workload: in the container's own root filesystem.
+		// gpuwarm makes the socket, when it needs the workload, inside
+		// the container's own root filesystem.
 		env = append(env, weights.EnvSocket+"="+containerWeightsSocket)
 	}
 	s, err := container.Spec(container.SpecOptions{Name: o.name, Rootfs: c.Rootfs(), Image: cfg, Args: args, Env: env,
