@@ -124,7 +124,8 @@ type FS struct {
 	named    map[string]namedTag
 	tagSF    singleflight.Group
 
-	ra chan readahead
+	ra   chan readahead
+	scan scan
 
 	// opens counts file opens by how they are served.
 	passthroughOpens, cachedOpens atomic.Int64

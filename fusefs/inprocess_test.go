@@ -9,9 +9,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -444,5 +447,79 @@ func TestSequentialReads(t *testing.T) {
 		if got := n.sequential(c.off, c.size); got != c.want {
 			t.Errorf("read of %d at %d: sequential %v, want %v", c.size, c.off, got, c.want)
 		}
+	}
+}
+
+// TestScanReadahead: a program reading an image's files in its order (cp,
+// tar) has the next files fetched ahead of it, in a window that grows as the
+// scan goes on; files opened in another order fetch nothing ahead.
+func TestScanReadahead(t *testing.T) {
+	files := map[string][]byte{}
+	var names []string
+	for i := 0; i < 40; i++ {
+		name := fmt.Sprintf("d%d/f%02d", i/10, i)
+		files[name] = bytes.Repeat([]byte{byte(i), 'x', byte(i >> 8)}, 100<<10) // 300 KiB
+		names = append(names, name)
+	}
+	files["d0/empty"] = nil // not a file a scan waits for
+	r := newRig(t, Options{}, map[string]map[string][]byte{"t": files})
+	idOf := map[digest.ID]string{}
+	for _, name := range names {
+		idOf[digest.Of(files[name])] = name
+	}
+	readFile := func(name string) {
+		n := r.node(t, append([]string{"t"}, strings.Split(name, "/")...)...)
+		h := open(t, n, syscall.O_RDONLY)
+		if got := read(t, n, h); !bytes.Equal(got, files[name]) {
+			t.Fatalf("%s: wrong bytes", name)
+		}
+		h.Release(context.Background())
+	}
+	// queued drains the readahead queue (no loops run in-process) and
+	// returns the files whose chunks it held.
+	queued := func() []string {
+		var out []string
+		for {
+			select {
+			case ra := <-r.fsys.ra:
+				out = append(out, idOf[ra.id])
+			default:
+				sort.Strings(out)
+				return out
+			}
+		}
+	}
+	// Out of order: nothing ahead.
+	for _, i := range []int{12, 5, 30, 7} {
+		readFile(names[i])
+		if q := queued(); len(q) != 0 {
+			t.Fatalf("after reading %s out of order, queued %v", names[i], q)
+		}
+	}
+	// In order from f00: the second file starts the scan with 2 MiB
+	// ahead (6 files of 300 KiB, across directories), and each file after
+	// it doubles the window.
+	readFile(names[0])
+	if q := queued(); len(q) != 0 {
+		t.Fatalf("after the first file, queued %v", q)
+	}
+	readFile(names[1])
+	// f05 and f07 were read above: their chunks are in memory.
+	if q, want := queued(), []string{names[2], names[3], names[4], names[6], names[8]}; !slices.Equal(q, want) {
+		t.Fatalf("after two files in order, queued %v, want %v", q, want)
+	}
+	readFile(names[2])
+	q := queued()
+	if len(q) == 0 || q[0] != names[9] || q[len(q)-1] != names[16] {
+		t.Fatalf("after three files in order, queued %v, want f09 to f16 (the window doubled, nothing queued twice)", q)
+	}
+	// A file skipped (f03) does not end the scan; a jump back does.
+	readFile(names[4])
+	if q := queued(); len(q) == 0 || q[0] != names[17] {
+		t.Fatalf("after a file skipped, queued %v, want the scan to go on from f17", q)
+	}
+	readFile(names[3])
+	if q := queued(); len(q) != 0 {
+		t.Fatalf("after a jump back, queued %v", q)
 	}
 }

@@ -131,6 +131,11 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		return fuse.ReadResultData(nil), 0
 	}
 	size := min(int64(len(dest)), e.Size-off)
+	if off == 0 && n.readEnd.Load() == 0 {
+		// Before this read waits: the files after it may be fetched
+		// meanwhile.
+		n.fsys.noteFirstRead(n.img, n.idx)
+	}
 	first, last := n.img.ChunkSpan(n.idx, off, size)
 	if !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
 		if uring.OnQueueThread() {
