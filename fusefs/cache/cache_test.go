@@ -1368,3 +1368,46 @@ func TestAssembledFileReplacesChunks(t *testing.T) {
 		t.Fatalf("the dropped file's chunk map is still there: %v", err)
 	}
 }
+
+// Chunk writes still queued when an assembled file takes in their chunks
+// are dropped, not written and then thrown away: a cold pass over a file
+// writes its bytes to the disk once.
+func TestQueuedWritesOfAssembledChunksAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	st, chunks, whole := fileFixture(t)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 64 << 20, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the cache keeps serving: the writes wait
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(quietPeriod / 5):
+				c.Active()
+			}
+		}
+	}()
+	for _, ch := range chunks {
+		if err := c.Fetch(ctx, ch.ID, ch.Size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Assemble(ctx, chunks, false); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	<-done
+	c.Flush()
+	if n := c.disk.chunkWrites.Load(); n != 0 {
+		t.Fatalf("%d chunk files written after their file was assembled", n)
+	}
+	if s := c.Stats().Disk; s.Bytes != int64(len(whole)) || s.Entries != 1 || s.Queued != 0 {
+		t.Fatalf("disk tier %+v, want the assembled file alone", s)
+	}
+}

@@ -61,6 +61,7 @@ type diskTier struct {
 	released  bool
 	// queuedBytes is what the queue holds (bounded by maxQueuedBytes).
 	queuedBytes atomic.Int64
+	chunkWrites atomic.Int64 // chunk files written by addBuf
 	// queuedIDs counts the queued writes of each chunk.
 	queuedMu  sync.Mutex
 	queuedIDs map[digest.ID]int
@@ -249,7 +250,9 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 			runtime.LockOSThread()
 			unix.Setpriority(unix.PRIO_PROCESS, 0, 10)
 			for w := range d.queue {
-				d.waitQuiet(w.at)
+				if !d.has(w.id) && !d.inFileHas(w.id) {
+					d.waitQuiet(w.at)
+				} // else addBuf skips it: no wait for nothing
 				if err := d.addBuf(w.id, w.b); err != nil {
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
@@ -549,8 +552,8 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 	if size == 0 || d.noDirect.Load() {
 		return d.add(id, b.b)
 	}
-	if int64(size) > d.limitNow() || d.has(id) {
-		return nil
+	if int64(size) > d.limitNow() || d.has(id) || d.inFileHas(id) {
+		return nil // too large, or cached already (an assembled file holds it)
 	}
 	data := b.b
 	if !directio.IsAligned(data) {
@@ -564,6 +567,7 @@ func (d *diskTier) addBuf(id digest.ID, b *buf) error {
 		err := directio.WriteNew(tmp, data, 0o600, false)
 		switch {
 		case err == nil:
+			d.chunkWrites.Add(1)
 			return d.commit(id, tmp, int64(size), sum)
 		case errors.Is(err, syscall.EINVAL):
 			d.noDirect.Store(true)
