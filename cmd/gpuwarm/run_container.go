@@ -89,7 +89,11 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 		}
 	}
 	env := []string(o.env)
-	if !hasEnv(cfg.Env, weights.EnvSocket) && !hasEnv(env, weights.EnvSocket) {
+	var imageEnv []string // none for an image packed from a directory
+	if cfg != nil {
+		imageEnv = cfg.Env
+	}
+	if !hasEnv(imageEnv, weights.EnvSocket) && !hasEnv(env, weights.EnvSocket) {
 		// gpuwarm makes the socket, when it needs the workload, inside
 		// the container's own root filesystem.
 		env = append(env, weights.EnvSocket+"="+containerWeightsSocket)

@@ -388,7 +388,7 @@ func runSize(script string, gb float64) []bu.Row {
 	opt := restore.Options{Dir: filepath.Join(mnt, tag+"-snap"), DirAnnotations: ann, Store: st, Logger: log}
 	restore.GPURestoreHooks(&opt, log)
 	_, err = restore.Restore(ctx, crit, opt)
-	check(tag+": incompatible snapshot refused", errorUnless(errors.Is(err, gpu.ErrIncompatible), err))
+	check(tag+": incompatible snapshot refused", errorUnless(errors.Is(err, gpu.ErrIncompatible), fmt.Errorf("want ErrIncompatible, got %v", err)))
 	return rows
 }
 
@@ -469,11 +469,15 @@ func errorIfNoProfile(p *prefetch.Profile, err error) error {
 	return err
 }
 
+// errorUnless is nil if ok, else err (what was found instead).
 func errorUnless(ok bool, err error) error {
 	if ok {
 		return nil
 	}
-	return fmt.Errorf("want ErrIncompatible, got %v", err)
+	if err == nil {
+		return errors.New("not so")
+	}
+	return err
 }
 
 func lastLines(s string) string {
