@@ -239,6 +239,15 @@ func TestContainerImageSources(t *testing.T) {
 	if line != "python (3, 11) 1 C.UTF-8" {
 		t.Fatalf("python3 in the Debian container printed %q", line)
 	}
+	// The same tree packed from a directory: an image without an image
+	// config (no Env, no Cmd) runs the command given.
+	e.gw(t, "pack", filepath.Join(e.mnt, "debian"), "--tag", "debian-dir")
+	logPath = filepath.Join(e.tmp, "py-dir.log")
+	e.gw(t, "run", "--image", "debian-dir", "--name", "py-dir", "--log", logPath, "--wait", "--",
+		"/usr/bin/python3", "-c", "import sys, os; print('python', sys.version_info[:2], os.getpid())")
+	if line := waitLine(t, logPath, "python"); line != "python (3, 11) 1" {
+		t.Fatalf("python3 in the container of the directory-packed image printed %q", line)
+	}
 }
 
 // TestContainerSnapshotRestoredThreeTimes runs the workload image as a
