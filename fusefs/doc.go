@@ -3,6 +3,7 @@
 //
 //	MOUNTPOINT/<tag>/...          the image a tag names (that tag re-read every TagTTL)
 //	MOUNTPOINT/by-id/<image id>/  any image by its ID
+//	MOUNTPOINT/.rootfs/<image id>/ the same, for containers' overlays: never passthrough (see byIDNode)
 //
 // Every file's contents are chunks fetched lazily through the worker's block
 // cache, so only the bytes a program reads cross the network, once per

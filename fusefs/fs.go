@@ -431,6 +431,14 @@ func (f *FS) queueReadahead(id digest.ID, size uint32) {
 }
 
 // ino derives a stable inode number from an image and a path.
+// nodeIno is ino under RootfsDir's own number space when rootfs is set.
+func nodeIno(img digest.ID, path string, rootfs bool) uint64 {
+	if rootfs {
+		return ino(img, "\x00"+rootfsName+"\x00"+path) // no path holds a NUL
+	}
+	return ino(img, path)
+}
+
 func ino(img digest.ID, path string) uint64 {
 	h := xxhash.New()
 	h.Write(img[:])

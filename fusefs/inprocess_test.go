@@ -113,7 +113,7 @@ func (r *rig) lookup(t *testing.T, path ...string) (*fs.Inode, syscall.Errno) {
 		if errno != 0 {
 			return nil, errno
 		}
-		in, errno = in.Operations().(*node).Lookup(ctx, name, &out)
+		in, errno = in.Operations().(fs.NodeLookuper).Lookup(ctx, name, &out)
 	}
 	return in, errno
 }
@@ -521,5 +521,41 @@ func TestScanReadahead(t *testing.T) {
 	readFile(names[3])
 	if q := queued(); len(q) != 0 {
 		t.Fatalf("after a jump back, queued %v", q)
+	}
+}
+
+// Under .rootfs (a container's lower layer) a file is never opened by
+// passthrough, where the same file by tag or by-id would be, and its inode
+// is not theirs.
+func TestRootfsNeverPassthrough(t *testing.T) {
+	r := newRig(t, Options{}, map[string]map[string][]byte{"app": {"lib.so": small}})
+	ctx := context.Background()
+	id := r.ids["app"].String()
+	tagged := r.node(t, "app", "lib.so")
+	c := tagged.entry().Chunks[0]
+	if _, err := r.cache.Get(ctx, c.ID, c.Size); err != nil {
+		t.Fatal(err)
+	}
+	r.cache.Flush()
+	r.cache.DropMemory()
+	for _, path := range [][]string{{byIDName, id, "lib.so"}, {"app", "lib.so"}} {
+		n := r.node(t, path...)
+		h := open(t, n, syscall.O_RDONLY)
+		if !h.passthrough {
+			t.Fatalf("%v: a file in the disk tier was not opened by passthrough", path)
+		}
+		h.Release(ctx)
+	}
+	n := r.node(t, rootfsName, id, "lib.so")
+	h := open(t, n, syscall.O_RDONLY)
+	if h.passthrough {
+		t.Fatal("a file under .rootfs was opened by passthrough")
+	}
+	if got := read(t, n, h); !bytes.Equal(got, small) {
+		t.Fatalf("read %q", got)
+	}
+	h.Release(ctx)
+	if a, b := n.stable().Ino, tagged.stable().Ino; a == b {
+		t.Fatal("the file under .rootfs shares its inode with the tag's")
 	}
 }

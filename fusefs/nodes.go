@@ -19,7 +19,10 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
-const byIDName = manifest.ByIDDir
+const (
+	byIDName   = manifest.ByIDDir
+	rootfsName = manifest.RootfsDir
+)
 
 // rootNode lists the tags, resolved afresh every TagTTL.
 type rootNode struct {
@@ -54,10 +57,10 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetAttrTimeout(time.Nanosecond)
 		return r.NewInode(ctx, &statsNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFREG, Ino: tagIno(StatsName)}), 0
 	}
-	if name == byIDName {
+	if name == byIDName || name == rootfsName {
 		out.Mode = syscall.S_IFDIR | 0o555
 		out.SetEntryTimeout(time.Hour)
-		return r.NewInode(ctx, &byIDNode{fsys: r.fsys}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(byIDName)}), 0
+		return r.NewInode(ctx, &byIDNode{fsys: r.fsys, rootfs: name == rootfsName}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: tagIno(name)}), 0
 	}
 	if uring.OnQueueThread() {
 		return nil, uring.WouldWait // the store may have to be asked
@@ -73,7 +76,7 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(time.Nanosecond)
 		return nil, syscall.ENOENT
 	}
-	ch, errno := imageRoot(ctx, &r.Inode, r.fsys, id, out)
+	ch, errno := imageRoot(ctx, &r.Inode, r.fsys, id, false, out)
 	if errno == 0 {
 		out.SetEntryTimeout(ttl)
 	}
@@ -116,9 +119,17 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 }
 
 // byIDNode resolves image IDs; it lists the images this mount has loaded.
+// Under RootfsDir (rootfs set) the images' nodes are other inodes than
+// under ByIDDir and tags, and never opened by passthrough: a container's
+// root filesystem is an overlay over them, and a file mapped through an
+// overlay over a passthrough open is mapped from the disk-tier file, by
+// a path (the lower layer's, on a mount private to the overlay) that CRIU
+// cannot find in the container's mount namespace, so it refuses to
+// checkpoint the container.
 type byIDNode struct {
 	fs.Inode
-	fsys *FS
+	fsys   *FS
+	rootfs bool
 }
 
 var (
@@ -139,7 +150,7 @@ func (b *byIDNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		out.SetEntryTimeout(time.Nanosecond)
 		return nil, syscall.ENOENT // no such image: a name not in by-id
 	}
-	return imageRoot(ctx, &b.Inode, b.fsys, id, out)
+	return imageRoot(ctx, &b.Inode, b.fsys, id, b.rootfs, out)
 }
 
 func (b *byIDNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
@@ -148,12 +159,12 @@ func (b *byIDNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	defer b.fsys.mu.Unlock()
 	var ents []fuse.DirEntry
 	for id := range b.fsys.images {
-		ents = append(ents, fuse.DirEntry{Name: id.String(), Mode: syscall.S_IFDIR, Ino: ino(id, "")})
+		ents = append(ents, fuse.DirEntry{Name: id.String(), Mode: syscall.S_IFDIR, Ino: nodeIno(id, "", b.rootfs)})
 	}
 	return fs.NewListDirStream(ents), 0
 }
 
-func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, rootfs bool, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	ix, err := f.Image(ctx, id)
 	if err != nil {
 		e := errno(err)
@@ -162,7 +173,7 @@ func imageRoot(ctx context.Context, parent *fs.Inode, f *FS, id digest.ID, out *
 		}
 		return nil, e
 	}
-	n := &node{fsys: f, img: ix, idx: 0}
+	n := &node{fsys: f, img: ix, idx: 0, rootfs: rootfs}
 	n.fill(&out.Attr)
 	return parent.NewInode(ctx, n, n.stable()), 0
 }
@@ -173,6 +184,8 @@ type node struct {
 	fsys *FS
 	img  *manifest.Index
 	idx  int // resolved: never a Hardlink entry
+	// rootfs: under RootfsDir (see byIDNode); never opened by passthrough.
+	rootfs bool
 
 	openMu           sync.Mutex
 	cachedOpens      int
@@ -222,12 +235,12 @@ func modeBits(t manifest.Type) uint32 {
 
 func (n *node) stable() fs.StableAttr {
 	e := n.entry()
-	return fs.StableAttr{Mode: modeBits(e.Type), Ino: ino(n.img.ID, e.Path)}
+	return fs.StableAttr{Mode: modeBits(e.Type), Ino: nodeIno(n.img.ID, e.Path, n.rootfs)}
 }
 
 func (n *node) fill(a *fuse.Attr) {
 	e := n.entry()
-	a.Ino = ino(n.img.ID, e.Path)
+	a.Ino = nodeIno(n.img.ID, e.Path, n.rootfs)
 	a.Mode = modeBits(e.Type) | e.Mode
 	a.Size = uint64(e.Size)
 	a.Blocks = (a.Size + 511) / 512
@@ -266,7 +279,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	ch := &node{fsys: n.fsys, img: n.img, idx: n.img.Resolve(i)}
+	ch := &node{fsys: n.fsys, img: n.img, idx: n.img.Resolve(i), rootfs: n.rootfs}
 	ch.fill(&out.Attr)
 	in := n.NewInode(ctx, ch, ch.stable())
 	ch.register()
@@ -282,7 +295,7 @@ func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		ents = append(ents, fuse.DirEntry{
 			Name: manifest.Base(n.img.Entries[k].Path),
 			Mode: modeBits(n.img.Entries[r].Type),
-			Ino:  ino(n.img.ID, n.img.Entries[r].Path),
+			Ino:  nodeIno(n.img.ID, n.img.Entries[r].Path, n.rootfs),
 		})
 	}
 	return fs.NewListDirStream(ents), 0

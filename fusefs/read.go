@@ -89,7 +89,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, syscall.EIO
 		}
 		h.passthrough = true
-	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough:
+	case n.cachedOpens > 0 || n.fsys.opt.NoPassthrough || n.rootfs:
 	case onQueue && n.wouldHash(e):
 		// Opening the disk-tier copy means hashing it first.
 		return nil, 0, uring.WouldWait

@@ -478,12 +478,18 @@ func parentOf(p string) string {
 // Base returns the last path component.
 func Base(p string) string { return p[strings.LastIndexByte(p, '/')+1:] }
 
-// ValidTag reports whether name can be a tag: it is also a directory name at
-// the mount point, so it is short, printable and not hidden.
 // ByIDDir is the directory at a mount's root that holds every image by its
 // ID; no tag may have its name.
 const ByIDDir = "by-id"
 
+// RootfsDir is the hidden directory at a mount's root that holds every
+// image by its ID as a container's root filesystem (an overlay's lower
+// layer): the same trees as ByIDDir, never served by FUSE passthrough (see
+// package fusefs). Tags are never hidden, so none can clash with it.
+const RootfsDir = ".rootfs"
+
+// ValidTag reports whether name can be a tag: it is also a directory name at
+// the mount point, so it is short, printable and not hidden.
 func ValidTag(name string) error {
 	if name == "" || len(name) > 128 || name[0] == '.' || name[0] == '-' || !utf8.ValidString(name) {
 		return fmt.Errorf("tag %q: use 1-128 characters from A-Z a-z 0-9 . _ - and do not start with '.' or '-'", name)

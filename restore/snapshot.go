@@ -342,8 +342,8 @@ func describe(pid int) (*procMeta, error) {
 			}
 			parts := strings.SplitN(rel, "/", 3)
 			top := parts[0]
-			if top == "by-id" && len(parts) > 1 {
-				top = "by-id/" + parts[1]
+			if (top == manifest.ByIDDir || top == manifest.RootfsDir) && len(parts) > 1 {
+				top += "/" + parts[1]
 			}
 			used[mp+"/"+top] = true
 		}

@@ -422,7 +422,7 @@ func resolveWeightFiles(pid int, files []string, log *slog.Logger) (map[string]s
 			}
 			var id digest.ID
 			var err error
-			if first == "by-id" {
+			if first == manifest.ByIDDir || first == manifest.RootfsDir {
 				var idStr string
 				idStr, rel, ok = strings.Cut(rel, "/")
 				if !ok {

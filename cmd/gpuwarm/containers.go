@@ -53,7 +53,7 @@ func (c *containerFlags) runcWith(ctx context.Context, cr *restore.CRIU) (*conta
 }
 
 // imageOnMount resolves a tag (or image ID) on the mount to its image ID
-// and the stable path of its root there (MOUNT/by-id/ID), which a
+// and the stable path of its root there (MOUNT/.rootfs/ID), which a
 // container's overlay uses so that moving the tag later changes nothing.
 func imageOnMount(mnt, name string) (digest.ID, string, error) {
 	if !fusemagic.IsFUSE(mnt) {
@@ -68,7 +68,9 @@ func imageOnMount(mnt, name string) (digest.ID, string, error) {
 	if err != nil {
 		return digest.Zero, "", fmt.Errorf("%s: image ID: %w", name, err)
 	}
-	return id, filepath.Join(mnt, "by-id", id.String()), nil
+	// The lower layer: the image under the mount's RootfsDir, never served
+	// by passthrough, which CRIU could not follow through the overlay.
+	return id, filepath.Join(mnt, manifest.RootfsDir, id.String()), nil
 }
 
 // The log writer: a container's stdout and stderr are pipes (runc hands

@@ -26,7 +26,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		return nil, nil, fmt.Errorf("%s: %w", snap, err)
 	}
 	imageID := ix.Annotations[container.AnnImageID]
-	lower := filepath.Join(o.mount, "by-id", imageID)
+	lower := filepath.Join(o.mount, manifest.RootfsDir, imageID) // as run made it (see imageOnMount)
 	if fi, err := os.Stat(lower); err != nil || !fi.IsDir() {
 		return nil, nil, fmt.Errorf("%s: the image it ran on (%s) is not on the mount: %v", snap, imageID, err)
 	}

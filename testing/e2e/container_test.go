@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/gpuwarm/gpuwarm/fusefs"
 	"github.com/gpuwarm/gpuwarm/testing/registry"
 	"golang.org/x/sys/unix"
 )
@@ -586,4 +587,48 @@ func askIn(t *testing.T, pid int, addr, req string) string {
 		t.Fatalf("ask %s in pid %d's network namespace: %v", addr, pid, r.err)
 	}
 	return r.s
+}
+
+// TestContainerSnapshotOnWarmWorker: a container started where an earlier
+// one left the image's files cached whole (assembled in the disk tier, the
+// kernel's page cache holding them) is snapshotted and restored. Its
+// program and libraries were then mapped through the overlay from files
+// the mount would open by FUSE passthrough, whose mappings CRIU cannot
+// place in the container's mount namespace ("Can't lookup mount"): the
+// overlay's lower layer is the mount's .rootfs tree, never passthrough.
+func TestContainerSnapshotOnWarmWorker(t *testing.T) {
+	requireContainers(t)
+	e := newCtrEnv(t)
+	debian := "/var/lib/gpuwarm/test-images/debian12-python3-stdlib.tar"
+	img, err := registry.FileImage(debian, v1.Config{Env: []string{"LANG=C.UTF-8"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeLayout(t, filepath.Join(e.tmp, "layout"), img)
+	e.gw(t, "pack", "--image", filepath.Join(e.tmp, "layout"), "--tag", "deb")
+	e.mount(t)
+	// The first container reads python whole: the mount assembles it.
+	e.gw(t, "run", "--image", "deb", "--name", "first", "--log", filepath.Join(e.tmp, "first.log"), "--wait", "--",
+		"sh", "-c", "cat /usr/bin/python3.11 > /dev/null && python3 -c 'print(\"warm\")'")
+	e.gw(t, "rm", "first")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		b, err := os.ReadFile(filepath.Join(e.mnt, ".stats"))
+		var s fusefs.Stats
+		if err == nil && json.Unmarshal(b, &s) == nil && s.Assembly.Done > 0 && s.Assembly.Running == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no file assembled 20 s after a container read python whole: %s", b)
+		}
+	}
+	logPath := filepath.Join(e.tmp, "second.log")
+	e.gw(t, "run", "--image", "deb", "--name", "second", "--log", logPath, "--",
+		"python3", "-c", "import os, time; print('ready', os.getpid(), flush=True); time.sleep(600)")
+	waitLine(t, logPath, "ready")
+	e.gw(t, "snapshot", "--name", "second", "--tag", "second-snap")
+	e.gw(t, "rm", "second")
+	e.gw(t, "restore", "second-snap", "--lazy", "--name", "second-r")
+	if st := e.ps(t)["second-r"].State; st != "running" {
+		t.Fatalf("the restored container is %q", st)
+	}
 }
