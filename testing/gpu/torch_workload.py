@@ -100,9 +100,12 @@ def serve(args):
             return
         else:
             print(f"error: unknown request {line.strip()!r}", flush=True)
-    # stdin closed: keep the model resident until killed
+    # stdin closed: keep the model resident until killed. Not signal.pause():
+    # the kernel may hand SIGUSR1 to another thread (the weights library's,
+    # torch's), and Python runs the handler only once the main thread
+    # wakes, which pause() then never does.
     while True:
-        signal.pause()
+        time.sleep(0.05)
 
 
 def h2d(args):

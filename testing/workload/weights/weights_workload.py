@@ -14,6 +14,7 @@ import hashlib
 import os
 import signal
 import sys
+import time
 
 import gpuwarm_weights as gw
 
@@ -87,7 +88,9 @@ def main():
     signal.signal(signal.SIGUSR1, answer)
     print(f"ready {w.checksum()}", flush=True)
     while True:
-        signal.pause()
+        # Not signal.pause(): the signal may reach the library's thread,
+        # and the handler runs only once the main thread wakes.
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":
