@@ -31,7 +31,18 @@ type buf struct {
 	refs  atomic.Int32
 	class int8 // -1: a Go heap buffer, left to the garbage collector
 	pool  *bufPool
+	// diskQ is where the buffer's disk-tier write stands: none queued,
+	// queued while the memory tier holds the buffer too, or queued after
+	// the memory tier let it go (its memory then counts against the
+	// queue's bound; see diskTier.outsideBytes).
+	diskQ atomic.Int32
 }
+
+const (
+	notQueued int32 = iota
+	queuedInMemory
+	queuedOutside
+)
 
 func (b *buf) ref() { b.refs.Add(1) }
 

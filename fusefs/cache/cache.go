@@ -114,6 +114,7 @@ func Open(st store.Store, cfg Config) (*Cache, error) {
 			return nil, err
 		}
 		c.disk = d
+		c.mem.onDrop = d.droppedFromMemory
 	}
 	return c, nil
 }
@@ -340,7 +341,7 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		}
 		c.mem.add(id, b)
 		if c.disk != nil {
-			c.disk.addAsync(id, b)
+			c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
 		}
 		return b, nil
 	}
@@ -389,7 +390,7 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 	}
 	c.mem.add(id, b)
 	if c.disk != nil {
-		c.disk.addAsync(id, b)
+		c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
 	}
 	return b, nil
 }
@@ -589,6 +590,10 @@ func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) e
 	if !c.CanAssemble(size) {
 		return nil
 	}
+	// Queued writes of the chunks wait meanwhile, and are skipped once the
+	// file holds them: its bytes are written once.
+	release := c.disk.holdWrites(chunks)
+	defer release()
 	id := FileID(chunks)
 	err := c.disk.addStream(id, size, cached, func(w io.Writer) error {
 		for _, ch := range chunks {
@@ -744,7 +749,7 @@ func (c *Cache) WarmDisk(ctx context.Context, id digest.ID, size uint32, p Prior
 		return err
 	}
 	if !c.disk.has(id) && !c.disk.queued(id) {
-		c.disk.addAsync(id, b)
+		c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
 	}
 	b.release()
 	return nil

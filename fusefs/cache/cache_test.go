@@ -1170,14 +1170,15 @@ func keepBusy(c *Cache) (stop func()) {
 	return func() { close(done) }
 }
 
-// A queue half full of writes is written even while the cache stays busy:
-// its memory is bounded and no fetch ever has to write for itself.
+// Queued writes of chunks the memory tier has let go are written even while
+// the cache stays busy once they fill half the bound: the queue's memory
+// beyond the memory tier is bounded, and no fetch has to write for itself.
 func TestDiskWritesGoAheadWhenQueueFills(t *testing.T) {
 	ctx := context.Background()
 	const size = 8 << 20
 	n := maxQueuedBytes/2/size + 2
 	st, _, ids := fixture(t, n, size)
-	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 2 * size, DiskBytes: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1188,10 +1189,11 @@ func TestDiskWritesGoAheadWhenQueueFills(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Stats().Disk.Queued >= maxQueuedBytes/2 || c.Stats().Disk.Entries == 0 {
+	deadline := time.Now().Add(maxQueueAge / 2)
+	for c.disk.outsideBytes.Load() >= maxQueuedBytes/2 || c.Stats().Disk.Entries == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("queue of %d bytes, %d entries on disk: writes held back past the bound", c.Stats().Disk.Queued, c.Stats().Disk.Entries)
+			t.Fatalf("queue of %d bytes (%d outside the memory tier), %d entries on disk: writes held back past the bound",
+				c.Stats().Disk.Queued, c.disk.outsideBytes.Load(), c.Stats().Disk.Entries)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -1409,5 +1411,70 @@ func TestQueuedWritesOfAssembledChunksAreSkipped(t *testing.T) {
 	}
 	if s := c.Stats().Disk; s.Bytes != int64(len(whole)) || s.Entries != 1 || s.Queued != 0 {
 		t.Fatalf("disk tier %+v, want the assembled file alone", s)
+	}
+}
+
+// Chunks the memory tier still holds cost the queue nothing: while the
+// cache is busy their writes wait (a cold pass is not slowed by them), past
+// half the queue's byte bound, and nothing is written before the cache
+// goes quiet.
+func TestDiskWritesOfChunksInMemoryWait(t *testing.T) {
+	ctx := context.Background()
+	const size = 8 << 20
+	n := maxQueuedBytes/2/size + 4
+	st, _, ids := fixture(t, n, size)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := keepBusy(c)
+	for _, id := range ids {
+		if err := c.Fetch(ctx, id, size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(4 * quietPeriod)
+	if s := c.Stats().Disk; s.Entries != 0 || s.Queued != int64(n*size) || c.disk.outsideBytes.Load() != 0 {
+		t.Fatalf("while busy, with every chunk in memory: %+v, outside %d; want nothing written", s, c.disk.outsideBytes.Load())
+	}
+	stop()
+	deadline := time.Now().Add(maxQueueAge / 2)
+	for c.Stats().Disk.Entries != int64(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d chunks on disk after the cache went quiet", c.Stats().Disk.Entries, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if q := c.Stats().Disk.Queued; q != 0 {
+		t.Fatalf("queued %d bytes after every write", q)
+	}
+}
+
+// A write held back by an assembly waits until the assembly lets go.
+func TestHeldWritesWait(t *testing.T) {
+	st, chunks, _ := fileFixture(t)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	release := c.disk.holdWrites(chunks)
+	waited := make(chan struct{})
+	go func() {
+		c.disk.waitHeld(chunks[1].ID)
+		close(waited)
+	}()
+	select {
+	case <-waited:
+		t.Fatal("a held write went ahead")
+	case <-time.After(50 * time.Millisecond):
+	}
+	c.disk.waitHeld(digest.Of([]byte("not held"))) // returns at once
+	release()
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a held write still waits after the release")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/gpuwarm/gpuwarm/internal/directio"
 	"github.com/gpuwarm/gpuwarm/internal/rofile"
+	"github.com/gpuwarm/gpuwarm/manifest/chunk"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
@@ -59,12 +60,20 @@ type diskTier struct {
 	// then on nothing is committed. Writes queued before close still are.
 	releaseMu sync.RWMutex
 	released  bool
-	// queuedBytes is what the queue holds (bounded by maxQueuedBytes).
-	queuedBytes atomic.Int64
-	chunkWrites atomic.Int64 // chunk files written by addBuf
+	// queuedBytes is what the queue holds; outsideBytes, what of it the
+	// memory tier no longer holds: the memory the queue costs beyond
+	// --mem-cache, bounded by maxQueuedBytes.
+	queuedBytes  atomic.Int64
+	outsideBytes atomic.Int64
+	chunkWrites  atomic.Int64 // chunk files written by addBuf
 	// queuedIDs counts the queued writes of each chunk.
 	queuedMu  sync.Mutex
 	queuedIDs map[digest.ID]int
+	// held counts, per chunk, the assemblies about to take it in (see
+	// holdWrites); heldCond wakes the writers waiting on them.
+	heldMu   sync.Mutex
+	heldCond *sync.Cond
+	held     map[digest.ID]int
 
 	mu sync.Mutex
 	// limit is the most the tier holds: configured, or less while the
@@ -151,7 +160,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 	if err != nil {
 		return nil, err
 	}
-	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, configured: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{},
+	d := &diskTier{dir: dir, lock: lock, log: log, busy: busy, limit: limit, configured: limit, lru: list.New(), entries: make(map[digest.ID]*list.Element), queuedIDs: map[digest.ID]int{}, held: map[digest.ID]int{},
 		inFile: map[digest.ID]inFileLoc{}, fileChunks: map[digest.ID][]digest.ID{}}
 	// Writes in flight when an earlier process died are garbage: temporary
 	// files are named by a sequence number (or are the journal's).
@@ -239,6 +248,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 		d.entries[r.id].Value.(*diskEntry).recheck = true
 	}
 	d.loadMaps()
+	d.heldCond = sync.NewCond(&d.heldMu)
 	d.queue = make(chan pendingWrite, queueLen)
 	for i := 0; i < 2; i++ {
 		d.writers.Add(1)
@@ -253,10 +263,12 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 				if !d.has(w.id) && !d.inFileHas(w.id) {
 					d.waitQuiet(w.at)
 				} // else addBuf skips it: no wait for nothing
+				d.waitHeld(w.id)
 				if err := d.addBuf(w.id, w.b); err != nil {
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
 				d.queuedBytes.Add(-int64(len(w.b.b)))
+				d.unqueue(w.b)
 				d.dequeued(w.id)
 				w.b.release()
 				d.pending.Done()
@@ -469,17 +481,27 @@ func (d *diskTier) drop(id digest.ID, e diskEntry) {
 	}
 }
 
-// addAsync queues a write of b's bytes, holding a reference until done.
-func (d *diskTier) addAsync(id digest.ID, b *buf) {
+// addAsync queues a write of b's bytes, holding a reference until done;
+// inMemory reports whether the memory tier holds b (asked once b counts as
+// queued, so that a drop between the two is counted once). A buffer whose
+// write is queued already is not queued again.
+func (d *diskTier) addAsync(id digest.ID, b *buf, inMemory func() bool) {
 	d.closeMu.RLock() // not while close closes the queue
 	defer d.closeMu.RUnlock()
 	if d.closed.Load() {
 		return
 	}
+	if !b.diskQ.CompareAndSwap(notQueued, queuedInMemory) {
+		return
+	}
+	n := int64(len(b.b))
+	if !inMemory() {
+		d.droppedFromMemory(b)
+	}
 	d.pending.Add(1)
 	b.ref()
-	n := int64(len(b.b))
-	if d.queuedBytes.Add(n) <= maxQueuedBytes {
+	if d.outsideBytes.Load() <= maxQueuedBytes {
+		d.queuedBytes.Add(n)
 		d.queuedMu.Lock()
 		d.queuedIDs[id]++
 		d.queuedMu.Unlock()
@@ -488,15 +510,60 @@ func (d *diskTier) addAsync(id digest.ID, b *buf) {
 			return
 		default:
 			d.dequeued(id)
+			d.queuedBytes.Add(-n)
 		}
 	}
 	// The queue is full: the caller writes (back-pressure, nothing dropped).
-	d.queuedBytes.Add(-n)
+	d.unqueue(b)
 	d.pending.Done()
 	if err := d.addBuf(id, b); err != nil {
 		d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
 	}
 	b.release()
+}
+
+// holdWrites holds back the queued writes of chunks (an assembly is taking
+// them in, after which they are skipped) until release.
+func (d *diskTier) holdWrites(chunks []chunk.Ref) (release func()) {
+	d.heldMu.Lock()
+	for _, c := range chunks {
+		d.held[c.ID]++
+	}
+	d.heldMu.Unlock()
+	return func() {
+		d.heldMu.Lock()
+		for _, c := range chunks {
+			if d.held[c.ID]--; d.held[c.ID] <= 0 {
+				delete(d.held, c.ID)
+			}
+		}
+		d.heldMu.Unlock()
+		d.heldCond.Broadcast()
+	}
+}
+
+// waitHeld waits while an assembly holds chunk id's write back.
+func (d *diskTier) waitHeld(id digest.ID) {
+	d.heldMu.Lock()
+	for d.held[id] > 0 {
+		d.heldCond.Wait()
+	}
+	d.heldMu.Unlock()
+}
+
+// droppedFromMemory is told of each buffer the memory tier lets go: one
+// whose write is still queued now costs memory of its own.
+func (d *diskTier) droppedFromMemory(b *buf) {
+	if b.diskQ.CompareAndSwap(queuedInMemory, queuedOutside) {
+		d.outsideBytes.Add(int64(len(b.b)))
+	}
+}
+
+// unqueue marks b's write as no longer queued.
+func (d *diskTier) unqueue(b *buf) {
+	if b.diskQ.Swap(notQueued) == queuedOutside {
+		d.outsideBytes.Add(-int64(len(b.b)))
+	}
 }
 
 func (d *diskTier) dequeued(id digest.ID) {
@@ -514,11 +581,13 @@ func (d *diskTier) queued(id digest.ID) bool {
 	return d.queuedIDs[id] > 0
 }
 
-// maxQueuedBytes bounds the memory that queued disk-tier writes hold;
-// queueLen bounds their number.
+// maxQueuedBytes bounds the memory that queued disk-tier writes hold beyond
+// the memory tier's; queueLen bounds their number; maxQueueAge, how long a
+// write waits for a quiet moment.
 const (
 	maxQueuedBytes = 256 << 20
 	queueLen       = 4096
+	maxQueueAge    = 10 * time.Second
 )
 
 // waitQuiet holds a background write (queued at at) back while the cache
@@ -526,13 +595,18 @@ const (
 // their niced threads take: the kernel's side of the I/O and the
 // filesystem work they cause are not niced. On the benchmark VM they
 // doubled the time a prefetch replay took to bring in python's 13 MB
-// (86-103 ms against 30-53 ms with them held back). The writes go ahead
-// anyway once the queue is half full (so its memory stays bounded and no
-// fetch has to write for itself), while Flush waits, at close, and after
-// maxCPUWait if only the CPUs are busy.
+// (86-103 ms against 30-53 ms with them held back), and a cold pass over
+// 744 MB took 1.4-1.8 s with them against 0.9-1.1 s without. The writes go
+// ahead anyway once the chunks the memory tier has let go fill half the
+// queue's bound (so its memory stays bounded and no fetch has to write for
+// itself) or the queue is half full, while Flush waits, at close, after
+// maxQueueAge, and after maxCPUWait if only the CPUs are busy. Chunks the
+// memory tier still holds cost the queue nothing: a cold pass that fits in
+// it is written once the mount is quiet, and an assembled file's chunks
+// are not written at all.
 func (d *diskTier) waitQuiet(at time.Time) {
 	for d.busy != nil && !d.closed.Load() && d.flushing.Load() == 0 &&
-		d.queuedBytes.Load() < maxQueuedBytes/2 && len(d.queue) < cap(d.queue)/2 {
+		d.outsideBytes.Load() < maxQueuedBytes/2 && len(d.queue) < cap(d.queue)/2 && time.Since(at) < maxQueueAge {
 		wait, cpuOnly := d.busy()
 		if wait <= 0 || cpuOnly && time.Since(at) > maxCPUWait {
 			return

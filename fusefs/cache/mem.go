@@ -18,6 +18,9 @@ type memTier struct {
 	hits    int64
 	misses  int64
 	evicted int64
+	// onDrop, if set, is told of every buffer the tier lets go (outside
+	// the lock, before the tier's reference is released).
+	onDrop func(*buf)
 }
 
 type memEntry struct {
@@ -91,9 +94,24 @@ func (m *memTier) add(id digest.ID, b *buf) {
 	m.entries[id] = m.lru.PushFront(&memEntry{id: id, b: b})
 	m.used += size
 	m.mu.Unlock()
-	for _, d := range dropped {
-		d.release()
+	m.drop(dropped...)
+}
+
+func (m *memTier) drop(bs ...*buf) {
+	for _, b := range bs {
+		if m.onDrop != nil {
+			m.onDrop(b)
+		}
+		b.release()
 	}
+}
+
+// holds reports whether b is the tier's buffer for id.
+func (m *memTier) holds(id digest.ID, b *buf) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	el, ok := m.entries[id]
+	return ok && el.Value.(*memEntry).b == b
 }
 
 // remove drops id; it reports whether the tier held it.
@@ -109,7 +127,7 @@ func (m *memTier) remove(id digest.ID) bool {
 	delete(m.entries, id)
 	m.used -= e.b.size()
 	m.mu.Unlock()
-	e.b.release() // readers holding their own references keep the bytes
+	m.drop(e.b) // readers holding their own references keep the bytes
 	return true
 }
 
@@ -123,9 +141,7 @@ func (m *memTier) clear() {
 	m.entries = make(map[digest.ID]*list.Element)
 	m.used = 0
 	m.mu.Unlock()
-	for _, d := range dropped {
-		d.release()
-	}
+	m.drop(dropped...)
 }
 
 func (m *memTier) stats() TierStats {
