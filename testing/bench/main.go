@@ -344,7 +344,7 @@ func benchMount(dir string) error {
 			return err
 		}
 	}
-	sqStop()
+	defer sqStop() // cold passes alternate with gpuwarm's below
 
 	// The disk's own speed at what a pack does to it: read every file and
 	// write it elsewhere, both with O_DIRECT, durably.
@@ -408,7 +408,54 @@ func benchMount(dir string) error {
 			prep             func() error
 			run              func() error // instead of measure
 		}{
-			{name: "gpuwarm cold (file store)", base: "native, from disk", reps: 1, prep: bu.DropCaches},
+			// Cold: best of reps fresh daemons with empty caches, each pass
+			// right after one through squashfuse (this VM's disk reads cold
+			// data at speeds that differ by half between minutes: a
+			// baseline measured minutes apart made the ratio anything from
+			// 0.34x to 1.04x).
+			{name: "gpuwarm cold (file store)", run: func() error {
+				var bestS, bestG time.Duration
+				for r := 0; r < reps; r++ {
+					if r > 0 {
+						// The last daemon stops first: it writes its
+						// disk tier once idle, which must not overlap
+						// squashfuse's pass.
+						m.printStats("gpuwarm cold (file store)")
+						m.stop()
+						os.RemoveAll(cacheDir)
+					}
+					if err := bu.DropCaches(); err != nil {
+						return err
+					}
+					ds, err := once(sqRoot, seq)
+					if err != nil {
+						return fmt.Errorf("squashfuse: %w", err)
+					}
+					if r > 0 {
+						if m, err = startMount(storeDir, mnt, cacheDir); err != nil {
+							return err
+						}
+					}
+					if err := bu.DropCaches(); err != nil {
+						return err
+					}
+					dg, err := once(img, seq)
+					if err != nil {
+						return fmt.Errorf("gpuwarm cold: %w%s", err, mountLog(img))
+					}
+					if r == 0 || ds < bestS {
+						bestS = ds
+					}
+					if r == 0 || dg < bestG {
+						bestG = dg
+					}
+				}
+				addRow(squashCold+", alternating with the next row", "", "", seq, bestS)
+				addRow("gpuwarm cold (file store)", "native, from disk", "", seq, bestG)
+				again("  the same, against squashfuse cold", squashCold+", alternating with the next row",
+					map[bool]string{true: ">= 0.91x", false: ">= 1.0x"}[seq], seq)
+				return nil
+			}},
 			// Hot: as a program finds files it read before on a worker
 			// whose daemon has since written them to its disk tier.
 			// Page-cache reads are what vary most from moment to moment,
@@ -431,11 +478,6 @@ func benchMount(dir string) error {
 				err = s.run()
 			} else {
 				err = measure(s.name, s.base, s.goal, img, seq, s.reps, s.prep)
-			}
-			if err == nil && s.name == "gpuwarm cold (file store)" {
-				// Issue goals: random cold no slower than squashfuse,
-				// sequential within 1.1x of its time.
-				again("  the same, against squashfuse cold", squashCold, map[bool]string{true: ">= 0.91x", false: ">= 1.0x"}[seq], seq)
 			}
 			if err != nil {
 				m.stop()
