@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"slices"
@@ -557,5 +558,45 @@ func TestRootfsNeverPassthrough(t *testing.T) {
 	h.Release(ctx)
 	if a, b := n.stable().Ino, tagged.stable().Ino; a == b {
 		t.Fatal("the file under .rootfs shares its inode with the tag's")
+	}
+}
+
+// TestRandomReadsFetchBlocks: reads that jump about a large file of
+// incompressible bytes fetch only the blocks they touch; a file read from
+// its start fetches whole chunks (and reads ahead).
+func TestRandomReadsFetchBlocks(t *testing.T) {
+	big := make([]byte, 12<<20)
+	rand.New(rand.NewSource(3)).Read(big)
+	r := newRig(t, Options{}, map[string]map[string][]byte{"t": {"weights.bin": big, "seq.bin": big[:3<<20]}})
+	n := r.node(t, "t", "weights.bin")
+	fh := open(t, n, 0)
+	ctx := context.Background()
+	// Each more than the sequential window (4 MiB) from the last.
+	offs := []int64{9<<20 + 1234, 1<<20 + 4096, 11<<20 + 100000, 6 << 20}
+	for _, off := range offs {
+		dest := make([]byte, 4096)
+		res, errno := n.Read(ctx, fh, dest, off)
+		if errno != 0 {
+			t.Fatalf("read at %d: %v", off, errno)
+		}
+		b, _ := res.Bytes(dest)
+		if !bytes.Equal(b, big[off:off+4096]) {
+			t.Fatalf("read at %d: wrong bytes", off)
+		}
+		res.Done()
+	}
+	s := r.cache.Stats()
+	// Each read: its chunk's block index and one block (none of these
+	// spans a block boundary).
+	if s.RangedFetches != int64(len(offs)) || s.FetchBytes > int64(len(offs))*(16<<10+2<<10+2) {
+		t.Fatalf("%d random 4 KiB reads: %d ranged fetches, %d bytes fetched", len(offs), s.RangedFetches, s.FetchBytes)
+	}
+	// A file read from its start is fetched chunk by chunk, whole.
+	sq := r.node(t, "t", "seq.bin")
+	if got := read(t, sq, open(t, sq, 0)); !bytes.Equal(got, big[:3<<20]) {
+		t.Fatal("sequential read: wrong bytes")
+	}
+	if s2 := r.cache.Stats(); s2.RangedFetches != s.RangedFetches {
+		t.Fatalf("a sequential read fetched %d blocks by range", s2.RangedFetches-s.RangedFetches)
 	}
 }

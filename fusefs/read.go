@@ -137,6 +137,9 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		n.fsys.noteFirstRead(n.img, n.idx)
 	}
 	first, last := n.img.ChunkSpan(n.idx, off, size)
+	// A read that does not follow the last one fetches only the blocks it
+	// touches of chunks that have a block index (cache.ViewRange).
+	seq := n.sequential(off, size)
 	if !every(e.Chunks[first:last], n.fsys.cache.InMemory) {
 		if uring.OnQueueThread() {
 			// Not from memory: a goroutine asks again (the ring's CPU
@@ -159,7 +162,14 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		cOff := n.img.ChunkOffset(n.idx, j)
 		// The overlap of [cOff, cOff+size) and [off, off+size).
 		lo, hi := max(cOff, off), min(cOff+int64(c.Size), off+size)
-		b, release, err := n.fsys.cache.View(ctx, c.ID, c.Size, lo-cOff, int(hi-lo))
+		var b []byte
+		var release func()
+		var err error
+		if seq {
+			b, release, err = n.fsys.cache.View(ctx, c.ID, c.Size, lo-cOff, int(hi-lo))
+		} else {
+			b, release, err = n.fsys.cache.ViewRange(ctx, c, lo-cOff, int(hi-lo))
+		}
 		if err != nil {
 			return err
 		}
@@ -189,7 +199,7 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		return nil, e2
 	}
 	n.noteServed(int64(res.Size()), e.Size)
-	if n.sequential(off, size) {
+	if seq {
 		for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
 			c := e.Chunks[last+k]
 			n.fsys.queueReadahead(c.ID, c.Size)

@@ -142,15 +142,22 @@ func (m *Manifest) Stats() Stats {
 	return s
 }
 
-// ChunkIDs returns every distinct chunk the manifest references.
+// ChunkIDs returns every distinct chunk the manifest references, block
+// indexes included (they are stored as chunks).
 func (m *Manifest) ChunkIDs() []digest.ID {
 	seen := make(map[digest.ID]bool)
 	var ids []digest.ID
+	add := func(id digest.ID) {
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
+	}
 	for i := range m.Entries {
 		for _, c := range m.Entries[i].Chunks {
-			if !seen[c.ID] {
-				seen[c.ID] = true
-				ids = append(ids, c.ID)
+			add(c.ID)
+			if !c.Blocks.IsZero() {
+				add(c.Blocks)
 			}
 		}
 	}

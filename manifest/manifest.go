@@ -33,8 +33,12 @@ import (
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 )
 
-// Version is the encoding version written by this package.
-const Version = 1
+// Version is the newest encoding version this package reads and writes.
+// Version 2 adds a block index to chunk references (chunk.Ref.Blocks); an
+// image none of whose chunks has one is still written as version 1, so
+// images that gain nothing from it keep their IDs, and every version-1
+// image stays readable.
+const Version = 2
 
 var magic = []byte("GWMF")
 
@@ -120,7 +124,8 @@ func invalid(format string, args ...any) error {
 func (m *Manifest) Encode() []byte {
 	var b []byte
 	b = append(b, magic...)
-	b = append(b, Version)
+	v := m.version()
+	b = append(b, v)
 	keys := make([]string, 0, len(m.Annotations))
 	for k := range m.Annotations {
 		keys = append(keys, k)
@@ -153,9 +158,30 @@ func (m *Manifest) Encode() []byte {
 		for _, c := range e.Chunks {
 			b = append(b, c.ID[:]...)
 			b = binary.AppendUvarint(b, uint64(c.Size))
+			if v >= 2 {
+				if c.Blocks.IsZero() {
+					b = append(b, 0)
+				} else {
+					b = append(b, 1)
+					b = append(b, c.Blocks[:]...)
+				}
+			}
 		}
 	}
 	return b
+}
+
+// version is the encoding version m needs: 2 if any chunk has a block
+// index, else 1.
+func (m *Manifest) version() byte {
+	for i := range m.Entries {
+		for _, c := range m.Entries[i].Chunks {
+			if !c.Blocks.IsZero() {
+				return 2
+			}
+		}
+	}
+	return 1
 }
 
 // ID returns the image ID: the digest of the canonical encoding.
@@ -186,9 +212,10 @@ func Decode(data []byte) (*Manifest, error) {
 }
 
 type decoder struct {
-	b      []byte
-	off    int
-	chunks int // chunk references so far
+	version byte
+	b       []byte
+	off     int
+	chunks  int // chunk references so far
 }
 
 func (d *decoder) uvarint(what string, max uint64) (uint64, error) {
@@ -244,9 +271,10 @@ func (d *decoder) manifest() (*Manifest, error) {
 	if !bytes.Equal(head[:len(magic)], magic) {
 		return nil, invalid("not a gpuwarm manifest (bad magic %q)", head[:len(magic)])
 	}
-	if head[len(magic)] != Version {
-		return nil, invalid("manifest version %d; this gpuwarm reads version %d: upgrade gpuwarm", head[len(magic)], Version)
+	if v := head[len(magic)]; v < 1 || v > Version {
+		return nil, invalid("manifest version %d; this gpuwarm reads versions 1 to %d: upgrade gpuwarm", v, Version)
 	}
+	d.version = head[len(magic)]
 	m := &Manifest{}
 	na, err := d.count("annotation count", 2)
 	if err != nil {
@@ -361,6 +389,24 @@ func (d *decoder) entry(e *Entry) error {
 			return err
 		}
 		e.Chunks[i].Size = uint32(sz)
+		if d.version < 2 {
+			continue
+		}
+		flag, err := d.bytes("block index flag", 1)
+		if err != nil {
+			return err
+		}
+		switch flag[0] {
+		case 0:
+		case 1:
+			bid, err := d.bytes("block index id", digest.Size)
+			if err != nil {
+				return err
+			}
+			copy(e.Chunks[i].Blocks[:], bid)
+		default:
+			return invalid("block index flag %d", flag[0])
+		}
 	}
 	return nil
 }
@@ -434,6 +480,9 @@ func (e *Entry) validate(i int, m *Manifest, kinds map[string]Type) error {
 		for _, c := range e.Chunks {
 			if c.Size == 0 {
 				return invalid("empty chunk %s", c.ID.Short())
+			}
+			if !c.Blocks.IsZero() && int(c.Size) <= chunk.BlockSize {
+				return invalid("chunk %s of %d bytes with a block index (only chunks of more than one block have one)", c.ID.Short(), c.Size)
 			}
 			sum += int64(c.Size)
 		}

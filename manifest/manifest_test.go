@@ -59,6 +59,58 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// sampleV2 is sample with one chunk big enough for a block index, which has
+// one.
+func sampleV2() *Manifest {
+	m := sample()
+	big := Chunk{ID: digest.Of([]byte("big")), Size: 1 << 20, Blocks: digest.Of([]byte("index"))}
+	m.Entries[4].Chunks = []Chunk{big, {ID: digest.Of([]byte("tail")), Size: 1 << 20}}
+	m.Entries[4].Size = 2 << 20
+	return m
+}
+
+func TestBlockIndexVersions(t *testing.T) {
+	// Without a block index an image is still written as version 1 (its
+	// ID unchanged); with one, as version 2, and read back with it.
+	if v := sample().Encode()[4]; v != 1 {
+		t.Fatalf("an image without block indexes is written as version %d", v)
+	}
+	m := sampleV2()
+	enc := m.Encode()
+	if enc[4] != 2 {
+		t.Fatalf("an image with a block index is written as version %d", enc[4])
+	}
+	got, err := Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := got.Entries[4].Chunks; c[0].Blocks != m.Entries[4].Chunks[0].Blocks || !c[1].Blocks.IsZero() {
+		t.Fatalf("block indexes read back as %v", c)
+	}
+	// A version-2 encoding of an image needing only version 1 is not
+	// canonical (two encodings of one tree would get two IDs).
+	v1 := sample().Encode()
+	if _, err := Decode(append(append([]byte("GWMF"), 2), v1[5:]...)); err == nil {
+		t.Error("a version-2 encoding without block index flags was accepted")
+	}
+	// A block index on a chunk of one block is refused.
+	small := sampleV2()
+	small.Entries[2].Chunks[0].Blocks = digest.Of([]byte("x"))
+	if err := small.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("block index on a 3-byte chunk: want ErrInvalid, got %v", err)
+	}
+	// A flag other than 0 or 1 is refused.
+	bad := append([]byte(nil), enc...)
+	i := strings.Index(string(bad), string(m.Entries[4].Chunks[1].ID[:]))
+	if i < 0 {
+		t.Fatal("chunk not found in the encoding")
+	}
+	bad[i+digest.Size+3] = 7 // after the ID and the 3-byte varint of 1 MiB
+	if _, err := Decode(bad); !errors.Is(err, ErrInvalid) {
+		t.Errorf("block index flag 7: want ErrInvalid, got %v", err)
+	}
+}
+
 func TestValidateRejects(t *testing.T) {
 	cases := map[string]func(m *Manifest){
 		"no root":          func(m *Manifest) { m.Entries = m.Entries[1:] },
@@ -122,6 +174,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(sample().Encode())
 	f.Add((&Manifest{Entries: []Entry{{Type: Dir}}}).Encode())
 	f.Add([]byte("GWMF\x01\x00\x01\x00\x01"))
+	f.Add(sampleV2().Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
 		if err != nil {

@@ -72,6 +72,7 @@ var (
 	dCacheCorrupt    = desc("cache_corrupt_total", "Chunks refused or dropped because their bytes did not match their hash.")
 	dFetches         = desc("store_fetches_total", "Chunk reads from the store.", "store")
 	dFetchBytes      = desc("store_fetch_bytes_total", "Bytes read from the store.", "store")
+	dRangedFetches   = desc("store_ranged_fetches_total", "Store reads of a chunk's blocks (random reads), of store_fetches_total.", "store")
 	dFetchErrors     = desc("store_fetch_errors_total", "Failed chunk reads from the store, by kind.", "store", "kind")
 	dFetchSeconds    = desc("store_fetch_seconds", "Latency of chunk reads from the store.", "store")
 	dFUSESeconds     = desc("fuse_request_seconds", "Time gpuwarm took to answer FUSE requests, by operation.", "op")
@@ -119,6 +120,7 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	st := s.Store
 	mk(dFetches, c, float64(s.Fetches), st)
 	mk(dFetchBytes, c, float64(s.FetchBytes), st)
+	mk(dRangedFetches, c, float64(s.RangedFetches), st)
 	for k, v := range s.FetchErrorKinds {
 		mk(dFetchErrors, c, float64(v), st, k)
 	}

@@ -75,6 +75,9 @@ type Cache struct {
 	sharedSlots   chan struct{}
 
 	fetches, fetchBytes, fetchErrors, corrupt atomic.Int64
+	// rangedFetches counts the store reads of blocks (blocks.go), which
+	// fetches and fetchBytes include.
+	rangedFetches atomic.Int64
 	// fetchLatency times every store read; fetchErrKinds counts failures
 	// by kind (fetchErrorKinds).
 	fetchLatency  histo.Histogram
@@ -266,13 +269,19 @@ func (c *Cache) getAny(ctx context.Context, id digest.ID, size uint32, p Priorit
 	if b, ok := c.mem.get(id); ok {
 		return b, nil
 	}
+	return c.join(ctx, id, func(ctx context.Context) (*buf, error) { return c.load(ctx, id, size, p) })
+}
+
+// join waits for the flight loading id, starting it with load if there is
+// none, and returns the buffer with a reference the caller releases.
+func (c *Cache) join(ctx context.Context, id digest.ID, load func(context.Context) (*buf, error)) (*buf, error) {
 	c.flightMu.Lock()
 	f, ok := c.flights[id]
 	if !ok {
 		f = &flight{done: make(chan struct{})}
 		c.flights[id] = f
 		// The load outlives a canceled caller: others may be waiting.
-		go c.fly(context.WithoutCancel(ctx), f, id, size, p)
+		go c.fly(context.WithoutCancel(ctx), f, id, load)
 	}
 	f.waiters++
 	c.flightMu.Unlock()
@@ -290,8 +299,8 @@ func (c *Cache) getAny(ctx context.Context, id digest.ID, size uint32, p Priorit
 	}
 }
 
-func (c *Cache) fly(ctx context.Context, f *flight, id digest.ID, size uint32, p Priority) {
-	b, err := c.load(ctx, id, size, p)
+func (c *Cache) fly(ctx context.Context, f *flight, id digest.ID, load func(context.Context) (*buf, error)) {
+	b, err := load(ctx)
 	c.flightMu.Lock()
 	delete(c.flights, id)
 	if b != nil {
@@ -680,6 +689,9 @@ type Stats struct {
 	Fetches     int64     `json:"fetches"`      // store reads
 	FetchBytes  int64     `json:"fetch_bytes"`  // bytes they brought
 	FetchErrors int64     `json:"fetch_errors"` // store reads that failed
+	// RangedFetches is how many of Fetches read blocks of a chunk (a
+	// random read), not the whole chunk.
+	RangedFetches int64 `json:"ranged_fetches"`
 	// FetchErrorKinds splits FetchErrors: not_found, corrupt, canceled
 	// (the reader gave up: an interrupted read), store (anything else:
 	// the network, the server).
@@ -714,6 +726,7 @@ func (c *Cache) Stats() Stats {
 		Fetches:         c.fetches.Load(),
 		FetchBytes:      c.fetchBytes.Load(),
 		FetchErrors:     c.fetchErrors.Load(),
+		RangedFetches:   c.rangedFetches.Load(),
 		FetchErrorKinds: map[string]int64{},
 		FetchLatency:    c.fetchLatency.Snapshot(),
 		Corrupt:         c.corrupt.Load(),

@@ -32,10 +32,13 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Ref names one chunk of a file: its ID and uncompressed size.
+// Ref names one chunk of a file: its ID and uncompressed size, and for a
+// chunk stored raw, the ID of its block index (see BlockIndex; zero when it
+// has none and is only ever fetched whole).
 type Ref struct {
-	ID   digest.ID
-	Size uint32 // uncompressed bytes
+	ID     digest.ID
+	Size   uint32 // uncompressed bytes
+	Blocks digest.ID
 }
 
 // Codec bytes.

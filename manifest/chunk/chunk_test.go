@@ -239,3 +239,34 @@ func TestInterleave(t *testing.T) {
 		}
 	}
 }
+
+func TestBlockIndex(t *testing.T) {
+	data := make([]byte, 3*BlockSize+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	ix := BlockIndex(data)
+	if Blocks(uint32(len(data))) != 4 || len(ix) != 4*digest.Size {
+		t.Fatalf("%d blocks, index of %d bytes", Blocks(uint32(len(data))), len(ix))
+	}
+	for k := 0; k < 4; k++ {
+		id, err := BlockID(ix, uint32(len(data)), k)
+		lo, hi := BlockSpan(uint32(len(data)), k)
+		if err != nil || id != digest.Of(data[lo:hi]) {
+			t.Fatalf("block %d [%d, %d): %v", k, lo, hi, err)
+		}
+	}
+	if _, lo := BlockSpan(uint32(len(data)), 3); lo != int64(len(data)) {
+		t.Fatal("the last block does not end at the chunk's end")
+	}
+	if _, err := BlockID(ix[:len(ix)-1], uint32(len(data)), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a short index: want ErrCorrupt, got %v", err)
+	}
+	if _, err := BlockID(ix, uint32(len(data)), 4); err == nil {
+		t.Fatal("block 4 of 4 accepted")
+	}
+	// Only raw blobs of more than one block are indexed.
+	if !Indexed(len(data), 1+len(data)) || Indexed(len(data), len(data)) || Indexed(BlockSize, 1+BlockSize) {
+		t.Fatal("Indexed")
+	}
+}

@@ -83,8 +83,8 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 			for j := range jobs {
 				b := (*j.buf)[:j.n]
 				id := digest.Of(b)
-				j.obj.chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b))}
-				err := p.putChunk(gctx, id, b, enc)
+				blocks, err := p.putChunk(gctx, id, b, enc)
+				j.obj.chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
 				pool.Put(j.buf)
 				if err != nil {
 					return err

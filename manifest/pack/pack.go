@@ -116,7 +116,7 @@ type packer struct {
 	st   store.Store
 	opt  Options
 	log  *slog.Logger
-	seen sync.Map // digest.ID -> struct{}: known present or uploaded in this run
+	seen sync.Map // digest.ID -> *seenChunk: known present or uploaded in this run
 
 	stamps      map[string]Stamp
 	reused      int
@@ -346,10 +346,11 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 				}
 				p.readBytes.Add(int64(len(b)))
 				id := digest.Of(b)
-				m.Entries[j.entry].Chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b))}
-				if err := p.putChunk(ctx, id, b, enc); err != nil {
+				blocks, err := p.putChunk(ctx, id, b, enc)
+				if err != nil {
 					return err
 				}
+				m.Entries[j.entry].Chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
 			}
 			return nil
 		})
@@ -394,22 +395,72 @@ func canonicalHardlinks(m *manifest.Manifest) {
 }
 
 // putChunk stores chunk b (named id) unless the store has it, encoding it
-// in enc's memory.
-func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) error {
-	if _, dup := p.seen.LoadOrStore(id, struct{}{}); dup {
-		return nil
+// in enc's memory, and returns the ID of its block index when it has one
+// (see chunk.Indexed), storing the index too.
+func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) (digest.ID, error) {
+	v, dup := p.seen.LoadOrStore(id, &seenChunk{done: make(chan struct{})})
+	s := v.(*seenChunk)
+	if dup {
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return digest.ID{}, ctx.Err()
+		}
+		return s.blocks, s.err
 	}
+	defer close(s.done)
+	s.blocks, s.err = p.putNewChunk(ctx, id, b, enc)
+	return s.blocks, s.err
+}
+
+// seenChunk is a chunk this pack has met: done once it is in the store.
+type seenChunk struct {
+	done   chan struct{}
+	blocks digest.ID
+	err    error
+}
+
+func (p *packer) putNewChunk(ctx context.Context, id digest.ID, b, enc []byte) (digest.ID, error) {
 	h := store.H(store.Chunk, id)
-	ok, err := store.Has(ctx, p.st, h)
-	if err != nil {
-		return fmt.Errorf("pack: %w", err)
-	}
-	if ok {
-		return nil
+	info, err := p.st.Stat(ctx, h)
+	switch {
+	case err == nil:
+		// Stored before, perhaps by another gpuwarm: whether it is raw,
+		// and so can be read by range, is in its length.
+		if chunk.Indexed(len(b), int(info.Size)) {
+			return p.putIndex(ctx, b)
+		}
+		return digest.ID{}, nil
+	case !errors.Is(err, store.ErrNotFound):
+		return digest.ID{}, fmt.Errorf("pack: %w", err)
 	}
 	blob := chunk.EncodeTo(enc[:0], b)
+	var blocks digest.ID
+	if chunk.Indexed(len(b), len(blob)) {
+		if blocks, err = p.putIndex(ctx, b); err != nil {
+			return digest.ID{}, err
+		}
+	}
+	if err := p.putBlob(ctx, h, blob); err != nil {
+		return digest.ID{}, err
+	}
+	return blocks, nil
+}
+
+// putIndex stores the block index of chunk b (a chunk itself, of one block
+// for chunks up to 8 MiB, so never indexed in turn) and returns its ID.
+func (p *packer) putIndex(ctx context.Context, b []byte) (digest.ID, error) {
+	ix := chunk.BlockIndex(b)
+	id := digest.Of(ix)
+	if _, err := p.putChunk(ctx, id, ix, make([]byte, 0, 1+len(ix))); err != nil {
+		return digest.ID{}, err
+	}
+	return id, nil
+}
+
+func (p *packer) putBlob(ctx context.Context, h store.Handle, blob []byte) error {
 	p.batchMu.RLock()
-	err = p.batch.Put(ctx, h, blob)
+	err := p.batch.Put(ctx, h, blob)
 	p.batchMu.RUnlock()
 	if err != nil {
 		return fmt.Errorf("pack: upload chunk: %w", err)
