@@ -201,8 +201,21 @@ func (cs *controlServer) warm(w http.ResponseWriter, r *http.Request) {
 	before := cs.bc.Stats().FetchBytes
 	var done atomic.Int64
 	ctx := r.Context()
+	// The progress writer ends before the handler returns, however it
+	// returns: the response is not to be written after that.
 	stop := make(chan struct{})
+	var ticking sync.WaitGroup
+	ticking.Add(1)
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		ticking.Wait()
+	}()
 	go func() {
+		defer ticking.Done()
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -228,6 +241,7 @@ func (cs *controlServer) warm(w http.ResponseWriter, r *http.Request) {
 	err = g.Wait()
 	cs.bc.Flush() // the disk tier's writes are done when warm says so
 	close(stop)
+	ticking.Wait()
 	p := warmProgress{Done: done.Load(), Total: total, Fetched: cs.bc.Stats().FetchBytes - before, Seconds: time.Since(start).Seconds(), Final: true}
 	if err != nil {
 		p.Error = err.Error()

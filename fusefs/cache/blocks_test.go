@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand"
+	"sync"
 	"testing"
 
 	"github.com/gpuwarm/gpuwarm/manifest/chunk"
@@ -165,5 +166,61 @@ func TestRangedReadsNeverServeUnverifiedBytes(t *testing.T) {
 	bad := chunk.Ref{ID: ref.ID, Size: ref.Size, Blocks: ref2.Blocks}
 	if _, _, err := c.ViewRange(ctx, bad, 5*chunk.BlockSize, 4096); err == nil {
 		t.Fatal("a read through a wrong block index succeeded")
+	}
+}
+
+// TestFlushWhileWritesAreQueued: Flush may be called while reads go on
+// queueing disk writes (a weights warm-up on a busy mount); it once used a
+// WaitGroup, which panics when added to while it is waited on.
+func TestFlushWhileWritesAreQueued(t *testing.T) {
+	fs, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refs []chunk.Ref
+	for i := 0; i < 400; i++ {
+		_, ref := indexedChunk(t, fs, 20000+i, int64(i))
+		refs = append(refs, ref)
+	}
+	c, err := Open(fs, Config{Dir: t.TempDir(), MemBytes: 1 << 20, DiskBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	done := make(chan struct{})
+	var readers sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for i := g; i < len(refs); i += 4 {
+				if _, err := c.Get(ctx, refs[i].ID, refs[i].Size); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	go func() { readers.Wait(); close(done) }()
+	var flushers sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		flushers.Add(1)
+		go func() {
+			defer flushers.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					c.Flush()
+				}
+			}
+		}()
+	}
+	flushers.Wait()
+	c.Flush()
+	if s := c.Stats(); s.Disk.Entries < int64(len(refs)) {
+		t.Fatalf("%d of %d chunks written after the last Flush", s.Disk.Entries, len(refs))
 	}
 }

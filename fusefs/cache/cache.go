@@ -143,7 +143,7 @@ func (c *Cache) Flush() {
 	if c.disk != nil {
 		c.disk.flushing.Add(1)
 		defer c.disk.flushing.Add(-1)
-		c.disk.pending.Wait()
+		c.disk.pending.wait()
 	}
 }
 

@@ -45,7 +45,7 @@ type diskTier struct {
 	// (back-pressure, nothing dropped).
 	queue   chan pendingWrite
 	writers sync.WaitGroup
-	pending sync.WaitGroup
+	pending counter // queued writes not done yet
 	// busy says how long the cache will still be busy, and whether only
 	// the CPUs are (nil: never busy).
 	busy func() (time.Duration, bool)
@@ -271,7 +271,7 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 				d.unqueue(w.b)
 				d.dequeued(w.id)
 				w.b.release()
-				d.pending.Done()
+				d.pending.add(-1)
 			}
 		}()
 	}
@@ -498,7 +498,7 @@ func (d *diskTier) addAsync(id digest.ID, b *buf, inMemory func() bool) {
 	if !inMemory() {
 		d.droppedFromMemory(b)
 	}
-	d.pending.Add(1)
+	d.pending.add(1)
 	b.ref()
 	if d.outsideBytes.Load() <= maxQueuedBytes {
 		d.queuedBytes.Add(n)
@@ -515,7 +515,7 @@ func (d *diskTier) addAsync(id digest.ID, b *buf, inMemory func() bool) {
 	}
 	// The queue is full: the caller writes (back-pressure, nothing dropped).
 	d.unqueue(b)
-	d.pending.Done()
+	d.pending.add(-1)
 	if err := d.addBuf(id, b); err != nil {
 		d.log.Warn("disk cache write failed", "chunk", id.Short(), "err", err)
 	}
@@ -1044,3 +1044,32 @@ func hashFile(h io.Writer, f *os.File) (int64, error) {
 type onlyReader struct{ r io.Reader }
 
 func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// counter counts work in progress; wait returns once none is left. Unlike
+// sync.WaitGroup it may be waited on while work is being added (a Flush
+// while reads go on and queue more writes), which a WaitGroup forbids.
+type counter struct {
+	mu   sync.Mutex
+	n    int
+	zero sync.Cond
+}
+
+func (c *counter) add(d int) {
+	c.mu.Lock()
+	c.n += d
+	if c.n == 0 && c.zero.L != nil {
+		c.zero.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
+func (c *counter) wait() {
+	c.mu.Lock()
+	if c.zero.L == nil {
+		c.zero.L = &c.mu
+	}
+	for c.n > 0 {
+		c.zero.Wait()
+	}
+	c.mu.Unlock()
+}

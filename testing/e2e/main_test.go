@@ -80,6 +80,7 @@ type daemon struct {
 	done  chan error
 	// ringless: a --fuse-uring mount expected to serve through /dev/fuse.
 	ringless bool
+	killed   bool // by kill9
 }
 
 func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *daemon {
@@ -124,11 +125,20 @@ func startMount(t *testing.T, storeURL, mnt, cacheDir string, extra ...string) *
 
 // stop unmounts and waits for the daemon to exit cleanly.
 func (d *daemon) stop(t *testing.T) {
+	// A daemon that died on its own (a panic, a fatal error, a signal
+	// no test sent it) fails the test, whatever the test saw of it.
+	panicked := func() {
+		if ps := d.cmd.ProcessState; ps != nil && ps.ExitCode() != 0 && !d.killed {
+			t.Errorf("mount daemon at %s died on its own (%v):\n%s", d.dir, ps, d.logs.String())
+		}
+	}
 	if d.cmd.ProcessState != nil {
+		panicked()
 		return
 	}
 	select {
 	case <-d.done:
+		panicked()
 		return
 	default:
 	}
@@ -146,6 +156,7 @@ func (d *daemon) stop(t *testing.T) {
 }
 
 func (d *daemon) kill9(t *testing.T) {
+	d.killed = true
 	d.cmd.Process.Kill()
 	<-d.done
 }

@@ -180,7 +180,7 @@ func TestWeightsProtocol(t *testing.T) {
 	blob[len(blob)/2] ^= 0xff
 	os.WriteFile(badPath, blob, 0o644)
 	mntC, cacheC := filepath.Join(tmp, "mntC"), filepath.Join(tmp, "cacheC")
-	startMount(t, storeDir, mntC, cacheC)
+	dC := startMount(t, storeDir, mntC, cacheC)
 	cmd := exec.Command(gpuwarmBin, "restore", "ws", "--lazy", "--mount", mntC, "--store", storeDir, "--cache-dir", cacheC, "--stdout", filepath.Join(tmp, "c.log"))
 	b, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "could not reload its weights") {
@@ -214,7 +214,7 @@ func TestWeightsProtocol(t *testing.T) {
 	cmd = exec.Command(gpuwarmBin, "restore", "ws", "--lazy", "--mount", mntC, "--store", storeDir, "--cache-dir", cacheC)
 	b, err = cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(b), "references weights in image") {
-		t.Fatalf("restore with the weights image gone: %v\n%s", err, b)
+		t.Fatalf("restore with the weights image gone: %v\n%s\nmount log:\n%s", err, b, dC.logs.String())
 	}
 	if p := workloadProcs(); len(p) > 0 {
 		t.Fatalf("a refused restore left processes %v", p)
