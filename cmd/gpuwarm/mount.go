@@ -145,12 +145,9 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 			o.log.Info("images preloaded", "images", names, "seconds", time.Since(start).Seconds())
 		}()
 	}
-	srv, err := fsys.Mount(dir)
-	if err != nil {
-		return err
-	}
-	o.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", o.cache.dir,
-		"mem", formatSize(o.cache.mem), "disk", formatSize(o.cache.disk))
+	// The control socket and the metrics listener are up before the mount
+	// appears: whoever sees the mount can reach them (/healthz says 503
+	// until the mount serves).
 	stopControl, err := serveControl(ctx, o.cache.dir, bc, st)
 	if err != nil {
 		o.log.Warn("no control socket: gpuwarm cache cannot reach this mount", "err", err)
@@ -158,14 +155,19 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 		defer stopControl()
 	}
 	if o.metricsAddr != "" {
-		stop, err := serveMetrics(ctx, o.metricsAddr, dir, newMetricsCollector(srv.FS(), o.reports), version)
+		stop, err := serveMetrics(ctx, o.metricsAddr, dir, newMetricsCollector(fsys, o.reports), version)
 		if err != nil {
-			srv.Unmount()
 			return err
 		}
 		defer stop()
 		o.log.Info("serving metrics", "addr", o.metricsAddr, "paths", "/metrics /healthz")
 	}
+	srv, err := fsys.Mount(dir)
+	if err != nil {
+		return err
+	}
+	o.log.Info("mounted", "dir", dir, "store", st.Location(), "cache", o.cache.dir,
+		"mem", formatSize(o.cache.mem), "disk", formatSize(o.cache.disk))
 	// A supervisor (systemd, Type=notify) starts what reads from the mount
 	// only now.
 	if _, err := sdnotify.Notify("READY=1\nSTATUS=serving " + dir + " from " + st.Location()); err != nil {
