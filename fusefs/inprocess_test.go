@@ -438,12 +438,14 @@ func TestSequentialReads(t *testing.T) {
 	}{
 		{0, 4096, true},
 		{4096, 128 << 10, true},
-		{1 << 20, 128 << 10, true},               // one request skipped ahead
-		{512 << 10, 128 << 10, true},             // and the one before it, late
-		{900 << 20, 4096, false},                 // a jump
-		{3 << 20, 4096, false},                   // and back
-		{3<<20 + 4096, 4096, true},               // then on from there
-		{3<<20 + 8192 + seqWindow + 1, 1, false}, // just beyond the window
+		{1 << 20, 128 << 10, true},                         // one request skipped ahead
+		{512 << 10, 128 << 10, true},                       // and the one before it, late
+		{900 << 20, 4096, false},                           // a jump
+		{3 << 20, 4096, false},                             // and back
+		{3<<20 + 4096, 4096, true},                         // then on from there
+		{3<<20 + 8192 + seqWindow + 1, 1, false},           // just beyond the window
+		{3<<20 + 8192 + seqWindow + 1 + 8192, 4096, false}, // a small read near the last, not at its end
+		{3<<20 + 8192 + seqWindow + 1, 128 << 10, true},    // a large one there
 	} {
 		if got := n.sequential(c.off, c.size); got != c.want {
 			t.Errorf("read of %d at %d: sequential %v, want %v", c.size, c.off, got, c.want)

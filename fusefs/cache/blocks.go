@@ -23,7 +23,8 @@ import (
 //
 // A read that sees a whole chunk cached or being fetched uses it; a
 // sequential pass fetches chunks whole (the caller decides: see
-// ViewRange). A block that does not match its index (a chunk stored
+// ViewRange), and so does a read of a chunk of which maxRangedPerChunk
+// blocks were fetched already. A block that does not match its index (a chunk stored
 // compressed by another gpuwarm under the same ID, or a damaged store)
 // sends the read to the whole chunk, which is checked against its ID.
 
@@ -32,11 +33,41 @@ import (
 // next read of the chunk then finds cached.
 const maxRangedBlocks = 8
 
+// maxRangedPerChunk is how many blocks of one chunk are fetched by range
+// before its next read fetches it whole: a quarter of a 1 MiB chunk's
+// blocks. Reads that dense go on to touch most of the chunk, and one
+// request for it costs less than dozens for its blocks; sparser reads keep
+// fetching blocks, whose bytes then stay under 4x what they ask for.
+const maxRangedPerChunk = 16
+
+// rangedCounts counts, per chunk, the blocks fetched from the store by
+// range (bounded: forgotten all at once when full).
+type rangedCounts struct {
+	mu sync.Mutex
+	n  map[digest.ID]int
+}
+
+func (r *rangedCounts) add(id digest.ID) {
+	r.mu.Lock()
+	if r.n == nil || len(r.n) >= 1<<16 {
+		r.n = make(map[digest.ID]int)
+	}
+	r.n[id]++
+	r.mu.Unlock()
+}
+
+func (r *rangedCounts) get(id digest.ID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[id]
+}
+
 // ViewRange is View for a reader that is not reading sequentially: if the
 // chunk has a block index and neither tier holds it, only the blocks that
 // [off, off+n) touches are fetched. It otherwise behaves as View.
 func (c *Cache) ViewRange(ctx context.Context, ref chunk.Ref, off int64, n int) ([]byte, func(), error) {
-	if ref.Blocks.IsZero() || n <= 0 || off < 0 || off >= int64(ref.Size) || c.Contains(ref.ID) || c.flying(ref.ID) {
+	if ref.Blocks.IsZero() || n <= 0 || off < 0 || off >= int64(ref.Size) || c.Contains(ref.ID) || c.flying(ref.ID) ||
+		c.ranged.get(ref.ID) >= maxRangedPerChunk {
 		return c.View(ctx, ref.ID, ref.Size, off, n)
 	}
 	end := min(off+int64(n), int64(ref.Size))
@@ -149,6 +180,7 @@ func (c *Cache) loadBlock(ctx context.Context, id, blk digest.ID, lo, hi int64) 
 	}
 	c.fetches.Add(1)
 	c.rangedFetches.Add(1)
+	c.ranged.add(id)
 	c.fetchBytes.Add(int64(len(data)))
 	if len(data) != int(size) || digest.Of(data) != blk {
 		c.fetchFailed(chunk.ErrCorrupt)

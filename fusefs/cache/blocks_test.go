@@ -224,3 +224,34 @@ func TestFlushWhileWritesAreQueued(t *testing.T) {
 		t.Fatalf("%d of %d chunks written after the last Flush", s.Disk.Entries, len(refs))
 	}
 }
+
+// TestDenseRandomReadsFetchTheChunk: once maxRangedPerChunk blocks of a
+// chunk were fetched by range, its next read fetches it whole (one request
+// instead of many), after which reads are served from it.
+func TestDenseRandomReadsFetchTheChunk(t *testing.T) {
+	fs, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, ref := indexedChunk(t, fs, 1<<20, 4)
+	c, err := Open(fs, Config{MemBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k < maxRangedPerChunk; k++ {
+		off := int64(k*3*chunk.BlockSize + 10)
+		if got := viewRange(t, c, ref, off, 4096); !bytes.Equal(got, data[off:off+4096]) {
+			t.Fatalf("read %d: wrong bytes", k)
+		}
+	}
+	if s := c.Stats(); s.RangedFetches != maxRangedPerChunk || c.Contains(ref.ID) {
+		t.Fatalf("%d reads of distinct blocks: %d ranged fetches, whole chunk cached: %v", maxRangedPerChunk, s.RangedFetches, c.Contains(ref.ID))
+	}
+	off := int64(50 * chunk.BlockSize)
+	if got := viewRange(t, c, ref, off, 4096); !bytes.Equal(got, data[off:off+4096]) {
+		t.Fatal("the read after them: wrong bytes")
+	}
+	if s := c.Stats(); s.RangedFetches != maxRangedPerChunk || !c.Contains(ref.ID) {
+		t.Fatalf("the read after %d ranged fetches of a chunk did not fetch it whole (%d ranged)", maxRangedPerChunk, s.RangedFetches)
+	}
+}

@@ -78,6 +78,7 @@ type Cache struct {
 	// rangedFetches counts the store reads of blocks (blocks.go), which
 	// fetches and fetchBytes include.
 	rangedFetches atomic.Int64
+	ranged        rangedCounts
 	// fetchLatency times every store read; fetchErrKinds counts failures
 	// by kind (fetchErrorKinds).
 	fetchLatency  histo.Histogram

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"errors"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,5 +122,48 @@ func TestGCOnBucket(t *testing.T) {
 		for _, f := range []string{"common", "own"} {
 			compareOne(t, filepath.Join(tmp, "keep", f), filepath.Join(tmpMnt, "keep", f))
 		}
+	}
+}
+
+// TestRandomReadsFromBucketByRange: random 4 KiB reads of a large file of
+// incompressible bytes in a bucket fetch blocks of its chunks by ranged
+// GETs (each checked against the chunk's block index), a small multiple
+// of what they ask for, and return the file's bytes.
+func TestRandomReadsFromBucketByRange(t *testing.T) {
+	requireFUSE(t)
+	srv := startS3(t)
+	url := srv.URL("fleet", "ranged")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	os.MkdirAll(src, 0o755)
+	data := make([]byte, 64<<20)
+	rand.New(rand.NewSource(7)).Read(data)
+	if err := os.WriteFile(filepath.Join(src, "weights.bin"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gw(t, "pack", src, "--tag", "w", "--store", url)
+	d := startMount(t, url, filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache"))
+	f, err := os.Open(filepath.Join(tmp, "mnt/w/weights.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := rand.New(rand.NewSource(8))
+	const reads = 200
+	buf := make([]byte, 4096)
+	for i := 0; i < reads; i++ {
+		off := r.Int63n(int64(len(data))-4096) &^ 4095
+		if _, err := f.ReadAt(buf, off); err != nil {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+		if !bytes.Equal(buf, data[off:off+4096]) {
+			t.Fatalf("read at %d: wrong bytes", off)
+		}
+	}
+	s := d.stats(t)
+	// Each read: one 16 KiB block and, for its chunk's first, the chunk's
+	// 2 KiB index; the kernel may read a little around some of them.
+	if s.RangedFetches < reads/2 || s.FetchBytes > 8*reads*4096 || s.FetchErrors != 0 {
+		t.Fatalf("%d random 4 KiB reads: %d fetches (%d ranged), %d bytes, %d errors", reads, s.Fetches, s.RangedFetches, s.FetchBytes, s.FetchErrors)
 	}
 }
