@@ -226,8 +226,15 @@ func corruptStoreChunk(t *testing.T, flags []string) {
 	}
 	defer f.Close()
 	buf := make([]byte, 4096)
-	if _, err := f.ReadAt(buf, 1<<20+100); !errors.Is(err, syscall.EIO) {
+	// The damaged byte is the chunk's 524,287th: in its block 31 (a
+	// random read fetches blocks, each checked against the chunk's
+	// index; a mismatch sends it to the whole chunk, which fails too).
+	if _, err := f.ReadAt(buf, 1<<20+520000); !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read of the corrupt chunk: want EIO, got %v", err)
+	}
+	// An intact block of it is served, checked by the index.
+	if _, err := f.ReadAt(buf, 1<<20+100); err != nil || !bytes.Equal(buf, big[1<<20+100:1<<20+100+4096]) {
+		t.Fatalf("read of an intact block of the corrupt chunk: %v", err)
 	}
 	if _, err := f.ReadAt(buf, 3<<20); err != nil || !bytes.Equal(buf, big[3<<20:3<<20+4096]) {
 		t.Fatalf("read of a good chunk of the same file: %v", err)
