@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -150,20 +149,9 @@ func (c *Cache) viewBlocks(ctx context.Context, ref chunk.Ref, off, end int64, k
 // the disk tier or, by range, from the store, and puts it in the memory
 // tier.
 func (c *Cache) loadBlock(ctx context.Context, id, blk digest.ID, lo, hi int64) (*buf, error) {
-	if b, ok := c.mem.peek(blk); ok {
-		return b, nil
-	}
 	size := uint32(hi - lo)
-	if c.disk != nil {
-		b, err := c.disk.get(blk, size, c.pool)
-		if err == nil {
-			c.mem.add(blk, b)
-			return b, nil
-		}
-		if errors.Is(err, errCorruptEntry) {
-			c.corrupt.Add(1)
-			c.log.Warn("disk cache entry corrupt; refetching", "chunk", blk.Short(), "err", err)
-		}
+	if b, ok := c.fromTiers(blk, size); ok {
+		return b, nil
 	}
 	release, err := c.acquire(ctx, Demand)
 	if err != nil {

@@ -318,26 +318,8 @@ func (c *Cache) fly(ctx context.Context, f *flight, id digest.ID, load func(cont
 // load reads a chunk from the disk tier or the store into a buffer with one
 // reference, and puts it in the memory tier.
 func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority) (*buf, error) {
-	if b, ok := c.mem.peek(id); ok { // filled by a flight that just ended
+	if b, ok := c.fromTiers(id, size); ok {
 		return b, nil
-	}
-	if c.disk != nil {
-		b, err := c.disk.get(id, size, c.pool)
-		if err == nil {
-			c.mem.add(id, b)
-			return b, nil
-		}
-		if errors.Is(err, fs.ErrNotExist) {
-			b, err = c.disk.getInFile(id, size, c.pool)
-			if err == nil {
-				c.mem.add(id, b)
-				return b, nil
-			}
-		}
-		if errors.Is(err, errCorruptEntry) {
-			c.corrupt.Add(1)
-			c.log.Warn("disk cache entry corrupt; refetching", "chunk", id.Short(), "err", err)
-		}
 	}
 	release, err := c.acquire(ctx, p)
 	if err != nil {
@@ -403,6 +385,31 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
 	}
 	return b, nil
+}
+
+// fromTiers returns chunk id from the memory tier (filled by a flight that
+// just ended) or the disk tier (putting it in the memory tier), if either
+// holds it whole and good.
+func (c *Cache) fromTiers(id digest.ID, size uint32) (*buf, bool) {
+	if b, ok := c.mem.peek(id); ok {
+		return b, true
+	}
+	if c.disk == nil {
+		return nil, false
+	}
+	b, err := c.disk.get(id, size, c.pool)
+	if errors.Is(err, fs.ErrNotExist) {
+		b, err = c.disk.getInFile(id, size, c.pool)
+	}
+	if err == nil {
+		c.mem.add(id, b)
+		return b, true
+	}
+	if errors.Is(err, errCorruptEntry) {
+		c.corrupt.Add(1)
+		c.log.Warn("disk cache entry corrupt; refetching", "chunk", id.Short(), "err", err)
+	}
+	return nil, false
 }
 
 // fetchInto fetches chunk id from a store that reads into the caller's
