@@ -175,9 +175,6 @@ func (c *Cache) loadBlock(ctx context.Context, id, blk digest.ID, lo, hi int64) 
 		return nil, fmt.Errorf("%w: bytes %d-%d of chunk %s from %s do not match its block index", chunk.ErrCorrupt, lo, hi, id.Short(), c.st.Location())
 	}
 	b := heapBuf(data)
-	c.mem.add(blk, b)
-	if c.disk != nil {
-		c.disk.addAsync(blk, b, func() bool { return c.mem.holds(blk, b) })
-	}
+	c.keep(blk, b)
 	return b, nil
 }

@@ -331,10 +331,7 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		if err != nil {
 			return nil, err
 		}
-		c.mem.add(id, b)
-		if c.disk != nil {
-			c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
-		}
+		c.keep(id, b)
 		return b, nil
 	}
 	start := time.Now()
@@ -380,11 +377,23 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 		}
 		b = heapBuf(data)
 	}
+	c.keep(id, b)
+	return b, nil
+}
+
+// keep puts what was just fetched from the store in the memory tier and
+// queues its write to the disk tier.
+func (c *Cache) keep(id digest.ID, b *buf) {
 	c.mem.add(id, b)
 	if c.disk != nil {
-		c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
+		c.queueWrite(id, b)
 	}
-	return b, nil
+}
+
+// queueWrite queues b's write to the disk tier (which counts b's memory
+// against the queue's bound once the memory tier no longer holds it).
+func (c *Cache) queueWrite(id digest.ID, b *buf) {
+	c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
 }
 
 // fromTiers returns chunk id from the memory tier (filled by a flight that
@@ -770,7 +779,7 @@ func (c *Cache) WarmDisk(ctx context.Context, id digest.ID, size uint32, p Prior
 		return err
 	}
 	if !c.disk.has(id) && !c.disk.queued(id) {
-		c.disk.addAsync(id, b, func() bool { return c.mem.holds(id, b) })
+		c.queueWrite(id, b)
 	}
 	b.release()
 	return nil
