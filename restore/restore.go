@@ -105,6 +105,9 @@ type Options struct {
 	// filled ahead of demand.
 	RecordFor time.Duration
 	Logger    *slog.Logger
+	// KeepCRIULog keeps CRIU's log of a restore that succeeded too (a
+	// failed one's is always kept), for taking a slow restore apart.
+	KeepCRIULog bool
 }
 
 // Timing is where a restore's time went.
@@ -152,6 +155,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	if log == nil {
 		log = slog.Default()
 	}
+	steps := NewSteps(log, "restore")
 	dir := filepath.Join(opt.Mount, opt.Name)
 	var ann map[string]string
 	var ix *manifest.Index
@@ -177,9 +181,11 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 	if ann[AnnKind] != "snapshot" {
 		return nil, fmt.Errorf("restore: %s is a %q image, not a snapshot", opt.Name, ann[AnnKind])
 	}
+	steps.Done("manifest")
 	if err := compatible(c, ann); err != nil {
 		return nil, err
 	}
+	steps.Done("compatible")
 	if opt.Lazy || opt.Dir != "" {
 		opt.Prefill = false
 	}
@@ -193,6 +199,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		if err := opt.BeforeRestore(ctx, ann); err != nil {
 			return nil, err
 		}
+		steps.Done("before-restore hooks")
 	}
 
 	work := opt.WorkDir
@@ -259,6 +266,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			return nil, err
 		}
 	}
+	steps.Done("work directory and daemon")
 	p.Timing.Prepare = time.Since(start)
 	// Fan the daemon's end out: the GPU retry below and the residency
 	// watcher both wait for it.
@@ -298,6 +306,10 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		}, nfy)
 	}
 	p.Timing.CRIU = time.Since(criuStart)
+	steps.Done("criu")
+	if opt.KeepCRIULog && rerr == nil {
+		log.Info("CRIU's restore log kept", "path", keepLog(filepath.Join(work, "restore.log"), "restore"))
+	}
 	p.PID = int(nfy.pid)
 	if rerr != nil {
 		if lazyDaemon != nil {
@@ -350,6 +362,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			}
 		}
 		tick.Stop()
+		steps.Done("prefill")
 		if daemonErr != nil {
 			return nil, fmt.Errorf("restore: filling memory: %w", daemonErr)
 		}
@@ -379,6 +392,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 			}
 		}
 		p.Timing.After = time.Since(t)
+		steps.Done("after-restore hooks")
 	}
 	p.Timing.Running = time.Since(start)
 	if !opt.Lazy { // eager, or prefilled: every page is in place

@@ -35,6 +35,7 @@ type restoreOptions struct {
 	record, noPrefetch bool
 	recordFor          time.Duration
 	criuLazy           bool
+	keepCRIULog        bool
 	gpus               string
 	workers            int
 	name               string
@@ -56,6 +57,8 @@ func (o *restoreOptions) flags(fs *flagSet) {
 	fs.duration(&o.recordFor, "record-for", 3*time.Second, false, "with --record-profile: how long only the program's own faults bring memory in")
 	fs.BoolVar(&o.noPrefetch, "no-prefetch", false, "with --lazy: ignore the snapshot's prefetch profile")
 	fs.BoolVar(&o.criuLazy, "criu-lazy-pages", false, "with --lazy: use CRIU's own lazy-pages daemon instead of gpuwarm's")
+	fs.BoolVar(&o.keepCRIULog, "keep-criu-log", false, "keep CRIU's log of a restore that succeeds too, in /var/log/gpuwarm")
+	fs.env("keep-criu-log", "GPUWARM_KEEP_CRIU_LOG")
 	fs.StringVar(&o.gpus, "gpus", "", "put the GPU state on these GPUs: `LIST` of indices or UUIDs (default: the same GPUs)")
 	fs.env("gpus", "GPUWARM_GPUS")
 	fs.intRange(&o.workers, "lazy-workers", 8, 1, 256, "with --lazy: memory copies gpuwarm's lazy daemon runs at once")
@@ -108,7 +111,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	}
 	defer st.Close()
 	opt := restore.Options{Mount: o.mount, Name: name, Store: st, Lazy: o.lazy, Prefill: o.prefill, Logger: o.log,
-		CRIULazyPages: o.criuLazy, LazyWorkers: o.workers}
+		CRIULazyPages: o.criuLazy, LazyWorkers: o.workers, KeepCRIULog: o.keepCRIULog}
 	var rec *prefetch.Recorder
 	ix, err := restore.ManifestOf(ctx, st, o.mount, name)
 	if err != nil {

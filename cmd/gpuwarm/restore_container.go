@@ -20,6 +20,7 @@ import (
 // points opt's CRIU restore at runc. The caller removes it if the restore
 // fails.
 func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU, snap string, ix *manifest.Index, opt *restore.Options) (*container.Container, *container.Runc, error) {
+	steps := restore.NewSteps(o.log, "container preparation")
 	imgDir := filepath.Join(o.mount, snap)
 	s, err := container.SnapshotSpec(imgDir)
 	if err != nil {
@@ -38,14 +39,17 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 	} else if s.Annotations[annGPUs] == "" {
 		return nil, nil, usagef("--gpus: container snapshot %s was taken without GPUs", snap)
 	}
+	steps.Done("spec")
 	gpuEdit, gpuList, err := containerGPUs(gpus)
 	if err != nil {
 		return nil, nil, err
 	}
+	steps.Done("GPUs")
 	rc, err := o.ctr.runcWith(ctx, cr)
 	if err != nil {
 		return nil, nil, err
 	}
+	steps.Done("runc")
 	rec := container.Record{Image: ix.Annotations[container.AnnImage], ImageID: imageID, Snapshot: snap,
 		SnapshotID: ix.ID.String(), Mount: o.mount, GPUs: gpuList, Created: time.Now().UTC()}
 	var c *container.Container
@@ -69,6 +73,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 	if err != nil {
 		return nil, nil, err
 	}
+	steps.Done("root filesystem")
 	fail := func(err error) (*container.Container, *container.Runc, error) {
 		c.Remove(context.WithoutCancel(ctx), rc)
 		return nil, nil, err
@@ -84,6 +89,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 			return fail(err)
 		}
 	}
+	steps.Done("network")
 	// After OwnNet is known: it decides the network lock.
 	conf, err := c.CRIUConfig(o.lazy || o.prefill)
 	if err != nil {
@@ -103,6 +109,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 	if err := c.WriteSpec(s); err != nil {
 		return fail(err)
 	}
+	steps.Done("config")
 	opt.CRIURestore = func(ctx context.Context, imgDir, workDir string, lazy, leaveStopped bool) (int, error) {
 		stdout, stderr, err := logPipes(c.Log)
 		if err != nil {

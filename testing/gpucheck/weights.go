@@ -134,6 +134,9 @@ func restoreAsk(g *gwc, tag, want string, extra ...string) (time.Duration, strin
 	stdout, _ := c.StdoutPipe()
 	var stderr strings.Builder
 	c.Stderr = &stderr
+	if os.Getenv("GPUWARM_LOG") == "debug" { // the restore's steps, shown as they come
+		c.Stderr = io.MultiWriter(&stderr, os.Stderr)
+	}
 	if err := c.Start(); err != nil {
 		return 0, "", err
 	}
