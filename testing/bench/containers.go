@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -50,6 +51,9 @@ func (c *cli) timeToRunning(args ...string) (time.Duration, int, error) {
 	out, _ := cmd.StdoutPipe()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	if os.Getenv("GPUWARM_LOG") == "debug" { // the restore's steps, shown as they come
+		cmd.Stderr = io.MultiWriter(&stderr, os.Stderr)
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return 0, 0, err
