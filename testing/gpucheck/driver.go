@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,16 +17,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// driverProg holds gb of random half floats on the GPU and answers "sum".
+// driverProg holds gb of random half floats on the GPU (and MB of pinned
+// host memory) and answers "sum".
 const driverProg = `
 import sys, torch
 n = int(float(sys.argv[1]) * 1e9) // 2
 x = torch.empty(n, dtype=torch.float16, device="cuda").uniform_()
+pinned = torch.zeros(int(sys.argv[2]) << 20, dtype=torch.uint8, pin_memory=True) if int(sys.argv[2]) else None
 torch.cuda.synchronize()
 print("ready", float(x.sum(dtype=torch.float32)), flush=True)
 for line in sys.stdin:
     print(float(x.sum(dtype=torch.float32)), flush=True)
 `
+
+var pinnedMB = flag.Int("driver-pinned-mb", 0, "driver mode: the program also holds this much pinned host memory")
 
 // driverFloor measures the CUDA driver's own checkpoint and restore of a
 // process in place (no CRIU, no gpuwarm): the floor under any restore of
@@ -34,12 +39,15 @@ for line in sys.stdin:
 // process_madvise), and restores; the answer must match after each.
 func driverFloor(gb float64) []bu.Row {
 	tag := fmt.Sprintf("driver-%g", gb)
+	if *pinnedMB > 0 {
+		tag += fmt.Sprintf("-pinned-%dMB", *pinnedMB)
+	}
 	for _, f := range []string{"enabled", "defrag"} {
 		b, _ := os.ReadFile("/sys/kernel/mm/transparent_hugepage/" + f)
 		fmt.Printf("     THP %s: %s", f, b)
 	}
 	p := bu.NewPipes()
-	cmd := exec.Command("python3", "-c", driverProg, fmt.Sprint(gb))
+	cmd := exec.Command("python3", "-c", driverProg, fmt.Sprint(gb), fmt.Sprint(*pinnedMB))
 	cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.Env = p.CIn, p.COut, os.Stderr, pyEnv
 	if !check(tag+": start", cmd.Start()) {
 		return nil
@@ -80,7 +88,7 @@ func driverFloor(gb float64) []bu.Row {
 		check(name+": same answer after restore", errorIfDiff(got, want, err))
 		fmt.Printf("     %s: checkpoint %.2fs, restore %.2fs (%.1f GB/s); host copy %s, %s in huge pages (%s)\n",
 			name, ckpt.Seconds(), rest.Seconds(), gb/rest.Seconds(), gbs(rss), gbs(huge), how)
-		rows = append(rows, bu.Row{Name: fmt.Sprintf("driver restore in place, %g GB, %s", gb, how), Value: rest.Seconds(), Unit: "s"})
+		rows = append(rows, bu.Row{Name: fmt.Sprintf("driver restore in place, %s, %s", tag, how), Value: rest.Seconds(), Unit: "s"})
 	}
 	return rows
 }

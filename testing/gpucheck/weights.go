@@ -301,7 +301,7 @@ func weightsSize(g *gwc, script string, gb float64, mntDir, storeDir string, pin
 	// a snapshot meets colder caches than the rest); the best of each.
 	warm := []struct {
 		name, goal, flag string
-		best         time.Duration
+		best             time.Duration
 	}{{"lazy, warm cache", goal, "--lazy", 0}, {"prefill, warm cache", "", "--prefill", 0}}
 	for i := 0; i < max(1, *repeat); i++ {
 		for k := range warm {
