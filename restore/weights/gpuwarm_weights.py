@@ -12,7 +12,8 @@ resized to nothing; the tensor object, shape, dtype and device stay), so the
 snapshot carries references instead of the weights. After a restore, gpuwarm
 asks it to upload them again: many threads read the files through the mount
 into a small set of pinned buffers, reused, and copy them to the GPU on
-their own streams. Tensors are re-allocated by PyTorch's allocator, so their
+their own streams; the buffers are freed after each release and reload, so
+that no snapshot carries them. Tensors are re-allocated by PyTorch's allocator, so their
 addresses may change: programs that captured CUDA graphs over the weights
 must capture them again (torch.compile's default mode does not capture).
 
@@ -53,7 +54,8 @@ class Hooks:
 
     backend.files() -> [paths]; backend.nbytes() -> int;
     backend.release(sources: {path: source}) -> (tensors, kept);
-    backend.reload(paths: {source: path}) -> bytes.
+    backend.reload(paths: {source: path}) -> bytes;
+    backend.settle(), optional, runs after a reload's reply is sent.
     release() frees what it released only once every tensor is checked, and
     on failure leaves everything resident; reload() raises on failure and
     may be asked again.
@@ -159,6 +161,12 @@ class Hooks:
         reply["seconds"] = time.monotonic() - t
         f.write(json.dumps(reply).encode() + b"\n")
         f.flush()
+        settle = getattr(self.backend, "settle", None)
+        if op == "reload" and settle is not None:
+            try:
+                settle()
+            except Exception as e:
+                log(f"freeing the upload buffers: {type(e).__name__}: {e}")
 
 
 def safetensors_index(path):
@@ -225,22 +233,38 @@ class TorchWeights:
     def nbytes(self):
         return sum(e["length"] for e in self.entries.values())
 
-    def _staging(self):
-        # Pinned buffers, two per thread, allocated once and reused: pinning
-        # costs about 0.36 s per GB, far more than these buffers move.
-        if self.staging is None:
+    def _buffers(self, w):
+        """Worker w's two pinned buffers, allocated by that worker on its
+        first piece, so that the first workers copy while the others pin
+        (pinning costs about 0.36 s per GB)."""
+        pair = self.staging[w]
+        if pair is None:
             import ctypes
-            torch = self.torch
-            bufs = []
-            for _ in range(self.threads):
-                pair = []
-                for _ in range(2):
-                    b = torch.empty(self.piece, dtype=torch.uint8, pin_memory=True)
-                    mv = memoryview((ctypes.c_char * self.piece).from_address(b.data_ptr())).cast("B")
-                    pair.append((b, mv))
-                bufs.append(pair)
-            self.staging = bufs
-        return self.staging
+            pair = []
+            for _ in range(2):
+                b = self.torch.empty(self.piece, dtype=self.torch.uint8, pin_memory=True)
+                mv = memoryview((ctypes.c_char * self.piece).from_address(b.data_ptr())).cast("B")
+                pair.append((b, mv))
+            self.staging[w] = pair
+        return pair
+
+    def _drop_staging(self, zero):
+        """Free the pinned buffers. A snapshot must not carry them: the
+        driver keeps pinned memory in memfds, whose contents CRIU restores
+        eagerly, before the process runs (about 1.7 GB/s), and the program
+        has no other use for them. With zero, they are zeroed first, in case
+        this torch cannot empty its pinned-memory cache: then they stay,
+        but without weight bytes."""
+        torch = self.torch
+        torch.cuda.synchronize()
+        if zero:
+            for pair in self.staging or []:
+                for b, _ in pair or []:
+                    b.zero_()
+        self.staging = None
+        empty = getattr(getattr(torch, "_C", None), "_host_emptyCache", None)
+        if empty is not None:
+            empty()
 
     def _check(self, e):
         torch, t = self.torch, e["tensor"]
@@ -261,7 +285,8 @@ class TorchWeights:
         jobs may be a generator: the threads start on the first pieces while
         it makes the next (a reload allocates each tensor there)."""
         torch = self.torch
-        staging = self._staging()
+        if self.staging is None:
+            self.staging = [None] * self.threads
         q = queue.SimpleQueue()
         errors = []
         device = torch.cuda.current_device()
@@ -278,7 +303,7 @@ class TorchWeights:
                         if job is None:
                             break
                         path, off, n, dst, e = job
-                        buf, mv = staging[w][k]
+                        buf, mv = self._buffers(w)[k]
                         if events[k] is not None:
                             events[k].synchronize()
                         fd = fds.get(path)
@@ -378,11 +403,7 @@ class TorchWeights:
             st = e["tensor"].untyped_storage()
             e["ptr"] = st.data_ptr()
             st.resize_(0)
-        # The staging buffers hold the last pieces read: zero them, so that
-        # the snapshot does not carry weight bytes after all.
-        for pair in self._staging():
-            for b, _ in pair:
-                b.zero_()
+        self._drop_staging(zero=True)
         torch.cuda.empty_cache()
         return out, kept
 
@@ -408,12 +429,22 @@ class TorchWeights:
         def upload(e, dst, buf, stream):
             flats[id(e)][dst:dst + buf.numel()].copy_(buf, non_blocking=True)
 
-        self._pipeline(jobs(), upload)
-        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
+        try:
+            self._pipeline(jobs(), upload)
+        except BaseException:
+            self._drop_staging(zero=False)
+            raise
         torch.cuda.synchronize()
+        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
         n = sum(e["length"] for e in self.released)
         self.released = []
         return n
+
+    def settle(self):
+        """After a reload's reply: free the pinned buffers (the program is
+        already running on its weights)."""
+        if self.staging is not None:
+            self._drop_staging(zero=False)
 
 
 class _Off:

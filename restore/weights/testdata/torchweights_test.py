@@ -52,9 +52,11 @@ def main():
     for n in names:
         assert tensors[n].untyped_storage().nbytes() == 0, n
     assert tensors["modified.bias"].untyped_storage().nbytes() == len(mod)
-    for pair in w.staging:
-        for b, _ in pair:
-            assert b._bytes() == bytes(len(b._bytes())), "staging not zeroed after the release"
+    # The pinned buffers are zeroed and freed: no snapshot carries them.
+    assert w.staging is None and torch._C.host_empties == 1, (w.staging, torch._C.host_empties)
+    assert torch.pinned, "no pinned buffers were used"
+    for b in torch.pinned:
+        assert b._bytes() == bytes(len(b._bytes())), "staging not zeroed after the release"
 
     # A short file fails the reload (and it may be asked again).
     short = os.path.join(d, "short.safetensors")
@@ -67,8 +69,11 @@ def main():
     except OSError:
         pass
 
+    assert w.staging is None, "a failed reload kept its pinned buffers"
     n = w.reload({f: f})
     assert n == sum(len(data[x]) for x in names), n
+    w.settle()
+    assert w.staging is None and torch._C.host_empties == 3, torch._C.host_empties
     for name in names:
         assert tensors[name]._bytes() == data[name], name
     assert tensors["modified.bias"]._bytes() == bytes(mod)

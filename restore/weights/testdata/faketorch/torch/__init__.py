@@ -83,8 +83,14 @@ class Tensor:
         return self
 
 
+pinned = []  # every pinned tensor made, for the tests
+
+
 def empty(n, dtype=uint8, pin_memory=False, device="cpu"):
-    return Tensor(UntypedStorage(n), 0, n, dtype, None, device)
+    t = Tensor(UntypedStorage(n), 0, n, dtype, None, device)
+    if pin_memory:
+        pinned.append(t)
+    return t
 
 
 def tensor_from_bytes(b, dtype, shape):
@@ -130,6 +136,16 @@ class _Cuda:
 
 
 cuda = _Cuda()
+
+
+class _CNamespace:
+    host_empties = 0  # calls of _host_emptyCache
+
+    def _host_emptyCache(self):
+        self.host_empties += 1
+
+
+_C = _CNamespace()
 
 
 class _Dynamo:
