@@ -138,8 +138,14 @@ const MaxDiffEntries = 1 << 20
 // relative path whose parents are directories this call made (never a
 // symlink), a hard link must name a regular file it wrote, and nothing is
 // written outside upper.
-func ApplyDiff(r io.Reader, upper string) error {
+func ApplyDiff(r io.Reader, upper string) (err error) {
 	tr := tar.NewReader(r)
+	pool := newFilePool()
+	defer func() {
+		if werr := pool.close(); err == nil {
+			err = werr
+		}
+	}()
 	made := map[string]byte{"": tar.TypeDir} // what this call created, by clean name
 	type dirTime struct {
 		path string
@@ -217,21 +223,29 @@ func ApplyDiff(r io.Reader, upper string) error {
 					return fmt.Errorf("writable layer: %s: sparse entries are not accepted", name)
 				}
 			}
-			f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-			if err != nil {
-				return fmt.Errorf("writable layer: %w", err)
+			if hdr.Size <= pooledFileMax {
+				// Small files (a Python program's bytecode caches are
+				// thousands) are written by the pool, attributes and all.
+				data := make([]byte, hdr.Size)
+				if _, err := io.ReadFull(tr, data); err != nil {
+					return fmt.Errorf("writable layer: %s: %w", name, err)
+				}
+				made[name] = tar.TypeReg
+				if err := pool.add(fileJob{dst: dst, name: name, data: data, hdr: hdr, mode: mode}); err != nil {
+					return err
+				}
+				continue
 			}
-			_, err = io.CopyN(f, tr, hdr.Size)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
+			if err := writeFile(dst, tr, hdr.Size); err != nil {
 				return fmt.Errorf("writable layer: %s: %w", name, err)
 			}
 		case tar.TypeLink:
 			target, err := cleanName(hdr.Linkname)
 			if err != nil || made[target] != tar.TypeReg {
 				return fmt.Errorf("writable layer: hard link %q to %q, which is not a file of the layer", hdr.Name, hdr.Linkname)
+			}
+			if err := pool.wait(); err != nil { // the target may still be on its way
+				return err
 			}
 			if err := unix.Linkat(unix.AT_FDCWD, filepath.Join(upper, target), unix.AT_FDCWD, dst, 0); err != nil {
 				return fmt.Errorf("writable layer: link %s: %w", name, err)
@@ -251,26 +265,12 @@ func ApplyDiff(r io.Reader, upper string) error {
 			return fmt.Errorf("writable layer: %q has unsupported type %q", hdr.Name, hdr.Typeflag)
 		}
 		made[name] = hdr.Typeflag
-		if err := unix.Lchown(dst, hdr.Uid, hdr.Gid); err != nil {
-			return fmt.Errorf("writable layer: chown %s: %w", name, err)
+		if err := setAttrs(dst, name, hdr, mode); err != nil {
+			return err
 		}
-		for k, v := range hdr.PAXRecords {
-			if x, ok := strings.CutPrefix(k, paxXattr); ok && !strings.HasPrefix(x, "trusted.overlay.") {
-				if err := unix.Lsetxattr(dst, x, []byte(v), 0); err != nil {
-					return fmt.Errorf("writable layer: xattr %s on %s: %w", x, name, err)
-				}
-			}
-		}
-		if hdr.Typeflag != tar.TypeSymlink {
-			// After chown, which clears set-ID bits.
-			if err := unix.Fchmodat(unix.AT_FDCWD, dst, mode, 0); err != nil {
-				return fmt.Errorf("writable layer: chmod %s: %w", name, err)
-			}
-		}
-		if hdr.Typeflag != tar.TypeDir {
-			ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
-			unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
-		}
+	}
+	if err := pool.wait(); err != nil {
+		return err
 	}
 	// Directories last, deepest first: their children changed them.
 	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i].path) > len(dirs[j].path) })
@@ -279,6 +279,46 @@ func ApplyDiff(r io.Reader, upper string) error {
 		unix.UtimesNanoAt(unix.AT_FDCWD, d.path, ts, unix.AT_SYMLINK_NOFOLLOW)
 	}
 	return nil
+}
+
+// setAttrs gives an entry the owner, extended attributes, mode and
+// modification time its header names.
+func setAttrs(dst, name string, hdr *tar.Header, mode uint32) error {
+	if err := unix.Lchown(dst, hdr.Uid, hdr.Gid); err != nil {
+		return fmt.Errorf("writable layer: chown %s: %w", name, err)
+	}
+	for k, v := range hdr.PAXRecords {
+		if x, ok := strings.CutPrefix(k, paxXattr); ok && !strings.HasPrefix(x, "trusted.overlay.") {
+			if err := unix.Lsetxattr(dst, x, []byte(v), 0); err != nil {
+				return fmt.Errorf("writable layer: xattr %s on %s: %w", x, name, err)
+			}
+		}
+	}
+	if hdr.Typeflag != tar.TypeSymlink {
+		// After chown, which clears set-ID bits.
+		if err := unix.Fchmodat(unix.AT_FDCWD, dst, mode, 0); err != nil {
+			return fmt.Errorf("writable layer: chmod %s: %w", name, err)
+		}
+	}
+	if hdr.Typeflag != tar.TypeDir {
+		ts := []unix.Timespec{unix.NsecToTimespec(hdr.ModTime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+		unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return nil
+}
+
+// writeFile creates dst (never through a link, never over an entry) with
+// n bytes from r.
+func writeFile(dst string, r io.Reader, n int64) error {
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.CopyN(f, r, n)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // cleanName turns a tar name into a clean relative path, refusing
