@@ -3,8 +3,8 @@ package container
 import (
 	"archive/tar"
 	"bytes"
-	"fmt"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
