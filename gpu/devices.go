@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"golang.org/x/sys/unix"
 	cdi "tags.cncf.io/container-device-interface/specs-go"
 )
@@ -37,19 +36,24 @@ var controlNodes = []string{"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uv
 
 // CDISpec describes this worker's GPUs as a CDI spec: one device per GPU
 // (named by its index), and the control nodes, libraries and environment
-// every GPU container gets.
-func CDISpec() (*cdi.Spec, error) {
-	minors, driver, err := deviceMinors()
-	if err != nil {
-		return nil, err
+// every GPU container gets. inv is the worker's inventory (nil: read it).
+func CDISpec(inv *Inventory) (*cdi.Spec, error) {
+	if inv == nil {
+		var err error
+		if inv, err = ReadInventory(); err != nil {
+			return nil, err
+		}
 	}
 	spec := &cdi.Spec{Version: cdi.CurrentVersion, Kind: CDIKind}
-	for i, m := range minors {
-		node, err := deviceNode(fmt.Sprintf("/dev/nvidia%d", m))
-		if err != nil {
-			return nil, fmt.Errorf("GPU %d: %w", i, err)
+	for _, g := range inv.GPUs {
+		if g.Minor < 0 {
+			return nil, fmt.Errorf("GPU %d: NVML gives no device minor number", g.Index)
 		}
-		spec.Devices = append(spec.Devices, cdi.Device{Name: fmt.Sprint(i), ContainerEdits: cdi.ContainerEdits{DeviceNodes: []*cdi.DeviceNode{node}}})
+		node, err := deviceNode(fmt.Sprintf("/dev/nvidia%d", g.Minor))
+		if err != nil {
+			return nil, fmt.Errorf("GPU %d: %w", g.Index, err)
+		}
+		spec.Devices = append(spec.Devices, cdi.Device{Name: fmt.Sprint(g.Index), ContainerEdits: cdi.ContainerEdits{DeviceNodes: []*cdi.DeviceNode{node}}})
 	}
 	for _, p := range controlNodes {
 		node, err := deviceNode(p)
@@ -61,7 +65,7 @@ func CDISpec() (*cdi.Spec, error) {
 		}
 		spec.ContainerEdits.DeviceNodes = append(spec.ContainerEdits.DeviceNodes, node)
 	}
-	libs, err := DriverLibraries(driver)
+	libs, err := DriverLibraries(inv.Driver)
 	if err != nil {
 		return nil, err
 	}
@@ -69,42 +73,8 @@ func CDISpec() (*cdi.Spec, error) {
 		spec.ContainerEdits.Mounts = append(spec.ContainerEdits.Mounts, &cdi.Mount{HostPath: l.Host,
 			ContainerPath: filepath.Join(ContainerLibDir, l.Name), Options: []string{"ro", "nosuid", "nodev", "rbind", "rprivate"}})
 	}
-	spec.ContainerEdits.Env = []string{"NVIDIA_DRIVER_VERSION=" + driver}
+	spec.ContainerEdits.Env = []string{"NVIDIA_DRIVER_VERSION=" + inv.Driver}
 	return spec, nil
-}
-
-// deviceMinors returns each GPU's device minor (/dev/nvidiaN), by index,
-// and the driver version.
-func deviceMinors() (minors []int, driver string, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %v", ErrNoDriver, r)
-		}
-	}()
-	if r := nvml.Init(); r != nvml.SUCCESS {
-		return nil, "", fmt.Errorf("%w: NVML init: %s", ErrNoDriver, nvml.ErrorString(r))
-	}
-	defer nvml.Shutdown()
-	var r nvml.Return
-	if driver, r = nvml.SystemGetDriverVersion(); r != nvml.SUCCESS {
-		return nil, "", nvmlErr("driver version", r)
-	}
-	n, r := nvml.DeviceGetCount()
-	if r != nvml.SUCCESS {
-		return nil, "", nvmlErr("device count", r)
-	}
-	for i := 0; i < n; i++ {
-		d, r := nvml.DeviceGetHandleByIndex(i)
-		if r != nvml.SUCCESS {
-			return nil, "", nvmlErr(fmt.Sprintf("device %d", i), r)
-		}
-		m, r := d.GetMinorNumber()
-		if r != nvml.SUCCESS {
-			return nil, "", nvmlErr(fmt.Sprintf("device %d minor number", i), r)
-		}
-		minors = append(minors, m)
-	}
-	return minors, driver, nil
 }
 
 func deviceNode(path string) (*cdi.DeviceNode, error) {

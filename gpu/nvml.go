@@ -17,6 +17,7 @@ type GPU struct {
 	MemoryUsed  uint64    `json:"memory_used"`
 	MemoryFree  uint64    `json:"memory_free"`
 	Compute     string    `json:"compute_capability"`
+	Minor       int       `json:"minor"` // its device node is /dev/nvidiaMINOR; -1: unknown
 	Processes   []GPUProc `json:"processes,omitempty"`
 }
 
@@ -90,7 +91,10 @@ func ReadInventory() (inv *Inventory, err error) {
 		if r != nvml.SUCCESS {
 			return nil, nvmlErr(fmt.Sprintf("device %d", i), r)
 		}
-		g := GPU{Index: i}
+		g := GPU{Index: i, Minor: -1}
+		if m, r := d.GetMinorNumber(); r == nvml.SUCCESS {
+			g.Minor = m
+		}
 		g.UUID, _ = d.GetUUID()
 		g.Name, _ = d.GetName()
 		if m, r := d.GetMemoryInfo(); r == nvml.SUCCESS {

@@ -57,14 +57,18 @@ func (r *GPURestoreReport) GBps() float64 {
 // the GPU state back after CRIU (a failure there kills the restored tree),
 // onto the default GPUs (see gpu.Place).
 func GPURestoreHooks(opt *Options, log *slog.Logger) *GPURestoreReport {
-	return GPURestoreHooksOn(opt, log, nil)
+	return GPURestoreHooksOn(opt, log, nil, nil)
 }
 
 // GPURestoreHooksOn is GPURestoreHooks onto the GPUs named in want (indices or
 // UUIDs, one per GPU the snapshot held state on); empty means the default.
-func GPURestoreHooksOn(opt *Options, log *slog.Logger, want []string) *GPURestoreReport {
+// inventory reads the worker's GPUs (nil: gpu.ReadInventory).
+func GPURestoreHooksOn(opt *Options, log *slog.Logger, want []string, inventory func() (*gpu.Inventory, error)) *GPURestoreReport {
 	if log == nil {
 		log = slog.Default()
+	}
+	if inventory == nil {
+		inventory = gpu.ReadInventory
 	}
 	rep := &GPURestoreReport{}
 	opt.BeforeRestore = func(ctx context.Context, ann map[string]string) error {
@@ -72,7 +76,7 @@ func GPURestoreHooksOn(opt *Options, log *slog.Logger, want []string) *GPURestor
 		if err != nil || m == nil {
 			return err
 		}
-		inv, invErr := gpu.ReadInventory()
+		inv, invErr := inventory()
 		p, err := gpu.Place(m, inv, invErr, want)
 		if err != nil {
 			return err

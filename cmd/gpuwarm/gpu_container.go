@@ -18,11 +18,13 @@ const annGPUs = "gpuwarm.gpus"
 // containerGPUs returns the spec edit that makes GPUs visible in a
 // container (list: indices or UUIDs, comma-separated, or "all"), as the
 // NVIDIA Container Toolkit's CDI specs do, and the indices it gives.
-func containerGPUs(list string) (func(*specs.Spec) error, []string, error) {
+// inventory reads the worker's GPUs (a restore reads them once for this
+// and its GPU checks).
+func containerGPUs(list string, inventory func() (*gpu.Inventory, error)) (func(*specs.Spec) error, []string, error) {
 	if list == "" {
 		return nil, nil, nil
 	}
-	inv, err := gpu.ReadInventory()
+	inv, err := inventory()
 	if err != nil {
 		return nil, nil, fmt.Errorf("--gpus: %w", err)
 	}
@@ -48,7 +50,7 @@ func containerGPUs(list string) (func(*specs.Spec) error, []string, error) {
 	if len(names) == 0 {
 		return nil, nil, usagef("--gpus %q names no GPU", list)
 	}
-	cs, err := gpu.CDISpec()
+	cs, err := gpu.CDISpec(inv)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--gpus: %w", err)
 	}

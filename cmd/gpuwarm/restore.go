@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/gpu"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
 	"github.com/gpuwarm/gpuwarm/prefetch"
@@ -118,6 +120,12 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	opt.Index = ix
+	// The GPUs are read once (NVML: tens of milliseconds), while the rest
+	// is prepared, for the container's devices and the GPU checks.
+	inventory := sync.OnceValues(gpu.ReadInventory)
+	if ix.Annotations[gpu.MetaAnnotation] != "" {
+		go inventory()
+	}
 	var ctr *container.Container
 	if ix.Annotations[container.AnnImageID] != "" {
 		var rc *container.Runc
@@ -125,7 +133,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		// namespace) counts in the times the restore reports: its caller
 		// waits for it.
 		opt.Start = time.Now()
-		if ctr, rc, err = o.prepareContainer(ctx, c, name, ix, &opt); err != nil {
+		if ctr, rc, err = o.prepareContainer(ctx, c, name, ix, &opt, inventory); err != nil {
 			return err
 		}
 		defer func() {
@@ -157,7 +165,7 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 		defer f.Close()
 		opt.Stdout, opt.Stderr = f, f
 	}
-	gpuRep := restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus))
+	gpuRep := restore.GPURestoreHooksOn(&opt, o.log, splitList(o.gpus), inventory)
 	wRep := restore.WeightsRestoreHooks(&opt, st, o.mount, o.log, o.warmImages)
 	// The worker's mount daemon exports what this restore measured.
 	rep := report.Restore{Mode: "eager", Container: ctr != nil}

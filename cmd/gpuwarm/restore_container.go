@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gpuwarm/gpuwarm/gpu"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/restore"
 	"github.com/gpuwarm/gpuwarm/restore/container"
@@ -19,7 +20,7 @@ import (
 // with the snapshot's runtime config under a new name and cgroup; and
 // points opt's CRIU restore at runc. The caller removes it if the restore
 // fails.
-func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU, snap string, ix *manifest.Index, opt *restore.Options) (*container.Container, *container.Runc, error) {
+func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU, snap string, ix *manifest.Index, opt *restore.Options, inventory func() (*gpu.Inventory, error)) (*container.Container, *container.Runc, error) {
 	steps := restore.NewSteps(o.log, "container preparation")
 	imgDir := filepath.Join(o.mount, snap)
 	s, err := container.SnapshotSpec(imgDir)
@@ -40,7 +41,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		return nil, nil, usagef("--gpus: container snapshot %s was taken without GPUs", snap)
 	}
 	steps.Done("spec")
-	gpuEdit, gpuList, err := containerGPUs(gpus)
+	gpuEdit, gpuList, err := containerGPUs(gpus, inventory)
 	if err != nil {
 		return nil, nil, err
 	}

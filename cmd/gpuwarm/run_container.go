@@ -10,6 +10,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/gpuwarm/gpuwarm/gpu"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/pack"
@@ -66,7 +67,7 @@ func (o *runOptions) runContainer(ctx context.Context, args []string) (err error
 	if logPath == "" {
 		logPath = filepath.Join("/var/log/gpuwarm", o.name+".log")
 	}
-	gpuEdit, gpuList, err := containerGPUs(o.gpus)
+	gpuEdit, gpuList, err := containerGPUs(o.gpus, gpu.ReadInventory)
 	if err != nil {
 		return err
 	}

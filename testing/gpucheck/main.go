@@ -243,7 +243,7 @@ func runSize(script string, gb float64) []bu.Row {
 		if moveTo >= 0 {
 			targets = []string{strconv.Itoa(moveTo)}
 		}
-		rep := restore.GPURestoreHooksOn(&opt, log, targets)
+		rep := restore.GPURestoreHooksOn(&opt, log, targets, nil)
 		expectGPU := moveTo
 		moveTo = -1
 		if remapIdentity {
