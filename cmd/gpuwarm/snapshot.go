@@ -58,6 +58,8 @@ type snapshotResult struct {
 	// Weights the workload released: referenced, not stored.
 	WeightsBytes   int64 `json:"weights_bytes,omitempty"`
 	WeightsTensors int   `json:"weights_tensors,omitempty"`
+	// A container's writable layer as the snapshot holds it (a tar).
+	LayerBytes int64 `json:"writable_layer_bytes,omitempty"`
 }
 
 func (o *snapshotOptions) run(ctx context.Context, args []string) error {
@@ -126,6 +128,9 @@ func (o *snapshotOptions) printSizes(r snapshotResult, wrep *restore.WeightsRepo
 	if wrep.Meta != nil {
 		fmt.Fprintf(o.out, "  weights: %d tensors (%s) released by the workload, referenced in %d image(s), not stored again\n",
 			r.WeightsTensors, pack.HumanBytes(r.WeightsBytes), len(wrep.Meta.Images()))
+	}
+	if r.Container != "" {
+		fmt.Fprintf(o.out, "  writable layer %s (unpacked by every restore)\n", pack.HumanBytes(r.LayerBytes))
 	}
 	fmt.Fprintf(o.out, "  criu dump %.2fs, total %.2fs\n", r.DumpSeconds, r.Seconds)
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/gpuwarm/gpuwarm/manifest/gc"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
@@ -39,11 +41,18 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 		}}
 	restore.GPUSnapshotHooks(&opt, o.gpuLock, o.log)
 	wrep := restore.WeightsSnapshotHooks(&opt, o.log)
+	var layer int64
 	opt.Dump = func(ctx context.Context, imgDir, workDir, pageServer string) error {
 		if err := c.SaveSpec(imgDir); err != nil {
 			return err
 		}
-		return c.Checkpoint(ctx, rc, imgDir, workDir, pageServer, o.leave)
+		if err := c.Checkpoint(ctx, rc, imgDir, workDir, pageServer, o.leave); err != nil {
+			return err
+		}
+		if fi, err := os.Stat(filepath.Join(imgDir, container.DiffFile)); err == nil {
+			layer = fi.Size()
+		}
+		return nil
 	}
 	bar := o.progress(&opt)
 	res, err := restore.Snapshot(ctx, cr, opt)
@@ -55,7 +64,7 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 		return err
 	}
 	r := snapshotResult{Tag: o.tag, Image: res.Image.String(), PID: state.PID, Container: c.Name, PageBytes: res.PageBytes,
-		NewBytes: res.NewBytes, DumpSeconds: res.DumpSeconds, Seconds: res.Total.Seconds()}
+		NewBytes: res.NewBytes, DumpSeconds: res.DumpSeconds, Seconds: res.Total.Seconds(), LayerBytes: layer}
 	if wrep.Meta != nil {
 		r.WeightsBytes, r.WeightsTensors = wrep.Meta.Bytes, len(wrep.Meta.Refs)
 	}
