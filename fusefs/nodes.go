@@ -106,8 +106,7 @@ func (r *rootNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errn
 	defer r.fsys.mu.Unlock()
 	var bytes, files uint64
 	for _, ix := range r.fsys.images {
-		s := ix.Stats()
-		bytes += uint64(s.Bytes)
+		bytes += uint64(ix.Bytes())
 		files += uint64(len(ix.Entries))
 	}
 	out.Bsize = 4096
@@ -421,9 +420,8 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	defer n.fsys.timeOp(ctx, opStatfs, time.Now())
-	s := n.img.Stats()
 	out.Bsize, out.Frsize = 4096, 4096
-	out.Blocks = uint64(s.Bytes+4095) / 4096
+	out.Blocks = uint64(n.img.Bytes()+4095) / 4096
 	out.Files = uint64(len(n.img.Entries))
 	out.NameLen = manifest.MaxName
 	return 0

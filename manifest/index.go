@@ -14,6 +14,7 @@ type Index struct {
 	children [][]int32 // per directory entry: indices of its children, by name
 	offsets  [][]int64 // per regular entry: start offset of each chunk
 	nlink    []uint32
+	bytes    int64 // regular files' bytes
 }
 
 // NewIndex builds the lookup tables for a validated manifest.
@@ -45,6 +46,7 @@ func NewIndex(id digest.ID, m *Manifest) *Index {
 				off += int64(c.Size)
 			}
 			ix.offsets[i] = offs
+			ix.bytes += e.Size
 		case Hardlink:
 			ix.nlink[ix.byPath[e.Target]]++
 		}
@@ -100,6 +102,10 @@ func (ix *Index) ChunkSpan(i int, off, n int64) (first, last int) {
 	last = sort.Search(len(offs), func(j int) bool { return offs[j] >= end })
 	return first, last
 }
+
+// Bytes is the sum of the image's regular files' sizes (statfs asks for
+// it often; Stats walks every chunk).
+func (ix *Index) Bytes() int64 { return ix.bytes }
 
 // ChunkOffset returns the file offset of chunk j of regular entry i.
 func (ix *Index) ChunkOffset(i, j int) int64 { return ix.offsets[i][j] }

@@ -57,6 +57,9 @@ func TestRoundTrip(t *testing.T) {
 	if kids := ix.Children(0); len(kids) != 4 {
 		t.Fatalf("root has %d children", len(kids))
 	}
+	if ix.Bytes() != m.Stats().Bytes || ix.Bytes() == 0 {
+		t.Fatalf("Bytes() = %d, Stats().Bytes = %d", ix.Bytes(), m.Stats().Bytes)
+	}
 }
 
 // sampleV2 is sample with one chunk big enough for a block index, which has
