@@ -12,6 +12,10 @@ import (
 	"github.com/gpuwarm/gpuwarm/restore/container"
 )
 
+// bigLayer is the writable layer size from which a snapshot warns (every
+// restore unpacks the layer: about 0.4 GB/s).
+const bigLayer = 16 << 20
+
 // snapshotContainer checkpoints container c through runc: its memory
 // through gpuwarm's page server into the store (CUDA state first moved to
 // host memory), its CRIU images, runtime config and writable layer packed
@@ -51,6 +55,10 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 		}
 		if fi, err := os.Stat(filepath.Join(imgDir, container.DiffFile)); err == nil {
 			layer = fi.Size()
+		}
+		if layer > bigLayer {
+			o.log.Warn("the container's writable layer is large: every restore unpacks it before the container runs",
+				"bytes", layer, "largest", container.LargestDirs(c.Upper(), 3))
 		}
 		return nil
 	}

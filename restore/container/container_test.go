@@ -441,3 +441,15 @@ func BenchmarkApplyDiff(b *testing.B) {
 		}
 	}
 }
+
+func TestLargestDirs(t *testing.T) {
+	up := t.TempDir()
+	for p, n := range map[string]int{"root/.nv/ComputeCache/a": 300, "root/.nv/x": 50, "tmp/b": 200, "c": 10} {
+		os.MkdirAll(filepath.Join(up, filepath.Dir(p)), 0o755)
+		os.WriteFile(filepath.Join(up, p), make([]byte, n), 0o644)
+	}
+	got := strings.Join(LargestDirs(up, 2), ", ")
+	if got != "/root/.nv (350 bytes), /tmp (200 bytes)" {
+		t.Fatalf("LargestDirs: %s", got)
+	}
+}

@@ -362,3 +362,38 @@ func ensureDirs(upper, dir string, made map[string]byte) error {
 	}
 	return nil
 }
+
+// LargestDirs names the n directories of upper (two levels deep) holding
+// the most bytes, with their sizes, for a warning about a large layer.
+func LargestDirs(upper string, n int) []string {
+	sizes := map[string]int64{}
+	filepath.WalkDir(upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		rel, _ := filepath.Rel(upper, filepath.Dir(p))
+		parts := strings.SplitN(rel, string(filepath.Separator), 3)
+		if len(parts) > 2 {
+			parts = parts[:2]
+		}
+		sizes["/"+strings.TrimPrefix(strings.Join(parts, "/"), ".")] += fi.Size()
+		return nil
+	})
+	dirs := make([]string, 0, len(sizes))
+	for d := range sizes {
+		dirs = append(dirs, d)
+	}
+	sort.Slice(dirs, func(i, j int) bool { return sizes[dirs[i]] > sizes[dirs[j]] })
+	if len(dirs) > n {
+		dirs = dirs[:n]
+	}
+	out := make([]string, len(dirs))
+	for i, d := range dirs {
+		out[i] = fmt.Sprintf("%s (%d bytes)", d, sizes[d])
+	}
+	return out
+}
