@@ -1,6 +1,7 @@
 package container
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -226,7 +227,9 @@ func LoadDiff(imgDir string) func(upper string) error {
 			return fmt.Errorf("the snapshot has no writable layer: %w", err)
 		}
 		defer f.Close()
-		return ApplyDiff(f, upper)
+		// Large reads: the layer comes through the mount, a round trip
+		// per read the page cache does not already hold.
+		return ApplyDiff(bufio.NewReaderSize(f, 1<<20), upper)
 	}
 }
 
