@@ -392,7 +392,11 @@ class TorchWeights:
                     diff.add(id(e))
 
         self._size_pieces(sum(e["length"] for e, _ in cand))
-        self._pipeline([(src, e["offset"], e["length"], 0, e) for e, src in cand], compare)
+        try:
+            self._pipeline([(src, e["offset"], e["length"], 0, e) for e, src in cand], compare)
+        except BaseException:
+            self._drop_staging(zero=True)  # the snapshot may still go ahead
+            raise
         flats.clear()
         scratch.clear()
         out = []

@@ -81,6 +81,20 @@ def main():
     assert w.alloc_seconds >= 0 and isinstance(w.moved, int) and 0 <= w.moved <= len(names), (w.alloc_seconds, w.moved)
     # Nothing left to reload.
     assert w.reload({f: f}) == 0
+    # A release that fails (a short source) frees nothing of the tensors
+    # and leaves no pinned buffer, nor weight bytes in one, behind.
+    t2 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in names}
+    w2 = gw.TorchWeights(t2, [f], threads=3, piece=4096)
+    made = len(torch.pinned)
+    try:
+        w2.release({f: short})
+        raise AssertionError("a release from a short file succeeded")
+    except OSError:
+        pass
+    assert w2.staging is None, "a failed release kept its pinned buffers"
+    assert all(b._bytes() == bytes(len(b._bytes())) for b in torch.pinned[made:]), "weight bytes left in pinned memory"
+    for n in names:
+        assert t2[n]._bytes() == data[n], n
     # Piece sizes: 2 MiB for a small model, 8 MiB for a large one.
     small = gw.TorchWeights({}, [f], threads=16)
     small._size_pieces(1 << 30)
