@@ -643,9 +643,13 @@ func TestLazyRestoreRecordsTheProgramsOrder(t *testing.T) {
 		}
 		last = pos
 	}
-	// And not much else: a block read shares its chunks with at most two
-	// neighbours in memory (which blocks those are is the heap's choice).
-	if len(first) > 3*len(order)+2 {
+	// And not much else (a recorder that took the daemon's fill for the
+	// program's would have all 32): a read block's units (up to 1 MiB each,
+	// cut where the pages file's chunks are) reach into what lies beside it
+	// in memory, which is the heap's choice: a neighbouring block, or a
+	// small object and the block beyond it, on either side. 15 of 32 were
+	// seen for 4 reads (1 run in 20 under stress).
+	if len(first) > 5*len(order)+2 {
 		t.Errorf("%d of the %d blocks are in the recorded profile; %s reads %d", len(first), mb, req, len(order))
 	}
 	t.Logf("order read %v; blocks in the profile at %v", order, first)
