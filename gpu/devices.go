@@ -36,14 +36,8 @@ var controlNodes = []string{"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uv
 
 // CDISpec describes this worker's GPUs as a CDI spec: one device per GPU
 // (named by its index), and the control nodes, libraries and environment
-// every GPU container gets. inv is the worker's inventory (nil: read it).
+// every GPU container gets, from the worker's inventory.
 func CDISpec(inv *Inventory) (*cdi.Spec, error) {
-	if inv == nil {
-		var err error
-		if inv, err = ReadInventory(); err != nil {
-			return nil, err
-		}
-	}
 	spec := &cdi.Spec{Version: cdi.CurrentVersion, Kind: CDIKind}
 	for _, g := range inv.GPUs {
 		if g.Minor < 0 {
