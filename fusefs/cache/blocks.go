@@ -160,16 +160,12 @@ func (c *Cache) loadBlock(ctx context.Context, id, blk digest.ID, lo, hi int64) 
 	start := time.Now()
 	// The blob is raw: a codec byte, then the chunk.
 	data, err := c.st.Get(ctx, store.H(store.Chunk, id), 1+lo, hi-lo)
-	c.fetchLatency.Since(start)
 	release()
-	if err != nil {
-		c.fetchFailed(err)
+	if err := c.fetched(start, len(data), err); err != nil {
 		return nil, fmt.Errorf("fetch block of chunk %s from %s: %w", id.Short(), c.st.Location(), err)
 	}
-	c.fetches.Add(1)
 	c.rangedFetches.Add(1)
 	c.ranged.add(id)
-	c.fetchBytes.Add(int64(len(data)))
 	if len(data) != int(size) || digest.Of(data) != blk {
 		c.fetchFailed(chunk.ErrCorrupt)
 		return nil, fmt.Errorf("%w: bytes %d-%d of chunk %s from %s do not match its block index", chunk.ErrCorrupt, lo, hi, id.Short(), c.st.Location())

@@ -336,14 +336,10 @@ func (c *Cache) load(ctx context.Context, id digest.ID, size uint32, p Priority)
 	}
 	start := time.Now()
 	blob, err := store.ReadAll(ctx, c.st, store.H(store.Chunk, id))
-	c.fetchLatency.Since(start)
 	release()
-	if err != nil {
-		c.fetchFailed(err)
+	if err := c.fetched(start, len(blob), err); err != nil {
 		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), err)
 	}
-	c.fetches.Add(1)
-	c.fetchBytes.Add(int64(len(blob)))
 	var b *buf
 	var data []byte
 	if size != 0 {
@@ -432,14 +428,14 @@ func (c *Cache) fetchInto(ctx context.Context, gi store.GetIntoer, id digest.ID,
 	b := c.pool.get(int(size))
 	start := time.Now()
 	n, err := gi.GetInto(ctx, store.H(store.Chunk, id), hdr[:], b.b[:size])
-	c.fetchLatency.Since(start)
-	if err != nil && !errors.Is(err, store.ErrShortBuffer) {
-		b.release()
-		c.fetchFailed(err)
-		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), err)
+	readErr := err
+	if errors.Is(err, store.ErrShortBuffer) {
+		readErr = nil // the read brought bytes; a blob too long is judged below
 	}
-	c.fetches.Add(1)
-	c.fetchBytes.Add(int64(n))
+	if readErr = c.fetched(start, n, readErr); readErr != nil {
+		b.release()
+		return nil, fmt.Errorf("fetch chunk %s from %s: %w", id.Short(), c.st.Location(), readErr)
+	}
 	bad := func(b *buf, err error) (*buf, error) {
 		b.release()
 		c.fetchFailed(chunk.ErrCorrupt)
@@ -721,6 +717,19 @@ type Stats struct {
 var fetchErrorKinds = [...]string{"not_found", "corrupt", "canceled", "store"}
 
 // fetchFailed counts a failed store read by its kind.
+// fetched accounts for one store read begun at start that brought n bytes
+// or failed with err, which it returns.
+func (c *Cache) fetched(start time.Time, n int, err error) error {
+	c.fetchLatency.Since(start)
+	if err != nil {
+		c.fetchFailed(err)
+		return err
+	}
+	c.fetches.Add(1)
+	c.fetchBytes.Add(int64(n))
+	return nil
+}
+
 func (c *Cache) fetchFailed(err error) {
 	c.fetchErrors.Add(1)
 	k := 3
