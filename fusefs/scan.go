@@ -15,10 +15,10 @@ import (
 // stores them after the one read; the mount gets them by fetching ahead of
 // the scan: once three files in a row are first read in order, the next
 // files' chunks are queued for readahead, a window that doubles with every
-// file the scan continues (up to scanMax). (Two in a row were too many:
-// an interpreter importing modules whose files sit side by side started
-// scans that fetched 640 chunks it never read for 203 it did.) A program opening files in any other
-// order (an interpreter importing modules, random reads) never starts one.
+// file the scan continues (up to scanMax). Three, not two: an interpreter
+// importing modules often reads two neighbouring files in order, and then
+// moves elsewhere. A program opening files in any other order (random
+// reads, most imports) never starts one.
 type scan struct {
 	mu     sync.Mutex
 	img    *manifest.Index
