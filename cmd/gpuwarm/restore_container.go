@@ -91,8 +91,13 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		}
 	}
 	steps.Done("network")
+	external, err := c.MountTmpfs(imgDir)
+	if err != nil {
+		return fail(err)
+	}
+	steps.Done("tmpfs")
 	// After OwnNet is known: it decides the network lock.
-	conf, err := c.CRIUConfig(o.lazy || o.prefill)
+	conf, err := c.CRIUConfig(o.lazy || o.prefill, external...)
 	if err != nil {
 		return fail(err)
 	}

@@ -50,7 +50,7 @@ func (o *snapshotOptions) snapshotContainer(ctx context.Context, c *container.Co
 		if err := c.SaveSpec(imgDir); err != nil {
 			return err
 		}
-		if err := c.Checkpoint(ctx, rc, imgDir, workDir, pageServer, o.leave); err != nil {
+		if err := c.Checkpoint(ctx, rc, state.PID, imgDir, workDir, pageServer, o.leave); err != nil {
 			return err
 		}
 		if fi, err := os.Stat(filepath.Join(imgDir, container.DiffFile)); err == nil {

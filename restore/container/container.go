@@ -194,13 +194,32 @@ func (c *Container) Start(ctx context.Context, rc *Runc, stdio Stdio) (int, erro
 	return rc.Run(ctx, c.Name, c.bundle(), stdio)
 }
 
-// Checkpoint dumps the container through runc and CRIU into imgDir, its
-// memory through the page server at psAddr, and writes the writable layer
-// beside the CRIU images as rootfs-diff.tar.
-func (c *Container) Checkpoint(ctx context.Context, rc *Runc, imgDir, workDir, psAddr string, leaveRunning bool) error {
+// Checkpoint dumps the container, whose init is pid, through runc and
+// CRIU into imgDir, its memory through the page server at psAddr, and
+// writes the writable layer beside the CRIU images as rootfs-diff.tar
+// and its tmpfs mounts as SaveTmpfs does (the container paused for it,
+// CRIU keeping it frozen through the dump).
+func (c *Container) Checkpoint(ctx context.Context, rc *Runc, pid int, imgDir, workDir, psAddr string, leaveRunning bool) error {
+	if err := rc.Pause(ctx, c.Name); err != nil {
+		return err
+	}
+	paused := true
+	defer func() {
+		if paused { // a failed dump leaves the tree running, as it was
+			rc.Resume(context.WithoutCancel(ctx), c.Name)
+		}
+	}()
+	external, err := SaveTmpfs(pid, imgDir)
+	if err != nil {
+		return err
+	}
+	if _, err := c.CRIUConfig(false, external...); err != nil {
+		return err
+	}
 	if err := rc.Checkpoint(ctx, c.Name, CheckpointOptions{ImagePath: imgDir, WorkPath: workDir, PageServer: psAddr, LeaveRunning: leaveRunning}); err != nil {
 		return fmt.Errorf("%w%s", err, criuLogErrors(filepath.Join(workDir, "dump.log")))
 	}
+	paused = leaveRunning // CRIU leaves a running tree as it found it: paused
 	// The processes are stopped or gone: the layer no longer changes
 	// under the dump (with --leave-running it is read after the dump, as
 	// podman does).
@@ -239,9 +258,11 @@ func LoadDiff(imgDir string) func(upper string) error {
 // memory). A container in a network namespace of its own (loopback only,
 // made by gpuwarm: nothing outside can reach it) needs no network lock,
 // which CRIU would take with iptables-restore, a tool GPU hosts often lack.
-func (c *Container) CRIUConfig(leaveStopped bool) (string, error) {
+// extra lines follow (the external tmpfs mounts of SaveTmpfs and
+// MountTmpfs).
+func (c *Container) CRIUConfig(leaveStopped bool, extra ...string) (string, error) {
 	p := filepath.Join(c.Dir, "criu.conf")
-	var lines []string
+	lines := append([]string(nil), extra...)
 	if leaveStopped {
 		lines = append(lines, "leave-stopped")
 	}
@@ -289,6 +310,9 @@ func (c *Container) Remove(ctx context.Context, rc *Runc) error {
 		}
 	}
 	if err := c.unmount(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.unmountTmpfs(); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) == 0 {

@@ -33,13 +33,29 @@ const (
 // Sockets are left out (CRIU recreates bound ones); overlayfs's own
 // trusted.overlay.* attributes are translated or dropped.
 func WriteDiff(upper string, w io.Writer) error {
+	if err := writeTree(upper, w, true); err != nil {
+		return fmt.Errorf("writable layer %s: %w", upper, err)
+	}
+	return nil
+}
+
+// writeTree writes the tree at root as a tar: with overlay, an overlayfs
+// upper directory in OCI layer form; without, one filesystem as it is
+// (a directory another filesystem is mounted on is written empty, the
+// mount's own files left out).
+func writeTree(root string, w io.Writer, overlay bool) error {
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
-	err := filepath.WalkDir(upper, func(full string, d fs.DirEntry, err error) error {
+	rfi, err := os.Lstat(root)
+	if err != nil {
+		return err
+	}
+	rootDev := uint64(rfi.Sys().(*syscall.Stat_t).Dev)
+	err = filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, err := filepath.Rel(upper, full)
+		rel, err := filepath.Rel(root, full)
 		if err != nil || rel == "." {
 			return err
 		}
@@ -48,6 +64,19 @@ func WriteDiff(upper string, w io.Writer) error {
 			return err
 		}
 		st := fi.Sys().(*syscall.Stat_t)
+		if !overlay && uint64(st.Dev) != rootDev {
+			// A mount point: the directory (or file) it covers, empty,
+			// as runc made it; the mount is restored on it.
+			hdr := &tar.Header{Name: rel, Typeflag: tar.TypeReg, Mode: 0o644, ModTime: fi.ModTime(), Format: tar.FormatPAX}
+			if fi.IsDir() {
+				hdr.Typeflag, hdr.Name, hdr.Mode = tar.TypeDir, rel+"/", 0o755
+				if err := tw.WriteHeader(hdr); err != nil {
+					return err
+				}
+				return fs.SkipDir
+			}
+			return tw.WriteHeader(hdr)
+		}
 		hdr := &tar.Header{Name: rel, Mode: int64(fi.Mode().Perm()) | int64(st.Mode&(unix.S_ISUID|unix.S_ISGID|unix.S_ISVTX)),
 			Uid: int(st.Uid), Gid: int(st.Gid), ModTime: fi.ModTime(), Format: tar.FormatPAX}
 		switch st.Mode & unix.S_IFMT {
@@ -68,7 +97,7 @@ func WriteDiff(upper string, w io.Writer) error {
 			}
 			hdr.Typeflag, hdr.Linkname = tar.TypeSymlink, t
 		case unix.S_IFCHR:
-			if st.Rdev == 0 { // an overlayfs whiteout
+			if st.Rdev == 0 && overlay { // an overlayfs whiteout
 				dir, base := filepath.Split(rel)
 				return tw.WriteHeader(&tar.Header{Name: dir + whiteoutPrefix + base, Typeflag: tar.TypeReg, Mode: 0o600, ModTime: fi.ModTime(), Format: tar.FormatPAX})
 			}
@@ -88,11 +117,11 @@ func WriteDiff(upper string, w io.Writer) error {
 			return err
 		}
 		for name, val := range xs {
-			if name == opaqueXattr {
+			if overlay && name == opaqueXattr {
 				opaque = string(val) == "y"
 				continue
 			}
-			if strings.HasPrefix(name, "trusted.overlay.") {
+			if overlay && strings.HasPrefix(name, "trusted.overlay.") {
 				continue
 			}
 			if hdr.PAXRecords == nil {
@@ -123,7 +152,7 @@ func WriteDiff(upper string, w io.Writer) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("writable layer %s: %w", upper, err)
+		return err
 	}
 	return tw.Close()
 }
@@ -138,7 +167,17 @@ const MaxDiffEntries = 1 << 20
 // relative path whose parents are directories this call made (never a
 // symlink), a hard link must name a regular file it wrote, and nothing is
 // written outside upper.
-func ApplyDiff(r io.Reader, upper string) (err error) {
+func ApplyDiff(r io.Reader, upper string) error {
+	if err := applyTree(r, upper, true); err != nil {
+		return fmt.Errorf("writable layer: %w", err)
+	}
+	return nil
+}
+
+// applyTree unpacks a tar written by writeTree into empty directory upper,
+// with ApplyDiff's checks; with overlay, whiteouts and opaque markers
+// become overlayfs's.
+func applyTree(r io.Reader, upper string, overlay bool) (err error) {
 	tr := tar.NewReader(r)
 	pool := newFilePool()
 	defer func() {
@@ -158,14 +197,14 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("writable layer: %w", err)
+			return err
 		}
 		if n >= MaxDiffEntries {
-			return fmt.Errorf("writable layer: more than %d entries", MaxDiffEntries)
+			return fmt.Errorf("more than %d entries", MaxDiffEntries)
 		}
 		name, err := cleanName(hdr.Name)
 		if err != nil {
-			return fmt.Errorf("writable layer: %w", err)
+			return err
 		}
 		if name == "" {
 			continue // the root itself
@@ -173,26 +212,26 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 		parent, base := path.Split(name)
 		parent = strings.TrimSuffix(parent, "/")
 		if err := ensureDirs(upper, parent, made); err != nil {
-			return fmt.Errorf("writable layer: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		dst := filepath.Join(upper, name)
-		if strings.HasPrefix(base, whiteoutPrefix) {
+		if overlay && strings.HasPrefix(base, whiteoutPrefix) {
 			if base == opaqueMarker {
 				if err := unix.Lsetxattr(filepath.Join(upper, parent), opaqueXattr, []byte("y"), 0); err != nil {
-					return fmt.Errorf("writable layer: opaque %s: %w", parent, err)
+					return fmt.Errorf("opaque %s: %w", parent, err)
 				}
 				continue
 			}
 			victim := strings.TrimPrefix(base, whiteoutPrefix)
 			if victim == "" || victim == "." || victim == ".." || strings.HasPrefix(victim, whiteoutPrefix) {
-				return fmt.Errorf("writable layer: whiteout %q names no entry", hdr.Name)
+				return fmt.Errorf("whiteout %q names no entry", hdr.Name)
 			}
 			vname := path.Join(parent, victim)
 			if _, ok := made[vname]; ok {
-				return fmt.Errorf("writable layer: whiteout %q of an entry the layer also holds", hdr.Name)
+				return fmt.Errorf("whiteout %q of an entry the layer also holds", hdr.Name)
 			}
 			if err := unix.Mknod(filepath.Join(upper, vname), unix.S_IFCHR, 0); err != nil {
-				return fmt.Errorf("writable layer: whiteout %s: %w", vname, err)
+				return fmt.Errorf("whiteout %s: %w", vname, err)
 			}
 			made[vname] = tar.TypeChar
 			continue
@@ -200,7 +239,7 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 		if prev, ok := made[name]; ok {
 			// Only a directory may be named again (its attributes).
 			if prev != tar.TypeDir || hdr.Typeflag != tar.TypeDir {
-				return fmt.Errorf("writable layer: %q appears twice", hdr.Name)
+				return fmt.Errorf("%q appears twice", hdr.Name)
 			}
 		}
 		mode := uint32(hdr.Mode) & 0o7777
@@ -208,19 +247,19 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 		case tar.TypeDir:
 			if _, ok := made[name]; !ok {
 				if err := unix.Mkdir(dst, 0o700); err != nil {
-					return fmt.Errorf("writable layer: %w", &os.PathError{Op: "mkdir", Path: dst, Err: err})
+					return &os.PathError{Op: "mkdir", Path: dst, Err: err}
 				}
 			}
 			dirs = append(dirs, dirTime{dst, hdr.ModTime})
 		case tar.TypeReg:
 			if hdr.Size < 0 {
-				return fmt.Errorf("writable layer: %s: negative size", name)
+				return fmt.Errorf("%s: negative size", name)
 			}
 			// WriteDiff writes no sparse entries; a crafted one would make
 			// its holes' zeros (any amount) from a few bytes of tar.
 			for k := range hdr.PAXRecords {
 				if strings.HasPrefix(k, "GNU.sparse.") {
-					return fmt.Errorf("writable layer: %s: sparse entries are not accepted", name)
+					return fmt.Errorf("%s: sparse entries are not accepted", name)
 				}
 			}
 			if hdr.Size <= pooledFileMax {
@@ -228,7 +267,7 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 				// thousands) are written by the pool, attributes and all.
 				data := make([]byte, hdr.Size)
 				if _, err := io.ReadFull(tr, data); err != nil {
-					return fmt.Errorf("writable layer: %s: %w", name, err)
+					return fmt.Errorf("%s: %w", name, err)
 				}
 				made[name] = tar.TypeReg
 				if err := pool.add(fileJob{dst: dst, name: name, data: data, hdr: hdr, mode: mode}); err != nil {
@@ -237,32 +276,32 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 				continue
 			}
 			if err := writeFile(dst, tr, hdr.Size); err != nil {
-				return fmt.Errorf("writable layer: %s: %w", name, err)
+				return fmt.Errorf("%s: %w", name, err)
 			}
 		case tar.TypeLink:
 			target, err := cleanName(hdr.Linkname)
 			if err != nil || made[target] != tar.TypeReg {
-				return fmt.Errorf("writable layer: hard link %q to %q, which is not a file of the layer", hdr.Name, hdr.Linkname)
+				return fmt.Errorf("hard link %q to %q, which is not a file of the layer", hdr.Name, hdr.Linkname)
 			}
 			if err := pool.wait(); err != nil { // the target may still be on its way
 				return err
 			}
 			if err := unix.Linkat(unix.AT_FDCWD, filepath.Join(upper, target), unix.AT_FDCWD, dst, 0); err != nil {
-				return fmt.Errorf("writable layer: link %s: %w", name, err)
+				return fmt.Errorf("link %s: %w", name, err)
 			}
 			made[name] = tar.TypeLink
 			continue // a second name: the first carries the attributes
 		case tar.TypeSymlink:
 			if err := unix.Symlink(hdr.Linkname, dst); err != nil {
-				return fmt.Errorf("writable layer: symlink %s: %w", name, err)
+				return fmt.Errorf("symlink %s: %w", name, err)
 			}
 		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 			kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 			if err := unix.Mknod(dst, kind|0o600, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
-				return fmt.Errorf("writable layer: mknod %s: %w", name, err)
+				return fmt.Errorf("mknod %s: %w", name, err)
 			}
 		default: // tar.TypeGNUSparse among them
-			return fmt.Errorf("writable layer: %q has unsupported type %q", hdr.Name, hdr.Typeflag)
+			return fmt.Errorf("%q has unsupported type %q", hdr.Name, hdr.Typeflag)
 		}
 		made[name] = hdr.Typeflag
 		if err := setAttrs(dst, name, hdr, mode); err != nil {
@@ -285,19 +324,19 @@ func ApplyDiff(r io.Reader, upper string) (err error) {
 // modification time its header names.
 func setAttrs(dst, name string, hdr *tar.Header, mode uint32) error {
 	if err := unix.Lchown(dst, hdr.Uid, hdr.Gid); err != nil {
-		return fmt.Errorf("writable layer: chown %s: %w", name, err)
+		return fmt.Errorf("chown %s: %w", name, err)
 	}
 	for k, v := range hdr.PAXRecords {
 		if x, ok := strings.CutPrefix(k, paxXattr); ok && !strings.HasPrefix(x, "trusted.overlay.") {
 			if err := unix.Lsetxattr(dst, x, []byte(v), 0); err != nil {
-				return fmt.Errorf("writable layer: xattr %s on %s: %w", x, name, err)
+				return fmt.Errorf("xattr %s on %s: %w", x, name, err)
 			}
 		}
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
 		// After chown, which clears set-ID bits.
 		if err := unix.Fchmodat(unix.AT_FDCWD, dst, mode, 0); err != nil {
-			return fmt.Errorf("writable layer: chmod %s: %w", name, err)
+			return fmt.Errorf("chmod %s: %w", name, err)
 		}
 	}
 	if hdr.Typeflag != tar.TypeDir {

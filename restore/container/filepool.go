@@ -51,7 +51,7 @@ func newFilePool() *filePool {
 
 func (j fileJob) write() error {
 	if err := writeFile(j.dst, bytes.NewReader(j.data), int64(len(j.data))); err != nil {
-		return fmt.Errorf("writable layer: %s: %w", j.name, err)
+		return fmt.Errorf("%s: %w", j.name, err)
 	}
 	return setAttrs(j.dst, j.name, j.hdr, j.mode)
 }

@@ -259,6 +259,12 @@ func (r *Runc) List(ctx context.Context) (map[string]State, error) {
 	return m, nil
 }
 
+// Pause freezes every process of container id (its cgroup).
+func (r *Runc) Pause(ctx context.Context, id string) error { return r.exec(ctx, "pause", id) }
+
+// Resume thaws a paused container.
+func (r *Runc) Resume(ctx context.Context, id string) error { return r.exec(ctx, "resume", id) }
+
 // Kill sends sig to the container's init (with all, to every process).
 func (r *Runc) Kill(ctx context.Context, id, sig string) error {
 	return r.exec(ctx, "kill", id, sig)

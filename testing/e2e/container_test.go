@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -278,6 +279,7 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 	os.WriteFile(root+"/tmp/written", []byte("kept"), 0o644)
 	os.WriteFile(root+"/srv/hello", []byte("changed"), 0o644)
 	os.Remove(root + "/etc/passwd")
+	os.WriteFile(root+"/dev/shm/segment", []byte("shared"), 0o600) // a tmpfs gpuwarm saves, not CRIU
 	env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 	if !strings.Contains(string(env), "WORKLOAD=image") || !strings.Contains(string(env), "EXTRA=1") {
 		t.Fatalf("the container's environment lacks the image's or -e's variables: %q", env)
@@ -327,7 +329,9 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 		checkLimits(t, c.PID, 512<<20, 150000)
 		cgroupIs(t, c.PID, "/gpuwarm/"+n)
 		root := fmt.Sprintf("/proc/%d/root", c.PID)
-		for p, w := range map[string]string{"/tmp/written": "kept", "/srv/hello": "changed", "/etc/passwd": "<absent>", "/opt/old/b": "after the opaque directory"} {
+		checkTmpfsMounts(t, n, c.PID)
+		for p, w := range map[string]string{"/tmp/written": "kept", "/srv/hello": "changed", "/etc/passwd": "<absent>", "/opt/old/b": "after the opaque directory",
+			"/dev/shm/segment": "shared"} {
 			b, err := os.ReadFile(root + p)
 			got := string(b)
 			if err != nil {
@@ -355,7 +359,44 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 	}
 	mounts, _ := os.ReadFile("/proc/self/mountinfo")
 	if strings.Contains(string(mounts), filepath.Join(e.tmp, "containers")) {
-		t.Fatalf("rm left an overlay mounted:\n%s", mounts)
+		t.Fatalf("rm left a mount (overlay or tmpfs) behind:\n%s", mounts)
+	}
+}
+
+// checkTmpfsMounts: a restored container's tmpfs mounts are as runc made
+// the original's: /dev holds working device nodes and keeps nosuid,
+// /dev/shm is nodev and noexec, the masked /proc/acpi is empty and
+// read-only.
+func checkTmpfsMounts(t *testing.T, name string, pid int) {
+	t.Helper()
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	var st syscall.Stat_t
+	if err := syscall.Stat(root+"/dev/null", &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFCHR || st.Rdev != 259 {
+		t.Fatalf("%s: /dev/null is not the 1:3 device (%+v, %v)", name, st, err)
+	}
+	if err := os.WriteFile(root+"/dev/null", []byte("x"), 0); err != nil {
+		t.Fatalf("%s: writing /dev/null: %v", name, err)
+	}
+	if err := os.WriteFile(root+"/proc/acpi/x", nil, 0o600); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("%s: writing under the masked /proc/acpi: %v, want a read-only filesystem", name, err)
+	}
+	mi, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	want := map[string][]string{"/dev": {"nosuid"}, "/dev/shm": {"nosuid", "nodev", "noexec"}, "/proc/acpi": {"ro"}}
+	for _, line := range strings.Split(string(mi), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || want[f[4]] == nil {
+			continue
+		}
+		opts := "," + f[5] + ","
+		for _, o := range want[f[4]] {
+			if !strings.Contains(opts, ","+o+",") {
+				t.Fatalf("%s: %s is mounted %s, want %s among its options", name, f[4], f[5], o)
+			}
+		}
+		delete(want, f[4])
+	}
+	if len(want) != 0 {
+		t.Fatalf("%s: no mount at %v:\n%s", name, want, mi)
 	}
 }
 
