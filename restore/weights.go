@@ -91,6 +91,7 @@ type WeightsReport struct {
 	Duration time.Duration // release (snapshot) or reload (restore), all processes
 	Wait     time.Duration // restore: from the tree running to every library connected
 	Alloc    time.Duration // restore: the longest a library spent allocating GPU memory
+	Pinned   time.Duration // restore: the longest a library spent allocating pinned host memory
 	Moved    int           // restore: tensors at other GPU addresses than before (weights.Reply.Moved)
 }
 
@@ -589,6 +590,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 					mu.Lock()
 					got += r.Bytes
 					rep.Alloc = max(rep.Alloc, time.Duration(r.AllocSeconds*float64(time.Second)))
+					rep.Pinned = max(rep.Pinned, time.Duration(r.PinnedSeconds*float64(time.Second)))
 					rep.Moved += r.Moved
 					mu.Unlock()
 				}
@@ -603,7 +605,7 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 			return fmt.Errorf("weights: the workload uploaded %d bytes, the snapshot references %d", got, rep.Meta.Bytes)
 		}
 		log.Info("weights uploaded from the cache", "bytes", got, "seconds", rep.Duration.Seconds(), "GB/s", rep.GBps(),
-			"allocation", rep.Alloc.Seconds(), "connect_wait", rep.Wait.Seconds())
+			"allocation", rep.Alloc.Seconds(), "pinned", rep.Pinned.Seconds(), "connect_wait", rep.Wait.Seconds())
 		if rep.Moved > 0 {
 			log.Warn("weights: tensors came back at other GPU addresses; CUDA graphs captured over them must be captured again", "tensors", rep.Moved)
 		}

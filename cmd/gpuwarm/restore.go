@@ -267,8 +267,8 @@ func (o *restoreOptions) run(ctx context.Context, args []string) (err error) {
 	} else {
 		o.printTiming(t, resident, ls, opt.Profile, run, merged)
 		if wRep.Meta != nil {
-			fmt.Fprintf(o.out, "  weights: %s uploaded by the workload from the mount in %s (%.1f GB/s; allocation %s), after %s waiting for its library\n",
-				pack.HumanBytes(wRep.Meta.Bytes), ms(wRep.Duration), wRep.GBps(), ms(wRep.Alloc), ms(wRep.Wait))
+			fmt.Fprintf(o.out, "  weights: %s uploaded by the workload from the mount in %s (%.1f GB/s; allocation %s, pinned staging %s), after %s waiting for its library\n",
+				pack.HumanBytes(wRep.Meta.Bytes), ms(wRep.Duration), wRep.GBps(), ms(wRep.Alloc), ms(wRep.Pinned), ms(wRep.Wait))
 			if wRep.Moved > 0 {
 				fmt.Fprintf(o.out, "  weights: %d tensors at other GPU addresses than before the snapshot (CUDA graphs over them must be captured again)\n", wRep.Moved)
 			}

@@ -148,7 +148,7 @@ class Hooks:
                 self.released, self.error = False, None
                 self._resident.set()
                 reply = {"ok": True, "bytes": n}
-                for k in ("alloc_seconds", "moved"):
+                for k in ("alloc_seconds", "pinned_seconds", "moved"):
                     if getattr(self.backend, k, None) is not None:
                         reply[k] = getattr(self.backend, k)
             else:
@@ -220,6 +220,7 @@ class TorchWeights:
                                                     "shape": e[2], "offset": e[3], "length": e[4]})
         self.staging = None  # per worker: two (tensor, memoryview) slices of _block
         self._block = None
+        self.pinned_seconds = 0.0  # the last release's or reload's pinned allocation
         self._staging_lock = threading.Lock()
         self.released = []  # entries released, with their source path
 
@@ -238,7 +239,9 @@ class TorchWeights:
             if self.staging is None:
                 import ctypes
                 torch, n = self.torch, self.piece
+                t = time.monotonic()
                 block = torch.empty(2 * self.threads * n, dtype=torch.uint8, pin_memory=True)
+                self.pinned_seconds += time.monotonic() - t
                 base = block.data_ptr()
                 self.staging = [[(block[(2 * i + k) * n:(2 * i + k + 1) * n],
                                   memoryview((ctypes.c_char * n).from_address(base + (2 * i + k) * n)).cast("B"))
@@ -421,7 +424,7 @@ class TorchWeights:
     def reload(self, paths):
         torch = self.torch
         flats = {}
-        self.alloc_seconds = 0.0
+        self.alloc_seconds = self.pinned_seconds = 0.0
 
         def jobs():
             # Allocated in the order of their old addresses (the allocator

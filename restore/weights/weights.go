@@ -113,6 +113,9 @@ type Reply struct {
 	Kept map[string]string `json:"kept,omitempty"`
 	// AllocSeconds is the part of a reload spent allocating GPU memory.
 	AllocSeconds float64 `json:"alloc_seconds,omitempty"`
+	// PinnedSeconds is the part of a reload spent allocating the pinned
+	// host memory its copies go through.
+	PinnedSeconds float64 `json:"pinned_seconds,omitempty"`
 	// Moved counts the tensors a reload placed at other GPU addresses than
 	// they had before the release: code that captured their addresses
 	// (CUDA graphs) would read freed memory.
