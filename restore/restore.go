@@ -335,6 +335,7 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		for _, pid := range proctree.Tree(p.PID) {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
+		steps.Done("anchor")
 	}
 	if ownWork && lazyDaemon == nil {
 		// CRIU is done with its work directory (its log is quoted only on

@@ -121,6 +121,7 @@ func (o *restoreOptions) prepareContainer(ctx context.Context, cr *restore.CRIU,
 		if err != nil {
 			return 0, err
 		}
+		steps.Done("log writer")
 		defer stdout.Close()
 		defer stderr.Close()
 		return c.Restore(ctx, rc, imgDir, workDir, lazy, container.Stdio{Stdout: stdout, Stderr: stderr})
