@@ -1,15 +1,15 @@
 package fusefs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/gpuwarm/gpuwarm/internal/mountinfo"
 )
 
 // prepareMountpoint detaches dead gpuwarm mounts at dir (their daemon was
@@ -89,47 +89,19 @@ func mountedAt(dir string) bool {
 	return ok
 }
 
-// gpuwarmMount returns the mountinfo fields of the gpuwarm FUSE filesystem
-// mounted at dir (id parent major:minor root mountpoint options ... - fstype
-// source super), read without a request to the mount.
-func gpuwarmMount(dir string) ([]string, bool) {
-	f, err := os.Open("/proc/self/mountinfo")
+// gpuwarmMount returns the gpuwarm FUSE filesystem mounted at dir, read
+// from mountinfo without a request to the mount.
+func gpuwarmMount(dir string) (mountinfo.Mount, bool) {
+	ms, err := mountinfo.Read("/proc/self/mountinfo")
 	if err != nil {
-		return nil, false
+		return mountinfo.Mount{}, false
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescape(fields[4]) != dir {
-			continue
-		}
-		for i, fld := range fields {
-			if fld == "-" && i+1 < len(fields) && fields[i+1] == "fuse.gpuwarm" {
-				return fields, true
-			}
+	for _, m := range ms {
+		if m.Point == dir && m.FSType == "fuse.gpuwarm" {
+			return m, true
 		}
 	}
-	return nil, false
-}
-
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return mountinfo.Mount{}, false
 }
 
 // Unmount unmounts dir; a running daemon sees it and exits. A mount busy

@@ -113,11 +113,11 @@ func abortConnection(dir string) error {
 	if err != nil {
 		return err
 	}
-	fields, ok := gpuwarmMount(abs)
+	m, ok := gpuwarmMount(abs)
 	if !ok {
 		return fmt.Errorf("no gpuwarm mount at %s in /proc/self/mountinfo", abs)
 	}
-	_, minor, ok := strings.Cut(fields[2], ":")
+	_, minor, ok := strings.Cut(m.Dev, ":")
 	if !ok {
 		return fmt.Errorf("mountinfo: no device number for %s", abs)
 	}

@@ -19,6 +19,7 @@ import (
 
 	criu "github.com/checkpoint-restore/go-criu/v8"
 	"github.com/checkpoint-restore/go-criu/v8/rpc"
+	"github.com/gpuwarm/gpuwarm/internal/mountinfo"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/gc"
@@ -364,17 +365,14 @@ func describe(pid int) (*procMeta, error) {
 
 // gpuwarmMounts lists the mount points of gpuwarm filesystems.
 func gpuwarmMounts() []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		for i, x := range f {
-			if x == "-" && i+1 < len(f) && f[i+1] == "fuse.gpuwarm" && len(f) > 4 {
-				out = append(out, f[4])
-			}
+	for _, m := range ms {
+		if m.FSType == "fuse.gpuwarm" {
+			out = append(out, m.Point)
 		}
 	}
 	return out

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gpuwarm/gpuwarm/internal/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -49,63 +50,13 @@ func tmpfsKey(i int) string { return "gpuwarm-tmpfs-" + strconv.Itoa(i) }
 // comes from the store: nothing else is passed to mount).
 var tmpfsOption = regexp.MustCompile(`^(size=[0-9]+[kmgKMG%]?|nr_blocks=[0-9]+[kmgKMG]?|nr_inodes=[0-9]+[kmgKMG]?|mode=[0-7]{1,4}|uid=[0-9]+|gid=[0-9]+|huge=(never|always|within_size|advise)|inode64|inode32|noswap)$`)
 
-// mountEntry is a line of /proc/PID/mountinfo.
-type mountEntry struct {
-	dev, root, point, fstype, super string
-	readOnly                        bool
-}
-
-// readMountinfo parses a mountinfo file (proc(5)).
-func readMountinfo(path string) ([]mountEntry, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		a, b := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(a) < 6 || len(b) < 3 {
-			return nil, fmt.Errorf("%s: malformed line %q", path, sc.Text())
-		}
-		e := mountEntry{dev: a[2], root: unescapeMount(a[3]), point: unescapeMount(a[4]), fstype: b[0], super: b[2]}
-		for _, o := range strings.Split(a[5], ",") {
-			e.readOnly = e.readOnly || o == "ro"
-		}
-		out = append(out, e)
-	}
-	return out, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
 // SaveTmpfs writes the tmpfs mounts of the container whose init is pid
 // (paused: nothing changes them meanwhile) into imgDir, and returns the
 // lines that make them external to CRIU's dump. A mount gpuwarm cannot
 // save exactly (a part of a tmpfs mounted alone, one mounted whole at two
 // places, an odd path) is left to CRIU.
 func SaveTmpfs(pid int, imgDir string) ([]string, error) {
-	ents, err := readMountinfo(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	ents, err := mountinfo.Read(fmt.Sprintf("/proc/%d/mountinfo", pid))
 	if err != nil {
 		return nil, err
 	}
@@ -114,19 +65,19 @@ func SaveTmpfs(pid int, imgDir string) ([]string, error) {
 	// (runc masks files with /dev/null) are binds CRIU makes from it.
 	devs := map[string]int{}
 	for _, e := range ents {
-		if e.root == "/" {
-			devs[e.dev]++
+		if e.Root == "/" {
+			devs[e.Dev]++
 		}
 	}
 	var saved []TmpfsMount
 	var lines []string
 	for _, e := range ents {
-		if e.fstype != "tmpfs" || e.point == "/" || e.root != "/" || devs[e.dev] > 1 ||
-			!filepath.IsAbs(e.point) || filepath.Clean(e.point) != e.point || strings.ContainsAny(e.point, " \t\n[]:") {
+		if e.FSType != "tmpfs" || e.Point == "/" || e.Root != "/" || devs[e.Dev] > 1 ||
+			!filepath.IsAbs(e.Point) || filepath.Clean(e.Point) != e.Point || strings.ContainsAny(e.Point, " \t\n[]:") {
 			continue
 		}
 		var opts []string
-		for _, o := range strings.Split(e.super, ",") {
+		for _, o := range strings.Split(e.Super, ",") {
 			if tmpfsOption.MatchString(o) {
 				opts = append(opts, o)
 			}
@@ -134,18 +85,18 @@ func SaveTmpfs(pid int, imgDir string) ([]string, error) {
 		if len(saved) == maxTmpfs {
 			break
 		}
-		m := TmpfsMount{Mountpoint: e.point, Options: strings.Join(opts, ","), ReadOnly: e.readOnly,
+		m := TmpfsMount{Mountpoint: e.Point, Options: strings.Join(opts, ","), ReadOnly: e.ReadOnly(),
 			File: fmt.Sprintf("tmpfs-%d.tar", len(saved))}
 		f, err := os.Create(filepath.Join(imgDir, m.File))
 		if err != nil {
 			return nil, err
 		}
-		err = writeTree(fmt.Sprintf("/proc/%d/root%s", pid, e.point), f, false)
+		err = writeTree(fmt.Sprintf("/proc/%d/root%s", pid, e.Point), f, false)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return nil, fmt.Errorf("tmpfs %s of the container: %w", e.point, err)
+			return nil, fmt.Errorf("tmpfs %s of the container: %w", e.Point, err)
 		}
 		lines = append(lines, fmt.Sprintf("external mnt[%s]:%s", m.Mountpoint, tmpfsKey(len(saved))))
 		saved = append(saved, m)

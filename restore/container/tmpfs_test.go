@@ -13,32 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestReadMountinfo(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "mountinfo")
-	os.WriteFile(p, []byte(`83 81 0:49 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
-58 82 0:52 / /proc/acpi ro,relatime - tmpfs tmpfs ro
-59 82 0:49 /null /proc/keys rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755
-90 81 0:60 / /srv/a\040b rw master:3 - tmpfs none rw,inode64
-`), 0o600)
-	ents, err := readMountinfo(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ents) != 4 {
-		t.Fatalf("%d entries", len(ents))
-	}
-	if e := ents[0]; e.point != "/dev" || e.dev != "0:49" || e.root != "/" || e.fstype != "tmpfs" || e.super != "rw,size=65536k,mode=755" || e.readOnly {
-		t.Fatalf("/dev: %+v", e)
-	}
-	if !ents[1].readOnly || ents[2].root != "/null" || ents[3].point != "/srv/a b" {
-		t.Fatalf("parsed %+v", ents)
-	}
-	os.WriteFile(p, []byte("83 81 0:49 / /dev rw,nosuid tmpfs tmpfs\n"), 0o600)
-	if _, err := readMountinfo(p); err == nil {
-		t.Fatal("a line without its separator was accepted")
-	}
-}
-
 // A tmpfs (a device node, a symlink, a file named like a whiteout, a
 // directory another tmpfs is mounted on) goes through writeTree and
 // fillTmpfs as it was, the nested mount's files left out, the new mount
