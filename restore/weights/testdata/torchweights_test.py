@@ -95,12 +95,15 @@ def main():
     assert all(b._bytes() == bytes(len(b._bytes())) for b in torch.pinned[made:]), "weight bytes left in pinned memory"
     for n in names:
         assert t2[n]._bytes() == data[n], n
-    # Piece sizes: 2 MiB for a small model, 8 MiB for a large one.
-    small = gw.TorchWeights({}, [f], threads=16)
-    small._size_pieces(1 << 30)
-    large = gw.TorchWeights({}, [f], threads=16)
-    large._size_pieces(16 << 30)
-    assert (small.piece, large.piece) == (2 << 20, 8 << 20), (small.piece, large.piece)
+    # Threads (and so pinned memory): one per 128 MiB, 4 to 16, unless the
+    # program chose; pieces of 8 MiB.
+    tiny, small, large, chosen = (gw.TorchWeights({}, [f]), gw.TorchWeights({}, [f]), gw.TorchWeights({}, [f]),
+                                  gw.TorchWeights({}, [f], threads=16))
+    tiny.max_threads = small.max_threads = large.max_threads = 16
+    for b, n in ((tiny, 1 << 20), (small, 1 << 30), (large, 16 << 30), (chosen, 1 << 30)):
+        b._size_pieces(n)
+    got = (tiny.threads, small.threads, large.threads, chosen.threads, small.piece, large.piece)
+    assert got == (4, 8, 16, 16, 8 << 20, 8 << 20), got
     print("ok", len(names), "tensors released and reloaded,", w.moved, "moved")
 
 
