@@ -765,7 +765,13 @@ func olderKernel(cur, snap string) bool {
 
 // ManifestOf is a helper for callers that want the snapshot's manifest.
 func ManifestOf(ctx context.Context, st store.Store, mount, name string) (*manifest.Index, error) {
+	if !fusemagic.IsFUSE(mount) {
+		return nil, fmt.Errorf("no gpuwarm mount at %s: start `gpuwarm mount %s` first (or name the mount with --mount)", mount, mount)
+	}
 	id, err := imageIDAt(filepath.Join(mount, name))
+	if errors.Is(err, syscall.ENOENT) {
+		return nil, fmt.Errorf("no snapshot or image %q on the mount at %s (gpuwarm ls lists the tags): %w", name, mount, err)
+	}
 	if err != nil {
 		return nil, err
 	}

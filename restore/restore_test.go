@@ -744,3 +744,17 @@ func dumpLogLazyLines(dir string) string {
 	}
 	return b.String()
 }
+
+// A restore of a name the mount does not present, or with no mount at
+// all, says which and what to do.
+func TestManifestOfSaysWhatIsMissing(t *testing.T) {
+	r := newRig(t)
+	_, err := ManifestOf(context.Background(), r.st, t.TempDir(), "wl")
+	if err == nil || !strings.Contains(err.Error(), "no gpuwarm mount at") {
+		t.Fatalf("without a mount: %v", err)
+	}
+	_, err = ManifestOf(context.Background(), r.st, r.mnt, "nosuch")
+	if err == nil || !strings.Contains(err.Error(), `no snapshot or image "nosuch" on the mount`) {
+		t.Fatalf("an unknown name: %v", err)
+	}
+}
