@@ -200,6 +200,10 @@ func (c *Container) Start(ctx context.Context, rc *Runc, stdio Stdio) (int, erro
 // and its tmpfs mounts as SaveTmpfs does (the container paused for it,
 // CRIU keeping it frozen through the dump).
 func (c *Container) Checkpoint(ctx context.Context, rc *Runc, pid int, imgDir, workDir, psAddr string, leaveRunning bool) error {
+	spec, err := c.Spec()
+	if err != nil {
+		return err
+	}
 	if err := rc.Pause(ctx, c.Name); err != nil {
 		return err
 	}
@@ -209,7 +213,7 @@ func (c *Container) Checkpoint(ctx context.Context, rc *Runc, pid int, imgDir, w
 			rc.Resume(context.WithoutCancel(ctx), c.Name)
 		}
 	}()
-	external, err := SaveTmpfs(pid, imgDir)
+	external, err := SaveTmpfs(pid, imgDir, runtimeTmpfs(spec))
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/gpuwarm/gpuwarm/internal/mountinfo"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
@@ -50,12 +51,32 @@ func tmpfsKey(i int) string { return "gpuwarm-tmpfs-" + strconv.Itoa(i) }
 // comes from the store: nothing else is passed to mount).
 var tmpfsOption = regexp.MustCompile(`^(size=[0-9]+[kmgKMG%]?|nr_blocks=[0-9]+[kmgKMG]?|nr_inodes=[0-9]+[kmgKMG]?|mode=[0-7]{1,4}|uid=[0-9]+|gid=[0-9]+|huge=(never|always|within_size|advise)|inode64|inode32|noswap)$`)
 
-// SaveTmpfs writes the tmpfs mounts of the container whose init is pid
-// (paused: nothing changes them meanwhile) into imgDir, and returns the
-// lines that make them external to CRIU's dump. A mount gpuwarm cannot
-// save exactly (a part of a tmpfs mounted alone, one mounted whole at two
-// places, an odd path) is left to CRIU.
-func SaveTmpfs(pid int, imgDir string) ([]string, error) {
+// runtimeTmpfs lists the places where runc mounts a tmpfs of the
+// container's own by the runtime config s: its tmpfs mounts and masked
+// directories. Anything else that is a tmpfs (a volume bound from the
+// host's /dev/shm, say) is not the container's to copy.
+func runtimeTmpfs(s *specs.Spec) map[string]bool {
+	own := map[string]bool{}
+	for _, m := range s.Mounts {
+		if m.Type == "tmpfs" {
+			own[filepath.Clean(m.Destination)] = true
+		}
+	}
+	if s.Linux != nil {
+		for _, p := range s.Linux.MaskedPaths {
+			own[filepath.Clean(p)] = true
+		}
+	}
+	return own
+}
+
+// SaveTmpfs writes the tmpfs mounts the runtime made for the container
+// whose init is pid (paused: nothing changes them meanwhile) into imgDir,
+// and returns the lines that make them external to CRIU's dump. own names
+// the mount points runc made tmpfs mounts at (runtimeTmpfs). A mount
+// gpuwarm cannot save exactly (a part of a tmpfs mounted alone, one
+// mounted whole at two places, an odd path) is left to CRIU.
+func SaveTmpfs(pid int, imgDir string, own map[string]bool) ([]string, error) {
 	ents, err := mountinfo.Read(fmt.Sprintf("/proc/%d/mountinfo", pid))
 	if err != nil {
 		return nil, err
@@ -72,7 +93,7 @@ func SaveTmpfs(pid int, imgDir string) ([]string, error) {
 	var saved []TmpfsMount
 	var lines []string
 	for _, e := range ents {
-		if e.FSType != "tmpfs" || e.Point == "/" || e.Root != "/" || devs[e.Dev] > 1 ||
+		if e.FSType != "tmpfs" || !own[e.Point] || e.Point == "/" || e.Root != "/" || devs[e.Dev] > 1 ||
 			!filepath.IsAbs(e.Point) || filepath.Clean(e.Point) != e.Point || strings.ContainsAny(e.Point, " \t\n[]:") {
 			continue
 		}

@@ -144,3 +144,25 @@ func TestMountTmpfsAndRemove(t *testing.T) {
 		t.Fatalf("mounts left:\n%s", mi)
 	}
 }
+
+// Only the tmpfs mounts runc makes for the container (its spec's tmpfs
+// mounts and masked directories) are the container's to save; a tmpfs
+// bound in as a volume stays the host's.
+func TestRuntimeTmpfs(t *testing.T) {
+	s, err := Spec(SpecOptions{Name: "c", Rootfs: t.TempDir(), Args: []string{"/bin/true"},
+		Mounts: []Bind{{Host: "/dev/shm", Container: "/shared"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := runtimeTmpfs(s)
+	for _, p := range []string{"/dev", "/dev/shm", "/proc/acpi", "/sys/firmware"} {
+		if !own[p] {
+			t.Errorf("%s is a tmpfs runc makes, not listed", p)
+		}
+	}
+	for _, p := range []string{"/shared", "/proc", "/dev/pts", "/"} {
+		if own[p] {
+			t.Errorf("%s listed as the container's own tmpfs", p)
+		}
+	}
+}

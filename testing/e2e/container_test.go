@@ -265,8 +265,17 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 	e.mount(t)
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// A volume that is a tmpfs of the host's: it stays the host's (bound
+	// again by every restore), never copied as the container's own tmpfs
+	// mounts are.
+	hostTmpfs := filepath.Join(e.tmp, "host-tmpfs")
+	os.Mkdir(hostTmpfs, 0o755)
+	if err := syscall.Mount("tmpfs", hostTmpfs, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(hostTmpfs, syscall.MNT_DETACH) })
 	out := e.gw(t, "run", "--image", "wl", "--name", "orig", "--log", filepath.Join(e.tmp, "orig.log"), "--memory", "512M", "--cpus", "1.5", "-e", "EXTRA=1",
-		"--", "--mb", "64", "--listen", addr)
+		"-v", hostTmpfs+":/shared", "--", "--mb", "64", "--listen", addr)
 	pid, _ := strconv.Atoi(strings.TrimSpace(out))
 	orig := e.ps(t)["orig"]
 	want := strings.Fields(waitLine(t, orig.Log, "ready"))[1]
@@ -330,6 +339,12 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 		cgroupIs(t, c.PID, "/gpuwarm/"+n)
 		root := fmt.Sprintf("/proc/%d/root", c.PID)
 		checkTmpfsMounts(t, n, c.PID)
+		if err := os.WriteFile(root+"/shared/"+n, []byte(n), 0o644); err != nil {
+			t.Fatalf("%s: writing to the host's tmpfs volume: %v", n, err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(hostTmpfs, n)); string(b) != n {
+			t.Fatalf("%s: a file written to /shared is not in the host's tmpfs (%q): the volume was copied, not bound", n, b)
+		}
 		for p, w := range map[string]string{"/tmp/written": "kept", "/srv/hello": "changed", "/etc/passwd": "<absent>", "/opt/old/b": "after the opaque directory",
 			"/dev/shm/segment": "shared"} {
 			b, err := os.ReadFile(root + p)
