@@ -164,8 +164,8 @@ func Restore(ctx context.Context, c *CRIU, opt Options) (_ *Process, err error) 
 		// Plain CRIU images in a local directory (the benchmark baseline).
 		dir, ann = opt.Dir, opt.DirAnnotations
 	} else {
-		if !fusemagic.IsFUSE(opt.Mount) {
-			return nil, fmt.Errorf("restore: no gpuwarm mount at %s: start `gpuwarm mount %s` first", opt.Mount, opt.Mount)
+		if err := CheckMount(opt.Mount); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
 		}
 		id, err := imageIDAt(dir)
 		if err != nil {
@@ -763,10 +763,19 @@ func olderKernel(cur, snap string) bool {
 	return ca < sa || ca == sa && cb < sb
 }
 
+// CheckMount says what to do when no gpuwarm filesystem is mounted at
+// mount.
+func CheckMount(mount string) error {
+	if !fusemagic.IsFUSE(mount) {
+		return fmt.Errorf("no gpuwarm mount at %s: start `gpuwarm mount %s` first (or name the mount with --mount)", mount, mount)
+	}
+	return nil
+}
+
 // ManifestOf is a helper for callers that want the snapshot's manifest.
 func ManifestOf(ctx context.Context, st store.Store, mount, name string) (*manifest.Index, error) {
-	if !fusemagic.IsFUSE(mount) {
-		return nil, fmt.Errorf("no gpuwarm mount at %s: start `gpuwarm mount %s` first (or name the mount with --mount)", mount, mount)
+	if err := CheckMount(mount); err != nil {
+		return nil, err
 	}
 	id, err := imageIDAt(filepath.Join(mount, name))
 	if errors.Is(err, syscall.ENOENT) {

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"syscall"
 
-	"github.com/gpuwarm/gpuwarm/internal/fusemagic"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/restore"
@@ -54,8 +53,8 @@ func (c *containerFlags) runcWith(ctx context.Context, cr *restore.CRIU) (*conta
 // and the stable path of its root there (MOUNT/.rootfs/ID), which a
 // container's overlay uses so that moving the tag later changes nothing.
 func imageOnMount(mnt, name string) (digest.ID, string, error) {
-	if !fusemagic.IsFUSE(mnt) {
-		return digest.Zero, "", fmt.Errorf("no gpuwarm mount at %s: start `gpuwarm mount %s` first", mnt, mnt)
+	if err := restore.CheckMount(mnt); err != nil {
+		return digest.Zero, "", err
 	}
 	buf := make([]byte, 128)
 	n, err := syscall.Getxattr(filepath.Join(mnt, name), manifest.ImageXattr, buf)
