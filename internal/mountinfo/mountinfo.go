@@ -44,7 +44,7 @@ func Read(path string) ([]Mount, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		m, err := Parse(sc.Text())
+		m, err := parse(sc.Text())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
@@ -53,19 +53,19 @@ func Read(path string) ([]Mount, error) {
 	return out, sc.Err()
 }
 
-// Parse parses one line.
-func Parse(line string) (Mount, error) {
+// parse parses one line.
+func parse(line string) (Mount, error) {
 	pre, post, ok := strings.Cut(line, " - ")
 	a, b := strings.Fields(pre), strings.Fields(post)
 	if !ok || len(a) < 6 || len(b) < 3 {
 		return Mount{}, fmt.Errorf("malformed mountinfo line %q", line)
 	}
-	return Mount{Dev: a[2], Root: Unescape(a[3]), Point: Unescape(a[4]), Options: a[5],
-		FSType: b[0], Source: Unescape(b[1]), Super: b[2]}, nil
+	return Mount{Dev: a[2], Root: unescape(a[3]), Point: unescape(a[4]), Options: a[5],
+		FSType: b[0], Source: unescape(b[1]), Super: b[2]}, nil
 }
 
-// Unescape undoes mountinfo's octal escapes (\040 for a space).
-func Unescape(s string) string {
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

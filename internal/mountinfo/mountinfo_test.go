@@ -38,8 +38,8 @@ func TestRead(t *testing.T) {
 
 func TestUnescape(t *testing.T) {
 	for in, want := range map[string]string{`/a\040b`: "/a b", `/t\011x`: "/t\tx", `/plain`: "/plain", `/bad\09`: `/bad\09`, `/end\04`: `/end\04`} {
-		if got := Unescape(in); got != want {
-			t.Errorf("Unescape(%q) = %q, want %q", in, got, want)
+		if got := unescape(in); got != want {
+			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -93,18 +93,20 @@ func SaveTmpfs(pid int, imgDir string, own map[string]bool) ([]string, error) {
 	var saved []TmpfsMount
 	var lines []string
 	for _, e := range ents {
+		// own's paths are clean and absolute; CRIU's configuration file
+		// takes a mount point without blanks, brackets or colons.
 		if e.FSType != "tmpfs" || !own[e.Point] || e.Point == "/" || e.Root != "/" || devs[e.Dev] > 1 ||
-			!filepath.IsAbs(e.Point) || filepath.Clean(e.Point) != e.Point || strings.ContainsAny(e.Point, " \t\n[]:") {
+			strings.ContainsAny(e.Point, " \t\n[]:") {
 			continue
+		}
+		if len(saved) == maxTmpfs {
+			break
 		}
 		var opts []string
 		for _, o := range strings.Split(e.Super, ",") {
 			if tmpfsOption.MatchString(o) {
 				opts = append(opts, o)
 			}
-		}
-		if len(saved) == maxTmpfs {
-			break
 		}
 		m := TmpfsMount{Mountpoint: e.Point, Options: strings.Join(opts, ","), ReadOnly: e.ReadOnly(),
 			File: fmt.Sprintf("tmpfs-%d.tar", len(saved))}
