@@ -18,6 +18,16 @@ import (
 	cdi "tags.cncf.io/container-device-interface/specs-go"
 )
 
+// fatalIf returns a function that fails the test on an error.
+func fatalIf(t *testing.T) func(error) {
+	return func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func requireRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -31,12 +41,7 @@ func requireRoot(t *testing.T) {
 func TestDiffRoundTrip(t *testing.T) {
 	requireRoot(t)
 	src := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := fatalIf(t)
 	must(os.MkdirAll(filepath.Join(src, "etc/app"), 0o755))
 	must(os.WriteFile(filepath.Join(src, "etc/app/conf"), []byte("changed"), 0o640))
 	must(os.Chown(filepath.Join(src, "etc/app/conf"), 1000, 1001))

@@ -20,12 +20,7 @@ import (
 func TestTmpfsRoundTrip(t *testing.T) {
 	requireRoot(t)
 	src := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := fatalIf(t)
 	must(unix.Mount("tmpfs", src, "tmpfs", 0, "size=1m,mode=755"))
 	defer unix.Unmount(src, unix.MNT_DETACH)
 	must(unix.Mknod(filepath.Join(src, "null"), unix.S_IFCHR, int(unix.Mkdev(1, 3))))
