@@ -248,7 +248,7 @@ class TorchWeights:
                 self._block = block
             return self.staging[w]
 
-    def _size_pieces(self, total):
+    def _size_threads(self, total):
         """Choose the threads for moving total bytes, unless the buffers are
         already pinned: pieces of 8 MiB (each piece costs a few Python steps
         under the GIL: with 2 MiB pieces a 1.1 GB upload took 2-3x longer on
@@ -258,7 +258,7 @@ class TorchWeights:
         if self.staging is not None:
             return
         if not self.threads_option:
-            self.threads = max(1, min(self.max_threads, max(4, -(-total // (128 << 20)))))
+            self.threads = min(self.max_threads, max(4, -(-total // (128 << 20))))
 
     def _drop_staging(self, zero):
         """Free the pinned buffers. A snapshot must not carry them: the
@@ -393,7 +393,7 @@ class TorchWeights:
                 with lock:
                     diff.add(id(e))
 
-        self._size_pieces(sum(e["length"] for e, _ in cand))
+        self._size_threads(sum(e["length"] for e, _ in cand))
         try:
             self._pipeline([(src, e["offset"], e["length"], 0, e) for e, src in cand], compare)
         except BaseException:
@@ -445,7 +445,7 @@ class TorchWeights:
         # The buffers stay pinned after a reload: freeing pinned memory
         # stalls the program's first requests (about 50 ms for 256 MiB),
         # and the next release frees them before any checkpoint.
-        self._size_pieces(sum(e["length"] for e in self.released))
+        self._size_threads(sum(e["length"] for e in self.released))
         try:
             self._pipeline(jobs(), upload)
         except BaseException:

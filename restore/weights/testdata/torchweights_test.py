@@ -101,7 +101,7 @@ def main():
                                   gw.TorchWeights({}, [f], threads=16))
     tiny.max_threads = small.max_threads = large.max_threads = 16
     for b, n in ((tiny, 1 << 20), (small, 1 << 30), (large, 16 << 30), (chosen, 1 << 30)):
-        b._size_pieces(n)
+        b._size_threads(n)
     got = (tiny.threads, small.threads, large.threads, chosen.threads, small.piece, large.piece)
     assert got == (4, 8, 16, 16, 8 << 20, 8 << 20), got
     print("ok", len(names), "tensors released and reloaded,", w.moved, "moved")
