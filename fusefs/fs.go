@@ -665,6 +665,9 @@ func every(chunks []manifest.Chunk, has func(digest.ID) bool) bool {
 func (f *FS) maybeAssemble(chunks []manifest.Chunk, done func()) {
 	var size int64
 	for _, c := range chunks {
+		if c.Shared() {
+			return // served from the chunk it shares, never copied out
+		}
 		size += int64(c.Size)
 	}
 	if !f.cache.CanAssemble(size) {

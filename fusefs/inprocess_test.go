@@ -56,18 +56,32 @@ type rig struct {
 	fsys  *FS
 	root  *rootNode
 	ids   map[string]digest.ID
+	// smallFile is pack's SmallFile: -1 (every file its own chunks)
+	// unless a test packs small files together (newPackedRig).
+	smallFile int
 }
 
 // newRig packs trees into a store behind simstore and builds the
 // filesystem's root in-process. trees maps a tag to its files.
 func newRig(t *testing.T, opt Options, trees map[string]map[string][]byte) *rig {
 	t.Helper()
+	return newRigPacking(t, opt, trees, -1)
+}
+
+// newPackedRig is newRig with pack's default packing of small files.
+func newPackedRig(t *testing.T, opt Options, trees map[string]map[string][]byte) *rig {
+	t.Helper()
+	return newRigPacking(t, opt, trees, 0)
+}
+
+func newRigPacking(t *testing.T, opt Options, trees map[string]map[string][]byte, smallFile int) *rig {
+	t.Helper()
 	ctx := context.Background()
 	fst, err := filestore.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{st: &countingStore{Store: simstore.New(fst, 0, 0)}, ids: map[string]digest.ID{}}
+	r := &rig{st: &countingStore{Store: simstore.New(fst, 0, 0)}, ids: map[string]digest.ID{}, smallFile: smallFile}
 	for tag, files := range trees {
 		r.ids[tag] = r.pack(t, tag, files)
 	}
@@ -94,7 +108,7 @@ func (r *rig) pack(t *testing.T, tag string, files map[string][]byte) digest.ID 
 			t.Fatal(err)
 		}
 	}
-	res, err := pack.Dir(context.Background(), r.st, dir, pack.Options{ChunkSize: 1 << 20})
+	res, err := pack.Dir(context.Background(), r.st, dir, pack.Options{ChunkSize: 1 << 20, SmallFile: r.smallFile})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,4 +621,53 @@ func TestRandomReadsFetchBlocks(t *testing.T) {
 	if s2 := r.cache.Stats(); s2.RangedFetches != s.RangedFetches {
 		t.Fatalf("a sequential read fetched %d blocks by range", s2.RangedFetches-s.RangedFetches)
 	}
+}
+
+// Small files packed together are read from their shared chunk: the first
+// read of a directory's small files fetches the chunk, the others come
+// from the cache; each read gets exactly its own file's bytes; a small file
+// is never opened by passthrough (the disk tier's file is the whole chunk).
+func TestSmallFilesReadFromTheirSharedChunk(t *testing.T) {
+	files := map[string][]byte{"big.bin": bytes.Repeat([]byte("0123456789abcdef"), 3<<16)}
+	for i := range 30 {
+		files[fmt.Sprintf("py/m%02d.py", i)] = bytes.Repeat([]byte(fmt.Sprintf("module %d\n", i)), 100+i*37)
+	}
+	files["py/sub/deep.py"] = []byte("print('deep')\n")
+	files["py/sub/deeper.py"] = []byte("print('deeper')\n")
+	r := newPackedRig(t, Options{}, map[string]map[string][]byte{"app": files})
+	ctx := context.Background()
+	chunks := map[digest.ID]bool{}
+	for i := range 30 {
+		n := r.node(t, "app", "py", fmt.Sprintf("m%02d.py", i))
+		c := n.entry().Chunks[0]
+		if !c.Shared() {
+			t.Fatalf("m%02d.py: not in a shared chunk: %+v", i, c)
+		}
+		chunks[c.ID] = true
+	}
+	before := r.cache.Stats().Fetches
+	for i := range 30 {
+		name := fmt.Sprintf("m%02d.py", i)
+		n := r.node(t, "app", "py", name)
+		h := open(t, n, syscall.O_RDONLY)
+		if got := read(t, n, h); !bytes.Equal(got, files["py/"+name]) {
+			t.Fatalf("%s: read %d bytes that are not the file's", name, len(got))
+		}
+		h.Release(ctx)
+	}
+	if got := r.cache.Stats().Fetches - before; got != int64(len(chunks)) {
+		t.Fatalf("reading 30 small files of %d shared chunks fetched %d chunks", len(chunks), got)
+	}
+	// In the disk tier only: still served by the daemon, piece by piece.
+	n := r.node(t, "app", "py", "sub", "deeper.py")
+	r.cache.Flush()
+	r.cache.DropMemory()
+	h := open(t, n, syscall.O_RDONLY)
+	if h.passthrough {
+		t.Fatal("a small file was opened by passthrough of its shared chunk")
+	}
+	if got := read(t, n, h); !bytes.Equal(got, files["py/sub/deeper.py"]) {
+		t.Fatalf("deeper.py read %q", got)
+	}
+	h.Release(ctx)
 }

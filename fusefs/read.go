@@ -98,7 +98,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	case n.inPageCache.Load():
 		// Served from the kernel's page cache (see node.served).
 		n.fsys.pageCacheOpens.Add(1)
-	case len(e.Chunks) == 1 && !n.fsys.cache.InMemory(e.Chunks[0].ID):
+	case len(e.Chunks) == 1 && !e.Chunks[0].Shared() && !n.fsys.cache.InMemory(e.Chunks[0].ID):
 		// A chunk in the memory tier is served from there: passthrough
 		// would read the disk-tier file, from the disk once the kernel
 		// has dropped its pages.
@@ -160,16 +160,20 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	res := &viewResult{vecs: make([][]byte, last-first), rel: make([]func(), last-first)}
 	view := func(j int) error {
 		c := e.Chunks[j]
-		n.fsys.observe(n.img.ID, n.idx, j, c.ID, c.Size)
+		n.fsys.observe(n.img.ID, n.idx, j, c.ID, c.Len())
 		cOff := n.img.ChunkOffset(n.idx, j)
 		// The overlap of [cOff, cOff+size) and [off, off+size).
 		lo, hi := max(cOff, off), min(cOff+int64(c.Size), off+size)
 		var b []byte
 		var release func()
 		var err error
-		if !ranged {
+		switch {
+		case c.Shared():
+			// A small file's piece of a chunk it shares with others.
+			b, release, err = n.fsys.cache.View(ctx, c.ID, c.Whole, int64(c.Off)+lo-cOff, int(hi-lo))
+		case !ranged:
 			b, release, err = n.fsys.cache.View(ctx, c.ID, c.Size, lo-cOff, int(hi-lo))
-		} else {
+		default:
 			b, release, err = n.fsys.cache.ViewRange(ctx, c, lo-cOff, int(hi-lo))
 		}
 		if err != nil {
@@ -204,7 +208,7 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	if seq {
 		for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
 			c := e.Chunks[last+k]
-			n.fsys.queueReadahead(c.ID, c.Size)
+			n.fsys.queueReadahead(c.ID, c.Len())
 		}
 	}
 	return res, 0
@@ -245,7 +249,7 @@ func (n *node) wouldHash(e *manifest.Entry) bool {
 	switch {
 	case len(e.Chunks) > 1 && f.opt.AssembleFiles:
 		return f.cache.WouldHash(cache.FileID(e.Chunks))
-	case len(e.Chunks) == 1:
+	case len(e.Chunks) == 1 && !e.Chunks[0].Shared():
 		return !n.inPageCache.Load() && !f.cache.InMemory(e.Chunks[0].ID) && f.cache.WouldHash(e.Chunks[0].ID)
 	}
 	return false

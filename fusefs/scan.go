@@ -62,8 +62,11 @@ func (f *FS) noteFirstRead(img *manifest.Index, idx int) {
 		ahead, s.queued = aheadOf(img, idx, max(s.queued, idx+1), window)
 	}
 	s.mu.Unlock()
-	for _, c := range ahead {
-		f.queueReadahead(c.ID, c.Size)
+	for i, c := range ahead {
+		if i > 0 && c.ID == ahead[i-1].ID {
+			continue // small files packed in one chunk
+		}
+		f.queueReadahead(c.ID, c.Len())
 	}
 }
 

@@ -122,10 +122,14 @@ func (w *Warmer) Ready(id digest.ID) bool {
 	if _, dup := w.done.LoadOrStore(id, true); dup {
 		return false
 	}
-	size := w.ix.Entries[locs[0].e].Chunks[locs[0].j].Size
-	if w.pushed.Add(int64(size)*int64(len(locs))) > w.limit {
+	var pieces int64
+	for _, l := range locs {
+		pieces += int64(w.ix.Entries[l.e].Chunks[l.j].Size)
+	}
+	if w.pushed.Add(pieces) > w.limit {
 		return false
 	}
+	size := w.ix.Entries[locs[0].e].Chunks[locs[0].j].Len()
 	b, release, err := w.f.cache.View(context.Background(), id, size, 0, int(size))
 	if err != nil {
 		return false
@@ -133,7 +137,12 @@ func (w *Warmer) Ready(id digest.ID) bool {
 	defer release()
 	ok := false
 	for _, l := range locs {
-		if n := w.f.liveNode(w.ix.ID, l.e); n != nil && n.push(w.ix.ChunkOffset(l.e, l.j), b) {
+		c := w.ix.Entries[l.e].Chunks[l.j]
+		if uint64(c.Off)+uint64(c.Size) > uint64(len(b)) {
+			continue // the manifest's lengths disagree; the read path says so
+		}
+		piece := b[c.Off : c.Off+c.Size]
+		if n := w.f.liveNode(w.ix.ID, l.e); n != nil && n.push(w.ix.ChunkOffset(l.e, l.j), piece) {
 			ok = true
 		}
 	}

@@ -141,7 +141,7 @@ func (m *Manifest) Stats() Stats {
 			if !seen[c.ID] {
 				seen[c.ID] = true
 				s.UniqueChunks++
-				s.UniqueBytes += int64(c.Size)
+				s.UniqueBytes += int64(c.Len())
 			}
 		}
 	}

@@ -13,10 +13,15 @@
 //	nAnnotations { key value }            keys strictly increasing
 //	nEntries     { entry }                paths strictly increasing, root first
 //	entry: path type(1 byte) mode uid gid mtime(zigzag varint, ns) size
-//	       target nXattrs { name value } nChunks { id(32 bytes) size }
+//	       target nXattrs { name value } nChunks { ref }
+//	ref:   id(32 bytes) size                          version 1
+//	       id size flags(1 byte) [blocks(32 bytes)]    version 2: flags 0 or 1 (has a block index)
+//	       id size flags [blocks] [off whole]          version 3: flags bit 1 = shared chunk
 //
-// Strings are a varint length and bytes. Offsets of chunks are not stored:
-// they are the running sum of chunk sizes.
+// Strings are a varint length and bytes. Offsets of pieces in their file are
+// not stored: they are the running sum of the pieces' sizes. A shared chunk
+// holds several small files (chunk.Ref.Shared); its reference gives where
+// the piece starts in it and its whole length.
 package manifest
 
 import (
@@ -34,11 +39,12 @@ import (
 )
 
 // Version is the newest encoding version this package reads and writes.
-// Version 2 adds a block index to chunk references (chunk.Ref.Blocks); an
-// image none of whose chunks has one is still written as version 1, so
-// images that gain nothing from it keep their IDs, and every version-1
-// image stays readable.
-const Version = 2
+// Version 2 adds a block index to chunk references (chunk.Ref.Blocks),
+// version 3 pieces of shared chunks (chunk.Ref.Shared). An image is written
+// in the lowest version that holds it, so images that gain nothing from a
+// newer one keep their IDs, and images of every older version stay
+// readable.
+const Version = 3
 
 var magic = []byte("GWMF")
 
@@ -158,30 +164,50 @@ func (m *Manifest) Encode() []byte {
 		for _, c := range e.Chunks {
 			b = append(b, c.ID[:]...)
 			b = binary.AppendUvarint(b, uint64(c.Size))
-			if v >= 2 {
-				if c.Blocks.IsZero() {
-					b = append(b, 0)
-				} else {
-					b = append(b, 1)
-					b = append(b, c.Blocks[:]...)
-				}
+			if v < 2 {
+				continue
+			}
+			var flags byte
+			if !c.Blocks.IsZero() {
+				flags |= flagBlocks
+			}
+			if c.Shared() {
+				flags |= flagShared
+			}
+			b = append(b, flags)
+			if !c.Blocks.IsZero() {
+				b = append(b, c.Blocks[:]...)
+			}
+			if c.Shared() {
+				b = binary.AppendUvarint(b, uint64(c.Off))
+				b = binary.AppendUvarint(b, uint64(c.Whole))
 			}
 		}
 	}
 	return b
 }
 
-// version is the encoding version m needs: 2 if any chunk has a block
-// index, else 1.
+// Flags of a chunk reference (version 2 on).
+const (
+	flagBlocks byte = 1 << 0
+	flagShared byte = 1 << 1 // version 3 on
+)
+
+// version is the encoding version m needs: 3 if any piece is of a shared
+// chunk, else 2 if any chunk has a block index, else 1.
 func (m *Manifest) version() byte {
+	v := byte(1)
 	for i := range m.Entries {
 		for _, c := range m.Entries[i].Chunks {
+			if c.Shared() {
+				return 3
+			}
 			if !c.Blocks.IsZero() {
-				return 2
+				v = 2
 			}
 		}
 	}
-	return 1
+	return v
 }
 
 // ID returns the image ID: the digest of the canonical encoding.
@@ -392,20 +418,37 @@ func (d *decoder) entry(e *Entry) error {
 		if d.version < 2 {
 			continue
 		}
-		flag, err := d.bytes("block index flag", 1)
+		flag, err := d.bytes("chunk flags", 1)
 		if err != nil {
 			return err
 		}
-		switch flag[0] {
-		case 0:
-		case 1:
+		known := flagBlocks
+		if d.version >= 3 {
+			known |= flagShared
+		}
+		if flag[0]&^known != 0 {
+			return invalid("chunk flags %#x in a version %d manifest", flag[0], d.version)
+		}
+		if flag[0]&flagBlocks != 0 {
 			bid, err := d.bytes("block index id", digest.Size)
 			if err != nil {
 				return err
 			}
 			copy(e.Chunks[i].Blocks[:], bid)
-		default:
-			return invalid("block index flag %d", flag[0])
+		}
+		if flag[0]&flagShared != 0 {
+			off, err := d.uvarint("offset in shared chunk", chunk.MaxSize)
+			if err != nil {
+				return err
+			}
+			whole, err := d.uvarint("shared chunk size", chunk.MaxSize)
+			if err != nil {
+				return err
+			}
+			if whole == 0 {
+				return invalid("shared chunk of 0 bytes")
+			}
+			e.Chunks[i].Off, e.Chunks[i].Whole = uint32(off), uint32(whole)
 		}
 	}
 	return nil
@@ -483,6 +526,18 @@ func (e *Entry) validate(i int, m *Manifest, kinds map[string]Type) error {
 			}
 			if !c.Blocks.IsZero() && int(c.Size) <= chunk.BlockSize {
 				return invalid("chunk %s of %d bytes with a block index (only chunks of more than one block have one)", c.ID.Short(), c.Size)
+			}
+			if c.Shared() {
+				switch {
+				case !c.Blocks.IsZero():
+					return invalid("shared chunk %s with a block index", c.ID.Short())
+				case c.Whole > chunk.MaxSize || uint64(c.Off)+uint64(c.Size) > uint64(c.Whole):
+					return invalid("piece [%d, +%d) of shared chunk %s of %d bytes", c.Off, c.Size, c.ID.Short(), c.Whole)
+				case c.Off == 0 && c.Size == c.Whole:
+					return invalid("shared chunk %s is all one piece (it is a plain chunk)", c.ID.Short())
+				}
+			} else if c.Off != 0 {
+				return invalid("offset %d in chunk %s, which is not shared", c.Off, c.ID.Short())
 			}
 			sum += int64(c.Size)
 		}

@@ -114,6 +114,69 @@ func TestBlockIndexVersions(t *testing.T) {
 	}
 }
 
+// sampleV3 is sampleV2 with two small files sharing one chunk.
+func sampleV3() *Manifest {
+	m := sampleV2()
+	pack := digest.Of([]byte("onetwo!"))
+	m.Entries[2].Chunks = []Chunk{{ID: pack, Size: 3, Whole: 7}, {ID: digest.Of([]byte("two")), Size: 3}}
+	m.Entries[6].Chunks = []Chunk{{ID: pack, Size: 4, Off: 3, Whole: 7}}
+	m.Entries[6].Size = 4
+	return m
+}
+
+func TestSharedChunkVersions(t *testing.T) {
+	// Pieces of shared chunks need version 3; images without any keep
+	// their lower version (and ID).
+	if v := sampleV2().Encode()[4]; v != 2 {
+		t.Fatalf("an image with block indexes and no shared chunk is written as version %d", v)
+	}
+	m := sampleV3()
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	enc := m.Encode()
+	if enc[4] != 3 {
+		t.Fatalf("an image with shared chunks is written as version %d", enc[4])
+	}
+	got, err := Decode(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := got.Entries[6].Chunks[0], m.Entries[6].Chunks[0]; a != b || !a.Shared() || a.Len() != 7 {
+		t.Fatalf("shared piece read back as %+v, want %+v", a, b)
+	}
+	if c := got.Entries[4].Chunks[0]; c.Blocks != m.Entries[4].Chunks[0].Blocks || c.Shared() {
+		t.Fatalf("a plain chunk with a block index read back as %+v", c)
+	}
+	ix := NewIndex(got.ID(), got)
+	if f, l := ix.ChunkSpan(2, 3, 3); f != 1 || l != 2 || ix.ChunkOffset(2, 1) != 3 {
+		t.Fatalf("offsets in a file with a shared piece: span %d,%d, offset %d", f, l, ix.ChunkOffset(2, 1))
+	}
+	if s := got.Stats(); s.UniqueBytes != 7+3+2<<20 {
+		t.Fatalf("unique bytes %d: a shared chunk counts its whole length once", s.UniqueBytes)
+	}
+	// The shared flag is refused in a version-2 manifest.
+	v2 := append([]byte(nil), enc...)
+	v2[4] = 2
+	if _, err := Decode(v2); !errors.Is(err, ErrInvalid) {
+		t.Errorf("shared flag in version 2: want ErrInvalid, got %v", err)
+	}
+	cases := map[string]func(c *Chunk){
+		"piece past the end":   func(c *Chunk) { c.Off = 5 },
+		"whole chunk":          func(c *Chunk) { c.Off, c.Whole = 0, 4 },
+		"with a block index":   func(c *Chunk) { c.Blocks = digest.Of([]byte("i")) },
+		"offset, not shared":   func(c *Chunk) { c.Whole = 0 },
+		"over the chunk limit": func(c *Chunk) { c.Whole = 1 << 30 },
+	}
+	for name, mutate := range cases {
+		m := sampleV3()
+		mutate(&m.Entries[6].Chunks[0])
+		if err := m.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: want ErrInvalid, got %v", name, err)
+		}
+	}
+}
+
 func TestValidateRejects(t *testing.T) {
 	cases := map[string]func(m *Manifest){
 		"no root":          func(m *Manifest) { m.Entries = m.Entries[1:] },
@@ -178,6 +241,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add((&Manifest{Entries: []Entry{{Type: Dir}}}).Encode())
 	f.Add([]byte("GWMF\x01\x00\x01\x00\x01"))
 	f.Add(sampleV2().Encode())
+	f.Add(sampleV3().Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := Decode(b)
 		if err != nil {

@@ -51,7 +51,7 @@ func (p *Process) startDaemon(dir, work string, ix *manifest.Index, opt Options,
 					first, last := ix.ChunkSpan(e, off, int64(n))
 					for j := first; j < last; j++ {
 						c := ix.Entries[e].Chunks[j]
-						opt.Record.Touch(ix.ID, e, j, c.ID, c.Size)
+						opt.Record.Touch(ix.ID, e, j, c.ID, c.Len())
 					}
 				}
 			}
@@ -105,7 +105,7 @@ func recordImageFiles(rec manifest.Observer, ix *manifest.Index, pages map[uint3
 			continue
 		}
 		for j, c := range ent.Chunks {
-			rec.Touch(ix.ID, e, j, c.ID, c.Size)
+			rec.Touch(ix.ID, e, j, c.ID, c.Len())
 		}
 	}
 }
@@ -152,7 +152,9 @@ func (cp *CachePages) ReadPages(ctx context.Context, id uint32, off int64, dst [
 	first, last := cp.Index.ChunkSpan(e, off, int64(len(dst)))
 	for j := first; j < last && len(dst) > 0; j++ {
 		c := ent.Chunks[j]
-		n, err := cp.Cache.ReadAt(ctx, c.ID, c.Size, dst, off-cp.Index.ChunkOffset(e, j))
+		in := off - cp.Index.ChunkOffset(e, j)
+		piece := dst[:min(int64(len(dst)), int64(c.Size)-in)]
+		n, err := cp.Cache.ReadAt(ctx, c.ID, c.Len(), piece, int64(c.Off)+in)
 		if err != nil {
 			return fmt.Errorf("pages-%d.img chunk %d: %w", id, j, err)
 		}

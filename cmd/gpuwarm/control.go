@@ -135,7 +135,8 @@ func (cs *controlServer) contents(ctx context.Context, name string, profileOnly 
 		for _, c := range e.Chunks {
 			if !seen[c.ID] {
 				seen[c.ID] = true
-				refs = append(refs, c)
+				// The chunk, whole: a small file's piece is part of one.
+				refs = append(refs, chunk.Ref{ID: c.ID, Size: c.Len(), Blocks: c.Blocks})
 			}
 		}
 	}

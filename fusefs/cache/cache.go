@@ -607,6 +607,9 @@ func FileID(chunks []chunk.Ref) digest.ID {
 func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) error {
 	var size int64
 	for _, ch := range chunks {
+		if ch.Shared() {
+			return fmt.Errorf("assemble: chunk %s holds other files too (a small file is served from it)", ch.ID.Short())
+		}
 		size += int64(ch.Size)
 	}
 	if !c.CanAssemble(size) {

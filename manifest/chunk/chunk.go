@@ -32,13 +32,32 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Ref names one chunk of a file: its ID and uncompressed size, and for a
-// chunk stored raw, the ID of its block index (see BlockIndex; zero when it
-// has none and is only ever fetched whole).
+// Ref names one piece of a file: the chunk that holds it, by ID, and the
+// piece's uncompressed size; for a chunk stored raw, the ID of its block
+// index (see BlockIndex; zero when it has none and is only ever fetched
+// whole).
+//
+// Most pieces are whole chunks. Small files are packed several to a chunk
+// (see Shared): such a piece is the chunk's bytes [Off, Off+Size) of its
+// Whole bytes, and the chunk is fetched, verified and cached whole, once for
+// all the files in it.
 type Ref struct {
 	ID     digest.ID
-	Size   uint32 // uncompressed bytes
+	Size   uint32 // uncompressed bytes of the piece
 	Blocks digest.ID
+	Off    uint32 // where the piece starts in a shared chunk
+	Whole  uint32 // a shared chunk's length; 0 when the piece is the chunk
+}
+
+// Shared reports whether r is part of a chunk that holds several files.
+func (r Ref) Shared() bool { return r.Whole != 0 }
+
+// Len is the length of the chunk r names: what a fetch of it decodes to.
+func (r Ref) Len() uint32 {
+	if r.Whole != 0 {
+		return r.Whole
+	}
+	return r.Size
 }
 
 // Codec bytes.

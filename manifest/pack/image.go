@@ -83,6 +83,24 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 			for j := range jobs {
 				b := (*j.buf)[:j.n]
 				id := digest.Of(b)
+				if len(j.pieces) == 1 { // a small file alone: its own chunk
+					blocks, err := p.putChunk(gctx, id, b, enc)
+					j.pieces[0].obj.chunks[0] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
+					if err != nil {
+						return err
+					}
+					continue
+				}
+				if j.pieces != nil {
+					_, err := p.putChunkOf(gctx, id, b, enc, false)
+					for _, f := range j.pieces {
+						f.obj.chunks[0] = manifest.Chunk{ID: id, Size: uint32(f.size), Off: uint32(f.off), Whole: uint32(len(b))}
+					}
+					if err != nil {
+						return err
+					}
+					continue
+				}
 				blocks, err := p.putChunk(gctx, id, b, enc)
 				j.obj.chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
 				pool.Put(j.buf)
@@ -167,10 +185,18 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 }
 
 type imageChunk struct {
-	buf   *[]byte
+	buf   *[]byte // from the pool, unless pieces is set
 	n     int
 	obj   *fileObj
 	index int
+	// pieces, when set, are the small files buf holds: a shared chunk.
+	pieces []sharedPiece
+}
+
+// sharedPiece is a small file's place in a shared chunk.
+type sharedPiece struct {
+	obj       *fileObj
+	off, size int
 }
 
 // imageAnnotations are the annotations that keep what the image says of
@@ -371,6 +397,7 @@ func (p *packer) readLayer(ctx context.Context, l v1.Layer, jobs chan<- imageChu
 	defer closeAll()
 	tr := tar.NewReader(r)
 	var recs []layerRec
+	small := layerSmallFiles{dirs: map[string][]smallFile{}}
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -386,7 +413,22 @@ func (p *packer) readLayer(ctx context.Context, l v1.Layer, jobs chan<- imageChu
 			return nil, fmt.Errorf("the layer has more than %d entries, the most one image holds", manifest.MaxEntries)
 		}
 		rec := layerRec{hdr: hdr}
-		if (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) && hdr.Size > 0 {
+		if (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) && hdr.Size > 0 && hdr.Size <= int64(p.opt.SmallFile) {
+			// A small file: packed with its directory's (see Options).
+			b := make([]byte, hdr.Size)
+			if _, err := io.ReadFull(tr, b); err != nil {
+				return nil, fmt.Errorf("%s: reading its bytes: %w", hdr.Name, err)
+			}
+			p.readBytes.Add(hdr.Size)
+			rec.obj = &fileObj{chunks: make([]manifest.Chunk, 1)}
+			name := path.Clean("/" + hdr.Name)
+			small.add(path.Dir(name), smallFile{name: path.Base(name), obj: rec.obj, b: b})
+			if small.bytes >= maxPendingSmall {
+				if err := p.flushSmall(ctx, &small, jobs); err != nil {
+					return nil, err
+				}
+			}
+		} else if (hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeRegA) && hdr.Size > 0 {
 			// A regular file's bytes, cut into chunks for the workers.
 			n := (hdr.Size + int64(p.opt.ChunkSize) - 1) / int64(p.opt.ChunkSize)
 			if n > manifest.MaxChunkRefs {
@@ -411,7 +453,89 @@ func (p *packer) readLayer(ctx context.Context, l v1.Layer, jobs chan<- imageChu
 		}
 		recs = append(recs, rec)
 	}
+	if err := p.flushSmall(ctx, &small, jobs); err != nil {
+		return nil, err
+	}
 	return recs, check()
+}
+
+// maxPendingSmall bounds the small files' bytes a layer's reader holds
+// before it packs them: a directory whose small files all come within it
+// packs as pack.Dir would pack it (the same chunks).
+const maxPendingSmall = 64 << 20
+
+// layerSmallFiles are a layer's small files not yet packed, by directory.
+type layerSmallFiles struct {
+	dirs  map[string][]smallFile
+	bytes int
+}
+
+type smallFile struct {
+	name string
+	obj  *fileObj
+	b    []byte
+}
+
+func (s *layerSmallFiles) add(dir string, f smallFile) {
+	s.dirs[dir] = append(s.dirs[dir], f)
+	s.bytes += len(f.b)
+}
+
+// flushSmall packs the pending small files, each directory's in name order
+// (as a directory walk meets them) cut into shared chunks of at most
+// SharedChunk bytes, and hands the chunks to the workers.
+func (p *packer) flushSmall(ctx context.Context, s *layerSmallFiles, jobs chan<- imageChunk) error {
+	dirs := make([]string, 0, len(s.dirs))
+	for d := range s.dirs {
+		dirs = append(dirs, d)
+	}
+	sort.Strings(dirs)
+	send := func(group []smallFile) error {
+		// One piece is a file alone in its chunk (see the workers).
+		var j imageChunk
+		buf := group[0].b
+		if len(group) > 1 {
+			buf = nil
+			for _, f := range group {
+				buf = append(buf, f.b...)
+			}
+		}
+		off := 0
+		for _, f := range group {
+			j.pieces = append(j.pieces, sharedPiece{obj: f.obj, off: off, size: len(f.b)})
+			off += len(f.b)
+		}
+		j.buf, j.n = &buf, len(buf)
+		select {
+		case jobs <- j:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for _, d := range dirs {
+		files := s.dirs[d]
+		sort.SliceStable(files, func(a, b int) bool { return files[a].name < files[b].name })
+		var group []smallFile
+		n := 0
+		for _, f := range files {
+			if n+len(f.b) > p.opt.SharedChunk && len(group) > 0 {
+				if err := send(group); err != nil {
+					return err
+				}
+				group, n = nil, 0
+			}
+			group = append(group, f)
+			n += len(f.b)
+		}
+		if len(group) > 0 {
+			if err := send(group); err != nil {
+				return err
+			}
+		}
+	}
+	s.dirs, s.bytes = map[string][]smallFile{}, 0
+	return nil
 }
 
 // flatTree is the root filesystem the layers make, applied one by one.

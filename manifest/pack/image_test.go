@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -131,7 +132,7 @@ func flatten(t *testing.T, img v1.Image) (*manifest.Manifest, func(p string) str
 				if err != nil {
 					t.Fatal(err)
 				}
-				out = append(out, b...)
+				out = append(out, b[c.Off:c.Off+c.Size]...)
 			}
 			return string(out)
 		}
@@ -381,4 +382,52 @@ func FuzzImageLayer(f *testing.F) {
 		}
 		Image(context.Background(), st, img, "fuzz", Options{ChunkSize: 64 << 10, Workers: 2})
 	})
+}
+
+// An image's small files are packed as pack.Dir packs the same tree: per
+// directory, in name order whatever the layer's order, into the same shared
+// chunks (so they deduplicate with directory packs), each read back whole.
+func TestImagePacksSmallFilesAsDirDoes(t *testing.T) {
+	files := map[string]string{"py/z.py": "zz", "py/sub/c.py": "c", "py/a.py": "a", "py/b.py": "bbb", "py/alone/x": "x"}
+	order := []string{"py/z.py", "py/sub/c.py", "py/a.py", "py/alone/x", "py/b.py"}
+	var ents []tarEntry
+	dir := t.TempDir()
+	for _, p := range order {
+		ents = append(ents, tarEntry{name: p, body: files[p]})
+		os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), []byte(files[p]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, read, err := flatten(t, imageOf(t, layerOf(t, ents...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Dir(context.Background(), st, dir, Options{ChunkSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := manifest.Load(context.Background(), st, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range m.Entries {
+		if e.Type != manifest.Regular {
+			continue
+		}
+		if got := read(e.Path); got != files[e.Path] {
+			t.Errorf("%s: read %q, want %q", e.Path, got, files[e.Path])
+		}
+		i, ok := ix.Lookup(e.Path)
+		if !ok || len(e.Chunks) != 1 || ix.Entries[i].Chunks[0] != e.Chunks[0] {
+			t.Errorf("%s: image chunk %+v, directory pack's %+v", e.Path, e.Chunks, ix.Entries[i].Chunks)
+		}
+		if shared := e.Path != "py/alone/x" && e.Path != "py/sub/c.py"; e.Chunks[0].Shared() != shared {
+			t.Errorf("%s: shared %v, want %v", e.Path, e.Chunks[0].Shared(), shared)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -37,9 +38,25 @@ import (
 // it does not need.
 const DefaultChunkSize = 1 << 20
 
+// Small files are packed several to a chunk (chunk.Ref.Shared): a file of
+// at most DefaultSmallFile bytes joins the other small files of its
+// directory, in name order, in chunks of up to DefaultSharedChunk bytes.
+// Thousands of small files (a Python environment) then cost a cold reader
+// one store request per group, not per file, as squashfs packs its
+// fragments; a directory's own files only, so that a directory unchanged
+// between images packs into the same chunks and deduplicates.
+const (
+	DefaultSmallFile   = 32 << 10
+	DefaultSharedChunk = 256 << 10
+)
+
 // Options configure a pack.
 type Options struct {
-	ChunkSize   int
+	ChunkSize int
+	// SmallFile and SharedChunk size the packing of small files (defaults
+	// above, capped by ChunkSize); a negative SmallFile packs none.
+	SmallFile   int
+	SharedChunk int
 	Workers     int // default GOMAXPROCS+2
 	Annotations map[string]string
 	// Extra entries join the walked tree: regular files whose chunks are
@@ -62,6 +79,14 @@ func (opt *Options) defaults() error {
 	if opt.ChunkSize > chunk.MaxSize {
 		return fmt.Errorf("chunk size %d exceeds %d", opt.ChunkSize, chunk.MaxSize)
 	}
+	if opt.SmallFile == 0 {
+		opt.SmallFile = DefaultSmallFile
+	}
+	if opt.SharedChunk <= 0 {
+		opt.SharedChunk = DefaultSharedChunk
+	}
+	opt.SharedChunk = min(opt.SharedChunk, opt.ChunkSize)
+	opt.SmallFile = min(opt.SmallFile, opt.SharedChunk/2)
 	if opt.Workers <= 0 {
 		opt.Workers = runtime.GOMAXPROCS(0) + 2
 	}
@@ -103,12 +128,60 @@ func (r *Result) MBps() float64 {
 // afterWalk, set by tests, runs between the walk and the reads.
 var afterWalk func()
 
+// job is one chunk to read and store: a piece of one file, or (group set)
+// several small files whole, in one shared chunk.
 type job struct {
 	src   *srcFile
 	entry int
 	index int
 	off   int64
 	size  int
+	group []member
+}
+
+// member is a small file of a shared chunk.
+type member struct {
+	src   *srcFile
+	entry int
+	size  int
+}
+
+// smallFiles gathers a directory's small files into groups.
+type smallFiles struct {
+	max   int
+	open  map[string]*[]member // by directory
+	bytes map[string]int
+	order []string // directories in the order they were met
+}
+
+// add puts a small file in its directory's open group, and returns the
+// group it closed to make room, if any.
+func (s *smallFiles) add(dir string, m member) []member {
+	g, ok := s.open[dir]
+	if !ok {
+		g = new([]member)
+		s.open[dir] = g
+		s.order = append(s.order, dir)
+	}
+	var full []member
+	if s.bytes[dir]+m.size > s.max && len(*g) > 0 {
+		full = *g
+		*g = nil
+		s.bytes[dir] = 0
+	}
+	*g = append(*g, m)
+	s.bytes[dir] += m.size
+	return full
+}
+
+// groupJob is the job that stores group: a shared chunk, or the file's own
+// chunk when it is alone.
+func groupJob(group []member) job {
+	if len(group) == 1 {
+		m := group[0]
+		return job{src: m.src, entry: m.entry, size: m.size}
+	}
+	return job{group: group}
 }
 
 type packer struct {
@@ -239,7 +312,8 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int64) error {
 	type devIno struct{ dev, ino uint64 }
 	links := make(map[devIno]string)
-	return filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
+	small := &smallFiles{max: p.opt.SharedChunk, open: map[string]*[]member{}, bytes: map[string]int{}}
+	err := filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("pack: %w", err)
 		}
@@ -292,6 +366,14 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 				e.Chunks = make([]manifest.Chunk, n)
 			}
 			src := &srcFile{rel: rel, full: full, st: sys}
+			if n == 1 && sys.Size <= int64(p.opt.SmallFile) {
+				e.Chunks[0].Size = uint32(sys.Size) // until the upload names its chunk
+				if full := small.add(path.Dir("/"+rel), member{src: src, entry: idx, size: int(sys.Size)}); full != nil {
+					*jobs = append(*jobs, groupJob(full))
+				}
+				*total += sys.Size
+				break
+			}
 			for i := 0; i < n; i++ {
 				off := int64(i) * int64(p.opt.ChunkSize)
 				size := min(int64(p.opt.ChunkSize), sys.Size-off)
@@ -315,6 +397,15 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 		m.Entries = append(m.Entries, e)
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, dir := range small.order {
+		if g := *small.open[dir]; len(g) > 0 {
+			*jobs = append(*jobs, groupJob(g))
+		}
+	}
+	return nil
 }
 
 func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) error {
@@ -339,7 +430,15 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 			// writes them with O_DIRECT in place.
 			encRaw := make([]byte, directio.Round(1+p.opt.ChunkSize)+directAlign)
 			enc := directio.Aligned(encRaw, directio.Round(1+p.opt.ChunkSize))
+			var shared []byte
 			for j := range ch {
+				if j.group != nil {
+					var err error
+					if shared, err = p.packSmall(ctx, src, j.group, m, shared[:0], enc); err != nil {
+						return err
+					}
+					continue
+				}
 				b, err := src.read(j.src, j.off, int64(j.size))
 				if err != nil {
 					return fmt.Errorf("pack: %w", err)
@@ -361,6 +460,30 @@ func (p *packer) upload(ctx context.Context, m *manifest.Manifest, jobs []job) e
 	sort.SliceStable(m.Entries, func(i, j int) bool { return m.Entries[i].Path < m.Entries[j].Path })
 	canonicalHardlinks(m)
 	return nil
+}
+
+// packSmall reads group's small files into one shared chunk (in buf's
+// memory), stores it and gives each file its piece of it.
+func (p *packer) packSmall(ctx context.Context, src *sourceReader, group []member, m *manifest.Manifest, buf, enc []byte) ([]byte, error) {
+	offs := make([]int, len(group))
+	for i, f := range group {
+		b, err := src.read(f.src, 0, int64(f.size))
+		if err != nil {
+			return buf, fmt.Errorf("pack: %w", err)
+		}
+		offs[i] = len(buf)
+		buf = append(buf, b...)
+	}
+	src.close() // a small file is read once: keep no descriptor
+	p.readBytes.Add(int64(len(buf)))
+	id := digest.Of(buf)
+	if _, err := p.putChunkOf(ctx, id, buf, enc, false); err != nil {
+		return buf, err
+	}
+	for i, f := range group {
+		m.Entries[f.entry].Chunks[0] = manifest.Chunk{ID: id, Size: uint32(f.size), Off: uint32(offs[i]), Whole: uint32(len(buf))}
+	}
+	return buf, nil
 }
 
 // canonicalHardlinks makes the first name of each hard-linked file, in
@@ -398,6 +521,12 @@ func canonicalHardlinks(m *manifest.Manifest) {
 // in enc's memory, and returns the ID of its block index when it has one
 // (see chunk.Indexed), storing the index too.
 func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) (digest.ID, error) {
+	return p.putChunkOf(ctx, id, b, enc, true)
+}
+
+// putChunkOf is putChunk, with a block index only where index is set (a
+// shared chunk is always read whole).
+func (p *packer) putChunkOf(ctx context.Context, id digest.ID, b, enc []byte, index bool) (digest.ID, error) {
 	v, dup := p.seen.LoadOrStore(id, &seenChunk{done: make(chan struct{})})
 	s := v.(*seenChunk)
 	if dup {
@@ -409,7 +538,7 @@ func (p *packer) putChunk(ctx context.Context, id digest.ID, b, enc []byte) (dig
 		return s.blocks, s.err
 	}
 	defer close(s.done)
-	s.blocks, s.err = p.putNewChunk(ctx, id, b, enc)
+	s.blocks, s.err = p.putNewChunk(ctx, id, b, enc, index)
 	return s.blocks, s.err
 }
 
@@ -420,14 +549,14 @@ type seenChunk struct {
 	err    error
 }
 
-func (p *packer) putNewChunk(ctx context.Context, id digest.ID, b, enc []byte) (digest.ID, error) {
+func (p *packer) putNewChunk(ctx context.Context, id digest.ID, b, enc []byte, index bool) (digest.ID, error) {
 	h := store.H(store.Chunk, id)
 	info, err := p.st.Stat(ctx, h)
 	switch {
 	case err == nil:
 		// Stored before, perhaps by another gpuwarm: whether it is raw,
 		// and so can be read by range, is in its length.
-		if chunk.Indexed(len(b), int(info.Size)) {
+		if index && chunk.Indexed(len(b), int(info.Size)) {
 			return p.putIndex(ctx, b)
 		}
 		return digest.ID{}, nil
@@ -436,7 +565,7 @@ func (p *packer) putNewChunk(ctx context.Context, id digest.ID, b, enc []byte) (
 	}
 	blob := chunk.EncodeTo(enc[:0], b)
 	var blocks digest.ID
-	if chunk.Indexed(len(b), len(blob)) {
+	if index && chunk.Indexed(len(b), len(blob)) {
 		if blocks, err = p.putIndex(ctx, b); err != nil {
 			return digest.ID{}, err
 		}

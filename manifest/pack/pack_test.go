@@ -3,6 +3,7 @@ package pack
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -85,4 +86,97 @@ func contains(ids []digest.ID, id digest.ID) bool {
 		}
 	}
 	return false
+}
+
+// Small files are packed together, per directory, in shared chunks of at
+// most DefaultSharedChunk bytes; each file's piece holds its bytes; a file
+// alone in its directory keeps a chunk of its own; and a directory that did
+// not change packs into the same chunks in another image (deduplicated).
+func TestPackSharesChunksAmongSmallFiles(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewSource(2))
+	files := map[string][]byte{"d2/x": []byte("x"), "d2/y": []byte("yy"), "d3/alone": []byte("by itself"), "d1/empty": nil}
+	for i := range 40 {
+		b := make([]byte, 5000+rng.Intn(5000))
+		rng.Read(b)
+		files[fmt.Sprintf("d1/f%02d", i)] = b
+	}
+	big := make([]byte, 100<<10)
+	rng.Read(big)
+	files["d1/big"] = big
+	write := func(files map[string][]byte) string {
+		dir := t.TempDir()
+		for name, b := range files {
+			p := filepath.Join(dir, name)
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Dir(ctx, st, write(files), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := manifest.Load(ctx, st, res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := map[string]map[digest.ID]bool{}
+	for _, e := range ix.Manifest.Entries {
+		if e.Type != manifest.Regular || e.Size == 0 {
+			continue
+		}
+		c := e.Chunks[0]
+		small := e.Size <= DefaultSmallFile && e.Path != "d3/alone"
+		if c.Shared() != small || len(e.Chunks) != 1 && small {
+			t.Fatalf("%s (%d bytes): %d chunks, first %+v; want shared: %v", e.Path, e.Size, len(e.Chunks), c, small)
+		}
+		blob, err := store.ReadAll(ctx, st, store.H(store.Chunk, c.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		whole, err := chunk.Decode(blob, c.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(whole) != int(c.Len()) || c.Len() > DefaultSharedChunk {
+			t.Fatalf("%s: chunk of %d bytes, reference says %d (limit %d)", e.Path, len(whole), c.Len(), DefaultSharedChunk)
+		}
+		if got := whole[c.Off : c.Off+c.Size]; small && !bytes.Equal(got, files[e.Path]) {
+			t.Fatalf("%s: its piece of the shared chunk is not its bytes", e.Path)
+		}
+		if small {
+			dir := filepath.Dir(e.Path)
+			if shared[dir] == nil {
+				shared[dir] = map[digest.ID]bool{}
+			}
+			shared[dir][c.ID] = true
+		}
+	}
+	// 40 files of 5-10 KB: two chunks of up to 256 KiB; d2's two files: one.
+	if len(shared["d1"]) != 2 || len(shared["d2"]) != 1 {
+		t.Fatalf("shared chunks per directory: d1 %d, d2 %d; want 2 and 1", len(shared["d1"]), len(shared["d2"]))
+	}
+	files["d2/y"] = []byte("changed")
+	res2, err := Dir(ctx, st, write(files), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.NewChunks != 1 {
+		t.Fatalf("a change to one small file stored %d new chunks, want 1 (its directory's)", res2.NewChunks)
+	}
+	// Unpacked, every small file is a chunk of its own.
+	res3, err := Dir(ctx, st, write(files), Options{SmallFile: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res3.Stats; s.UniqueChunks != 44 {
+		t.Fatalf("SmallFile -1: %d distinct chunks, want 44, one per file", s.UniqueChunks)
+	}
 }
