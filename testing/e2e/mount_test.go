@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gpuwarm/gpuwarm/fusefs"
+	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
 	"github.com/gpuwarm/gpuwarm/manifest/store/filestore"
@@ -246,6 +247,51 @@ func corruptStoreChunk(t *testing.T, flags []string) {
 	checkTransport(t, d, flags)
 	if s := d.stats(t); s.Corrupt == 0 {
 		t.Fatalf("corrupt counter not raised: %+v", s)
+	}
+}
+
+// A damaged shared chunk (several small files packed together) fails the
+// reads of every file in it with EIO, never serving another file's bytes
+// or damaged ones; the small files of other chunks read as packed.
+func TestCorruptSharedChunk(t *testing.T) {
+	requireFUSE(t)
+	tmp := t.TempDir()
+	src, storeDir, mnt := filepath.Join(tmp, "src"), filepath.Join(tmp, "store"), filepath.Join(tmp, "mnt")
+	for _, d := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(src, d), 0o755)
+		for i := range 10 {
+			os.WriteFile(filepath.Join(src, d, fmt.Sprintf("f%d.py", i)), bytes.Repeat([]byte(d+fmt.Sprint(i)), 500+i), 0o644)
+		}
+	}
+	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
+	fst, _ := filestore.Open(storeDir)
+	id, err := store.ResolveTag(ctxT(t), fst, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix, err := manifest.Load(ctxT(t), fst, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i, _ := ix.Lookup("a/f3.py")
+	c := ix.Entries[i].Chunks[0]
+	if !c.Shared() {
+		t.Fatalf("a/f3.py is not in a shared chunk: %+v", c)
+	}
+	path := filepath.Join(storeDir, "chunks", c.ID.String()[:2], c.ID.String())
+	blob, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob[len(blob)-2] ^= 0xff
+	os.WriteFile(path, blob, 0o644)
+	startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"))
+	for k := range 10 {
+		name := fmt.Sprintf("f%d.py", k)
+		if _, err := os.ReadFile(filepath.Join(mnt, "t/a", name)); !errors.Is(err, syscall.EIO) {
+			t.Fatalf("a/%s in the damaged chunk: want EIO, got %v", name, err)
+		}
+		compareOne(t, filepath.Join(src, "b", name), filepath.Join(mnt, "t/b", name))
 	}
 }
 
