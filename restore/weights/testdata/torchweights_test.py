@@ -60,11 +60,11 @@ def main():
     for n in names:
         assert tensors[n].untyped_storage().nbytes() == 0, n
     assert tensors["modified.bias"].untyped_storage().nbytes() == len(mod)
-    # The pinned buffers are zeroed and freed: no snapshot carries them.
+    # The pinned buffers are one mapping of our own, registered with CUDA,
+    # unregistered and unmapped by the release: no snapshot carries them.
+    rt = torch.cuda.cudart()
     assert w.staging is None and torch._C.host_empties == 1, (w.staging, torch._C.host_empties)
-    assert len(torch.pinned) == 1, f"{len(torch.pinned)} pinned allocations, want one for all threads"
-    for b in torch.pinned:
-        assert b._bytes() == bytes(len(b._bytes())), "staging not zeroed after the release"
+    assert rt.registrations == 1 and not rt.registered and not torch.pinned, (rt.registrations, rt.registered, torch.pinned)
 
     # A short file fails the reload (and it may be asked again).
     short = os.path.join(d, "short.safetensors")
@@ -87,12 +87,16 @@ def main():
     assert w.reload({f: f}) == 0
     # A release that fails (a short source) frees nothing of the tensors
     # and leaves no pinned buffer, nor weight bytes in one, behind.
+    # Where CUDA cannot register host memory, torch's pinned memory serves,
+    # zeroed when freed (torch may keep it cached).
+    assert len(rt.registered) == 1, f"{len(rt.registered)} registered blocks, want the reload's (kept)"
+    rt.fail = True
     t2 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in names}
     w2 = gw.TorchWeights(t2, [f], threads=3, piece=4096)
-    made = len(torch.pinned)
     fails_with_oserror(lambda: w2.release({f: short}), "a release from a short file")
     assert w2.staging is None, "a failed release kept its pinned buffers"
-    assert all(b._bytes() == bytes(len(b._bytes())) for b in torch.pinned[made:]), "weight bytes left in pinned memory"
+    assert len(torch.pinned) == 1, f"{len(torch.pinned)} pinned allocations, want one for all threads"
+    assert all(b._bytes() == bytes(len(b._bytes())) for b in torch.pinned), "weight bytes left in pinned memory"
     for n in names:
         assert t2[n]._bytes() == data[n], n
     # Threads (and so pinned memory): one per 128 MiB, 4 to 16, unless the

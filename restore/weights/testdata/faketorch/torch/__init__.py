@@ -86,6 +86,27 @@ class Tensor:
 pinned = []  # every pinned tensor made, for the tests
 
 
+class _External:
+    """The storage of a tensor over memory it does not own (frombuffer)."""
+
+    def __init__(self, buf):
+        self._buf, self._n = buf, ctypes.sizeof(buf)
+
+    def data_ptr(self):
+        return ctypes.addressof(self._buf)
+
+    def nbytes(self):
+        return self._n
+
+    def resizable(self):
+        return False
+
+
+def frombuffer(buf, dtype=uint8):
+    n = ctypes.sizeof(buf)
+    return Tensor(_External(buf), 0, n, dtype, None, "cpu")
+
+
 def empty(n, dtype=uint8, pin_memory=False, device="cpu"):
     t = Tensor(UntypedStorage(n), 0, n, dtype, None, device)
     if pin_memory:
@@ -104,8 +125,29 @@ def equal(a, b):
     return a._bytes() == b._bytes()
 
 
+class _Cudart:
+    """Host registration, recorded: registered maps address -> bytes."""
+
+    def __init__(self):
+        self.registered, self.registrations, self.fail = {}, 0, False
+
+    def cudaHostRegister(self, addr, n, flags):
+        if self.fail:
+            return 1
+        self.registered[addr] = n
+        self.registrations += 1
+        return 0
+
+    def cudaHostUnregister(self, addr):
+        return 0 if self.registered.pop(addr, None) is not None else 1
+
+
 class _Cuda:
     allocations = 0
+    _rt = _Cudart()
+
+    def cudart(self):
+        return self._rt
 
     def current_device(self):
         return 0
