@@ -24,6 +24,7 @@ type packOptions struct {
 	tag         string
 	image       string
 	chunkSize   int64
+	smallFiles  int64
 	annotations multiFlag
 	json, quiet bool
 	rehash      bool
@@ -35,6 +36,7 @@ func (o *packOptions) flags(fs *flagSet) {
 	fs.StringVar(&o.tag, "tag", "", "tag `NAME` for the image (required)")
 	fs.StringVar(&o.image, "image", "", "pack the OCI image `REF` (registry reference, OCI layout directory or docker save archive) instead of a directory")
 	fs.size(&o.chunkSize, "chunk-size", pack.DefaultChunkSize, 64<<10, chunk.MaxSize, "chunk `SIZE` of files")
+	fs.size(&o.smallFiles, "small-files", pack.DefaultSmallFile, 0, pack.DefaultSharedChunk/2, "files of up to `SIZE` share chunks with their directory's (0: none, for mounts older than manifest version 3)")
 	fs.Var(&o.annotations, "annotation", "`KEY=VALUE` recorded in the image (repeatable)")
 	fs.BoolVar(&o.json, "json", false, "print the summary as JSON")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
@@ -105,7 +107,10 @@ func (o *packOptions) run(ctx context.Context, args []string) error {
 		return err
 	}
 	defer done()
-	opt := pack.Options{ChunkSize: int(o.chunkSize), Annotations: a, Logger: o.log}
+	opt := pack.Options{ChunkSize: int(o.chunkSize), SmallFile: int(o.smallFiles), Annotations: a, Logger: o.log}
+	if o.smallFiles == 0 {
+		opt.SmallFile = -1
+	}
 	var res *pack.Result
 	if o.image != "" {
 		img, err := pack.OpenImage(ctx, o.image)

@@ -144,34 +144,74 @@ type member struct {
 	src   *srcFile
 	entry int
 	size  int
+	// reuse is its piece in the tag's last image, if it is unchanged.
+	reuse []manifest.Chunk
 }
 
-// smallFiles gathers a directory's small files into groups.
+// smallFiles gathers each directory's small files, in walk (name) order.
 type smallFiles struct {
-	max   int
-	open  map[string]*[]member // by directory
-	bytes map[string]int
+	dirs  map[string][]member
 	order []string // directories in the order they were met
 }
 
-// add puts a small file in its directory's open group, and returns the
-// group it closed to make room, if any.
-func (s *smallFiles) add(dir string, m member) []member {
-	g, ok := s.open[dir]
-	if !ok {
-		g = new([]member)
-		s.open[dir] = g
+func (s *smallFiles) add(dir string, m member) {
+	if _, ok := s.dirs[dir]; !ok {
 		s.order = append(s.order, dir)
 	}
-	var full []member
-	if s.bytes[dir]+m.size > s.max && len(*g) > 0 {
-		full = *g
-		*g = nil
-		s.bytes[dir] = 0
+	s.dirs[dir] = append(s.dirs[dir], m)
+}
+
+// groups cuts a directory's small files, in name order, into groups of at
+// most max bytes.
+func groups(files []member, max int) [][]member {
+	var out [][]member
+	var g []member
+	n := 0
+	for _, f := range files {
+		if n+f.size > max && len(g) > 0 {
+			out, g, n = append(out, g), nil, 0
+		}
+		g = append(g, f)
+		n += f.size
 	}
-	*g = append(*g, m)
-	s.bytes[dir] += m.size
-	return full
+	if len(g) > 0 {
+		out = append(out, g)
+	}
+	return out
+}
+
+// reusable reports whether a directory's small files can all keep their
+// pieces from the tag's last image: each unchanged, and every shared chunk
+// they name wholly theirs (no file removed from it). All or none, so that
+// the directory packs as a fresh pack would pack it.
+func reusable(files []member) bool {
+	covered := map[digest.ID]uint64{}
+	whole := map[digest.ID]uint32{}
+	for _, f := range files {
+		if len(f.reuse) != 1 {
+			return false
+		}
+		if c := f.reuse[0]; c.Shared() {
+			covered[c.ID] += uint64(c.Size)
+			whole[c.ID] = c.Whole
+		}
+	}
+	for id, n := range covered {
+		if n != uint64(whole[id]) {
+			return false
+		}
+	}
+	return true
+}
+
+// shares reports whether any of chunks is a piece of a shared chunk.
+func shares(chunks []manifest.Chunk) bool {
+	for _, c := range chunks {
+		if c.Shared() {
+			return true
+		}
+	}
+	return false
 }
 
 // groupJob is the job that stores group: a shared chunk, or the file's own
@@ -312,7 +352,7 @@ func Dir(ctx context.Context, st store.Store, root string, opt Options) (*Result
 func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int64) error {
 	type devIno struct{ dev, ino uint64 }
 	links := make(map[devIno]string)
-	small := &smallFiles{max: p.opt.SharedChunk, open: map[string]*[]member{}, bytes: map[string]int{}}
+	small := &smallFiles{dirs: map[string][]member{}}
 	err := filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("pack: %w", err)
@@ -354,25 +394,25 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 			e.Type, e.Size = manifest.Regular, sys.Size
 			stamp := stampOf(&sys)
 			p.stamps[rel] = stamp
-			if chunks, ok := p.opt.Previous.reuse(rel, stamp); ok {
-				e.Chunks = chunks
+			idx := len(m.Entries)
+			src := &srcFile{rel: rel, full: full, st: sys}
+			prev, unchanged := p.opt.Previous.reuse(rel, stamp)
+			if sys.Size > 0 && sys.Size <= int64(p.opt.SmallFile) {
+				// Its directory's small files are reused or read together
+				// once the walk is done.
+				e.Chunks = []manifest.Chunk{{Size: uint32(sys.Size)}} // until then
+				small.add(path.Dir("/"+rel), member{src: src, entry: idx, size: int(sys.Size), reuse: prev})
+				break
+			}
+			if unchanged && !shares(prev) {
+				e.Chunks = prev
 				p.reused++
 				p.reusedBytes += sys.Size
 				break
 			}
-			idx := len(m.Entries)
 			n := int((sys.Size + int64(p.opt.ChunkSize) - 1) / int64(p.opt.ChunkSize))
 			if n > 0 {
 				e.Chunks = make([]manifest.Chunk, n)
-			}
-			src := &srcFile{rel: rel, full: full, st: sys}
-			if n == 1 && sys.Size <= int64(p.opt.SmallFile) {
-				e.Chunks[0].Size = uint32(sys.Size) // until the upload names its chunk
-				if full := small.add(path.Dir("/"+rel), member{src: src, entry: idx, size: int(sys.Size)}); full != nil {
-					*jobs = append(*jobs, groupJob(full))
-				}
-				*total += sys.Size
-				break
 			}
 			for i := 0; i < n; i++ {
 				off := int64(i) * int64(p.opt.ChunkSize)
@@ -401,8 +441,20 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 		return err
 	}
 	for _, dir := range small.order {
-		if g := *small.open[dir]; len(g) > 0 {
+		files := small.dirs[dir]
+		if reusable(files) {
+			for _, f := range files {
+				m.Entries[f.entry].Chunks = f.reuse
+				p.reused++
+				p.reusedBytes += int64(f.size)
+			}
+			continue
+		}
+		for _, g := range groups(files, p.opt.SharedChunk) {
 			*jobs = append(*jobs, groupJob(g))
+			for _, f := range g {
+				*total += int64(f.size)
+			}
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package pack
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -81,5 +82,74 @@ func TestRepackSkipsUnchangedFiles(t *testing.T) {
 	store.SetTag(ctx, st, "t", changed.ID)
 	if prev, _ := LoadPrevious(ctx, st, stamps, "t", 256<<10); prev != nil {
 		t.Fatal("a record for another chunk size was used")
+	}
+}
+
+// A directory's small files are reused all together or read all again:
+// unchanged, they keep their shared chunks; one changed, added or removed,
+// and the directory is packed as a full pack packs it (the same image); a
+// pack that shares no chunks does not reuse shared pieces.
+func TestRepackSmallFilesByDirectory(t *testing.T) {
+	ctx := context.Background()
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := t.TempDir()
+	for _, d := range []string{"a", "b"} {
+		os.MkdirAll(filepath.Join(src, d), 0o755)
+		for i := range 6 {
+			os.WriteFile(filepath.Join(src, d, fmt.Sprint(i)), bytes.Repeat([]byte(d), 100+i), 0o644)
+		}
+	}
+	stamps := StampPath(t.TempDir(), st, src, "t")
+	pack := func(opt Options, incremental bool) *Result {
+		t.Helper()
+		if incremental {
+			prev, err := LoadPrevious(ctx, st, stamps, "t", 0)
+			if err != nil || prev == nil {
+				t.Fatalf("LoadPrevious: %v %v", prev, err)
+			}
+			opt.Previous = prev
+		}
+		res, err := Dir(ctx, st, src, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.SetTag(ctx, st, "t", res.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := SaveStamps(stamps, res.ID, 0, res.Stamps); err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	first := pack(Options{}, false)
+	if same := pack(Options{}, true); same.Reused != 12 || same.ReadBytes != 0 || same.ID != first.ID {
+		t.Fatalf("unchanged re-pack: reused %d, read %d bytes, same image %v", same.Reused, same.ReadBytes, same.ID == first.ID)
+	}
+	for name, change := range map[string]func(){
+		"a file changed": func() { os.WriteFile(filepath.Join(src, "a/2"), []byte("new"), 0o644) },
+		"a file added":   func() { os.WriteFile(filepath.Join(src, "a/9"), []byte("added"), 0o644) },
+		"a file removed": func() { os.Remove(filepath.Join(src, "a/4")) },
+	} {
+		change()
+		res := pack(Options{}, true)
+		if res.Reused != 6 {
+			t.Errorf("%s: reused %d files, want b's 6", name, res.Reused)
+		}
+		if full, err := Dir(ctx, st, src, Options{}); err != nil || full.ID != res.ID {
+			t.Errorf("%s: the re-pack's image differs from a full pack's (%v)", name, err)
+		}
+	}
+	plain := pack(Options{SmallFile: -1}, true)
+	ix, err := manifest.Load(ctx, st, plain.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ix.Entries {
+		if shares(e.Chunks) {
+			t.Fatalf("%s: a pack sharing no chunks reused a shared piece", e.Path)
+		}
 	}
 }

@@ -295,6 +295,35 @@ func TestCorruptSharedChunk(t *testing.T) {
 	}
 }
 
+// pack --small-files 0 gives every file chunks of its own: an image that
+// mounts older than manifest version 3 read.
+func TestPackWithoutSharedChunks(t *testing.T) {
+	tmp := t.TempDir()
+	src, storeDir := filepath.Join(tmp, "src"), filepath.Join(tmp, "store")
+	os.MkdirAll(src, 0o755)
+	for i := range 5 {
+		os.WriteFile(filepath.Join(src, fmt.Sprintf("f%d", i)), []byte(fmt.Sprint("small ", i)), 0o644)
+	}
+	for _, c := range []struct {
+		flag    string
+		version byte
+	}{{"--small-files=32K", 3}, {"--small-files=0", 1}} {
+		gw(t, "pack", src, "--tag", "t", "--store", storeDir, c.flag)
+		fst, _ := filestore.Open(storeDir)
+		id, err := store.ResolveTag(ctxT(t), fst, "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc, err := store.ReadAll(ctxT(t), fst, store.H(store.Manifest, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if enc[4] != c.version {
+			t.Errorf("pack %s: manifest version %d, want %d", c.flag, enc[4], c.version)
+		}
+	}
+}
+
 func compareOne(t *testing.T, a, b string) {
 	t.Helper()
 	if fileSum(t, a) != fileSum(t, b) {
