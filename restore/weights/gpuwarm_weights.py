@@ -230,8 +230,12 @@ class _PinnedBlock:
         ctypes.memset(self.addr, 0, n)  # fault the pages in before pinning
         if int(cudart.cudaHostRegister(self.addr, n, 0)) != 0:
             raise OSError("cudaHostRegister of the staging buffers failed")
+        try:
+            self.tensor = torch.frombuffer((ctypes.c_char * n).from_address(self.addr), dtype=torch.uint8)
+        except Exception:
+            cudart.cudaHostUnregister(self.addr)
+            raise
         self._cudart = cudart
-        self.tensor = torch.frombuffer((ctypes.c_char * n).from_address(self.addr), dtype=torch.uint8)
 
     def _unmap(self):
         if self._map is not None:
