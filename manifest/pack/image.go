@@ -516,20 +516,8 @@ func (p *packer) flushSmall(ctx context.Context, s *layerSmallFiles, jobs chan<-
 	for _, d := range dirs {
 		files := s.dirs[d]
 		sort.SliceStable(files, func(a, b int) bool { return files[a].name < files[b].name })
-		var group []smallFile
-		n := 0
-		for _, f := range files {
-			if n+len(f.b) > p.opt.SharedChunk && len(group) > 0 {
-				if err := send(group); err != nil {
-					return err
-				}
-				group, n = nil, 0
-			}
-			group = append(group, f)
-			n += len(f.b)
-		}
-		if len(group) > 0 {
-			if err := send(group); err != nil {
+		for _, g := range groups(files, func(f smallFile) int { return len(f.b) }, p.opt.SharedChunk) {
+			if err := send(g); err != nil {
 				return err
 			}
 		}

@@ -162,17 +162,18 @@ func (s *smallFiles) add(dir string, m member) {
 }
 
 // groups cuts a directory's small files, in name order, into groups of at
-// most max bytes.
-func groups(files []member, max int) [][]member {
-	var out [][]member
-	var g []member
+// most max bytes. Directory and image packs both cut with it: the same
+// files make the same shared chunks.
+func groups[T any](files []T, size func(T) int, max int) [][]T {
+	var out [][]T
+	var g []T
 	n := 0
 	for _, f := range files {
-		if n+f.size > max && len(g) > 0 {
+		if n+size(f) > max && len(g) > 0 {
 			out, g, n = append(out, g), nil, 0
 		}
 		g = append(g, f)
-		n += f.size
+		n += size(f)
 	}
 	if len(g) > 0 {
 		out = append(out, g)
@@ -450,7 +451,7 @@ func (p *packer) walk(root string, m *manifest.Manifest, jobs *[]job, total *int
 			}
 			continue
 		}
-		for _, g := range groups(files, p.opt.SharedChunk) {
+		for _, g := range groups(files, func(f member) int { return f.size }, p.opt.SharedChunk) {
 			*jobs = append(*jobs, groupJob(g))
 			for _, f := range g {
 				*total += int64(f.size)
