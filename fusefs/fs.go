@@ -663,14 +663,7 @@ func every(chunks []manifest.Chunk, has func(digest.ID) bool) bool {
 // file whose chunks are all in the cache, so later opens can use
 // passthrough; done (if set) runs once the copy is in place.
 func (f *FS) maybeAssemble(chunks []manifest.Chunk, done func()) {
-	var size int64
-	for _, c := range chunks {
-		if c.Shared() {
-			return // served from the chunk it shares, never copied out
-		}
-		size += int64(c.Size)
-	}
-	if !f.cache.CanAssemble(size) {
+	if _, ok := f.cache.CanAssemble(chunks); !ok {
 		return
 	}
 	if !every(chunks, f.cache.Kept) {

@@ -605,14 +605,8 @@ func FileID(chunks []chunk.Ref) digest.ID {
 // with O_DIRECT and leaves the page cache alone. Either way it is trusted
 // for passthrough as written (see verified.go).
 func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) error {
-	var size int64
-	for _, ch := range chunks {
-		if ch.Shared() {
-			return fmt.Errorf("assemble: chunk %s holds other files too (a small file is served from it)", ch.ID.Short())
-		}
-		size += int64(ch.Size)
-	}
-	if !c.CanAssemble(size) {
+	size, ok := c.CanAssemble(chunks)
+	if !ok {
 		return nil
 	}
 	// Queued writes of the chunks wait meanwhile, and are skipped once the
@@ -657,10 +651,18 @@ func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) e
 	return f.Close()
 }
 
-// CanAssemble reports whether Assemble copies a file of size bytes: not
-// without a disk tier, nor above MaxAssemble or a quarter of the tier.
-func (c *Cache) CanAssemble(size int64) bool {
-	return c.disk != nil && size <= c.disk.limit/4 && size <= MaxAssemble
+// CanAssemble reports whether Assemble copies the file made of chunks, and
+// the file's size: not without a disk tier, nor above MaxAssemble or a
+// quarter of the tier, nor a small file's piece of a shared chunk (it is
+// served from that chunk).
+func (c *Cache) CanAssemble(chunks []chunk.Ref) (size int64, ok bool) {
+	for _, ch := range chunks {
+		if ch.Shared() {
+			return 0, false
+		}
+		size += int64(ch.Size)
+	}
+	return size, c.disk != nil && size <= c.disk.limit/4 && size <= MaxAssemble
 }
 
 // Resident reports whether the kernel's page cache holds all of f's first
