@@ -83,27 +83,20 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 			for j := range jobs {
 				b := (*j.buf)[:j.n]
 				id := digest.Of(b)
-				if len(j.pieces) == 1 { // a small file alone: its own chunk
-					blocks, err := p.putChunk(gctx, id, b, enc)
-					j.pieces[0].obj.chunks[0] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
-					if err != nil {
-						return err
-					}
-					continue
-				}
+				var err error
 				if j.pieces != nil {
-					_, err := p.putChunkOf(gctx, id, b, enc, false)
+					_, err = p.putChunkOf(gctx, id, b, enc, false)
 					for _, f := range j.pieces {
 						f.obj.chunks[0] = manifest.Chunk{ID: id, Size: uint32(f.size), Off: uint32(f.off), Whole: uint32(len(b))}
 					}
-					if err != nil {
-						return err
-					}
-					continue
+				} else {
+					var blocks digest.ID
+					blocks, err = p.putChunk(gctx, id, b, enc)
+					j.obj.chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
 				}
-				blocks, err := p.putChunk(gctx, id, b, enc)
-				j.obj.chunks[j.index] = manifest.Chunk{ID: id, Size: uint32(len(b)), Blocks: blocks}
-				pool.Put(j.buf)
+				if j.pooled {
+					pool.Put(j.buf)
+				}
 				if err != nil {
 					return err
 				}
@@ -185,10 +178,11 @@ func Image(ctx context.Context, st store.Store, img v1.Image, ref string, opt Op
 }
 
 type imageChunk struct {
-	buf   *[]byte // from the pool, unless pieces is set
-	n     int
-	obj   *fileObj
-	index int
+	buf    *[]byte
+	pooled bool // buf goes back to the pool once stored
+	n      int
+	obj    *fileObj
+	index  int
 	// pieces, when set, are the small files buf holds: a shared chunk.
 	pieces []sharedPiece
 }
@@ -444,7 +438,7 @@ func (p *packer) readLayer(ctx context.Context, l v1.Layer, jobs chan<- imageChu
 				}
 				p.readBytes.Add(int64(size))
 				select {
-				case jobs <- imageChunk{buf: buf, n: size, obj: rec.obj, index: i}:
+				case jobs <- imageChunk{buf: buf, pooled: true, n: size, obj: rec.obj, index: i}:
 				case <-ctx.Done():
 					pool.Put(buf)
 					return nil, ctx.Err()
@@ -491,21 +485,17 @@ func (p *packer) flushSmall(ctx context.Context, s *layerSmallFiles, jobs chan<-
 	}
 	sort.Strings(dirs)
 	send := func(group []smallFile) error {
-		// One piece is a file alone in its chunk (see the workers).
-		var j imageChunk
-		buf := group[0].b
+		// A file alone in its group keeps a chunk of its own.
+		j := imageChunk{buf: &group[0].b, n: len(group[0].b), obj: group[0].obj}
 		if len(group) > 1 {
-			buf = nil
-			for _, f := range group {
+			var buf []byte
+			j.pieces = make([]sharedPiece, len(group))
+			for i, f := range group {
+				j.pieces[i] = sharedPiece{obj: f.obj, off: len(buf), size: len(f.b)}
 				buf = append(buf, f.b...)
 			}
+			j.buf, j.n = &buf, len(buf)
 		}
-		off := 0
-		for _, f := range group {
-			j.pieces = append(j.pieces, sharedPiece{obj: f.obj, off: off, size: len(f.b)})
-			off += len(f.b)
-		}
-		j.buf, j.n = &buf, len(buf)
 		select {
 		case jobs <- j:
 			return nil
