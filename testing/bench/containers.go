@@ -79,11 +79,9 @@ func (ioDiscard) Write(p []byte) (int, error) { return len(p), nil }
 // process tree, lazily and eagerly, warm cache, through the CLI: time from
 // the command's start until the workload runs.
 func benchContainers(dir string) error {
-	wl := filepath.Join(dir, "workload")
-	build := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("build workload: %v %s", err, out)
+	wl, err := workloadBinary(dir)
+	if err != nil {
+		return err
 	}
 	img, err := registry.WorkloadImage(wl)
 	if err != nil {

@@ -127,17 +127,29 @@ func taggedSnapshot(ctx context.Context, dir string, mb int, tag string, asks ..
 	return
 }
 
+// workloadBinary is the test workload's binary: GPUWARM_WORKLOAD where a
+// machine without Go (the GPU machine) brings it built, else built into dir,
+// statically (a container image holds it without a libc).
+func workloadBinary(dir string) (string, error) {
+	if wl := os.Getenv("GPUWARM_WORKLOAD"); wl != "" {
+		return wl, nil
+	}
+	wl := filepath.Join(dir, "gpuwarm-workload")
+	build := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build workload (or set GPUWARM_WORKLOAD to a built one): %v\n%s", err, out)
+	}
+	return wl, nil
+}
+
 // snapshotWorkload builds the test workload, boots it cold with mb MiB of
 // state, asks it each of asks, and snapshots it into st: its answers (and
 // "checksum": its state's), how long the boot took, and the snapshot.
 func snapshotWorkload(ctx context.Context, c *restore.CRIU, dir string, st store.Store, mb int, asks ...string) (map[string]string, time.Duration, *restore.SnapshotResult, error) {
-	// A machine without Go (the GPU machine) brings the workload built.
-	wl := os.Getenv("GPUWARM_WORKLOAD")
-	if wl == "" {
-		wl = filepath.Join(dir, "gpuwarm-workload")
-		if out, err := exec.Command("go", "build", "-o", wl, "./testing/workload/cmd/gpuwarm-workload").CombinedOutput(); err != nil {
-			return nil, 0, nil, fmt.Errorf("build workload (or set GPUWARM_WORKLOAD to a built one): %v\n%s", err, out)
-		}
+	wl, err := workloadBinary(dir)
+	if err != nil {
+		return nil, 0, nil, err
 	}
 	p := bu.NewPipes()
 	start := time.Now()
