@@ -522,30 +522,53 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		return nil
 	}
 	opt.AfterRestore = func(ctx context.Context, pid int) error {
-		if after != nil && !innerDone {
+		inner := func() error {
+			if after == nil || innerDone {
+				return nil
+			}
 			if err := after(ctx, pid); err != nil {
 				return err
 			}
 			innerDone = true
+			return nil
 		}
 		if rep.Meta == nil {
-			return nil
+			return inner()
 		}
 		// Whatever the upload's outcome, the warm has done its part.
 		defer stopWarm()
+		// The libraries connect, and map their staging memory, while the
+		// inner hooks (the CUDA restore) run; the reload is asked once
+		// those are done. The inner hooks always finish before this
+		// returns.
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		innerErr := make(chan error, 1)
+		go func() {
+			err := inner()
+			if err != nil {
+				cancel(err)
+			}
+			innerErr <- err
+		}()
+		var innerOnce sync.Once
+		var ierr error
+		waitInner := func() error {
+			innerOnce.Do(func() { ierr = <-innerErr })
+			return ierr
+		}
+		defer waitInner()
 		t := time.Now()
 		read, err := readPaths(pid, rep.Meta, paths)
 		if err != nil {
-			return err
+			return errors.Join(err, waitInner())
 		}
 		srv, err := listenFor(pid, rep.Meta.Socket)
 		if err != nil {
-			return err
+			return errors.Join(err, waitInner())
 		}
 		defer srv.Close()
 		// Stop waiting when the tree dies.
-		ctx, cancel := context.WithCancelCause(ctx)
-		defer cancel(nil)
 		go func() {
 			for ctx.Err() == nil {
 				if syscall.Kill(pid, 0) != nil {
@@ -565,6 +588,10 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 				p.Close()
 			}
 		}()
+		rep.Wait = time.Since(t)
+		if err := waitInner(); err != nil {
+			return err
+		}
 		if c := context.Cause(ctx); c != nil {
 			return c
 		}
@@ -574,7 +601,6 @@ func WeightsRestoreHooks(opt *Options, st store.Store, mount string, log *slog.L
 		if len(todo) < rep.Meta.Processes {
 			return fmt.Errorf("%d of the %d processes that released weights in the snapshot connected within 60 s (is the weights library running in the restored workload?)", len(todo), rep.Meta.Processes)
 		}
-		rep.Wait = time.Since(t)
 		t = time.Now()
 		var wg sync.WaitGroup
 		errs := make([]error, len(todo))

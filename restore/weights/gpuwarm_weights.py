@@ -7,15 +7,23 @@ mount opts in with two lines, once its weights are on the GPU:
     gw = gpuwarm_weights.attach(model, files)   # model: nn.Module or {name: tensor}
 
 Before a snapshot, gpuwarm asks the library to release the weights: each
-tensor whose GPU bytes equal its bytes in the files is freed (its storage
-resized to nothing; the tensor object, shape, dtype and device stay), so the
+tensor whose GPU bytes equal its bytes in the files is freed (its memory
+goes back to the driver; the tensor object, shape, dtype and device stay), so the
 snapshot carries references instead of the weights. After a restore, gpuwarm
 asks it to upload them again: many threads read the files through the mount
 into a small set of pinned buffers, reused, and copy them to the GPU on
 their own streams; a release frees the buffers, so that no snapshot carries
-them. Tensors are re-allocated by PyTorch's allocator, so their
-addresses may change: programs that captured CUDA graphs over the weights
-must capture them again (torch.compile's default mode does not capture).
+them.
+
+Every tensor keeps its GPU address. attach() moves the weights into one
+range of device addresses that the library reserves through the CUDA
+driver's virtual memory API; a release frees the memory behind it and
+keeps the reservation, which the CUDA checkpoint carries, and a reload
+maps new memory at the same addresses. So CUDA graphs and compiled code
+captured over the weights run on after a restore: call attach() before
+capturing them. (Where the driver lacks that API, or with
+keep_addresses=False, PyTorch's allocator re-allocates the tensors and
+their addresses may change; the restore reports how many moved.)
 
 While the weights are away, the program must not use them. With an
 nn.Module, attach() gates its forward; a program that uses the tensors
@@ -54,7 +62,8 @@ class Hooks:
 
     backend.files() -> [paths]; backend.nbytes() -> int;
     backend.release(sources: {path: source}) -> (tensors, kept);
-    backend.reload(paths: {source: path}) -> bytes.
+    backend.reload(paths: {source: path}) -> bytes;
+    backend.prepare(), optional: what a reload can do before it is asked.
     release() frees what it released only once every tensor is checked, and
     on failure leaves everything resident; reload() raises on failure and
     may be asked again.
@@ -118,6 +127,12 @@ class Hooks:
                  "files": list(self.backend.files()), "bytes": self.backend.nbytes()}
         f.write(json.dumps(hello).encode() + b"\n")
         f.flush()
+        prepare = getattr(self.backend, "prepare", None)
+        if self.released and prepare is not None:
+            try:
+                prepare()
+            except Exception as e:  # the reload does it then
+                log(f"preparing the reload: {e!r}")
         line = f.readline()
         if not line:
             return
@@ -188,6 +203,36 @@ _DTYPES = {
 }
 
 
+class _HostMemory:
+    """n bytes of our own anonymous mapping, 2 MiB aligned, in 2 MiB pages
+    where the kernel gives them, every page faulted in: the part of pinning
+    that needs no CUDA, so a reload can do it while the driver still
+    restores the process's CUDA state."""
+
+    HUGE = 2 << 20
+
+    def __init__(self, n):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        length = n + self.HUGE
+        a = libc.mmap(None, length, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+        if a is None or a == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), "mmap of the staging buffers")
+        self.n, self.libc, self.map = n, libc, (a, length)
+        self.addr = (a + self.HUGE - 1) & ~(self.HUGE - 1)
+        libc.madvise(self.addr, n, 14)  # MADV_HUGEPAGE; a hint
+        ctypes.memset(self.addr, 0, n)  # fault the pages in before pinning
+
+    def free(self):
+        if self.map is not None:
+            self.libc.munmap(*self.map)
+            self.map = None
+
+
 class _PinnedBlock:
     """n bytes of page-locked host memory for the staging buffers.
 
@@ -198,36 +243,23 @@ class _PinnedBlock:
     55 GB/s. Where registration is not available, torch's pinned memory.
     free() unregisters and unmaps it: a snapshot carries none of it."""
 
-    _HUGE = 2 << 20
-
-    def __init__(self, torch, n):
+    def __init__(self, torch, n, host=None):
         self.torch, self.n = torch, n
         self._map = None  # (address, length) of our mapping
         self.addr = 0
         try:
-            self._register()
+            self._register(host or _HostMemory(n))
         except Exception:  # no cudart, no registration: torch's allocator
             self._unmap()
             self.tensor = torch.empty(n, dtype=torch.uint8, pin_memory=True)
             self.addr = self.tensor.data_ptr()
 
-    def _register(self):
+    def _register(self, host):
         import ctypes
         torch, n = self.torch, self.n
+        self._map, self._libc, self.addr = host.map, host.libc, host.addr
+        host.map = None  # ours now
         cudart = torch.cuda.cudart()
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        length = n + self._HUGE
-        a = libc.mmap(None, length, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
-        if a is None or a == ctypes.c_void_p(-1).value:
-            raise OSError(ctypes.get_errno(), "mmap of the staging buffers")
-        self._map, self._libc = (a, length), libc
-        self.addr = (a + self._HUGE - 1) & ~(self._HUGE - 1)
-        libc.madvise(self.addr, n, 14)  # MADV_HUGEPAGE; a hint
-        ctypes.memset(self.addr, 0, n)  # fault the pages in before pinning
         if int(cudart.cudaHostRegister(self.addr, n, 0)) != 0:
             raise OSError("cudaHostRegister of the staging buffers failed")
         try:
@@ -256,10 +288,182 @@ class _PinnedBlock:
         self._unmap()
 
 
+class _VMM:
+    """CUDA's virtual memory management (cuMemAddressReserve, cuMemCreate,
+    cuMemMap), through libcuda, for the current device: address ranges that
+    stay reserved while their memory is freed and mapped again. Raises
+    where the driver lacks it."""
+
+    def __init__(self, device):
+        import ctypes as C
+
+        class Loc(C.Structure):
+            _fields_ = [("type", C.c_int), ("id", C.c_int)]
+
+        class Flags(C.Structure):
+            _fields_ = [("compressionType", C.c_ubyte), ("gpuDirectRDMACapable", C.c_ubyte),
+                        ("usage", C.c_ushort), ("reserved", C.c_ubyte * 4)]
+
+        class Prop(C.Structure):  # CUmemAllocationProp
+            _fields_ = [("type", C.c_int), ("requestedHandleTypes", C.c_int), ("location", Loc),
+                        ("win32HandleMetaData", C.c_void_p), ("allocFlags", Flags)]
+
+        class Access(C.Structure):  # CUmemAccessDesc
+            _fields_ = [("location", Loc), ("flags", C.c_int)]
+
+        self.C = C
+        cu = C.CDLL("libcuda.so.1")
+        u64, sz, p = C.c_ulonglong, C.c_size_t, C.POINTER
+        for name, args in (("cuMemAddressReserve", [p(u64), sz, sz, u64, u64]),
+                           ("cuMemAddressFree", [u64, sz]),
+                           ("cuMemCreate", [p(u64), sz, p(Prop), u64]),
+                           ("cuMemMap", [u64, sz, sz, u64, u64]),
+                           ("cuMemSetAccess", [u64, sz, p(Access), sz]),
+                           ("cuMemUnmap", [u64, sz]),
+                           ("cuMemRelease", [u64]),
+                           ("cuMemGetAllocationGranularity", [p(sz), p(Prop), C.c_int]),
+                           ("cuCtxGetCurrent", [p(C.c_void_p)]),
+                           ("cuCtxSetCurrent", [C.c_void_p]),
+                           ("cuDeviceGet", [p(C.c_int), C.c_int]),
+                           ("cuDevicePrimaryCtxRetain", [p(C.c_void_p), C.c_int])):
+            f = getattr(cu, name)
+            f.argtypes, f.restype = args, C.c_int
+        self.cu, self.device = cu, device
+        self._ctx()
+        dev = C.c_int()
+        self._ok(cu.cuDeviceGet(C.byref(dev), device), "cuDeviceGet")
+        self.prop = Prop(type=1, requestedHandleTypes=0, location=Loc(1, dev.value))  # pinned, on the device
+        self.access = Access(location=Loc(1, dev.value), flags=3)  # read and write
+        g = sz()
+        self._ok(cu.cuMemGetAllocationGranularity(C.byref(g), C.byref(self.prop), 0), "cuMemGetAllocationGranularity")
+        self.granularity = g.value
+
+    @staticmethod
+    def _ok(r, what):
+        if r != 0:
+            raise RuntimeError(f"{what} failed: CUresult {r}")
+
+    def _ctx(self):
+        """Make the device's primary context (torch's) current on this thread."""
+        C, cu = self.C, self.cu
+        ctx = C.c_void_p()
+        self._ok(cu.cuCtxGetCurrent(C.byref(ctx)), "cuCtxGetCurrent")
+        if ctx.value:
+            return
+        dev = C.c_int()
+        self._ok(cu.cuDeviceGet(C.byref(dev), self.device), "cuDeviceGet")
+        self._ok(cu.cuDevicePrimaryCtxRetain(C.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        self._ok(cu.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+    def reserve(self, n):
+        C = self.C
+        self._ctx()
+        va = C.c_ulonglong()
+        self._ok(self.cu.cuMemAddressReserve(C.byref(va), n, self.granularity, 0, 0), "cuMemAddressReserve")
+        return va.value
+
+    def free(self, va, n):
+        self.cu.cuMemAddressFree(va, n)
+
+    def map(self, va, n):
+        """Back [va, va+n) with new device memory; returns its handle."""
+        C, cu = self.C, self.cu
+        self._ctx()
+        h = C.c_ulonglong()
+        self._ok(cu.cuMemCreate(C.byref(h), n, C.byref(self.prop), 0), f"cuMemCreate of {n} bytes")
+        try:
+            self._ok(cu.cuMemMap(va, n, 0, h, 0), "cuMemMap")
+        except BaseException:
+            cu.cuMemRelease(h)
+            raise
+        try:
+            self._ok(cu.cuMemSetAccess(va, n, C.byref(self.access), 1), "cuMemSetAccess")
+        except BaseException:
+            cu.cuMemUnmap(va, n)
+            cu.cuMemRelease(h)
+            raise
+        return h.value
+
+    def unmap(self, va, n, handle):
+        """Free the memory behind [va, va+n); the addresses stay reserved."""
+        self._ctx()
+        self._ok(self.cu.cuMemUnmap(va, n), "cuMemUnmap")
+        self._ok(self.cu.cuMemRelease(handle), "cuMemRelease")
+
+
+def _vmm(torch):
+    """The driver's virtual memory management, or None where it is missing."""
+    try:
+        return _VMM(torch.cuda.current_device())
+    except Exception:
+        return None
+
+
+class _CAI:
+    """Device memory the library owns, as torch.as_tensor takes it."""
+
+    def __init__(self, ptr, n):
+        self.__cuda_array_interface__ = {"shape": (n,), "typestr": "|u1", "data": (ptr, False), "version": 3}
+
+
+class _Region:
+    """The weights' GPU memory, at addresses that outlive a checkpoint.
+
+    One reserved range of device addresses holds the tensors, packed in
+    order, backed by memory in segments. A release unmaps and frees the
+    segments whose tensors it released; the reservation stays, and the
+    driver's checkpoint carries it like the rest of the process's CUDA
+    state. A reload maps new memory at the same addresses, segment by
+    segment ahead of the upload. So every tensor keeps its address, and
+    CUDA graphs and compiled code that captured it run on after a restore.
+    Moving a tensor in (at attach) costs one device-to-device copy."""
+
+    ALIGN = 512
+
+    def __init__(self, torch, vmm, lengths, segment):
+        self.torch, self.vmm = torch, vmm
+        g = vmm.granularity
+        self.segment = max(g, -(-segment // g) * g)
+        off, self.offsets = 0, []
+        for n in lengths:
+            self.offsets.append(off)
+            off += -(-n // self.ALIGN) * self.ALIGN
+        self.size = max(g, -(-off // g) * g)
+        self.va = vmm.reserve(self.size)
+        # [offset, length, handle or None]
+        self.segments = [[o, min(self.segment, self.size - o), None] for o in range(0, self.size, self.segment)]
+        try:
+            self.map_range(0, self.size)
+            self.flat = torch.as_tensor(_CAI(self.va, self.size), device="cuda")
+        except BaseException:
+            self.unmap_range(0, self.size, lambda s: True)
+            vmm.free(self.va, self.size)
+            raise
+
+    def _covering(self, off, n):
+        return [s for s in self.segments if s[0] < off + n and off < s[0] + s[1]]
+
+    def map_range(self, off, n):
+        """Map every unmapped segment of [off, off+n)."""
+        for s in self._covering(off, n):
+            if s[2] is None:
+                s[2] = self.vmm.map(self.va + s[0], s[1])
+
+    def unmap_range(self, off, n, want):
+        """Unmap the mapped segments of [off, off+n) that want(segment)."""
+        for s in self._covering(off, n):
+            if s[2] is not None and want(s):
+                h, s[2] = s[2], None
+                self.vmm.unmap(self.va + s[0], s[1], h)
+
+    def mapped(self):
+        return sum(s[1] for s in self.segments if s[2] is not None)
+
+
 class TorchWeights:
     """The PyTorch backend: tensors matched to safetensors entries by name."""
 
-    def __init__(self, tensors, files, threads=None, piece=None):
+    def __init__(self, tensors, files, threads=None, piece=None, keep_addresses=True, segment=None):
         import torch
         self.torch = torch
         self.threads_option = threads
@@ -285,13 +489,73 @@ class TorchWeights:
                 self.unmatched.append(name)
                 continue
             st = t.untyped_storage()
-            self.entries.setdefault(st.data_ptr(), {"name": name, "tensor": t, "file": e[0], "dtype": e[1],
-                                                    "shape": e[2], "offset": e[3], "length": e[4]})
+            ent = self.entries.setdefault(st.data_ptr(), {"name": name, "tensor": t, "file": e[0], "dtype": e[1],
+                                                          "shape": e[2], "offset": e[3], "length": e[4], "aliases": []})
+            if ent["tensor"] is not t and all(a is not t for a in ent["aliases"]):
+                ent["aliases"].append(t)
         self.staging = None  # per worker: two (tensor, memoryview) slices of _block
         self._block = None
+        self._host = None  # a _HostMemory that prepare() made for the next reload
         self.pinned_seconds = 0.0  # the last release's or reload's pinned allocation
         self._staging_lock = threading.Lock()
         self.released = []  # entries released, with their source path
+        self.region = None
+        if keep_addresses and self.entries:
+            vmm = _vmm(torch)
+            if vmm is not None:
+                self._move_in(vmm, segment or self.SEGMENT)
+
+    # Segments of the region's memory: a reload maps one ahead of the
+    # uploads into it, and a tensor the release keeps keeps its segment.
+    SEGMENT = 512 << 20
+
+    def _move_in(self, vmm, segment):
+        """Move every tensor that owns its whole allocation into a _Region,
+        so that its address survives release and reload. Tensors sharing an
+        allocation move together when they are the same view of it; others
+        stay with PyTorch's allocator (their address may change)."""
+        torch = self.torch
+        movable = []
+        for e in self.entries.values():
+            t = e["tensor"]
+            if self._check(e) is None and all(
+                    a.dtype == t.dtype and list(a.shape) == list(t.shape) and a.storage_offset() == 0
+                    and a.is_contiguous() for a in e["aliases"]):
+                movable.append(e)
+        if not movable:
+            return
+        region = _Region(torch, vmm, [e["length"] for e in movable], segment)
+        since_empty = 0
+        with torch.no_grad():
+            for e, off in zip(movable, region.offsets):
+                t = e["tensor"]
+                dst = region.flat[off:off + e["length"]]
+                dst.copy_(self._flat(e))
+                new = dst.view(t.dtype).view(t.shape)
+                olds = []
+                try:
+                    for a in [t] + e["aliases"]:
+                        olds.append((a, a.data))
+                        a.data = new
+                except Exception as ex:
+                    for a, old in olds:
+                        a.data = old
+                    log(f"{e['name']} keeps PyTorch's allocation ({ex!r})")
+                    continue
+                e["region"] = off
+                del olds
+                # The old allocations go back to the driver as the region
+                # fills: at most about a segment more than the weights.
+                since_empty += e["length"]
+                if since_empty >= region.segment:
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    since_empty = 0
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        self.region = region
+        n = sum(e["length"] for e in movable if "region" in e)
+        log(f"{sum(1 for e in movable if 'region' in e)} tensors ({n / 1e9:.2f} GB) keep their GPU addresses across restores")
 
     def files(self):
         return sorted({e["file"] for e in self.entries.values()})
@@ -307,7 +571,11 @@ class TorchWeights:
                 import ctypes
                 torch, n = self.torch, self.piece
                 t = time.monotonic()
-                block = _PinnedBlock(torch, 2 * self.threads * n)
+                host, self._host = self._host, None
+                if host is not None and host.n != 2 * self.threads * n:
+                    host.free()
+                    host = None
+                block = _PinnedBlock(torch, 2 * self.threads * n, host)
                 self.pinned_seconds += time.monotonic() - t
                 base = block.addr
                 self.staging = [[(block.tensor[(2 * i + k) * n:(2 * i + k + 1) * n],
@@ -315,6 +583,17 @@ class TorchWeights:
                                  for k in range(2)] for i in range(self.threads)]
                 self._block = block
             return self.staging[w]
+
+    def prepare(self):
+        """Ahead of a reload, while the driver may still be restoring the
+        process's CUDA state (CUDA calls would wait for it): map and fault
+        in the staging buffers' host memory, which then only needs
+        registering."""
+        with self._staging_lock:
+            if self.staging is not None or self._host is not None or not self.released:
+                return
+            self._size_threads(sum(e["length"] for e in self.released))
+            self._host = _HostMemory(2 * self.threads * self.piece)
 
     def _size_threads(self, total):
         """Choose the threads for moving total bytes, unless the buffers are
@@ -341,6 +620,9 @@ class TorchWeights:
         self.staging, self._block = None, None
         if block is not None:
             block.free(zero)
+        if self._host is not None:
+            self._host.free()
+            self._host = None
         empty = getattr(getattr(torch, "_C", None), "_host_emptyCache", None)
         if empty is not None:
             empty()
@@ -351,6 +633,8 @@ class TorchWeights:
         dt = _DTYPES.get(str(t.dtype).replace("torch.", ""))
         if dt != e["dtype"] or list(t.shape) != e["shape"]:
             return "dtype or shape differ from the file's"
+        if "region" in e:
+            return None  # checked when it moved in
         if t.storage_offset() != 0 or not t.is_contiguous() or st.nbytes() != e["length"]:
             return "the tensor does not own its whole allocation"
         if not st.resizable():
@@ -430,8 +714,10 @@ class TorchWeights:
             raise errors[0]
 
     def _flat(self, e):
-        """A uint8 view of the entry's whole storage."""
+        """A uint8 view of the entry's whole storage (its range of the region)."""
         torch = self.torch
+        if "region" in e:
+            return self.region.flat[e["region"]:e["region"] + e["length"]]
         st = e["tensor"].untyped_storage()
         return torch.empty(0, dtype=torch.uint8, device=e["tensor"].device).set_(st, 0, (st.nbytes(),))
 
@@ -482,9 +768,23 @@ class TorchWeights:
                         "dtype": e["dtype"], "shape": e["shape"]})
         torch.cuda.synchronize()
         for e in self.released:
-            st = e["tensor"].untyped_storage()
-            e["ptr"] = st.data_ptr()
-            st.resize_(0)
+            e["ptr"] = e["tensor"].data_ptr()
+        if self.region is not None:
+            # A segment goes only with all of its tensors.
+            keep = [(e["region"], e["length"]) for e in self.entries.values()
+                    if "region" in e and all(e is not r for r in self.released)]
+            try:
+                self.region.unmap_range(0, self.region.size, lambda s: not any(
+                    o < s[0] + s[1] and s[0] < o + n for o, n in keep))
+            except BaseException:
+                # Part of the weights may be gone: put them back before the
+                # program may run again.
+                self._drop_staging(zero=True)
+                self.reload({})
+                raise
+        for e in self.released:
+            if "region" not in e:
+                e["tensor"].untyped_storage().resize_(0)
         self._drop_staging(zero=True)
         torch.cuda.empty_cache()
         return out, kept
@@ -495,15 +795,19 @@ class TorchWeights:
         self.alloc_seconds = self.pinned_seconds = 0.0
 
         def jobs():
-            # Allocated in the order of their old addresses (the allocator
-            # then tends to hand the same ones out again, which code that
-            # captured them, CUDA graphs, needs; how many moved is
-            # reported), each as the threads upload the ones before.
-            for e in sorted(self.released, key=lambda e: e.get("ptr", 0)):
+            # The region's tensors first, at their own addresses, each
+            # segment mapped as the threads upload the tensors before it.
+            # Then the others, allocated in the order of their old
+            # addresses (the allocator then tends to hand the same ones
+            # out again; how many moved is reported).
+            for e in sorted(self.released, key=lambda e: (e.get("region", -1) < 0, e.get("region", 0), e.get("ptr", 0))):
                 t = time.monotonic()
-                st = e["tensor"].untyped_storage()
-                if st.nbytes() != e["length"]:
-                    st.resize_(e["length"])
+                if "region" in e:
+                    self.region.map_range(e["region"], e["length"])
+                else:
+                    st = e["tensor"].untyped_storage()
+                    if st.nbytes() != e["length"]:
+                        st.resize_(e["length"])
                 flats[id(e)] = self._flat(e)
                 self.alloc_seconds += time.monotonic() - t
                 yield (paths.get(e["source"], e["source"]), e["offset"], e["length"], 0, e)
@@ -521,7 +825,7 @@ class TorchWeights:
             self._drop_staging(zero=False)
             raise
         torch.cuda.synchronize()
-        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].untyped_storage().data_ptr()))
+        self.moved = sum(1 for e in self.released if e.get("ptr") not in (None, e["tensor"].data_ptr()))
         n = sum(e["length"] for e in self.released)
         self.released = []
         return n

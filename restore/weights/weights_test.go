@@ -186,9 +186,12 @@ func TestTorchWeightsOverFakeTorch(t *testing.T) {
 		}
 		t.Skip("python3 missing")
 	}
-	out, err := exec.Command(py, "testdata/torchweights_test.py", ".").CombinedOutput()
+	var stderr strings.Builder
+	c := exec.Command(py, "testdata/torchweights_test.py", ".")
+	c.Stderr = &stderr
+	out, err := c.Output()
 	if err != nil || !strings.HasPrefix(string(out), "ok ") {
-		t.Fatalf("%v\n%s", err, out)
+		t.Fatalf("%v\n%s%s", err, out, stderr.String())
 	}
 	t.Log(strings.TrimSpace(string(out)))
 }

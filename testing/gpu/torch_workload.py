@@ -3,7 +3,7 @@
 
 make:  torch_workload.py --make DIR --gb 1.0 [--hidden 8192]
        writes an MLP of bf16 weights as safetensors shards into DIR.
-serve: torch_workload.py --weights DIR [--no-compile] [--weights-lib]
+serve: torch_workload.py --weights DIR [--no-compile] [--weights-lib] [--cuda-graph]
        loads the shards (from a gpuwarm mount), moves them to the GPU,
        torch.compile()s and warms the model up, prints
        "ready <seconds> <gpu bytes>", then answers requests on stdin:
@@ -12,6 +12,8 @@ serve: torch_workload.py --weights DIR [--no-compile] [--weights-lib]
        SIGUSR1 prints "answer <infer 42>". With --weights-lib the weights
        are offered to gpuwarm through gpuwarm_weights (restore/weights):
        released before a snapshot, uploaded from the mount after a restore.
+       With --cuda-graph the answers come from a CUDA graph captured over
+       the weights (a restore must put them back at their addresses).
 h2d:   torch_workload.py --h2d GB
        prints "h2d pinned <GB/s> pageable <GB/s>", the copy ceilings.
 """
@@ -62,19 +64,40 @@ def serve(args):
         return x
 
     model = forward if args.no_compile else torch.compile(forward)
+    graph = {}
 
     def infer(seed):
         if gw is not None:
             gw.ready()
         g = torch.Generator(device="cuda").manual_seed(seed)
         x = torch.randn(args.batch, h, generator=g, device="cuda", dtype=torch.bfloat16)
-        with torch.no_grad():
-            y = model(x)
+        if graph:
+            graph["x"].copy_(x)
+            graph["g"].replay()
+            y = graph["y"]
+        else:
+            with torch.no_grad():
+                y = model(x)
         torch.cuda.synchronize()
         return hashlib.sha256(y.float().cpu().numpy().tobytes()).hexdigest()
 
     for s in range(3):
         infer(s)
+    if args.cuda_graph:
+        # Answers come from a CUDA graph captured over the weights, as
+        # inference servers run: the graph holds the weights' addresses,
+        # so a restore that put one elsewhere would answer wrong.
+        sx = torch.zeros(args.batch, h, device="cuda", dtype=torch.bfloat16)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            model(sx)
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g), torch.no_grad():
+            sy = model(sx)
+        graph.update(x=sx, y=sy, g=g)
+        infer(0)
     # Ready for a snapshot: torch.compile's worker pool (default settings)
     # has done its job; its idle processes map NVIDIA devices without a
     # CUDA context, which no checkpoint can carry. The program shuts it
@@ -135,6 +158,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--weights-lib", action="store_true")
+    p.add_argument("--cuda-graph", action="store_true")
     p.add_argument("--h2d", type=float)
     args = p.parse_args()
     if args.h2d:

@@ -26,15 +26,18 @@ import (
 // gpuwarm_weights (restore/weights) booted through the CLI, snapshotted
 // (the weights released and referenced, not stored), and restored lazily
 // with a warm cache, by prefill, and lazily with the cache and the page
-// cache emptied; every copy answers bit-identically. A snapshot whose
-// weights image is gone from the store is refused with nothing left
-// running. With -transparent, the same model without the library is
-// snapshotted and restored lazily as the baseline of the same run.
+// cache emptied; every copy answers bit-identically (by default through a
+// CUDA graph captured over the weights before the snapshot: they must come
+// back at their addresses). A snapshot whose weights image is gone from
+// the store is refused with nothing left running. With -transparent, the
+// same model without the library is snapshotted and restored lazily as the
+// baseline of the same run.
 
 var (
 	transparent = flag.Bool("transparent", false, "weights mode: also boot, snapshot and restore the model without the library (the baseline)")
 	weightsLib  = flag.String("weights-lib", "restore/weights", "weights mode: the directory holding gpuwarm_weights.py")
 	repeat      = flag.Int("repeat", 1, "weights mode: warm restores of each kind, alternating; the best counts")
+	cudaGraph   = flag.Bool("cuda-graph", true, "weights mode: the workload answers through a CUDA graph captured over its weights")
 )
 
 func weightsChecks(script string, gbs []float64) []bu.Row {
@@ -89,6 +92,9 @@ type wlRun struct {
 func bootWorkload(g *gwc, script, name, weightsDir string, withLib bool) (*wlRun, error) {
 	r := &wlRun{name: name, log: filepath.Join(*workDir, "wt", name+".log")}
 	args := []string{"run", "--host-pids", "--name", name, "--log", r.log, "--", "python3", script, "--weights", weightsDir}
+	if *cudaGraph {
+		args = append(args, "--cuda-graph")
+	}
 	env := g.env
 	if withLib {
 		args = append(args, "--weights-lib")

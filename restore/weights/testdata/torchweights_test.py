@@ -2,8 +2,11 @@
 release checks every tensor against its file and frees only those that
 match; reload fills them again from the paths it is given, piece by piece
 through the threads, reports its allocation time and moved tensors, and
-fails on a short file. Run by restore/weights's Go tests:
-python3 torchweights_test.py LIBDIR."""
+fails on a short file. With the driver's virtual memory (a fake driver
+here), every tensor keeps its address: a release unmaps the segments of
+what it released, a reload maps them again at the same addresses. Run by
+restore/weights's Go tests: python3 torchweights_test.py LIBDIR."""
+import ctypes
 import json
 import os
 import random
@@ -38,7 +41,92 @@ def fails_with_oserror(call, what):
     raise AssertionError(f"{what} succeeded")
 
 
+class FakeVMM:
+    """The driver's virtual memory on host memory: a reservation is a
+    buffer; unmapping poisons its bytes (the memory is gone), mapping
+    fills them with garbage (new memory), so only an upload makes them
+    right again."""
+    granularity = 4096
+
+    def __init__(self):
+        self.bufs, self.maps, self.fail_map, self.mapped_calls = {}, {}, False, 0
+
+    def reserve(self, n):
+        b = (ctypes.c_ubyte * n)()
+        self.bufs[ctypes.addressof(b)] = b
+        return ctypes.addressof(b)
+
+    def free(self, va, n):
+        pass
+
+    def map(self, va, n):
+        if self.fail_map:
+            raise RuntimeError("cuMemCreate failed: CUresult 2")
+        assert all(not (v < va + n and va < v + m) for v, m in self.maps.items()), "mapped twice"
+        ctypes.memset(va, 0xAB, n)
+        self.maps[va] = n
+        self.mapped_calls += 1
+        return va
+
+    def unmap(self, va, n, h):
+        assert self.maps.pop(va) == n
+        ctypes.memset(va, 0xEE, n)
+
+
+def region_checks(data, f):
+    """Addresses kept: released tensors' segments unmapped, a kept
+    tensor's segment mapped, every tensor back at its address with its
+    bytes; a reload whose mapping fails raises and may be asked again."""
+    vmm = FakeVMM()
+    gw._vmm = lambda torch: vmm
+    tensors = {name: torch.tensor_from_bytes(b, torch.uint8, [len(b)]) for name, b in data.items()}
+    mod = bytearray(data["modified.bias"])
+    mod[7] = 1
+    tensors["modified.bias"] = torch.tensor_from_bytes(bytes(mod), torch.uint8, [len(mod)])
+    tied = tensors["layer3.weight"]
+    tensors["tied.weight"] = tied  # the same tensor under two names
+    w = gw.TorchWeights(tensors, [f], threads=3, piece=4096, segment=8192)
+    r = w.region
+    assert r is not None and r.size % vmm.granularity == 0, "no region"
+    addrs = {n: t.data_ptr() for n, t in tensors.items()}
+    for n, t in tensors.items():
+        assert r.va <= addrs[n] < r.va + r.size, f"{n} not moved into the region"
+        assert t._bytes() == (bytes(mod) if n == "modified.bias" else data[n.replace("tied", "layer3")]), n
+    assert len(set(addrs.values())) == len(tensors) - 1, "tensors overlap"
+    assert sum(vmm.maps.values()) == r.size
+    out, kept = w.release({f: f})
+    assert "modified.bias" in kept and len(out) == len(data) - 1, (kept, len(out))
+    me = [e for e in w.entries.values() if e["name"] == "modified.bias"][0]
+    seg = [s for s in r.segments if s[0] <= me["region"] < s[0] + s[1]][0]
+    assert seg[2] is not None, "the kept tensor's segment was unmapped"
+    assert tensors["modified.bias"]._bytes() == bytes(mod), "the kept tensor lost its bytes"
+    unmapped = [s for s in r.segments if s[2] is None]
+    assert len(unmapped) >= len(r.segments) - 2, (len(unmapped), len(r.segments))
+    assert w.staging is None
+    vmm.fail_map = True
+    w.prepare()
+    try:
+        w.reload({f: f})
+        raise AssertionError("a reload whose mapping fails succeeded")
+    except RuntimeError:
+        pass
+    assert w._host is None and w.staging is None, "a failed reload kept its prepared memory"
+    vmm.fail_map = False
+    n = w.reload({f: f})
+    assert n == sum(len(b) for k, b in data.items() if k != "modified.bias"), n
+    assert w.moved == 0, w.moved
+    for name, t in tensors.items():
+        assert t.data_ptr() == addrs[name], f"{name} moved"
+        assert t._bytes() == (bytes(mod) if name == "modified.bias" else data[name.replace("tied", "layer3")]), name
+    assert sum(vmm.maps.values()) == r.size, "not every segment mapped again"
+    # keep_addresses=False: PyTorch's allocator, as without the driver's API.
+    t3 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in data}
+    assert gw.TorchWeights(t3, [f], keep_addresses=False).region is None
+    gw._vmm = lambda torch: None
+
+
 def main():
+    gw._vmm = lambda torch: None  # first without the driver's virtual memory
     rnd = random.Random(7)
     data = {f"layer{i}.weight": bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 50000))) for i in range(12)}
     data["modified.bias"] = bytes(300)
@@ -74,7 +162,12 @@ def main():
     fails_with_oserror(lambda: w.reload({f: short}), "a reload from a short file")
 
     assert w.staging is None, "a failed reload kept its pinned buffers"
+    # prepare() (while CUDA restores) maps and faults in the staging memory
+    # that the reload then only registers.
+    w.prepare()
+    prepared = w._host.addr
     n = w.reload({f: f})
+    assert prepared in rt.registered, "the reload did not register the prepared memory"
     assert n == sum(len(data[x]) for x in names), n
     # Kept pinned after a reload (freeing them would stall the first
     # requests); the next release frees them.
@@ -108,7 +201,9 @@ def main():
         b._size_threads(n)
     got = (tiny.threads, small.threads, large.threads, chosen.threads, small.piece, large.piece)
     assert got == (4, 8, 16, 16, 8 << 20, 8 << 20), got
-    print("ok", len(names), "tensors released and reloaded,", w.moved, "moved")
+    rt.fail = False
+    region_checks(data, f)
+    print("ok", len(names), "tensors released and reloaded,", w.moved, "moved; addresses kept with the region")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,24 @@ class Tensor:
         self.shape = [size[0]]
         return self
 
+    def view(self, what):
+        """A dtype (bytes stay bytes: the tests' tensors are uint8) or a shape."""
+        t = Tensor(self._st, self._off, self._numel, self.dtype, self.shape, self.device)
+        if isinstance(what, (list, tuple)):
+            t.shape = list(what)
+        else:
+            t.dtype = _Dtype(what)
+        return t
+
+    @property
+    def data(self):
+        return Tensor(self._st, self._off, self._numel, self.dtype, self.shape, self.device)
+
+    @data.setter
+    def data(self, other):
+        self._st, self._off, self._numel = other._st, other._off, other._numel
+        self.dtype, self.shape = other.dtype, list(other.shape)
+
 
 pinned = []  # every pinned tensor made, for the tests
 
@@ -100,6 +118,20 @@ class _External:
 
     def resizable(self):
         return False
+
+
+def as_tensor(obj, device="cuda"):
+    """Device memory described by __cuda_array_interface__ (here: host
+    memory the test's fake driver reserved)."""
+    cai = obj.__cuda_array_interface__
+    n = cai["shape"][0]
+    buf = (ctypes.c_ubyte * n).from_address(cai["data"][0])
+    return Tensor(_External(buf), 0, n, uint8, None, device)
+
+
+@contextmanager
+def no_grad():
+    yield
 
 
 def frombuffer(buf, dtype=uint8):
