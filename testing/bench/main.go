@@ -631,6 +631,23 @@ const hotReps = 5
 
 // alternate runs a and b by turns, reps times each, and returns the
 // fastest of each: both see the same moments of a noisy machine.
+// alternateN runs each f in turn, reps rounds, and returns each one's best.
+func alternateN(reps int, fs ...func() (time.Duration, error)) ([]time.Duration, error) {
+	best := make([]time.Duration, len(fs))
+	for r := 0; r < reps; r++ {
+		for i, f := range fs {
+			d, err := f()
+			if err != nil {
+				return nil, err
+			}
+			if r == 0 || d < best[i] {
+				best[i] = d
+			}
+		}
+	}
+	return best, nil
+}
+
 func alternate(reps int, a, b func() (time.Duration, error)) (bestA, bestB time.Duration, err error) {
 	for r := 0; r < reps; r++ {
 		da, err := a()
