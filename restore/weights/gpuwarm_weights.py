@@ -432,8 +432,10 @@ class _Region:
         self.va = vmm.reserve(self.size)
         # [offset, length, handle or None]
         self.segments = [[o, min(self.segment, self.size - o), None] for o in range(0, self.size, self.segment)]
+        # The first segment now (torch asks the driver about the address);
+        # the others as the tensors move in.
         try:
-            self.map_range(0, self.size)
+            self.map_range(0, 1)
             self.flat = torch.as_tensor(_CAI(self.va, self.size), device="cuda")
         except BaseException:
             self.unmap_range(0, self.size, lambda s: True)
@@ -524,11 +526,30 @@ class TorchWeights:
                 movable.append(e)
         if not movable:
             return
-        region = _Region(torch, vmm, [e["length"] for e in movable], segment)
+        try:
+            region = _Region(torch, vmm, [e["length"] for e in movable], segment)
+        except Exception as ex:
+            log(f"the weights keep PyTorch's allocations ({ex!r})")
+            return
         since_empty = 0
         with torch.no_grad():
             for e, off in zip(movable, region.offsets):
                 t = e["tensor"]
+                try:
+                    try:
+                        region.map_range(off, e["length"])
+                    except Exception:
+                        # The allocations already moved may still be cached.
+                        torch.cuda.synchronize()
+                        torch.cuda.empty_cache()
+                        since_empty = 0
+                        region.map_range(off, e["length"])
+                except Exception as ex:
+                    # Out of GPU memory, most likely: the weights moved so
+                    # far keep their addresses, the rest keep PyTorch's
+                    # allocations (and may move in a restore).
+                    log(f"{e['name']} and the tensors after it keep PyTorch's allocations ({ex!r})")
+                    break
                 dst = region.flat[off:off + e["length"]]
                 dst.copy_(self._flat(e))
                 new = dst.view(t.dtype).view(t.shape)
@@ -552,6 +573,9 @@ class TorchWeights:
                     torch.cuda.empty_cache()
                     since_empty = 0
         torch.cuda.synchronize()
+        # Segments no tensor moved into (after a failure) go back.
+        used = [(e["region"], e["length"]) for e in movable if "region" in e]
+        region.unmap_range(0, region.size, lambda s: not any(o < s[0] + s[1] and s[0] < o + n for o, n in used))
         torch.cuda.empty_cache()
         self.region = region
         n = sum(e["length"] for e in movable if "region" in e)
@@ -600,8 +624,9 @@ class TorchWeights:
         already pinned: pieces of 8 MiB (each piece costs a few Python steps
         under the GIL: with 2 MiB pieces a 1.1 GB upload took 2-3x longer on
         an H100), and one thread per 128 MiB of weights, 4 to 16, so that a
-        small model pins less (pinning is on the restore's path: two 8 MiB
-        buffers a thread, 128 MiB for 8 threads; see _PinnedBlock)."""
+        small model pins less (two 8 MiB buffers a thread, 128 MiB for 8
+        threads; their registration is on the restore's path, about 5 ms
+        per 128 MiB; see prepare)."""
         if self.staging is not None:
             return
         if not self.threads_option:

@@ -48,8 +48,9 @@ class FakeVMM:
     right again."""
     granularity = 4096
 
-    def __init__(self):
+    def __init__(self, limit=None):
         self.bufs, self.maps, self.fail_map, self.mapped_calls = {}, {}, False, 0
+        self.limit = limit  # bytes mapped at most: the GPU's memory
 
     def reserve(self, n):
         b = (ctypes.c_ubyte * n)()
@@ -60,7 +61,7 @@ class FakeVMM:
         pass
 
     def map(self, va, n):
-        if self.fail_map:
+        if self.fail_map or (self.limit is not None and sum(self.maps.values()) + n > self.limit):
             raise RuntimeError("cuMemCreate failed: CUresult 2")
         assert all(not (v < va + n and va < v + m) for v, m in self.maps.items()), "mapped twice"
         ctypes.memset(va, 0xAB, n)
@@ -119,6 +120,28 @@ def region_checks(data, f):
         assert t.data_ptr() == addrs[name], f"{name} moved"
         assert t._bytes() == (bytes(mod) if name == "modified.bias" else data[name.replace("tied", "layer3")]), name
     assert sum(vmm.maps.values()) == r.size, "not every segment mapped again"
+    # A GPU without room for all of the region: the tensors that fit keep
+    # their addresses, the others PyTorch's allocations; both kinds are
+    # released and reloaded. No room at all: no region.
+    t4 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in data}
+    vmm2 = FakeVMM(limit=sum(len(b) for b in data.values()) // 2)
+    gw._vmm = lambda torch: vmm2
+    w4 = gw.TorchWeights(t4, [f], threads=2, piece=4096, segment=8192)
+    r4 = w4.region
+    inside = {n for n, t in t4.items() if r4.va <= t.data_ptr() < r4.va + r4.size}
+    assert 0 < len(inside) < len(t4), f"{len(inside)} of {len(t4)} tensors in a region half their size"
+    assert sum(vmm2.maps.values()) <= vmm2.limit
+    out4, kept4 = w4.release({f: f})
+    assert len(out4) == len(data) and not kept4, (len(out4), kept4)
+    assert all(t4[n].untyped_storage().nbytes() == 0 for n in t4 if n not in inside), "an allocator tensor kept its memory"
+    before = {n: t4[n].data_ptr() for n in inside}
+    assert w4.reload({f: f}) == sum(len(b) for b in data.values())
+    for n, t in t4.items():
+        assert t._bytes() == data[n], n
+    assert all(t4[n].data_ptr() == before[n] for n in inside), "a region tensor moved"
+    vmm3 = FakeVMM(limit=0)
+    gw._vmm = lambda torch: vmm3
+    assert gw.TorchWeights({n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in data}, [f]).region is None
     # keep_addresses=False: PyTorch's allocator, as without the driver's API.
     t3 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in data}
     assert gw.TorchWeights(t3, [f], keep_addresses=False).region is None
