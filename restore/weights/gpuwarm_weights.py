@@ -865,7 +865,12 @@ def attach(model, files, **options):
     """Offer the weights of model (an nn.Module, or a {name: tensor} dict)
     that were loaded from the safetensors files to gpuwarm. Returns an object
     whose ready() waits while they are away. Does nothing without
-    GPUWARM_WEIGHTS in the environment."""
+    GPUWARM_WEIGHTS in the environment.
+
+    It moves the weights into address-keeping memory (see the module doc):
+    call it before capturing CUDA graphs over them. options: threads and
+    piece (the upload's), keep_addresses (False: leave the weights with
+    PyTorch's allocator), segment (bytes of that memory mapped at a time)."""
     path = os.environ.get(ENV)
     if not path:
         return _Off()
