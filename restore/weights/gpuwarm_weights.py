@@ -63,7 +63,8 @@ class Hooks:
     backend.files() -> [paths]; backend.nbytes() -> int;
     backend.release(sources: {path: source}) -> (tensors, kept);
     backend.reload(paths: {source: path}) -> bytes;
-    backend.prepare(), optional: what a reload can do before it is asked.
+    backend.prepare(True), optional: what a reload can do before it is
+    asked; prepare(False) undoes it.
     release() frees what it released only once every tensor is checked, and
     on failure leaves everything resident; reload() raises on failure and
     may be asked again.
@@ -130,15 +131,15 @@ class Hooks:
         prepare = getattr(self.backend, "prepare", None)
         if self.released and prepare is not None:
             try:
-                prepare()
+                prepare(True)
             except Exception as e:  # the reload does it then
                 log(f"preparing the reload: {e!r}")
         line = f.readline()
-        if not line:
-            return
-        req = json.loads(line)
+        req = json.loads(line) if line else {}
         op = req.get("op")
-        if op == "none":
+        if op != "reload" and prepare is not None:
+            prepare(False)  # no reload in this session: nothing held for one
+        if op is None or op == "none":
             return
         t = time.monotonic()
         try:
@@ -608,12 +609,17 @@ class TorchWeights:
                 self._block = block
             return self.staging[w]
 
-    def prepare(self):
+    def prepare(self, ahead=True):
         """Ahead of a reload, while the driver may still be restoring the
         process's CUDA state (CUDA calls would wait for it): map and fault
         in the staging buffers' host memory, which then only needs
-        registering."""
+        registering. prepare(False) unmaps it again."""
         with self._staging_lock:
+            if not ahead:
+                if self._host is not None:
+                    self._host.free()
+                    self._host = None
+                return
             if self.staging is not None or self._host is not None or not self.released:
                 return
             self._size_threads(sum(e["length"] for e in self.released))

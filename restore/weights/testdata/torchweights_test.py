@@ -188,6 +188,10 @@ def main():
     # prepare() (while CUDA restores) maps and faults in the staging memory
     # that the reload then only registers.
     w.prepare()
+    assert w._host is not None
+    w.prepare(False)  # a session that asked no reload
+    assert w._host is None, "prepared memory kept without a reload"
+    w.prepare()
     prepared = w._host.addr
     n = w.reload({f: f})
     assert prepared in rt.registered, "the reload did not register the prepared memory"
