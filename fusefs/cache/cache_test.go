@@ -1446,6 +1446,9 @@ func TestDiskWritesOfChunksInMemoryWait(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	// A writer counts its entry before it settles the queue's accounting:
+	// wait for the writes to be done, not just to be on disk.
+	c.Flush()
 	if q := c.Stats().Disk.Queued; q != 0 {
 		t.Fatalf("queued %d bytes after every write", q)
 	}
