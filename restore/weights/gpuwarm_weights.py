@@ -521,7 +521,9 @@ class TorchWeights:
         movable = []
         for e in self.entries.values():
             t = e["tensor"]
-            if self._check(e) is None and all(
+            # The region is on the current device; tensors on others (a
+            # process driving several GPUs) keep their allocations.
+            if t.get_device() == vmm.device and self._check(e) is None and all(
                     a.dtype == t.dtype and list(a.shape) == list(t.shape) and a.storage_offset() == 0
                     and a.is_contiguous() for a in e["aliases"]):
                 movable.append(e)

@@ -47,6 +47,7 @@ class FakeVMM:
     fills them with garbage (new memory), so only an upload makes them
     right again."""
     granularity = 4096
+    device = 0
 
     def __init__(self, limit=None):
         self.bufs, self.maps, self.fail_map, self.mapped_calls = {}, {}, False, 0
@@ -124,12 +125,14 @@ def region_checks(data, f):
     # their addresses, the others PyTorch's allocations; both kinds are
     # released and reloaded. No room at all: no region.
     t4 = {n: torch.tensor_from_bytes(data[n], torch.uint8, [len(data[n])]) for n in data}
+    t4["layer0.weight"].get_device = lambda: 1  # another GPU's: not in this one's region
     vmm2 = FakeVMM(limit=sum(len(b) for b in data.values()) // 2)
     gw._vmm = lambda torch: vmm2
     w4 = gw.TorchWeights(t4, [f], threads=2, piece=4096, segment=8192)
     r4 = w4.region
     inside = {n for n, t in t4.items() if r4.va <= t.data_ptr() < r4.va + r4.size}
     assert 0 < len(inside) < len(t4), f"{len(inside)} of {len(t4)} tensors in a region half their size"
+    assert "layer0.weight" not in inside, "a tensor of another device moved into the region"
     assert sum(vmm2.maps.values()) <= vmm2.limit
     out4, kept4 = w4.release({f: f})
     assert len(out4) == len(data) and not kept4, (len(out4), kept4)

@@ -46,6 +46,9 @@ class Tensor:
     def untyped_storage(self):
         return self._st
 
+    def get_device(self):
+        return 0 if self.is_cuda else -1
+
     def storage_offset(self):
         return self._off
 
