@@ -246,20 +246,21 @@ class _PinnedBlock:
 
     def __init__(self, torch, n, host=None):
         self.torch, self.n = torch, n
-        self._map = None  # (address, length) of our mapping
+        self._host = None  # our mapping, registered
         self.addr = 0
         try:
             self._register(host or _HostMemory(n))
         except Exception:  # no cudart, no registration: torch's allocator
-            self._unmap()
+            if self._host is not None:
+                self._host.free()
+                self._host = None
             self.tensor = torch.empty(n, dtype=torch.uint8, pin_memory=True)
             self.addr = self.tensor.data_ptr()
 
     def _register(self, host):
         import ctypes
         torch, n = self.torch, self.n
-        self._map, self._libc, self.addr = host.map, host.libc, host.addr
-        host.map = None  # ours now
+        self._host, self.addr = host, host.addr
         cudart = torch.cuda.cudart()
         if int(cudart.cudaHostRegister(self.addr, n, 0)) != 0:
             raise OSError("cudaHostRegister of the staging buffers failed")
@@ -270,23 +271,19 @@ class _PinnedBlock:
             raise
         self._cudart = cudart
 
-    def _unmap(self):
-        if self._map is not None:
-            self._libc.munmap(*self._map)
-            self._map = None
-
     def free(self, zero):
         """Give the memory back (the caller has synchronized and holds no
         slice of it). torch's pinned memory may stay cached in torch: with
         zero it is zeroed first, so that it holds no weight bytes."""
-        if self._map is None:
+        if self._host is None:
             if zero:
                 self.tensor.zero_()
             self.tensor = None
             return
         self.tensor = None
         self._cudart.cudaHostUnregister(self.addr)
-        self._unmap()
+        self._host.free()
+        self._host = None
 
 
 class _VMM:
@@ -422,7 +419,7 @@ class _Region:
     ALIGN = 512
 
     def __init__(self, torch, vmm, lengths, segment):
-        self.torch, self.vmm = torch, vmm
+        self.vmm = vmm
         g = vmm.granularity
         self.segment = max(g, -(-segment // g) * g)
         off, self.offsets = 0, []
@@ -439,7 +436,7 @@ class _Region:
             self.map_range(0, 1)
             self.flat = torch.as_tensor(_CAI(self.va, self.size), device="cuda")
         except BaseException:
-            self.unmap_range(0, self.size, lambda s: True)
+            self.unmap_except([])
             vmm.free(self.va, self.size)
             raise
 
@@ -452,15 +449,13 @@ class _Region:
             if s[2] is None:
                 s[2] = self.vmm.map(self.va + s[0], s[1])
 
-    def unmap_range(self, off, n, want):
-        """Unmap the mapped segments of [off, off+n) that want(segment)."""
-        for s in self._covering(off, n):
-            if s[2] is not None and want(s):
+    def unmap_except(self, keep):
+        """Unmap every mapped segment that none of the (offset, length)
+        ranges in keep overlaps."""
+        for s in self.segments:
+            if s[2] is not None and not any(o < s[0] + s[1] and s[0] < o + n for o, n in keep):
                 h, s[2] = s[2], None
                 self.vmm.unmap(self.va + s[0], s[1], h)
-
-    def mapped(self):
-        return sum(s[1] for s in self.segments if s[2] is not None)
 
 
 class TorchWeights:
@@ -577,8 +572,7 @@ class TorchWeights:
                     since_empty = 0
         torch.cuda.synchronize()
         # Segments no tensor moved into (after a failure) go back.
-        used = [(e["region"], e["length"]) for e in movable if "region" in e]
-        region.unmap_range(0, region.size, lambda s: not any(o < s[0] + s[1] and s[0] < o + n for o, n in used))
+        region.unmap_except([(e["region"], e["length"]) for e in movable if "region" in e])
         torch.cuda.empty_cache()
         self.region = region
         n = sum(e["length"] for e in movable if "region" in e)
@@ -807,8 +801,7 @@ class TorchWeights:
             keep = [(e["region"], e["length"]) for e in self.entries.values()
                     if "region" in e and all(e is not r for r in self.released)]
             try:
-                self.region.unmap_range(0, self.region.size, lambda s: not any(
-                    o < s[0] + s[1] and s[0] < o + n for o, n in keep))
+                self.region.unmap_except(keep)
             except BaseException:
                 # Part of the weights may be gone: put them back before the
                 # program may run again.

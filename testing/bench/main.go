@@ -629,9 +629,8 @@ const (
 // pass to pass.
 const hotReps = 5
 
-// alternate runs a and b by turns, reps times each, and returns the
-// fastest of each: both see the same moments of a noisy machine.
-// alternateN runs each f in turn, reps rounds, and returns each one's best.
+// alternateN runs each f in turn, reps rounds, and returns the fastest of
+// each: all see the same moments of a noisy machine.
 func alternateN(reps int, fs ...func() (time.Duration, error)) ([]time.Duration, error) {
 	best := make([]time.Duration, len(fs))
 	for r := 0; r < reps; r++ {
@@ -648,24 +647,13 @@ func alternateN(reps int, fs ...func() (time.Duration, error)) ([]time.Duration,
 	return best, nil
 }
 
+// alternate is alternateN of two.
 func alternate(reps int, a, b func() (time.Duration, error)) (bestA, bestB time.Duration, err error) {
-	for r := 0; r < reps; r++ {
-		da, err := a()
-		if err != nil {
-			return 0, 0, err
-		}
-		db, err := b()
-		if err != nil {
-			return 0, 0, err
-		}
-		if r == 0 || da < bestA {
-			bestA = da
-		}
-		if r == 0 || db < bestB {
-			bestB = db
-		}
+	best, err := alternateN(reps, a, b)
+	if err != nil {
+		return 0, 0, err
 	}
-	return bestA, bestB, nil
+	return best[0], best[1], nil
 }
 
 // hotParts splits a hot sequential pass into what it is made of, each
