@@ -604,6 +604,10 @@ func FileID(chunks []chunk.Ref) digest.ID {
 // pages, which makes it copy at half the speed). Without, it is written
 // with O_DIRECT and leaves the page cache alone. Either way it is trusted
 // for passthrough as written (see verified.go).
+//
+// Assembly is background work: it first waits for a quiet moment, as the
+// disk tier's queued writes do (waitQuiet), so that a cold pass which reads
+// one file whole and goes on to others is not slowed by the copy.
 func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) error {
 	size, ok := c.CanAssemble(chunks)
 	if !ok {
@@ -613,6 +617,7 @@ func (c *Cache) Assemble(ctx context.Context, chunks []chunk.Ref, cached bool) e
 	// file holds them: its bytes are written once.
 	release := c.disk.holdWrites(chunks)
 	defer release()
+	c.disk.waitQuiet(time.Now())
 	id := FileID(chunks)
 	err := c.disk.addStream(id, size, cached, func(w io.Writer) error {
 		for _, ch := range chunks {

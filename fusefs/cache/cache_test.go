@@ -1039,6 +1039,55 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 	})
 }
 
+// Assembly is background work: while the cache is busy (a cold pass goes
+// on reading other files) it waits, and it goes ahead once all is quiet.
+func TestAssembleWaitsForAQuietMoment(t *testing.T) {
+	ctx := context.Background()
+	st, chunks, whole := fileFixture(t)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var busy atomic.Bool
+	busy.Store(true)
+	c.disk.busy = func() (time.Duration, bool) { // before any write is queued
+		if busy.Load() {
+			return quietPeriod, false
+		}
+		return 0, false
+	}
+	for _, ch := range chunks {
+		if err := c.Fetch(ctx, ch.ID, ch.Size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Assemble(ctx, chunks, true) }()
+	select {
+	case err := <-done:
+		t.Fatalf("assembled while the cache was busy (err %v)", err)
+	case <-time.After(6 * quietPeriod):
+	}
+	if _, ok := c.DiskFile(FileID(chunks), int64(len(whole))); ok {
+		t.Fatal("an assembled file appeared while the cache was busy")
+	}
+	busy.Store(false)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no assembly 5 s after the cache went quiet")
+	}
+	f, ok := c.DiskFile(FileID(chunks), int64(len(whole)))
+	if !ok {
+		t.Fatal("no assembled file once quiet")
+	}
+	f.Close()
+}
+
 // An assembled file written through the page cache is read back and
 // verified once, found resident by Resident, opened without hashing it
 // again, and still caught when its bytes change afterwards.
