@@ -46,7 +46,7 @@ test: setup build vet
 RACELOG := $(CURDIR)/bin/race
 race-e2e:
 	rm -rf $(RACELOG) && mkdir -p $(RACELOG)
-	GPUWARM_E2E_RACE=1 GORACE=log_path=$(RACELOG)/gpuwarm $(GO) test -count=1 -run 'Mount|Passthrough|Page|Assembl|Corrupt|Tiny|Concurrent|Record|Signal|Open' ./testing/e2e
+	GPUWARM_E2E_RACE=1 GORACE=log_path=$(RACELOG)/gpuwarm $(GO) test -count=1 -run 'Mount|Passthrough|Page|Assembl|Corrupt|Tiny|Concurrent|Record|Signal|Open|Random' ./testing/e2e
 	@if ls $(RACELOG)/* >/dev/null 2>&1; then cat $(RACELOG)/*; echo "data race in the mount daemon"; exit 1; fi
 
 test-unit:

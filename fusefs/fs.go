@@ -126,6 +126,9 @@ type FS struct {
 
 	ra   chan readahead
 	scan scan
+	// pushQ holds the chunk bytes reads out of sequence hand to the
+	// kernel's page cache (pushRest).
+	pushQ chan pushJob
 
 	// opens counts file opens by how they are served.
 	passthroughOpens, cachedOpens atomic.Int64
@@ -174,7 +177,7 @@ func New(opt Options) *FS {
 		opt.Readahead = 2
 	}
 	f := &FS{opt: opt, cache: opt.Cache, st: opt.Cache.Store(), log: opt.Logger,
-		images: make(map[digest.ID]*manifest.Index), named: make(map[string]namedTag), observers: make(map[digest.ID]manifest.Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64),
+		images: make(map[digest.ID]*manifest.Index), named: make(map[string]namedTag), observers: make(map[digest.ID]manifest.Observer), warmers: make(map[digest.ID]*Warmer), ra: make(chan readahead, 64), pushQ: make(chan pushJob, 64),
 		assembleSlot: make(chan struct{}, 1)}
 	return f
 }
@@ -420,6 +423,26 @@ func (f *FS) readaheadLoop(ctx context.Context) {
 	}
 }
 
+// pushLoop hands the kernel what reads out of sequence queued (pushRest),
+// one job at a time.
+func (f *FS) pushLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			for {
+				select {
+				case j := <-f.pushQ:
+					j.release()
+				default:
+					return
+				}
+			}
+		case j := <-f.pushQ:
+			j.run()
+		}
+	}
+}
+
 func (f *FS) queueReadahead(id digest.ID, size uint32) {
 	if f.cache.InMemory(id) {
 		return
@@ -602,6 +625,7 @@ func (f *FS) Mount(dir string) (*Server, error) {
 	for i := 0; i < 4; i++ {
 		go f.readaheadLoop(ctx)
 	}
+	go f.pushLoop(ctx)
 	go func() { s.Wait(); cancel() }()
 	return s, nil
 }

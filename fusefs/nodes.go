@@ -205,6 +205,10 @@ type node struct {
 	// readEnd is where the last read ended: a read starting near it is
 	// part of a sequential pass, which the next chunks are fetched ahead of.
 	readEnd atomic.Int64
+	// pushed holds the chunks whose bytes were handed to the kernel after
+	// a read out of sequence (pushRest).
+	pushMu sync.Mutex
+	pushed map[int]struct{}
 }
 
 var (

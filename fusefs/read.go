@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 
@@ -205,6 +206,9 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		return nil, e2
 	}
 	n.noteServed(int64(res.Size()), e.Size)
+	if !seq && !ranged {
+		n.pushRest(e, first, last, off, size)
+	}
 	if seq {
 		for k := 0; k < n.fsys.opt.Readahead && last+k < len(e.Chunks); k++ {
 			c := e.Chunks[last+k]
@@ -301,6 +305,7 @@ func (n *node) noteServed(k, size int64) {
 		// Asked again for bytes it was given: the kernel has dropped pages.
 		n.inPageCache.Store(false)
 		n.served.Store(0)
+		n.forgetPushed()
 		n.fsys.pageCacheLost.Add(1)
 	}
 	if n.served.Add(k) >= size && !n.inPageCache.Swap(true) {
@@ -338,7 +343,100 @@ func (n *node) dropPageCache() {
 	}
 	n.inPageCache.Store(false)
 	n.served.Store(0)
+	n.forgetPushed()
 	n.fsys.assemblyDropped.Add(1)
+}
+
+// pushRest hands the kernel's page cache the rest of each chunk (or a
+// small file's piece of a shared chunk) that a read out of sequence just
+// fetched whole, once per chunk: the file's other reads there are then
+// served by the kernel without a round trip to the daemon (a program
+// reading a library or an index at random offsets, or faulting in the
+// pages of a mapping of it). The bytes are verified and in the memory tier
+// already; the push is one copy, made by a background goroutine after the
+// reply. The pages the read itself asked for are left out: the kernel holds
+// them locked until the reply, and would make the push wait for it.
+func (n *node) pushRest(e *manifest.Entry, first, last int, off, size int64) {
+	if n.fsys.mounted.Load() == nil {
+		return // no kernel to hand them to (and no loop taking the jobs)
+	}
+	page := int64(os.Getpagesize())
+	skipLo, skipHi := off&^(page-1), min((off+size+page-1)&^(page-1), e.Size)
+	for j := first; j < last; j++ {
+		c := e.Chunks[j]
+		if !n.fsys.cache.InMemory(c.ID) || !n.markPushed(j) {
+			continue
+		}
+		var b []byte
+		var release func()
+		var err error
+		if c.Shared() {
+			b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Whole, int64(c.Off), int(c.Size))
+		} else {
+			b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Size, 0, int(c.Size))
+		}
+		if err != nil {
+			n.unmarkPushed(j)
+			continue
+		}
+		job := pushJob{n: n, off: n.img.ChunkOffset(n.idx, j), b: b, release: release, skipLo: skipLo, skipHi: skipHi}
+		select {
+		case n.fsys.pushQ <- job:
+		default: // the queue is full: only a hint
+			release()
+			n.unmarkPushed(j)
+		}
+	}
+}
+
+// pushJob is the bytes b of a file at offset off to hand to the kernel,
+// less [skipLo, skipHi).
+type pushJob struct {
+	n              *node
+	off            int64
+	b              []byte
+	release        func()
+	skipLo, skipHi int64
+}
+
+func (j pushJob) run() {
+	defer j.release()
+	end := j.off + int64(len(j.b))
+	if lo := min(max(j.skipLo, j.off), end); lo > j.off {
+		j.n.push(j.off, j.b[:lo-j.off])
+	}
+	if hi := max(min(j.skipHi, end), j.off); hi < end {
+		j.n.push(hi, j.b[hi-j.off:])
+	}
+}
+
+// markPushed records that chunk j's bytes go to the kernel, and reports
+// whether they had not already.
+func (n *node) markPushed(j int) bool {
+	n.pushMu.Lock()
+	defer n.pushMu.Unlock()
+	if _, ok := n.pushed[j]; ok {
+		return false
+	}
+	if n.pushed == nil {
+		n.pushed = map[int]struct{}{}
+	}
+	n.pushed[j] = struct{}{}
+	return true
+}
+
+func (n *node) unmarkPushed(j int) {
+	n.pushMu.Lock()
+	delete(n.pushed, j)
+	n.pushMu.Unlock()
+}
+
+// forgetPushed is called when the kernel's pages of the file are gone:
+// the chunks may be pushed again.
+func (n *node) forgetPushed() {
+	n.pushMu.Lock()
+	n.pushed = nil
+	n.pushMu.Unlock()
 }
 
 // viewResult is a read reply made of views of cached chunks. go-fuse writes

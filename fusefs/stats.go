@@ -64,8 +64,9 @@ type Stats struct {
 	// Prefetch holds each replaying image's counters, by image ID.
 	Prefetch map[string]any `json:"prefetch,omitempty"`
 	Opens    OpenStats      `json:"opens"`
-	// PageCachePushed is the bytes replays put into files' page cache
-	// ahead of their reads.
+	// PageCachePushed is the bytes put into files' page cache ahead of
+	// their reads: by replays, and the rest of a chunk a read out of
+	// sequence fetched whole.
 	PageCachePushed int64          `json:"page_cache_pushed"`
 	FUSE            TransportStats `json:"fuse"`
 	Assembly        AssemblyStats  `json:"assembly"`
