@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	bu "github.com/gpuwarm/gpuwarm/testing/benchutil"
 	"github.com/gpuwarm/gpuwarm/testing/registry"
+	"github.com/klauspost/compress/gzip"
+	"golang.org/x/sync/errgroup"
 )
 
 func init() {
@@ -271,7 +273,119 @@ func benchPackImage(dir string) error {
 		{Name: "pack --image REGISTRY/REF", Value: 1000 * gb / best[1].Seconds(), Unit: "MB/s", Baseline: "pack DIR", Goal: ">= 0.8x"},
 		{Name: "pack --image LAYOUT-DIR", Value: 1000 * gb / best[2].Seconds(), Unit: "MB/s", Baseline: "pack DIR"},
 	})
+	// Where an image pack's time can go, each part alone, in the tree's
+	// MB/s: the fetch of the compressed layers and their gunzip, one layer
+	// at a time and all at once (the pack reads several layers at once).
+	blobs, err := layoutBlobs(lay)
+	if err != nil {
+		return err
+	}
+	parts, err := alternateN(3,
+		func() (time.Duration, error) { return bu.Time(func() error { return fetchLayers(ref) }) },
+		func() (time.Duration, error) { return bu.Time(func() error { return gunzipFiles(blobs, false) }) },
+		func() (time.Duration, error) { return bu.Time(func() error { return gunzipFiles(blobs, true) }) })
+	if err != nil {
+		return err
+	}
+	bu.Table(os.Stdout, "the parts of an image pack alone (best of 3), as the tree's MB/s", []bu.Row{
+		{Name: "pack DIR (above)", Value: 1000 * gb / best[0].Seconds(), Unit: "MB/s"},
+		{Name: "fetch of the compressed layers from the registry, all at once", Value: 1000 * gb / parts[0].Seconds(), Unit: "MB/s", Baseline: "pack DIR (above)"},
+		{Name: "gunzip of the layers from the layout, one after another", Value: 1000 * gb / parts[1].Seconds(), Unit: "MB/s", Baseline: "pack DIR (above)"},
+		{Name: "gunzip of the layers from the layout, all at once", Value: 1000 * gb / parts[2].Seconds(), Unit: "MB/s", Baseline: "pack DIR (above)"},
+	})
 	return nil
+}
+
+// layoutBlobs lists the paths of the layer blobs of the one image in the
+// OCI layout at dir.
+func layoutBlobs(dir string) ([]string, error) {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	if len(im.Manifests) != 1 {
+		return nil, fmt.Errorf("layout %s: %d images, want 1", dir, len(im.Manifests))
+	}
+	img, err := p.Image(im.Manifests[0].Digest)
+	if err != nil {
+		return nil, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, filepath.Join(dir, "blobs", d.Algorithm, d.Hex))
+	}
+	return out, nil
+}
+
+// fetchLayers reads every compressed layer of the image ref from its
+// registry at once, and throws the bytes away.
+func fetchLayers(ref string) error {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		return err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	var g errgroup.Group
+	for _, l := range layers {
+		g.Go(func() error {
+			rc, err := l.Compressed()
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(io.Discard, rc)
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// gunzipFiles decompresses each gzip file (as the pack does, with
+// klauspost's inflate), all at once if parallel is set.
+func gunzipFiles(paths []string, parallel bool) error {
+	var g errgroup.Group
+	if !parallel {
+		g.SetLimit(1)
+	}
+	for _, p := range paths {
+		g.Go(func() error {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			z, err := gzip.NewReader(bufio.NewReaderSize(f, 1<<20))
+			if err != nil {
+				return fmt.Errorf("%s: %w", p, err)
+			}
+			_, err = io.Copy(io.Discard, z)
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // layoutFromRegistry copies the image ref into an OCI layout at dir,

@@ -43,7 +43,6 @@ func randomReadHandsTheKernelItsChunk(t *testing.T, flags []string) {
 	gw(t, "pack", src, "--tag", "t", "--store", storeDir)
 	d := startMount(t, storeDir, mnt, filepath.Join(tmp, "cache"), flags...)
 	defer d.stop(t)
-	checkTransport(t, d, flags)
 
 	pread := func(rel string, off int64, n int) {
 		t.Helper()
@@ -100,4 +99,5 @@ func randomReadHandsTheKernelItsChunk(t *testing.T, flags []string) {
 	if got := pages("lib/mod.so"); got != 256+75 {
 		t.Errorf("lib/mod.so: %d pages cached, want all %d", got, 256+75)
 	}
+	checkTransport(t, d, flags)
 }
