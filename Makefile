@@ -70,6 +70,7 @@ fuzz:
 	$(GO) test ./fusefs/transport/uring -run='^$$' -fuzz=FuzzParseCPUList -fuzztime=$(FUZZTIME)
 	$(GO) test ./restore/weights -run='^$$' -fuzz=FuzzParseReply -fuzztime=$(FUZZTIME)
 	$(GO) test ./restore -run='^$$' -fuzz=FuzzParseWeightsMeta -fuzztime=$(FUZZTIME)
+	$(GO) test ./internal/inflate -run='^$$' -fuzz=FuzzInflate -fuzztime=$(FUZZTIME)
 	# Each input makes files and device nodes (about 1 ms): a tenth of the
 	# executions, and a bounded minimization of what it finds new.
 	$(GO) test ./restore/container -run='^$$' -fuzz=FuzzApplyDiff -fuzztime=$(FUZZTIME_FS) -fuzzminimizetime=200x

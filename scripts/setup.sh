@@ -20,6 +20,9 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 # The mount benchmark's baseline: squashfuse over a zstd squashfs image.
 command -v squashfuse_ll >/dev/null || need+=(squashfuse)
 command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+# ISA-L's inflate unpacks gzip image layers at 2.5x the Go inflate's speed
+# (internal/inflate): its header to build with, its library to run with.
+[ -e /usr/include/isa-l/igzip_lib.h ] || need+=(libisal-dev)
 # promtool checks the metrics the mount exports and the dashboard's queries.
 command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

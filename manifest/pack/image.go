@@ -18,11 +18,11 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/gpuwarm/gpuwarm/internal/directio"
+	"github.com/gpuwarm/gpuwarm/internal/inflate"
 	"github.com/gpuwarm/gpuwarm/manifest"
 	"github.com/gpuwarm/gpuwarm/manifest/digest"
 	"github.com/gpuwarm/gpuwarm/manifest/store"
@@ -251,7 +251,9 @@ func layerReader(l v1.Layer) (r io.Reader, check func() error, closeAll func(), 
 	switch mt {
 	case types.OCILayer, types.DockerLayer:
 		decomp = func(r io.Reader) (io.Reader, func(), error) {
-			z, err := gzip.NewReader(r)
+			// ISA-L's inflate where the machine has it: a layer's gunzip
+			// is one core's work, and often the pack's bound.
+			z, err := inflate.NewReader(r)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -272,6 +272,17 @@ type badLayer struct {
 	v1.Layer
 	swap []byte
 	mt   types.MediaType
+	// own: the layer's digest is its swapped bytes' (a layer that is what
+	// the image names, and broken inside).
+	own bool
+}
+
+func (b badLayer) Digest() (v1.Hash, error) {
+	if b.own {
+		h, _, err := v1.SHA256(bytes.NewReader(b.swap))
+		return h, err
+	}
+	return b.Layer.Digest()
 }
 
 func (b badLayer) Compressed() (io.ReadCloser, error) {
@@ -307,6 +318,21 @@ func TestImageLayerDigestAndMediaTypeChecked(t *testing.T) {
 	_, err = Image(context.Background(), st, imageOf(t, badLayer{Layer: good, mt: types.DockerForeignLayer}), "test", Options{})
 	if err == nil || !strings.Contains(err.Error(), "does not unpack") {
 		t.Fatalf("a foreign layer: %v", err)
+	}
+	// Layers that are what the image names but no gzip stream: a plain
+	// tar said to be gzip, and a gzip stream cut short.
+	un, _ := good.Uncompressed()
+	plain, _ := io.ReadAll(un)
+	rc, _ = good.Compressed()
+	gz, _ := io.ReadAll(rc)
+	for name, b := range map[string][]byte{"a plain tar": plain, "a cut gzip stream": gz[:len(gz)-6]} {
+		_, err = Image(context.Background(), st, imageOf(t, badLayer{Layer: good, swap: b, own: true}), "test", Options{})
+		if err == nil || !strings.Contains(err.Error(), "gzip") && !strings.Contains(err.Error(), "unexpected EOF") {
+			t.Fatalf("%s as a gzip layer: %v", name, err)
+		}
+	}
+	if tags, _, _ := store.ListTags(context.Background(), st); len(tags) != 0 {
+		t.Fatalf("tags after a failed pack: %v", tags)
 	}
 }
 
