@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/user"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"time"
@@ -88,6 +89,15 @@ func (o *mountOptions) run(ctx context.Context, args []string) error {
 	dir, err := mountPoint(args)
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		// The cache's chunks live outside the Go heap (mapped arenas): what
+		// the heap gains between collections is per-request garbage, and
+		// every collection also empties go-fuse's pools of reply buffers,
+		// whose refills are zeroed. Collecting at 5x the live heap (tens of
+		// MB) instead of 2x made a cold sequential pass 14% faster on the
+		// 2-CPU VM (690 against 605 MB/s).
+		debug.SetGCPercent(400)
 	}
 	if o.cpuProfile != "" {
 		f, err := os.Create(o.cpuProfile)
