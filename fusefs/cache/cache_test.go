@@ -1039,16 +1039,23 @@ func TestDiskTierWithAndWithoutDirectIO(t *testing.T) {
 	})
 }
 
-// Assembly is background work: while the cache is busy (a cold pass goes
-// on reading other files) it waits, and it goes ahead once all is quiet.
-func TestAssembleWaitsForAQuietMoment(t *testing.T) {
-	ctx := context.Background()
+// assembleFixture is a cache with a disk tier over fileFixture's store
+// (closed when the test ends), the file's chunks and its bytes.
+func assembleFixture(t *testing.T) (*Cache, []chunk.Ref, []byte) {
 	st, chunks, whole := fileFixture(t)
 	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 16 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return c, chunks, whole
+}
+
+// Assembly is background work: while the cache is busy (a cold pass goes
+// on reading other files) it waits, and it goes ahead once all is quiet.
+func TestAssembleWaitsForAQuietMoment(t *testing.T) {
+	ctx := context.Background()
+	c, chunks, whole := assembleFixture(t)
 	var busy atomic.Bool
 	busy.Store(true)
 	c.disk.busy = func() (time.Duration, bool) { // before any write is queued
@@ -1093,12 +1100,7 @@ func TestAssembleWaitsForAQuietMoment(t *testing.T) {
 // again, and still caught when its bytes change afterwards.
 func TestAssembleCached(t *testing.T) {
 	ctx := context.Background()
-	st, chunks, whole := fileFixture(t)
-	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 4 << 20, DiskBytes: 16 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, chunks, whole := assembleFixture(t)
 	if err := c.Assemble(ctx, chunks, true); err != nil {
 		t.Fatal(err)
 	}

@@ -353,11 +353,7 @@ func layoutBlobs(dir string) ([]string, error) {
 // fetchLayers reads every compressed layer of the image ref from its
 // registry at once, and throws the bytes away.
 func fetchLayers(ref string) error {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return err
-	}
-	img, err := remote.Image(r)
+	img, err := remoteImage(ref)
 	if err != nil {
 		return err
 	}
@@ -406,14 +402,19 @@ func gunzipFiles(paths []string, newR func(io.Reader) (io.ReadCloser, error), pa
 	return g.Wait()
 }
 
+// remoteImage is the image ref names in its registry.
+func remoteImage(ref string) (v1.Image, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	return remote.Image(r)
+}
+
 // layoutFromRegistry copies the image ref into an OCI layout at dir,
 // compressed blobs as they are.
 func layoutFromRegistry(ref, dir string) error {
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return err
-	}
-	img, err := remote.Image(r)
+	img, err := remoteImage(ref)
 	if err != nil {
 		return err
 	}
