@@ -126,8 +126,8 @@ type FS struct {
 
 	ra   chan readahead
 	scan scan
-	// pushQ holds the chunk bytes reads out of sequence hand to the
-	// kernel's page cache (pushRest).
+	// pushQ holds the chunks reads out of sequence hand to the kernel's
+	// page cache (pushRest).
 	pushQ chan pushJob
 
 	// opens counts file opens by how they are served.
@@ -429,14 +429,7 @@ func (f *FS) pushLoop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			for {
-				select {
-				case j := <-f.pushQ:
-					j.release()
-				default:
-					return
-				}
-			}
+			return
 		case j := <-f.pushQ:
 			j.run()
 		}

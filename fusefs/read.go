@@ -354,8 +354,9 @@ func (n *node) dropPageCache() {
 // reading a library or an index at random offsets, or faulting in the
 // pages of a mapping of it). The bytes are verified and in the memory tier
 // already; the push is one copy, made by a background goroutine after the
-// reply. The pages the read itself asked for are left out: the kernel holds
-// them locked until the reply, and would make the push wait for it.
+// reply (Read only queues it: it may run on a ring's thread). The pages the
+// read itself asked for are left out: the kernel holds them locked until
+// the reply, and would make the push wait for it.
 func (n *node) pushRest(e *manifest.Entry, first, last int, off, size int64) {
 	if n.fsys.mounted.Load() == nil {
 		return // no kernel to hand them to (and no loop taking the jobs)
@@ -363,50 +364,54 @@ func (n *node) pushRest(e *manifest.Entry, first, last int, off, size int64) {
 	page := int64(os.Getpagesize())
 	skipLo, skipHi := off&^(page-1), min((off+size+page-1)&^(page-1), e.Size)
 	for j := first; j < last; j++ {
-		c := e.Chunks[j]
-		if !n.fsys.cache.InMemory(c.ID) || !n.markPushed(j) {
+		if !n.markPushed(j) {
 			continue
 		}
-		var b []byte
-		var release func()
-		var err error
-		if c.Shared() {
-			b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Whole, int64(c.Off), int(c.Size))
-		} else {
-			b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Size, 0, int(c.Size))
-		}
-		if err != nil {
-			n.unmarkPushed(j)
-			continue
-		}
-		job := pushJob{n: n, off: n.img.ChunkOffset(n.idx, j), b: b, release: release, skipLo: skipLo, skipHi: skipHi}
 		select {
-		case n.fsys.pushQ <- job:
+		case n.fsys.pushQ <- pushJob{n: n, j: j, skipLo: skipLo, skipHi: skipHi}:
 		default: // the queue is full: only a hint
-			release()
 			n.unmarkPushed(j)
 		}
 	}
 }
 
-// pushJob is the bytes b of a file at offset off to hand to the kernel,
-// less [skipLo, skipHi).
+// pushJob is chunk j of a file to hand to the kernel, less the file's
+// bytes [skipLo, skipHi).
 type pushJob struct {
 	n              *node
-	off            int64
-	b              []byte
-	release        func()
+	j              int
 	skipLo, skipHi int64
 }
 
-func (j pushJob) run() {
-	defer j.release()
-	end := j.off + int64(len(j.b))
-	if lo := min(max(j.skipLo, j.off), end); lo > j.off {
-		j.n.push(j.off, j.b[:lo-j.off])
+// run pushes the chunk if the memory tier still holds it (nothing is
+// fetched for a push).
+func (job pushJob) run() {
+	n, j := job.n, job.j
+	c := n.entry().Chunks[j]
+	if !n.fsys.cache.InMemory(c.ID) {
+		n.unmarkPushed(j)
+		return
 	}
-	if hi := max(min(j.skipHi, end), j.off); hi < end {
-		j.n.push(hi, j.b[hi-j.off:])
+	var b []byte
+	var release func()
+	var err error
+	if c.Shared() {
+		b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Whole, int64(c.Off), int(c.Size))
+	} else {
+		b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Size, 0, int(c.Size))
+	}
+	if err != nil {
+		n.unmarkPushed(j)
+		return
+	}
+	defer release()
+	off := n.img.ChunkOffset(n.idx, j)
+	end := off + int64(len(b))
+	if lo := min(max(job.skipLo, off), end); lo > off {
+		n.push(off, b[:lo-off])
+	}
+	if hi := max(min(job.skipHi, end), off); hi < end {
+		n.push(hi, b[hi-off:])
 	}
 }
 
