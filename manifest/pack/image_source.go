@@ -48,8 +48,15 @@ func OpenImage(ctx context.Context, ref string) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", ref, err)
 	}
-	return img, nil
+	return fetchedImage{img}, nil
 }
+
+// fetchedImage is an image read from a registry. go-containerregistry
+// checks each of its layers' size and SHA-256 as the layer is read (and
+// fails the read's end otherwise), so Image does not hash those bytes a
+// second time: on a CPU-bound pack that was about 6% of the time. Layers
+// from a layout or an archive come unchecked and Image hashes them.
+type fetchedImage struct{ v1.Image }
 
 func layoutImage(dir, dig string) (v1.Image, error) {
 	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -380,6 +381,46 @@ func TestOpenImageSources(t *testing.T) {
 	}
 	if _, err := OpenImage(context.Background(), t.TempDir()); err == nil || !strings.Contains(err.Error(), "no OCI image layout") {
 		t.Fatalf("a plain directory: %v", err)
+	}
+}
+
+// A registry's layers are checked by go-containerregistry as they are read
+// (Image does not hash them again): a registry that serves other bytes under
+// a layer's digest fails the pack and tags nothing. The bytes served differ
+// only in the gzip header's timestamp, so they unpack to the same tar and
+// only the digest can tell.
+func TestImageFromRegistryServingOtherBytesRefused(t *testing.T) {
+	good := layerOf(t, tarEntry{name: "a", body: "the right bytes"})
+	dig, _ := good.Digest()
+	rc, _ := good.Compressed()
+	swapped, _ := io.ReadAll(rc)
+	swapped[4] ^= 1 // MTIME, which no gzip check covers
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+dig.String()) {
+			w.Header().Set("Content-Length", fmt.Sprint(len(swapped)))
+			w.Write(swapped)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/ns/img:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, imageOf(t, good)); err != nil {
+		t.Fatal(err)
+	}
+	img, err := OpenImage(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := filestore.Open(t.TempDir())
+	_, err = Image(context.Background(), st, img, "test", Options{})
+	if err == nil || !strings.Contains(err.Error(), "corrupt or not the one the image names") {
+		t.Fatalf("a registry serving other bytes for a layer: %v", err)
+	}
+	if tags, _, _ := store.ListTags(context.Background(), st); len(tags) != 0 {
+		t.Fatalf("tags after a failed pack: %v", tags)
 	}
 }
 
