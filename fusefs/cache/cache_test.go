@@ -1505,6 +1505,38 @@ func TestDiskWritesOfChunksInMemoryWait(t *testing.T) {
 	}
 }
 
+// Many writes (more than the 2,048 the queue once had room for before it
+// let them go ahead) still wait while their chunks are in memory and the
+// cache is busy: a cold restore fetches tens of thousands of chunks.
+func TestManyDiskWritesOfChunksInMemoryWait(t *testing.T) {
+	ctx := context.Background()
+	const n, size = 3000, 4 << 10
+	st, _, ids := fixture(t, n, size)
+	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := keepBusy(c)
+	for _, id := range ids {
+		if err := c.Fetch(ctx, id, size, Demand); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(4 * quietPeriod)
+	if s := c.Stats().Disk; s.Entries != 0 {
+		t.Fatalf("while busy, with every chunk in memory: %d of %d chunks written", s.Entries, n)
+	}
+	stop()
+	deadline := time.Now().Add(maxQueueAge / 2)
+	for c.Stats().Disk.Entries != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d chunks on disk after the cache went quiet", c.Stats().Disk.Entries, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A write held back by an assembly waits until the assembly lets go.
 func TestHeldWritesWait(t *testing.T) {
 	st, chunks, _ := fileFixture(t)
