@@ -1469,71 +1469,49 @@ func TestQueuedWritesOfAssembledChunksAreSkipped(t *testing.T) {
 // cache is busy their writes wait (a cold pass is not slowed by them), past
 // half the queue's byte bound, and nothing is written before the cache
 // goes quiet.
+// The same holds for many writes (more than the 2,048 the queue once had
+// room for before it let them go ahead): a cold restore fetches tens of
+// thousands of chunks.
 func TestDiskWritesOfChunksInMemoryWait(t *testing.T) {
-	ctx := context.Background()
-	const size = 8 << 20
-	n := maxQueuedBytes/2/size + 4
-	st, _, ids := fixture(t, n, size)
-	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	stop := keepBusy(c)
-	for _, id := range ids {
-		if err := c.Fetch(ctx, id, size, Demand); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(4 * quietPeriod)
-	if s := c.Stats().Disk; s.Entries != 0 || s.Queued != int64(n*size) || c.disk.outsideBytes.Load() != 0 {
-		t.Fatalf("while busy, with every chunk in memory: %+v, outside %d; want nothing written", s, c.disk.outsideBytes.Load())
-	}
-	stop()
-	deadline := time.Now().Add(maxQueueAge / 2)
-	for c.Stats().Disk.Entries != int64(n) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d chunks on disk after the cache went quiet", c.Stats().Disk.Entries, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	// A writer counts its entry before it settles the queue's accounting:
-	// wait for the writes to be done, not just to be on disk.
-	c.Flush()
-	if q := c.Stats().Disk.Queued; q != 0 {
-		t.Fatalf("queued %d bytes after every write", q)
-	}
-}
-
-// Many writes (more than the 2,048 the queue once had room for before it
-// let them go ahead) still wait while their chunks are in memory and the
-// cache is busy: a cold restore fetches tens of thousands of chunks.
-func TestManyDiskWritesOfChunksInMemoryWait(t *testing.T) {
-	ctx := context.Background()
-	const n, size = 3000, 4 << 10
-	st, _, ids := fixture(t, n, size)
-	c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	stop := keepBusy(c)
-	for _, id := range ids {
-		if err := c.Fetch(ctx, id, size, Demand); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(4 * quietPeriod)
-	if s := c.Stats().Disk; s.Entries != 0 {
-		t.Fatalf("while busy, with every chunk in memory: %d of %d chunks written", s.Entries, n)
-	}
-	stop()
-	deadline := time.Now().Add(maxQueueAge / 2)
-	for c.Stats().Disk.Entries != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d chunks on disk after the cache went quiet", c.Stats().Disk.Entries, n)
-		}
-		time.Sleep(10 * time.Millisecond)
+	for _, tc := range []struct{ n, size int }{
+		{maxQueuedBytes/2/(8<<20) + 4, 8 << 20},
+		{3000, 4 << 10},
+	} {
+		t.Run(fmt.Sprintf("%dx%d", tc.n, tc.size), func(t *testing.T) {
+			ctx := context.Background()
+			n, size := tc.n, tc.size
+			st, _, ids := fixture(t, n, size)
+			c, err := Open(st, Config{Dir: t.TempDir(), MemBytes: 1 << 30, DiskBytes: 1 << 30})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			stop := keepBusy(c)
+			for _, id := range ids {
+				if err := c.Fetch(ctx, id, uint32(size), Demand); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(4 * quietPeriod)
+			if s := c.Stats().Disk; s.Entries != 0 || s.Queued != int64(n*size) || c.disk.outsideBytes.Load() != 0 {
+				t.Fatalf("while busy, with every chunk in memory: %+v, outside %d; want nothing written", s, c.disk.outsideBytes.Load())
+			}
+			stop()
+			deadline := time.Now().Add(maxQueueAge / 2)
+			for c.Stats().Disk.Entries != int64(n) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of %d chunks on disk after the cache went quiet", c.Stats().Disk.Entries, n)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// A writer counts its entry before it settles the queue's
+			// accounting: wait for the writes to be done, not just to be
+			// on disk.
+			c.Flush()
+			if q := c.Stats().Disk.Queued; q != 0 {
+				t.Fatalf("queued %d bytes after every write", q)
+			}
+		})
 	}
 }
 
