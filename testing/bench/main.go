@@ -136,23 +136,9 @@ func mountLog(root string) string {
 	return "\nmount log:\n" + lastMount.logs.String()
 }
 
-// waitIdle waits until the daemon has no background work left: no file
-// assembly running and no fetched chunk waiting to be written to the disk
-// tier.
-func (m *mountProc) waitIdle(limit time.Duration) {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		var s struct {
-			Assembly struct{ Running int64 }
-			Disk     struct{ Queued int64 }
-		}
-		b, err := os.ReadFile(filepath.Join(m.dir, ".stats"))
-		if err != nil || json.Unmarshal(b, &s) != nil || s.Assembly.Running == 0 && s.Disk.Queued == 0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitIdle waits until the daemon has no background work left (see
+// benchutil.Settle).
+func (m *mountProc) waitIdle(limit time.Duration) { bu.Settle(m.dir, limit) }
 
 // fetchBytes returns the bytes the daemon has read from the store.
 func (m *mountProc) fetchBytes() int64 {

@@ -5,6 +5,7 @@ package benchutil
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -292,6 +293,28 @@ func Run(name string, args ...string) (string, error) {
 		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// Settle waits, at most limit, until the gpuwarm mount at mnt has no
+// background work left: no file assembly running and no fetched chunk
+// waiting to be written to its disk tier. It returns how long that took
+// and the bytes still queued (0 where the mount's stats cannot be read).
+func Settle(mnt string, limit time.Duration) (time.Duration, int64) {
+	start := time.Now()
+	for {
+		var s struct {
+			Assembly struct{ Running int64 }
+			Disk     struct{ Queued int64 }
+		}
+		b, err := os.ReadFile(filepath.Join(mnt, ".stats"))
+		if err != nil || json.Unmarshal(b, &s) != nil {
+			return time.Since(start), 0
+		}
+		if s.Assembly.Running == 0 && s.Disk.Queued == 0 || time.Since(start) > limit {
+			return time.Since(start), s.Disk.Queued
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // WaitMount waits until a FUSE filesystem is mounted at dir.

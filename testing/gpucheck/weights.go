@@ -308,7 +308,7 @@ func weightsSize(g *gwc, script string, gb float64, mntDir, storeDir string, pin
 	// start once the mount has written what the boot fetched to its disk
 	// tier (writes held back while it was busy), so that they are timed on
 	// a settled cache, not beside those writes.
-	if d, left := settle(mntDir, 2*time.Minute); d > time.Second || left > 0 {
+	if d, left := bu.Settle(mntDir, 2*time.Minute); d > time.Second || left > 0 {
 		fmt.Printf("     cache settled in %.1fs (disk-tier writes of the boot's fetches; %s still queued)\n", d.Seconds(), pack.HumanBytes(left))
 	}
 	warm := []struct {
@@ -453,25 +453,4 @@ func weightsCorrupt(g *gwc, tag, mntDir, storeDir string) error {
 		return fmt.Errorf("%d workload processes left running", n-before)
 	}
 	return nil
-}
-
-// settle waits, at most limit, until the mount at mnt has no disk-tier
-// write queued and no file assembly running; it returns how long that took
-// and the bytes still queued.
-func settle(mnt string, limit time.Duration) (time.Duration, int64) {
-	start := time.Now()
-	for {
-		var s struct {
-			Assembly struct{ Running int64 }
-			Disk     struct{ Queued int64 }
-		}
-		b, err := os.ReadFile(filepath.Join(mnt, ".stats"))
-		if err != nil || json.Unmarshal(b, &s) != nil {
-			return time.Since(start), 0
-		}
-		if s.Assembly.Running == 0 && s.Disk.Queued == 0 || time.Since(start) > limit {
-			return time.Since(start), s.Disk.Queued
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
