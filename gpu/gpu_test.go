@@ -166,3 +166,40 @@ func TestPlaceMovesStateOnlyWhereAsked(t *testing.T) {
 		t.Fatalf("a snapshot with an unreadable UUID: %v", err)
 	}
 }
+
+// A snapshot of a tensor-parallel workload holds state on two GPUs: it is
+// placed onto two named GPUs of a four-GPU worker (GPUs 0-1 onto 2-3, the
+// idle ones swapped so that every GPU of the snapshot's machine is paired),
+// onto the first two of another machine, and refused where the worker has
+// one GPU or one GPU is named.
+func TestPlaceTwoGPUState(t *testing.T) {
+	uuids := []string{"GPU-00000000-0000-0000-0000-000000000000", "GPU-11111111-0000-0000-0000-000000000000",
+		"GPU-22222222-0000-0000-0000-000000000000", "GPU-33333333-0000-0000-0000-000000000000"}
+	meta := &Meta{Model: "H100", Count: 4, UUIDs: uuids, Driver: "580.1", PerGPUMemory: []uint64{8e9, 8e9, 0, 0}}
+	worker := func(uuids ...string) *Inventory {
+		inv := &Inventory{Driver: "580.1"}
+		for i, u := range uuids {
+			inv.GPUs = append(inv.GPUs, GPU{Index: i, Name: "H100", UUID: u, MemoryFree: 70e9})
+		}
+		return inv
+	}
+	id := func(i int) [16]byte { u, _ := ParseUUID(uuids[i]); return u }
+	p, err := Place(meta, worker(uuids...), nil, []string{"2", "3"})
+	if err != nil || fmt.Sprint(p.Targets) != "[2 3]" || p.String() != "snapshot GPU 0 -> GPU 2, snapshot GPU 1 -> GPU 3" {
+		t.Fatalf("--gpus 2,3: %+v, %v", p, err)
+	}
+	want := []GPUPair{{id(0), id(2)}, {id(1), id(3)}, {id(2), id(0)}, {id(3), id(1)}}
+	if fmt.Sprint(p.Pairs) != fmt.Sprint(want) || fmt.Sprint(p.Fallback) != fmt.Sprint(want[:2]) {
+		t.Fatalf("--gpus 2,3: pairs %x, fallback %x; want %x", p.Pairs, p.Fallback, want)
+	}
+	other := worker("GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-bbbbbbbb-0000-0000-0000-000000000000")
+	if p, err := Place(meta, other, nil, nil); err != nil || fmt.Sprint(p.Targets) != "[0 1]" || len(p.Candidates()) != 1 || len(p.Pairs) != 2 {
+		t.Fatalf("a two-GPU worker of another machine: %+v, %v", p, err)
+	}
+	if _, err := Place(meta, worker(uuids[3]), nil, nil); !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "state on 2 x H100, this worker has 1 GPUs") {
+		t.Fatalf("a one-GPU worker: %v", err)
+	}
+	if _, err := Place(meta, worker(uuids...), nil, []string{"2"}); err == nil || errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "name one GPU per snapshot GPU [0 1]") {
+		t.Fatalf("one GPU named for two: %v", err)
+	}
+}
