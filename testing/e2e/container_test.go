@@ -294,6 +294,21 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 		t.Fatalf("the container's environment lacks the image's or -e's variables: %q", env)
 	}
 	e.gw(t, "snapshot", "--name", "orig", "--tag", "snap")
+	// The three restores start on an empty cache: they share it, so each
+	// chunk comes from the store once, not three times.
+	cacheDir := filepath.Join(e.tmp, "cache")
+	e.gw(t, "cache", "evict", "--all", "--cache-dir", cacheDir)
+	fetched := func() int64 {
+		var s struct {
+			FetchBytes int64 `json:"fetch_bytes"`
+		}
+		b, _ := os.ReadFile(filepath.Join(e.mnt, ".stats"))
+		if err := json.Unmarshal(b, &s); err != nil {
+			t.Fatalf("the mount's stats %q: %v", b, err)
+		}
+		return s.FetchBytes
+	}
+	before := fetched()
 
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
@@ -357,6 +372,19 @@ func TestContainerSnapshotRestoredThreeTimes(t *testing.T) {
 			}
 		}
 	}
+	// Every restore has read all its memory (the checksums): the store
+	// gave the snapshot's and the image's bytes about once.
+	var images int64
+	for _, line := range strings.Split(strings.TrimSpace(e.gw(t, "cache", "stat", "snap", "wl", "--json", "--cache-dir", cacheDir)), "\n") {
+		var st struct{ Bytes int64 }
+		json.Unmarshal([]byte(line), &st)
+		images += st.Bytes
+	}
+	got := fetched() - before
+	if images == 0 || got > images*3/2 {
+		t.Fatalf("three restores from an empty cache fetched %d bytes; the snapshot and its image hold %d", got, images)
+	}
+	t.Logf("three restores from an empty cache fetched %d bytes; the snapshot and its image hold %d", got, images)
 	// Three restores listen on the one port (SO_REUSEPORT): each request
 	// is answered with the snapshot's memory.
 	for range 6 {
