@@ -1515,6 +1515,56 @@ func TestDiskWritesOfChunksInMemoryWait(t *testing.T) {
 	}
 }
 
+// Close writes what is still queued (a busy mount stopping), but only for
+// closeWriteLimit: a stop ends within its service manager's timeout, and
+// what was not written is only not cached on disk (the next daemon fetches
+// it again, and finds every entry it does have whole).
+func TestCloseWritesQueuedWithinItsLimit(t *testing.T) {
+	for _, limit := range []time.Duration{time.Minute, 0} {
+		t.Run(limit.String(), func(t *testing.T) {
+			defer func(l time.Duration) { closeWriteLimit = l }(closeWriteLimit)
+			closeWriteLimit = limit
+			const n, size = 40, 64 << 10
+			st, datas, ids := fixture(t, n, size)
+			dir := t.TempDir()
+			c, err := Open(st, Config{Dir: dir, MemBytes: 1 << 30, DiskBytes: 1 << 30})
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := keepBusy(c)
+			defer stop()
+			getAll(t, c, ids, datas, "cold")
+			if s := c.Stats().Disk; s.Entries != 0 || s.Queued != n*size {
+				t.Fatalf("before close, while busy: %+v; want every write queued", s)
+			}
+			start := time.Now()
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d > limit+5*time.Second {
+				t.Fatalf("close took %v with a limit of %v", d, limit)
+			}
+			c2, err := Open(st, Config{Dir: dir, MemBytes: 1 << 30, DiskBytes: 1 << 30})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c2.Close()
+			want := int64(n)
+			if limit == 0 {
+				want = 0
+			}
+			if got := c2.Stats().Disk.Entries; got != want {
+				t.Fatalf("limit %v: the next daemon found %d chunks on disk, want %d", limit, got, want)
+			}
+			fetches := st.gets.Load()
+			getAll(t, c2, ids, datas, "after reopening")
+			if got := st.gets.Load() - fetches; got != n-want {
+				t.Fatalf("limit %v: %d chunks fetched again, want %d", limit, got, n-want)
+			}
+		})
+	}
+}
+
 // A write held back by an assembly waits until the assembly lets go.
 func TestHeldWritesWait(t *testing.T) {
 	st, chunks, _ := fileFixture(t)

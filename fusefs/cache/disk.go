@@ -56,8 +56,13 @@ type diskTier struct {
 	// lock is let go and another daemon may own the directory next.
 	closeMu sync.RWMutex
 	closed  atomic.Bool
+	// closeBy (unix nanoseconds) is when close stops writing what is still
+	// queued (see closeWriteLimit); skippedAtClose counts what it left.
+	closeBy        atomic.Int64
+	skippedAtClose atomic.Int64
 	// released (under releaseMu) says the directory lock is let go: from
-	// then on nothing is committed. Writes queued before close still are.
+	// then on nothing is committed. Writes queued before close still are,
+	// for closeWriteLimit.
 	releaseMu sync.RWMutex
 	released  bool
 	// queuedBytes is what the queue holds; outsideBytes, what of it the
@@ -264,7 +269,9 @@ func openDiskTier(dir string, limit int64, log *slog.Logger, busy func() (time.D
 					d.waitQuiet(w.at)
 				} // else addBuf skips it: no wait for nothing
 				d.waitHeld(w.id)
-				if err := d.addBuf(w.id, w.b); err != nil {
+				if d.closed.Load() && time.Now().UnixNano() > d.closeBy.Load() {
+					d.skippedAtClose.Add(1)
+				} else if err := d.addBuf(w.id, w.b); err != nil {
 					d.log.Warn("disk cache write failed", "chunk", w.id.Short(), "err", err)
 				}
 				d.queuedBytes.Add(-int64(len(w.b.b)))
@@ -594,6 +601,12 @@ const (
 	queueLen       = 1 << 16
 	maxQueueAge    = 30 * time.Second
 )
+
+// closeWriteLimit bounds how long close writes what is still queued: the
+// writes wait for quiet moments, so a busy mount may stop with thousands
+// queued, and a stop must end within its service manager's timeout (30 s
+// in deploy/). What is left is only not cached on disk.
+var closeWriteLimit = 15 * time.Second
 
 // waitQuiet holds a background write (queued at at) back while the cache
 // is busy (see quiet.go). The writes cost the reads more than the CPU
@@ -989,10 +1002,14 @@ func (d *diskTier) stats() TierStats {
 // close finishes queued writes and releases the directory.
 func (d *diskTier) close() error {
 	d.closeMu.Lock()
+	d.closeBy.Store(time.Now().Add(closeWriteLimit).UnixNano())
 	d.closed.Store(true)
 	close(d.queue)
 	d.closeMu.Unlock()
 	d.writers.Wait() // the queued writes, committed
+	if n := d.skippedAtClose.Load(); n > 0 {
+		d.log.Info("disk cache: queued chunks not written at close (their time ran out); they are fetched again when needed", "chunks", n, "limit", closeWriteLimit)
+	}
 	d.recheckers.Wait()
 	d.releaseMu.Lock()
 	d.released = true
