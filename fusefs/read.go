@@ -392,14 +392,8 @@ func (job pushJob) run() {
 		n.unmarkPushed(j)
 		return
 	}
-	var b []byte
-	var release func()
-	var err error
-	if c.Shared() {
-		b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Whole, int64(c.Off), int(c.Size))
-	} else {
-		b, release, err = n.fsys.cache.View(context.Background(), c.ID, c.Size, 0, int(c.Size))
-	}
+	// The file's piece of the chunk: all of it, or a small file's share.
+	b, release, err := n.fsys.cache.View(context.Background(), c.ID, c.Len(), int64(c.Off), int(c.Size))
 	if err != nil {
 		n.unmarkPushed(j)
 		return
