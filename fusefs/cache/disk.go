@@ -591,11 +591,10 @@ func (d *diskTier) queued(id digest.ID) bool {
 // maxQueuedBytes bounds the memory that queued disk-tier writes hold beyond
 // the memory tier's; queueLen bounds their number (a queued write is 64
 // bytes: the queue's buffer is 4 MiB); maxQueueAge, how long a write waits
-// for a quiet moment. A cold restore of a 16 GB model fetches 16,000 chunks
-// of 1 MiB over 12-15 s on a GPU worker whose store and disk tier share a
-// disk: with room for 2,048 queued writes, and 10 s, the disk tier's writes
-// went ahead during the restore and took the store's reads' share of the
-// disk (16 GB written before the restore was done).
+// for a quiet moment. Both let a whole cold restore go by: a 16 GB model's
+// fetches 16,000 chunks of 1 MiB over 12-15 s, and writes that go ahead
+// meanwhile on a disk the store also reads from take the restore's share of
+// it (docs/design.md, The block cache).
 const (
 	maxQueuedBytes = 256 << 20
 	queueLen       = 1 << 16

@@ -308,12 +308,15 @@ func layerReader(l v1.Layer, fetched bool) (r io.Reader, check func() error, clo
 			return nil
 		}
 		if got := hex.EncodeToString(h.Sum(nil)); got != dig.Hex {
-			return fmt.Errorf("layer %s: its bytes hash to sha256:%s: the layer is corrupt or not the one the image names; nothing was stored under a tag", dig, got)
+			return fmt.Errorf("layer %s: its bytes hash to sha256:%s: %s", dig, got, corruptLayer)
 		}
 		return nil
 	}
 	return dr, check, func() { closeD(); cr.close(); rc.Close() }, nil
 }
+
+// corruptLayer says what a layer whose bytes fail their check means.
+const corruptLayer = "the layer is corrupt or not the one the image names; nothing was stored under a tag"
 
 // checkedReader reads a layer whose reader checks its bytes, and says what
 // a failure means.
@@ -322,7 +325,7 @@ type checkedReader struct{ r io.Reader }
 func (c checkedReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	if err != nil && err != io.EOF {
-		err = fmt.Errorf("%w: the layer is corrupt or not the one the image names; nothing was stored under a tag", err)
+		err = fmt.Errorf("%w: %s", err, corruptLayer)
 	}
 	return n, err
 }
